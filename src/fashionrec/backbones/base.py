@@ -1,0 +1,105 @@
+"""The Backbone contract, the registry and the factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+_REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Preprocessing a backbone expects, taken from the model (timm `resolve_model_data_config`), never hard-coded."""
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bilinear"
+
+    def as_dict(self) -> dict:
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+
+
+class Backbone(nn.Module):
+    """An image model cut at its pre-logits: `forward(x)` gives `(B, embed_dim)` embeddings.
+
+    Stages are named as in timm: `forward_features` (spatial map), `forward_head(pre_logits=True)` (pooled).
+    `blocks` lists the trunk's stages in order, so fine-tuning can unfreeze "the last N blocks".
+    `weights_id` says where the weights came from; it is part of every feature-cache key.
+    """
+
+    def __init__(self, name: str, model: nn.Module, embed_dim: int, data_config: DataConfig, weights_id: str,
+                 blocks: list[nn.Module] | None = None):
+        super().__init__()
+        self.name = name
+        self.model = model
+        self.embed_dim = embed_dim
+        self.data_config = data_config
+        self.weights_id = weights_id
+        self._blocks = blocks
+
+    @property
+    def blocks(self) -> list[nn.Module]:
+        if self._blocks is not None:
+            return self._blocks
+        if hasattr(self.model, "blocks"):
+            return list(self.model.blocks)
+        return [m for m in self.model.children()]
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def with_input_size(self, size: int) -> "Backbone":
+        """Same model, smaller/larger inputs (CNNs are size-agnostic); 96 px is ~8x cheaper than 224."""
+        self.data_config = DataConfig(size, self.data_config.mean, self.data_config.std, self.data_config.interpolation)
+        return self
+
+
+def register_backbone(name: str) -> Callable:
+    def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        _REGISTRY[name] = fn
+        return fn
+    return wrap
+
+
+def list_backbones() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def _load_builtin() -> None:
+    # Registration happens on import of these modules; kept out of base import so `base` stays light.
+    from fashionrec.backbones import offline, timm_backbone, tiny  # noqa: F401
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, weights: str | Path | None = None,
+                    input_size: int | None = None, **kwargs) -> Backbone:
+    """Build a backbone by registered name, or any timm model name.
+
+    `pretrained=False` gives random init (ablations). `weights` loads a local state_dict file.
+    `input_size` overrides the square input resolution (preprocessing otherwise comes from the model).
+    """
+    _load_builtin()
+    from fashionrec.backbones.timm_backbone import create_timm_backbone
+
+    key = name.lower().replace("-", "_")
+    factory = _REGISTRY.get(key)
+    if factory is not None:
+        bb = factory(pretrained=pretrained, weights=weights, **kwargs)
+    else:
+        bb = create_timm_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+    if input_size is not None:
+        bb.with_input_size(int(input_size))
+    return bb.eval()

@@ -1,0 +1,272 @@
+"""The `fashionrec` command line: the one place that wires stages together for a shell user."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from fashionrec.errors import FashionrecError
+
+log = logging.getLogger("fashionrec")
+
+
+# ---------------------------------------------------------------- helpers
+def _workspace(args) -> Path:
+    from fashionrec.io import default_workspace
+
+    return Path(args.workspace) if getattr(args, "workspace", None) else default_workspace()
+
+
+def _cache(args):
+    from fashionrec.features import FeatureCache
+
+    return FeatureCache(_workspace(args))
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+def _classifier_config(args):
+    from fashionrec.training.finetune import FinetuneConfig
+    from fashionrec.training.tasks import ClassifierConfig
+
+    ft = FinetuneConfig(stages=tuple((s.split("=")[0], int(s.split("=")[1])) for s in args.stages.split(",")),
+                        lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                        max_steps_per_epoch=args.max_steps_per_epoch)
+    return ClassifierConfig(method=args.method, backbone=args.backbone, input_size=args.input_size,
+                            invert={"auto": None, "yes": True, "no": False}[args.invert], adapt_bn=not args.no_adapt_bn,
+                            seed=args.seed, finetune=ft)
+
+
+def _add_model_args(p: argparse.ArgumentParser, input_size: int = 96) -> None:
+    p.add_argument("--method", choices=["linear-probe", "finetune"], default="linear-probe")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="registered name or any timm model name")
+    p.add_argument("--input-size", type=int, default=input_size, help="square input resolution in pixels")
+    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                   help="invert greyscale light-on-dark inputs to look like shop photos (auto: detect)")
+    p.add_argument("--no-adapt-bn", action="store_true", help="keep ImageNet BatchNorm statistics")
+    p.add_argument("--stages", default="head=1,last:2=3,all=4", help="fine-tuning schedule: WHAT=EPOCHS,...")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+# ---------------------------------------------------------------- classification
+def load_labelled_photos(data_dir: Path, label_column: str, input_size: int, progress: bool):
+    """Catalog rows that have the label and an image -> (ids, uint8 images, int labels, class names)."""
+    from fashionrec.data.catalog import load_catalog
+    from fashionrec.features import Preprocess, decode_images_to_array
+
+    cat = load_catalog(data_dir)
+    labels = cat.label_column(label_column).dropna().astype(str)
+    labelled = {i: cat.image_paths[i] for i in labels.index if i in cat.image_paths}
+    if not labelled:
+        raise FashionrecError(f"{data_dir}: no item has both an image and a '{label_column}' value")
+    pre = Preprocess(input_size, (0.5,) * 3, (0.5,) * 3)
+    ids, x, failures = decode_images_to_array(labelled, pre, progress=progress)
+    classes = sorted(labels.loc[ids].unique())
+    y = labels.loc[ids].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return cat, ids, x, y, classes, failures
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from fashionrec.config import resolved_args
+    from fashionrec.data.fashion_mnist import load_fashion_mnist, sample_per_class
+    from fashionrec.io import write_json
+    from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
+
+    cfg = _classifier_config(args)
+    out = Path(args.out)
+    t0 = time.time()
+    if args.dataset == "fashion-mnist":
+        d = load_fashion_mnist(args.data_dir)
+        k = None if args.labels_per_class in (None, "all") else int(args.labels_per_class)
+        idx = sample_per_class(d.y_train, k, args.seed)
+        x_tr, y_tr, classes = d.x_train[idx], d.y_train[idx], list(d.classes)
+        x_te, y_te = d.x_test, d.y_test
+        if args.test_size:
+            x_te, y_te = x_te[: args.test_size], y_te[: args.test_size]
+        unlabelled = d.x_train
+    else:
+        if not args.label_column:
+            raise FashionrecError("--label-column is required when --dataset is a data folder")
+        _, ids, x, y, classes, _ = load_labelled_photos(Path(args.dataset), args.label_column, args.input_size, _progress(args))
+        rng = np.random.default_rng(args.seed)
+        perm = rng.permutation(len(ids))
+        n_test = len(ids) // 5  # a held-out fifth of the labelled articles
+        te, tr = perm[:n_test], perm[n_test:]
+        if args.labels_per_class not in (None, "all"):
+            k = int(args.labels_per_class)
+            keep = []
+            for c in np.unique(y[tr]):
+                members = tr[y[tr] == c]
+                keep.extend(rng.permutation(members)[:k])
+            tr = np.array(sorted(keep))
+        x_tr, y_tr, x_te, y_te, unlabelled = x[tr], y[tr], x[te], y[te], x
+    trained = train_image_classifier(x_tr, y_tr, classes, cfg, unlabelled=unlabelled, cache=_cache(args), progress=_progress(args))
+    result = evaluate_classifier(trained, x_te, y_te, cache=_cache(args))
+    metrics = write_run(out, trained, result, extra={"n_train": int(len(y_tr)), "wall_seconds": round(time.time() - t0, 1),
+                                                      "dataset": args.dataset, "labels_per_class": args.labels_per_class})
+    write_json(out / "args.json", resolved_args(args))
+    print(f"test_accuracy {metrics['test_accuracy']:.4f}  macro_f1 {metrics['macro_f1']:.4f}  "
+          f"({metrics['n_test']} test images, {len(y_tr)} labelled, {metrics['wall_seconds']:.0f}s) -> {out}/metrics.json")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    from fashionrec.data.images import ImageDecodeError, list_images, load_image
+    from fashionrec.training.checkpoint import load_classifier
+
+    clf = load_classifier(args.model)
+    paths = []
+    for p in args.images:
+        p = Path(p)
+        paths.extend(list_images(p) if p.is_dir() else [p])
+    rows = [("image", "rank", "label", "probability")]
+    arrays, names = [], []
+    for p in paths:
+        try:
+            img = load_image(p)
+        except ImageDecodeError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        if clf.preprocess.invert:  # a greyscale-trained model gets the same input mapping
+            img = img.convert("L")
+        arrays.append(np.asarray(img.resize((clf.preprocess.input_size,) * 2)))
+        names.append(str(p))
+    if not arrays:
+        raise FashionrecError("no readable images given")
+    proba = clf.predict_proba(np.stack(arrays))
+    for name, pr in zip(names, proba):
+        top = np.argsort(-pr)[: args.top_k]
+        for r, j in enumerate(top, 1):
+            rows.append((name, r, clf.classes[j], f"{pr[j]:.4f}"))
+    import csv
+
+    w = csv.writer(sys.stdout)
+    w.writerows(rows)
+    return 0
+
+
+def cmd_tag(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from fashionrec.features import Preprocess, decode_images_to_array
+    from fashionrec.io import atomic_path
+    from fashionrec.training.tasks import train_image_classifier
+
+    cfg = _classifier_config(args)
+    cat, ids, x, y, classes, _ = load_labelled_photos(Path(args.data), args.label_column, args.input_size, _progress(args))
+    unl = {i: p for i, p in cat.image_paths.items() if i not in set(cat.metadata.index)}
+    if not unl:
+        print("every image already has a catalog row: nothing to tag", file=sys.stderr)
+    pre = Preprocess(args.input_size, (0.5,) * 3, (0.5,) * 3)
+    u_ids, u_x, failures = decode_images_to_array(unl, pre, progress=_progress(args), desc="decode unlabelled")
+    trained = train_image_classifier(x, y, classes, cfg, unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
+                                     cache=_cache(args), progress=_progress(args))
+    proba = trained.predict_proba(u_x, cache=_cache(args)) if len(u_x) else np.zeros((0, len(classes)))
+    df = pd.DataFrame({"article_id": u_ids, args.label_column: [classes[j] for j in proba.argmax(1)] if len(u_ids) else [],
+                       "confidence": np.round(proba.max(1), 4) if len(u_ids) else []})
+    with atomic_path(args.out, suffix=".tmp.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    print(f"tagged {len(df)} images with {args.label_column} ({len(classes)} classes, trained on {len(ids)} labelled; "
+          f"{len(failures)} unreadable skipped) -> {args.out}")
+    return 0
+
+
+def cmd_backbones(args) -> int:
+    from fashionrec.backbones import list_backbones
+
+    for name in list_backbones():
+        print(name)
+    print("...and any timm model name (pretrained=True needs network, or --weights PATH)")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fashionrec", description=__doc__)
+    p.add_argument("--workspace", help="folder for caches and artifacts (default: $FASHIONREC_HOME or ~/.cache/fashionrec)")
+    p.add_argument("--config", help="YAML/TOML/JSON file of option defaults; the command line overrides it")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an image classifier and evaluate it")
+    t.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist' or an H&M-layout/image folder")
+    t.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    t.add_argument("--label-column", help="for a data folder: the articles.csv column to learn")
+    t.add_argument("--labels-per-class", default="all", help="K labelled examples per class, or 'all'")
+    t.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images only")
+    t.add_argument("--out", required=True)
+    _add_model_args(t)
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="top-k labels with probabilities for new images")
+    pr.add_argument("--model", required=True, help="model.pt written by `fashionrec train`")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--top-k", type=int, default=3)
+    pr.set_defaults(func=cmd_predict)
+
+    tg = sub.add_parser("tag", help="auto-tag catalog images that have no catalog row")
+    tg.add_argument("--data", required=True)
+    tg.add_argument("--label-column", required=True)
+    tg.add_argument("--out", required=True)
+    _add_model_args(tg)
+    tg.set_defaults(func=cmd_tag)
+
+    b = sub.add_parser("backbones", help="list registered backbones")
+    b.set_defaults(func=cmd_backbones)
+
+    from fashionrec import cli_more
+
+    cli_more.add_commands(sub, _add_model_args)
+    return p
+
+
+def _apply_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    from fashionrec.config import load_config_file
+
+    pre, _ = argparse.ArgumentParser(add_help=False), None
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    data = load_config_file(known.config)
+    if not data:
+        return
+    flat = {k.replace("-", "_"): v for k, v in data.items() if not isinstance(v, dict)}
+    sections = {k: v for k, v in data.items() if isinstance(v, dict)}
+    for action in parser._subparsers._group_actions:
+        for name, subp in action.choices.items():
+            subp.set_defaults(**flat, **{k.replace("-", "_"): v for k, v in sections.get(name, {}).items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        _apply_config_defaults(parser, argv)
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+        return int(args.func(args) or 0)
+    except FashionrecError as e:
+        print(f"fashionrec: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Readers for the formats fashion retailers have: H&M Kaggle layout, image folders, Fashion-MNIST IDX, event logs."""

@@ -1,0 +1,1 @@
+"""Metrics (pure numpy), experiment protocols and reports (tables, PNG plots)."""

@@ -1,0 +1,99 @@
+"""PNG reports: confusion matrices, label-efficiency curves, image grids, comparison bars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from fashionrec.io import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless machines; no display needed
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    plt = _plt()
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, title: str = "Confusion matrix") -> Path:
+    plt = _plt()
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * n + 2), max(4, 0.5 * n + 1.5)))
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def plot_label_efficiency(table: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str) -> Path:
+    """table[method][k] = (mean, std); k labels are strings ('1', '5', ..., 'all')."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, row in table.items():
+        ks = list(row)
+        xs = np.arange(len(ks))
+        m = np.array([row[k][0] for k in ks])
+        s = np.array([row[k][1] for k in ks])
+        ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=method)
+        ax.set_xticks(xs, ks)
+    ax.set_xlabel("labelled examples per class")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str | Path, *, cols: int = 8,
+               colors: Sequence[str] | None = None, title: str | None = None) -> Path:
+    plt = _plt()
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for i, (img, cap) in enumerate(zip(images, captions)):
+        axes[i].imshow(img, cmap="gray" if np.asarray(img).ndim == 2 else None)
+        axes[i].set_title(cap, fontsize=7, color=(colors[i] if colors else "black"))
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_bars(names: Sequence[str], values: Sequence[float], errors: Sequence[tuple[float, float]] | None, path: str | Path,
+              *, ylabel: str, title: str) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
+    xs = np.arange(len(names))
+    yerr = None
+    if errors is not None:
+        yerr = np.array([[v - lo for v, (lo, hi) in zip(values, errors)], [hi - v for v, (lo, hi) in zip(values, errors)]])
+        yerr = np.clip(yerr, 0, None)
+    ax.bar(xs, values, yerr=yerr, capsize=3, color="#4c72b0")
+    ax.set_xticks(xs, names, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Heads, linear probes, fine-tuning schedules, domain adaptation and checkpoints."""

@@ -1,0 +1,42 @@
+"""Domain-shift handling.
+
+1. Input mapping (features.Preprocess.invert): Fashion-MNIST garments are light on black; ImageNet shop photos
+   are dark on light. Inverting puts the greyscale images on the backbone's side of the shift.
+2. BatchNorm statistics re-estimation (AdaBN, Li et al. 2016): the backbone's BN layers keep ImageNet means and
+   variances; re-estimating them on unlabelled target images aligns the activations with the target domain.
+   It needs no labels, so it can use every target image (train and test inputs alike).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fashionrec.backbones.base import Backbone
+from fashionrec.features import Preprocess
+
+
+def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, *, batch_size: int = 256,
+                    max_images: int = 10_000, seed: int = 0, progress: bool = True) -> Backbone:
+    """Reset every BN layer's running statistics and re-estimate them on `images` (uint8, unlabelled).
+
+    Weights are untouched: only running_mean / running_var change. Returns the same backbone, in eval mode.
+    """
+    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return backbone
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(images))[:max_images]
+    backbone.eval()
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: every batch counts equally
+        m.train()
+    with torch.no_grad():
+        for s in tqdm(range(0, len(idx), batch_size), desc="re-estimate BN", unit="batch", disable=not progress):
+            backbone(preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]))
+    for m in bns:
+        m.momentum = 0.1
+    return backbone.eval()

@@ -1,0 +1,151 @@
+"""End-to-end classification tasks used by the CLI, the experiments and the Python API.
+
+`train_image_classifier` is the one recipe: backbone -> domain handling -> cached features -> linear probe
+-> (optionally) staged fine-tuning -> metrics, plots and a checkpoint in `out_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from fashionrec.backbones import create_backbone
+from fashionrec.backbones.base import DEFAULT_BACKBONE
+from fashionrec.evaluation.metrics import accuracy, confusion_matrix, macro_f1
+from fashionrec.features import FeatureCache, Preprocess, embed_arrays
+from fashionrec.io import write_json
+from fashionrec.training.finetune import FinetuneConfig, finetune, predict_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Resolved settings of one training run; saved as `config.json` beside its outputs."""
+
+    method: str = "linear-probe"          # linear-probe | finetune
+    backbone: str = DEFAULT_BACKBONE
+    input_size: int = 96
+    invert: bool | None = None            # None: auto (invert light-on-dark greyscale inputs)
+    adapt_bn: bool = True                 # re-estimate BN statistics on unlabelled target images
+    bn_images: int = 4000
+    probe_C: float = 1.0
+    seed: int = 0
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def __post_init__(self):
+        if self.method not in {"linear-probe", "finetune"}:
+            raise ValueError(f"method must be 'linear-probe' or 'finetune', not '{self.method}'")
+        if self.input_size < 16:
+            raise ValueError("input_size must be at least 16")
+
+
+def is_light_on_dark(images: np.ndarray, sample: int = 500) -> bool:
+    """Fashion-MNIST-style images: dark border, light object. Decided from the border pixels' mean."""
+    x = images[:sample].astype(np.float32)
+    border = np.concatenate([x[:, 0].reshape(len(x), -1), x[:, -1].reshape(len(x), -1),
+                             x[:, :, 0].reshape(len(x), -1), x[:, :, -1].reshape(len(x), -1)], axis=1)
+    return float(border.mean()) < 64.0
+
+
+@dataclass
+class TrainedClassifier:
+    classes: list[str]
+    config: ClassifierConfig
+    preprocess: Preprocess
+    backbone: object
+    probe: object = None
+    model: object = None
+    metrics: dict = field(default_factory=dict)
+
+    def predict_proba(self, images: np.ndarray, cache: FeatureCache | None = None) -> np.ndarray:
+        if self.model is not None:
+            z = predict_logits(self.model, images, self.preprocess)
+            z = z - z.max(1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(1, keepdims=True)
+        f = embed_arrays(self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed")
+        return self.probe.predict_proba(f)
+
+    def save(self, path: str | Path) -> Path:
+        from fashionrec.training.checkpoint import save_classifier
+
+        return save_classifier(path, kind=self.config.method, classes=self.classes, backbone_name=self.config.backbone,
+                               preprocess=self.preprocess, model=self.model, probe=self.probe,
+                               backbone_state=self.backbone.state_dict() if self.model is None else None,
+                               extra={"config": asdict(self.config)})
+
+
+def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: list[str], cfg: ClassifierConfig, *,
+                           unlabelled: np.ndarray | None = None, cache: FeatureCache | None = None,
+                           progress: bool = True) -> TrainedClassifier:
+    """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels."""
+    from fashionrec.training.domain import adapt_batchnorm
+    from fashionrec.training.probe import fit_linear_probe
+
+    backbone = create_backbone(cfg.backbone, input_size=cfg.input_size)
+    invert = cfg.invert if cfg.invert is not None else (x_train.ndim == 3 and is_light_on_dark(x_train))
+    pre = Preprocess.for_backbone(backbone, invert=bool(invert))
+    cfg = replace(cfg, invert=bool(invert))
+    if cfg.adapt_bn:
+        pool = unlabelled if unlabelled is not None else x_train
+        adapt_batchnorm(backbone, pool, pre, max_images=cfg.bn_images, seed=cfg.seed, progress=progress)
+        # The adapted statistics are part of the model: the cache key must differ from the ImageNet-BN one.
+        import hashlib
+        bn_hash = hashlib.sha1(np.ascontiguousarray(pool[:64]).tobytes() + str((len(pool), cfg.bn_images, cfg.seed)).encode()).hexdigest()[:8]
+        backbone.weights_id += f"+adabn:{bn_hash}"
+    feats = embed_arrays(backbone, x_train, preprocess=pre, cache=cache, desc="embed train", progress=progress)
+    probe = fit_linear_probe(feats, y_train, C=cfg.probe_C, seed=cfg.seed)
+    trained = TrainedClassifier(classes, cfg, pre, backbone, probe=probe)
+    if cfg.method == "finetune":
+        rng = np.random.default_rng(cfg.seed)
+        perm = rng.permutation(len(x_train))
+        n_val = min(len(x_train) // 5, 5000) if len(x_train) >= 5 * len(classes) else 0
+        val, tr = perm[:n_val], perm[n_val:]
+        lr = probe.steps[-1][1]
+        scaler = probe.steps[0][1]
+        # Fold the scaler into the head: W' = W / scale, b' = b - W' @ mean
+        w = lr.coef_ / scaler.scale_
+        b = lr.intercept_ - w @ scaler.mean_
+        if w.shape[0] == len(classes):
+            init = (w, b)
+        else:
+            init = None
+        ft_cfg = replace(cfg.finetune, seed=cfg.seed)
+        res = finetune(backbone, x_train[tr], y_train[tr], x_train[val], y_train[val], len(classes), pre, ft_cfg,
+                       init_head=init, progress=progress)
+        trained.model = res.model
+        trained.probe = None
+        trained.metrics["finetune_history"] = res.history
+        trained.metrics["finetune_seconds"] = round(res.wall_seconds, 1)
+    return trained
+
+
+def evaluate_classifier(trained: TrainedClassifier, x_test: np.ndarray, y_test: np.ndarray, *, cache=None) -> dict:
+    proba = trained.predict_proba(x_test, cache=cache)
+    pred = proba.argmax(1)
+    n = len(trained.classes)
+    return {"test_accuracy": accuracy(y_test, pred), "macro_f1": macro_f1(y_test, pred, n), "n_test": int(len(y_test)),
+            "confusion_matrix": confusion_matrix(y_test, pred, n).tolist(), "_pred": pred, "_proba": proba}
+
+
+def write_run(out_dir: str | Path, trained: TrainedClassifier, result: dict, extra: dict | None = None) -> dict:
+    """metrics.json, config.json, confusion.png and model.pt, each written atomically."""
+    from fashionrec.evaluation.plots import plot_confusion
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {k: v for k, v in result.items() if not k.startswith("_")}
+    metrics.update({k: v for k, v in trained.metrics.items()})
+    metrics.update(extra or {})
+    write_json(out / "metrics.json", metrics)
+    write_json(out / "config.json", asdict(trained.config))
+    plot_confusion(np.array(result["confusion_matrix"]), trained.classes, out / "confusion.png",
+                   title=f"{trained.config.method} ({trained.config.backbone}): acc {result['test_accuracy']:.3f}")
+    trained.save(out / "model.pt")
+    return metrics

@@ -1,0 +1,130 @@
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from fashionrec.data.catalog import load_catalog, load_image_folder
+from fashionrec.data.fashion_mnist import load_fashion_mnist, read_idx, sample_per_class
+from fashionrec.data.images import ImageDecodeError, decode_image, load_image
+from fashionrec.data.interactions import load_hm_transactions, load_transactions
+from fashionrec.errors import DataError
+
+from conftest import make_image
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_idx_roundtrip_and_errors(tmp_path):
+    arr = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    _write_idx(tmp_path / "a.gz", arr)
+    assert np.array_equal(read_idx(tmp_path / "a.gz"), arr)
+    (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(DataError, match="bad magic"):
+        read_idx(tmp_path / "bad")
+    with gzip.open(tmp_path / "short.gz", "wb") as f:
+        f.write(bytes([0, 0, 8, 1]) + struct.pack(">I", 10) + b"abc")
+    with pytest.raises(DataError, match=r"short.gz.*10 bytes"):
+        read_idx(tmp_path / "short.gz")
+
+
+def test_fashion_mnist_folder(tmp_path, fmnist_dir):
+    d = load_fashion_mnist(fmnist_dir)
+    assert d.x_train.shape == (60000, 28, 28) and d.x_test.shape == (10000, 28, 28)
+    assert np.bincount(d.y_test).tolist() == [1000] * 10
+    with pytest.raises(DataError, match="missing train-images"):
+        load_fashion_mnist(tmp_path)
+
+
+def test_sample_per_class_is_balanced_and_seeded():
+    y = np.repeat(np.arange(3), 20)
+    a = sample_per_class(y, 5, seed=1)
+    assert np.bincount(y[a]).tolist() == [5, 5, 5]
+    assert np.array_equal(a, sample_per_class(y, 5, seed=1))
+    assert not np.array_equal(a, sample_per_class(y, 5, seed=2))
+
+
+def test_bad_images_are_named(tmp_path):
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        decode_image(b"", source="x.jpg")
+    good = make_image(tmp_path / "ok.jpg")
+    data = good.read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageDecodeError, match="trunc.jpg"):
+        load_image(tmp_path / "trunc.jpg")
+    with pytest.raises(ImageDecodeError, match="cannot decode"):
+        decode_image(b"this is text", source="t.png")
+    assert load_image(good).size == (24, 32)
+
+
+def test_decompression_bomb_refused(tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "bomb.png"
+    Image.new("L", (9000, 9000)).save(big)  # 81 Mpx of zeros: tiny file, huge image
+    with pytest.raises(ImageDecodeError, match="pixel"):
+        load_image(big)
+
+
+def test_hm_catalog_kaggle_subfolders(tiny_hm):
+    cat = load_catalog(tiny_hm)
+    assert "0100000001" in cat.item_ids  # leading zero kept, found in 3-digit subfolder
+    assert cat.metadata.loc["0200000001", "product_group_name"] == "Shoes"
+    assert "0300000001" in cat.item_ids and "0300000001" not in cat.metadata.index  # image without a row
+    with pytest.raises(DataError, match="no column 'nope'"):
+        cat.label_column("nope")
+
+
+def test_image_folder_with_labels(tmp_path):
+    make_image(tmp_path / "imgs" / "a.png")
+    make_image(tmp_path / "imgs" / "b.png")
+    (tmp_path / "labels.csv").write_text("filename,category\na.png,top\nb.png,shoe\n")
+    cat = load_image_folder(tmp_path / "imgs", tmp_path / "labels.csv")
+    assert cat.item_ids == ["a", "b"] and cat.metadata.loc["b", "category"] == "shoe"
+    (tmp_path / "nolabel.csv").write_text("what,category\na,top\n")
+    with pytest.raises(DataError, match="no id column"):
+        load_image_folder(tmp_path / "imgs", tmp_path / "nolabel.csv")
+
+
+def test_transactions_quantity_and_ids(tiny_hm):
+    inter = load_hm_transactions(tiny_hm)
+    assert inter.events["item"].iloc[0].startswith("0")
+    m = inter.to_matrix(["u1", "u2"], ["0100000001", "0100000002", "0200000001"])
+    assert m[0, 1] == 2.0  # bought twice = quantity 2
+    assert m[1, 2] == 1.0
+
+
+def test_transactions_bad_rows(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("t_dat,customer_id,article_id\n2020-01-01,u1,01\n2020-13-45,u2,02\n2020-01-03,u3,03\n")
+    with pytest.raises(DataError, match=r"t.csv, row 3, field 'timestamp'"):
+        load_transactions(p)
+    inter = load_transactions(p, on_bad="skip")
+    assert len(inter.events) == 2
+    good_dates = tmp_path / "t2.csv"
+    good_dates.write_text("t_dat,customer_id,article_id\n2020-01-01,u1,01\n2020-01-02,u2,02\n2020-01-03,u3,03\n")
+    with pytest.raises(DataError, match=r"row 4, field 'item'"):
+        load_transactions(good_dates, known_items={"01", "02"})
+    q = tmp_path / "m.csv"
+    q.write_text("date,user_id\n2020-01-01,u1\n")
+    with pytest.raises(DataError, match="unrecognised event log"):
+        load_transactions(q)
+
+
+def test_generic_event_log_weights_and_parquet(tmp_path):
+    import pandas as pd
+
+    df = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"],
+                       "timestamp": ["2021-01-01", "2021-01-02", "2021-01-03"], "event": ["view", "purchase", "cart"]})
+    df.to_parquet(tmp_path / "ev.parquet")
+    inter = load_transactions(tmp_path / "ev.parquet")
+    m = inter.to_matrix(["a", "b"], ["x", "y"])
+    assert m[0, 0] == 1.0 and m[0, 1] == 5.0 and m[1, 0] == 3.0
+    df.loc[1, "event"] = "teleport"
+    df.to_csv(tmp_path / "ev.csv", index=False)
+    with pytest.raises(DataError, match="row 3, field 'event'"):
+        load_transactions(tmp_path / "ev.csv")

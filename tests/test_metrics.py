@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from fashionrec.evaluation import metrics as M
+
+
+def test_average_precision_hand_computed():
+    # ranked a,b,c,d with a and c relevant: AP@4 = (1/1 + 2/3) / 2
+    assert M.average_precision_at_k(["a", "b", "c", "d"], {"a", "c"}, 4) == pytest.approx((1 + 2 / 3) / 2)
+    # Kaggle MAP@12 divides by min(|actual|, K)
+    assert M.average_precision_at_k(["x", "a"], {"a", "b", "c"}, 2) == pytest.approx(0.5 / 2)
+    assert M.average_precision_at_k([], {"a"}, 12) == 0.0
+    # duplicates in a ranking do not earn twice
+    assert M.average_precision_at_k(["a", "a", "b"], {"a", "b"}, 3) == pytest.approx(1.0)
+
+
+def test_ndcg_hand_computed():
+    # cornac's example style: hit at rank 2 only, one relevant item: 1/log2(3)
+    assert M.ndcg_at_k(["x", "a"], {"a"}, 2) == pytest.approx(1 / np.log2(3))
+    assert M.ndcg_at_k(["a", "x", "b"], {"a", "b"}, 3) == pytest.approx((1 + 0.5) / (1 + 1 / np.log2(3)))
+
+
+def test_recall_hitrate_coverage():
+    assert M.recall_at_k(["a", "b", "c"], {"a", "z"}, 2) == 0.5
+    assert M.hit_rate_at_k(["b", "c"], {"a"}, 2) == 0.0
+    assert M.hit_rate_at_k(["b", "a"], {"a"}, 2) == 1.0
+    assert M.catalog_coverage({"u": ["a", "b"], "v": ["b", "c"]}, 10, 2) == pytest.approx(0.3)
+
+
+def _slow_ap(ranked, actual, k):
+    # Obviously-correct reference: precision at each relevant position, straight from the definition.
+    seen, ranked2 = [], []
+    for r in ranked:
+        if r not in seen:
+            seen.append(r)
+            ranked2.append(r)
+    ranked2 = ranked2[:k]
+    total = 0.0
+    for i in range(len(ranked2)):
+        if ranked2[i] in actual:
+            total += sum(1 for x in ranked2[: i + 1] if x in actual) / (i + 1)
+    return total / min(len(actual), k) if actual else 0.0
+
+
+def test_map_matches_slow_reference_on_random_data():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        ranked = list(rng.integers(0, 30, size=rng.integers(0, 20)))
+        actual = set(rng.integers(0, 30, size=rng.integers(1, 8)).tolist())
+        assert np.isclose(M.average_precision_at_k(ranked, actual, 12), _slow_ap(ranked, actual, 12))
+
+
+def test_classification_metrics_match_sklearn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 5, 200)
+    p = np.where(rng.random(200) < 0.6, y, rng.integers(0, 5, 200))
+    assert np.isclose(M.macro_f1(y, p), f1_score(y, p, average="macro"))
+    assert M.confusion_matrix(y, p, 5).sum() == 200
+    assert np.trace(M.confusion_matrix(y, p, 5)) == (y == p).sum()
+
+
+def test_bootstrap_ci_contains_mean_and_narrows():
+    rng = np.random.default_rng(2)
+    v = rng.random(2000)
+    lo, hi = M.bootstrap_ci(v)
+    assert lo < v.mean() < hi
+    lo2, hi2 = M.bootstrap_ci(v[:100])
+    assert (hi - lo) < (hi2 - lo2)
