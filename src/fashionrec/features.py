@@ -113,7 +113,7 @@ def _prepare(backbone: Backbone, path: InferencePath) -> Backbone:
 
 
 def _model_key(backbone: Backbone, pre: Preprocess, path: InferencePath) -> str:
-    raw = "|".join([backbone.name, backbone.weights_id, pre.key(), path.key()])
+    raw = "|".join([backbone.name, backbone.feature_key(), pre.key(), path.key()])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 

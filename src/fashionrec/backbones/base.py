@@ -43,6 +43,31 @@ class Backbone(nn.Module):
         self.data_config = data_config
         self.weights_id = weights_id
         self._blocks = blocks
+        self.taps: tuple = ("final",)
+
+    def feature_key(self) -> str:
+        """Identity of what `forward` computes: weights + which layers are pooled. Part of every cache key."""
+        return self.weights_id if self.taps == ("final",) else f"{self.weights_id}+taps:{','.join(map(str, self.taps))}"
+
+    def set_taps(self, taps) -> "Backbone":
+        """Embed with globally pooled outputs of the given trunk blocks (ints) and/or 'final' (pre-logits), concatenated.
+
+        Why: under a large domain shift (28 px greyscale vs ImageNet photos) mid-level features transfer better than
+        the last, most ImageNet-specific ones (Yosinski et al. 2014). On Fashion-MNIST with EfficientNet-Lite0, blocks
+        4+5 beat the pre-logits by about 7 points at 10 labels per class (see README).
+        """
+        taps = tuple(t if t == "final" else int(t) for t in (taps if isinstance(taps, (list, tuple)) else [taps]))
+        n = len(self.blocks)
+        for t in taps:
+            if t != "final" and not -n <= t < n:
+                raise ValueError(f"tap {t} out of range: {self.name} has {n} blocks")
+        self.taps = taps
+        with torch.no_grad():
+            was_training = self.training
+            self.eval()
+            self.embed_dim = int(self(torch.zeros(1, 3, 64, 64)).shape[1])
+            self.train(was_training)
+        return self
 
     @property
     def blocks(self) -> list[nn.Module]:
@@ -59,7 +84,21 @@ class Backbone(nn.Module):
         return self.model.forward_head(feats, pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        if self.taps == ("final",):
+            return self.forward_head(self.forward_features(x))
+        blocks = self.blocks
+        captured: dict[int, torch.Tensor] = {}
+        handles = [blocks[t].register_forward_hook(lambda m, i, o, t=t: captured.__setitem__(t, o))
+                   for t in set(self.taps) if t != "final"]
+        try:
+            final = self.forward_head(self.forward_features(x)) if "final" in self.taps else None
+            if final is None:
+                self.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
+        parts = [final if t == "final" else captured[t].mean((2, 3)) for t in self.taps]
+        return torch.cat(parts, 1)
 
     def with_input_size(self, size: int) -> "Backbone":
         """Same model, smaller/larger inputs (CNNs are size-agnostic); 96 px is ~8x cheaper than 224."""
@@ -85,7 +124,7 @@ def _load_builtin() -> None:
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, weights: str | Path | None = None,
-                    input_size: int | None = None, **kwargs) -> Backbone:
+                    input_size: int | None = None, taps=None, **kwargs) -> Backbone:
     """Build a backbone by registered name, or any timm model name.
 
     `pretrained=False` gives random init (ablations). `weights` loads a local state_dict file.
@@ -102,4 +141,6 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, we
         bb = create_timm_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
     if input_size is not None:
         bb.with_input_size(int(input_size))
+    if taps is not None and tuple(taps) != ("final",):
+        bb.set_taps(taps)
     return bb.eval()

@@ -15,11 +15,13 @@ from fashionrec.training.finetune import ImageClassifier
 
 
 def save_classifier(path: str | Path, *, kind: str, classes: list[str], backbone_name: str, preprocess: Preprocess,
+                    taps=("final",),
                     model: ImageClassifier | None = None, probe=None, backbone_state: dict | None = None,
                     extra: dict | None = None) -> Path:
     """kind='finetune' stores the whole network's state_dict; kind='linear-probe' stores the sklearn pipeline
     (as plain arrays, so loading never unpickles code) and the backbone identity."""
-    blob = {"kind": kind, "classes": list(classes), "backbone": backbone_name, "preprocess": asdict(preprocess),
+    blob = {"kind": kind, "classes": list(classes), "backbone": backbone_name, "taps": list(taps or ("final",)),
+            "preprocess": asdict(preprocess),
             "extra": extra or {}}
     if model is not None:
         blob["state_dict"] = model.state_dict()
@@ -41,7 +43,7 @@ class LoadedClassifier:
         self.kind = blob["kind"]
         self.classes = blob["classes"]
         self.preprocess = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in blob["preprocess"].items()})
-        self.backbone = create_backbone(blob["backbone"], input_size=self.preprocess.input_size)
+        self.backbone = create_backbone(blob["backbone"], input_size=self.preprocess.input_size, taps=blob.get("taps"))
         self.extra = blob.get("extra", {})
         if "bn_state" in blob:
             self.backbone.load_state_dict(blob["bn_state"])
