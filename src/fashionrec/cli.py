@@ -234,9 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backbones", help="list registered backbones")
     b.set_defaults(func=cmd_backbones)
 
-    from fashionrec import cli_more
+    from fashionrec import cli_more, cli_rec
 
     cli_more.add_commands(sub, _add_model_args)
+    cli_rec.add_commands(sub)
     return p
 
 

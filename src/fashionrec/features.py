@@ -93,6 +93,20 @@ class InferencePath:
         return f"{self.precision}-{'cl' if self.channels_last else 'nchw'}"
 
 
+def cpu_supports_bf16() -> bool:
+    """AMX or AVX512-BF16: where bf16 autocast is fast on CPU (elsewhere it is emulated and slower)."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def fastest_path() -> InferencePath:
+    """The inference path chosen automatically for this machine (benchmarks/embed_speed.py measures the options)."""
+    return InferencePath("bf16", channels_last=True) if cpu_supports_bf16() else InferencePath("fp32", channels_last=True)
+
+
 def _forward(backbone: Backbone, x: torch.Tensor, path: InferencePath) -> torch.Tensor:
     if path.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

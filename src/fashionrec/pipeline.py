@@ -1,0 +1,93 @@
+"""The Python API: from a data folder to fitted recommenders, the way the CLI and the server do it.
+
+    from fashionrec.pipeline import load_shop, fit_recommender
+    shop = load_shop("path/to/hm")                  # catalog, log, image features (cached)
+    model = fit_recommender(shop, "hybrid")
+    model.recommend(customer_id, k=12)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.data.catalog import Catalog, load_catalog
+from fashionrec.data.interactions import Interactions, load_customers, load_hm_transactions
+from fashionrec.recommend.base import ItemFeatures, RecData
+
+log = logging.getLogger(__name__)
+DEFAULT_MODEL = "hybrid"
+
+
+@dataclass
+class Shop:
+    data_dir: Path
+    catalog: Catalog
+    interactions: Interactions
+    customers: list[str]
+    image_features: ItemFeatures | None
+    failures: dict[str, str]
+    embed_seconds: float = 0.0
+
+    @property
+    def candidates(self) -> list[str]:
+        """Every item that has an image or a catalog row (items bought but with neither are not recommendable)."""
+        return self.catalog.all_item_ids()
+
+
+def embed_catalog(catalog: Catalog, *, backbone: str = "efficientnet_lite0", input_size: int = 96, workspace=None,
+                  progress: bool = True, fast: bool = True) -> tuple[ItemFeatures, dict[str, str], float]:
+    """Image embeddings for every catalog image, cached per file in the workspace."""
+    import time
+
+    from fashionrec.backbones import create_backbone
+    from fashionrec.features import FeatureCache, InferencePath, embed_image_files, fastest_path
+
+    t0 = time.time()
+    bb = create_backbone(backbone, input_size=input_size)
+    path = fastest_path() if fast else InferencePath()
+    res = embed_image_files(bb, catalog.image_paths, cache=FeatureCache(workspace), progress=progress, path=path,
+                            desc="embed catalog")
+    return ItemFeatures(res.ids, reduce_dim(res.features, 256)), res.failures, time.time() - t0
+
+
+def reduce_dim(x: np.ndarray, dim: int) -> np.ndarray:
+    """PCA to `dim` dimensions (centred), L2-normalised: 5x cheaper similarity and serving, same neighbours."""
+    if x.shape[1] <= dim or len(x) <= dim:
+        return x
+    from sklearn.decomposition import PCA
+
+    z = PCA(n_components=dim, random_state=0).fit_transform(x).astype(np.float32)
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def load_shop(data_dir: str | Path, *, with_images: bool = True, backbone: str = "efficientnet_lite0",
+              input_size: int = 96, workspace=None, progress: bool = True, on_bad: str = "skip") -> Shop:
+    data_dir = Path(data_dir)
+    catalog = load_catalog(data_dir)
+    inter = load_hm_transactions(data_dir, on_bad=on_bad)
+    feats, failures, secs = (None, {}, 0.0)
+    if with_images and catalog.image_paths:
+        feats, failures, secs = embed_catalog(catalog, backbone=backbone, input_size=input_size, workspace=workspace,
+                                              progress=progress)
+    return Shop(data_dir, catalog, inter, load_customers(data_dir), feats, failures, secs)
+
+
+def rec_data(shop: Shop, events: pd.DataFrame | None = None, now=None) -> RecData:
+    ev = shop.interactions.events if events is None else events
+    return RecData(ev, shop.candidates, image_features=shop.image_features, metadata=shop.catalog.metadata, now=now)
+
+
+def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame | None = None, now=None, **params):
+    from fashionrec.recommend import create_recommender
+
+    needs_images = name in {"visual", "hybrid"}
+    if needs_images and shop.image_features is None:
+        from fashionrec.errors import FashionrecError
+
+        raise FashionrecError(f"recommender '{name}' needs image features: load_shop(..., with_images=True)")
+    return create_recommender(name, **params).fit(rec_data(shop, events, now))

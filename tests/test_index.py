@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from fashionrec.index import create_index, load_index
+from fashionrec.index.base import choose_index_kind
+
+KINDS = ["exact", "flat", "hnsw", "ivf", "pq"]
+
+
+def _data(n=2000, d=32, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    return [f"i{j}" for j in range(n)], x
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contract_self_is_nearest_and_matches_exact(kind, tmp_path):
+    ids, x = _data()
+    idx = create_index(kind, dim=32)
+    idx.add(ids, x, categories=["a" if j % 2 else "b" for j in range(len(ids))])
+    got, scores = idx.search(x[:50], k=10)
+    assert (got[:, 0] == np.array(ids[:50], dtype=object)).mean() >= 0.95
+    ref = create_index("exact", dim=32)
+    ref.add(ids, x)
+    exp, _ = ref.search(x[50:100] + 0.1, k=10)
+    got2, _ = idx.search(x[50:100] + 0.1, k=10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got2, exp)])
+    assert recall >= (0.99 if kind in ("exact", "flat") else 0.6)
+    # category filter: only odd items ('a')
+    cat_ids, _ = idx.search(x[:5], k=5, category="a")
+    assert all(int(i[1:]) % 2 == 1 for i in cat_ids.ravel() if i)
+    # add a new item without rebuild: it is found at once
+    new = np.random.default_rng(9).normal(size=(1, 32)).astype(np.float32)
+    idx.add(["new"], new, categories=["a"])
+    assert idx.search(new, k=1)[0][0, 0] == "new"
+    # save/load round trip
+    idx.save(tmp_path / "i.idx")
+    back = load_index(tmp_path / "i.idx")
+    assert back.search(new, k=1)[0][0, 0] == "new" and len(back) == len(ids) + 1
+
+
+def test_exclude_and_replace():
+    ids, x = _data(50, 8)
+    idx = create_index("exact", dim=8)
+    idx.add(ids, x)
+    got, _ = idx.search(x[:1], k=3, exclude=["i0"])
+    assert "i0" not in got[0]
+    idx.add(["i0"], -x[:1])  # replacing a vector masks the old one
+    assert len(idx) == 50
+    got, _ = idx.search(x[:1], k=1)
+    assert got[0, 0] != "i0"
+
+
+def test_auto_choice_by_size():
+    assert choose_index_kind(20_000) == "exact"
+    assert choose_index_kind(1_000_000) == "hnsw"
+    assert choose_index_kind(50_000_000) == "pq"
+    with pytest.raises(ValueError, match="unknown index"):
+        create_index("annoy", dim=4)

@@ -1,0 +1,138 @@
+"""One contract, run against every recommender, on data with a known answer (after implicit's checker board).
+
+Two taste groups: items 0-9 ('A', look alike, same category) and 10-19 ('B'). Each user buys only from their group,
+over several weeks. A good recommender keeps a user inside their group; content models also reach an item nobody
+has bought if it looks like the group.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashionrec.errors import FashionrecError
+from fashionrec.recommend import create_recommender, list_recommenders, load_recommender
+from fashionrec.recommend.base import ItemFeatures, RecData
+
+ITEMS = [f"{i:010d}" for i in range(1000, 1020)]  # H&M-like 10-digit ids
+GROUP = {it: ("A" if j < 10 else "B") for j, it in enumerate(ITEMS)}
+PERSONALISED = ["itemknn", "als", "bpr", "content", "visual", "hybrid"]
+
+
+def _world(seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    start = pd.Timestamp("2020-01-01")
+    for u in range(60):
+        g = 0 if u % 2 == 0 else 10
+        for n in range(6):
+            day = int(rng.integers(0, 120))
+            rows.append((f"u{u}", ITEMS[g + int(rng.integers(0, 10))], start + pd.Timedelta(days=day), 1.0))
+    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight"]).sort_values("timestamp")
+    centers = {"A": np.eye(16)[0], "B": np.eye(16)[1]}
+    vecs = np.stack([centers[GROUP[i]] + 0.05 * rng.normal(size=16) for i in ITEMS]).astype(np.float32)
+    meta = pd.DataFrame({"product_group_name": [GROUP[i] for i in ITEMS],
+                         "prod_name": [f"{'red top' if GROUP[i] == 'A' else 'blue shoe'} {j}" for j, i in enumerate(ITEMS)],
+                         "detail_desc": ["soft cotton top" if GROUP[i] == "A" else "leather shoe sole" for i in ITEMS]},
+                        index=pd.Index(ITEMS, name="article_id"))
+    return RecData(ev, ITEMS, image_features=ItemFeatures(ITEMS, vecs), metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return _world()
+
+
+def _fit(name, data):
+    params = {"hybrid": {"val_days": 14, "n_windows": 3}, "als": {"factors": 4, "iterations": 30},
+              "bpr": {"factors": 8, "iterations": 200, "learning_rate": 0.1}}.get(name, {})
+    return create_recommender(name, **params).fit(data)
+
+
+def test_registry_has_all():
+    assert set(list_recommenders()) >= {"popularity", "repurchase", "itemknn", "als", "bpr", "content", "visual", "hybrid"}
+    with pytest.raises(FashionrecError, match="unknown recommender"):
+        create_recommender("magic")
+    with pytest.raises(ValueError, match="half_life_days"):
+        create_recommender("popularity", half_life_days=0)
+
+
+@pytest.mark.parametrize("name", PERSONALISED)
+def test_stays_in_taste_group(name, world):
+    model = _fit(name, world)
+    in_group = []
+    for u in ["u0", "u2", "u1", "u3"]:
+        mine = GROUP[world.item_ids[world.history(u)[0][0]]]
+        recs = model.recommend(u, k=5, exclude_bought=True)
+        assert recs, f"{name} recommended nothing to {u}"
+        in_group += [GROUP[r.item] == mine for r in recs]
+    assert np.mean(in_group) >= 0.8, f"{name}: only {np.mean(in_group):.0%} of recommendations in the user's group"
+
+
+@pytest.mark.parametrize("name", PERSONALISED)
+def test_new_user_history_at_query_time(name, world):
+    model = _fit(name, world)
+    recs = model.recommend_from_history([ITEMS[12], ITEMS[15]], k=4, exclude_bought=True)
+    assert np.mean([GROUP[r.item] == "B" for r in recs]) >= 0.75
+
+
+@pytest.mark.parametrize("name", ["visual", "content", "itemknn", "hybrid"])
+def test_similar_items_and_explanations(name, world):
+    model = _fit(name, world)
+    sims = model.similar_items(ITEMS[3], k=4)
+    assert ITEMS[3] not in [r.item for r in sims]
+    assert np.mean([GROUP[r.item] == "A" for r in sims]) >= 0.75
+    recs = model.recommend_from_history([ITEMS[1], ITEMS[11]], k=6)
+    for r in recs:  # each recommendation names the history item that led to it, from its own group
+        if r.because:
+            assert set(r.because) <= {ITEMS[1], ITEMS[11]}
+            if r.item not in (ITEMS[1], ITEMS[11]) and name != "hybrid":
+                assert GROUP[r.because[0]] == GROUP[r.item]
+
+
+def test_repurchase_puts_own_items_first(world):
+    model = _fit("repurchase", world)
+    h = {world.item_ids[j] for j in world.history("u4")[0]}
+    recs = [r.item for r in model.recommend("u4", k=len(h))]
+    assert set(recs) == h
+
+
+def test_popularity_is_time_decayed():
+    ev = pd.DataFrame({"user": ["a", "b", "c", "d"], "item": ["old", "old", "old", "new"],
+                       "timestamp": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-03-01"]),
+                       "weight": 1.0})
+    data = RecData(ev, ["old", "new"])
+    assert [r.item for r in create_recommender("popularity", window_days=None).fit(data).recommend("x", 2)] == ["new", "old"]
+
+
+@pytest.mark.parametrize("name", ["visual", "hybrid"])
+def test_new_arrival_is_recommendable_at_once(name):
+    data = _world()
+    model = _fit(name, data)
+    new_vec = np.eye(16)[0:1].astype(np.float32)  # looks exactly like group A
+    model.add_items(["0099999001"], vectors=new_vec)
+    sims = [r.item for r in model.similar_items(ITEMS[0], k=5)]
+    assert "0099999001" in sims
+    recs = [r.item for r in model.recommend_from_history([ITEMS[0], ITEMS[1], ITEMS[2]], k=12, exclude_bought=True)]
+    assert "0099999001" in recs
+
+
+def test_cf_cannot_reach_never_bought_items():
+    data = _world()
+    model = _fit("itemknn", data)
+    model.add_items(["0099999001"])
+    recs = [r.item for r in model.recommend("u0", k=20)]
+    assert "0099999001" not in recs
+
+
+@pytest.mark.parametrize("name", ["popularity", "itemknn", "als", "visual", "hybrid"])
+def test_save_load_roundtrip(name, world, tmp_path):
+    model = _fit(name, world)
+    model.save(tmp_path / "m.pkl")
+    back = load_recommender(tmp_path / "m.pkl")
+    assert [r.item for r in back.recommend("u0", 5)] == [r.item for r in model.recommend("u0", 5)]
+
+
+def test_unknown_history_item_is_a_clear_error(world):
+    model = _fit("visual", world)
+    with pytest.raises(FashionrecError, match="unknown item id"):
+        model.recommend_from_history(["nope"])
