@@ -234,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backbones", help="list registered backbones")
     b.set_defaults(func=cmd_backbones)
 
-    from fashionrec import cli_more, cli_rec
+    from fashionrec import cli_more, cli_rec, cli_serve
 
     cli_more.add_commands(sub, _add_model_args)
     cli_rec.add_commands(sub)
+    cli_serve.add_commands(sub)
     return p
 
 

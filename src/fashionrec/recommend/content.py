@@ -162,7 +162,7 @@ class MetadataContent(_VectorProfile):
     def _new_vectors(self, ids, vectors, metadata):
         if metadata is None or metadata.empty:
             return None
-        meta = metadata.reindex(list(ids))
+        meta = metadata.reindex(index=list(ids), columns=self._cats_cols)  # the columns seen at fit time
         v = self._featurize(meta, fit=False)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 

@@ -22,7 +22,7 @@ from fashionrec.recommend.base import DAY, RecData, Recommender, recency_weights
 log = logging.getLogger(__name__)
 
 FEATURES = ["pop", "pop_rank", "own_w", "own_n", "days_since_own", "visual", "visual_rank", "knn", "same_product",
-            "days_since_product", "content", "never_bought", "hist_len", "days_since_last"]
+            "days_since_product", "content", "never_bought", "hist_len", "days_since_last", "code_pop", "trend"]
 
 
 def product_codes(item_ids: list[str], metadata: pd.DataFrame | None) -> np.ndarray:
@@ -64,6 +64,22 @@ class _Components:
         self.set_codes(product_codes(data.item_ids, data.metadata))
         self.bought = np.asarray(data.matrix.sum(0)).ravel() > 0
         self.top_pop = np.argsort(-self.pop.pop)[:64]
+        self._trend()
+
+    def _trend(self) -> None:
+        """Item-level context known without the user: how popular the item's product (any colour) is, and how much
+        it looks like what sells now (cosine to the 50 most popular items). Both reach never-bought items."""
+        pop = self.pop.pop
+        code_pop = np.zeros(self.n_codes)
+        has = self.code_ids >= 0
+        np.add.at(code_pop, self.code_ids[has], pop[has])
+        self.code_pop = np.where(has, code_pop[np.maximum(self.code_ids, 0)], 0.0) / (pop.max() + 1e-12)
+        self.top_code_pop = np.argsort(-(self.code_pop * (~self.bought)))[:64]  # new colours of hit products
+        self.trend = np.zeros(self.data.n_items)
+        if self.visual is not None:
+            top = [j for j in np.argsort(-pop)[:50] if self.visual.has[j] and pop[j] > 0]
+            if top:
+                self.trend = np.where(self.visual.has, (self.visual.V @ self.visual.V[top].T).max(1), 0.0)
 
     def set_codes(self, codes: np.ndarray) -> None:
         """Product codes as small integers (-1 = none) for vectorised same-product lookups."""
@@ -91,7 +107,7 @@ class Hybrid(Recommender):
     def _candidates_and_features(self, c: _Components, hist_idx, hist_ts) -> tuple[np.ndarray, np.ndarray]:
         n = c.data.n_items
         now = np.datetime64(pd.Timestamp(c.data.now), "ns")
-        cand = set(c.top_pop[: self.n_pop].tolist())
+        cand = set(c.top_pop[: self.n_pop].tolist()) | set(c.top_code_pop[: self.n_pop].tolist())
         own_w = np.zeros(n)
         own_n = np.zeros(n)
         last_own = np.full(n, 9999.0)
@@ -141,7 +157,7 @@ class Hybrid(Recommender):
         X = np.column_stack([c.pop_s[cand], c.pop_rank[cand], own_w[cand], own_n[cand], last_own[cand], vis[cand],
                              vis_rank[cand], knn[cand], same_prod[cand], last_prod[cand], content[cand],
                              (~c.bought[cand]).astype(float), np.full(len(cand), np.log1p(len(hist_idx))),
-                             np.full(len(cand), days_since_last)])
+                             np.full(len(cand), days_since_last), c.code_pop[cand], c.trend[cand]])
         return cand, X
 
     # ---------------------------------------------------------------- training
@@ -247,6 +263,8 @@ class Hybrid(Recommender):
         c.pop_rank = np.concatenate([c.pop_rank, np.full(n_new, float(len(c.pop_rank)))])
         c.bought = np.concatenate([c.bought, np.zeros(n_new, dtype=bool)])
         c.set_codes(np.concatenate([c.codes, product_codes(list(self.data.item_ids[-n_new:]), metadata)]))
+        c.code_pop = np.concatenate([c.code_pop, np.zeros(n_new)])
+        c.trend = np.concatenate([c.trend, np.zeros(n_new)])
         c.pop.add_items(ids)
         if c.visual is not None:
             c.visual.add_items(ids, vectors)

@@ -1,0 +1,214 @@
+"""Artifacts the server needs, built once and kept on disk (atomically), reloaded on restart.
+
+- the shop (catalog, log, image features: cached per file),
+- fitted recommenders (the default hybrid plus cheap baselines),
+- a vector index over image features for "similar items" (auto-chosen kind, category filter),
+- precomputed top-k for every known customer (serving them is a lookup; new histories are scored live),
+- a tagger (logistic regression on image features for catalog columns) for uploaded photos,
+- new arrivals added through the API: image + metadata under <workspace>/arrivals, replayed at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.errors import FashionrecError
+from fashionrec.io import atomic_path, default_workspace, write_json
+
+log = logging.getLogger(__name__)
+TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
+LIGHT_MODELS = ("popularity", "repurchase", "visual")
+
+
+@dataclass
+class Tagger:
+    column: str
+    classes: list[str]
+    model: object
+
+    def predict(self, raw: np.ndarray, top: int = 3) -> list[dict]:
+        p = self.model.predict_proba(np.atleast_2d(raw))[0]
+        order = np.argsort(-p)[:top]
+        return [{"label": self.classes[j], "probability": round(float(p[j]), 4)} for j in order]
+
+
+@dataclass
+class ServingState:
+    shop: object
+    models: dict
+    default_model: str
+    index: object
+    precomputed: dict            # model name -> {user: [(item, score, because), ...]}
+    taggers: list[Tagger]
+    backbone: object
+    workspace: Path
+    k_precomputed: int = 50
+    arrivals: dict = field(default_factory=dict)   # id -> {"image": path, "metadata": {...}}
+    started: float = field(default_factory=time.time)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # ------------------------------------------------------------ lookups
+    def image_path(self, item: str) -> Path | None:
+        if item in self.arrivals:
+            return Path(self.arrivals[item]["image"])
+        return self.shop.catalog.image_paths.get(item)
+
+    def item_info(self, item: str) -> dict:
+        meta = self.shop.catalog.metadata
+        row = {}
+        if item in meta.index:
+            row = {k: (None if pd.isna(v) else v) for k, v in meta.loc[item].items() if not isinstance(v, (list, dict))}
+        elif item in self.arrivals:
+            row = dict(self.arrivals[item].get("metadata", {}))
+        return {"id": item, "image_url": f"/images/{item}" if self.image_path(item) else None,
+                "name": row.get("prod_name"), "category": row.get("product_group_name"),
+                "colour": row.get("colour_group_name"), "type": row.get("product_type_name"),
+                "metadata": {k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()}}
+
+    def known_item(self, item: str) -> bool:
+        return item in self.models[self.default_model].data.item_index
+
+    def category_of(self, item: str) -> str | None:
+        return self.item_info(item)["category"]
+
+
+def _data_fingerprint(shop) -> str:
+    h = hashlib.sha1()
+    for f in sorted(shop.data_dir.glob("transactions*")) + sorted(shop.data_dir.glob("articles*")):
+        st = f.stat()
+        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    h.update(str(len(shop.catalog.image_paths)).encode())
+    return h.hexdigest()[:12]
+
+
+def _train_taggers(shop) -> list[Tagger]:
+    """Tags for uploads: logistic regression on raw image features of the labelled catalog items."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if shop.raw_features is None or shop.catalog.metadata.empty:
+        return []
+    pos = {i: r for r, i in enumerate(shop.raw_features.ids)}
+    out = []
+    for col in TAG_COLUMNS:
+        if col not in shop.catalog.metadata.columns:
+            continue
+        lab = shop.catalog.metadata[col].dropna().astype(str)
+        lab = lab[lab.index.isin(pos)]
+        counts = lab.value_counts()
+        lab = lab[lab.isin(counts[counts >= 5].index)]
+        if lab.nunique() < 2:
+            continue
+        x = shop.raw_features.vectors[[pos[i] for i in lab.index]]
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=500)).fit(x, lab.to_numpy())
+        out.append(Tagger(col, list(clf.classes_), clf))
+    return out
+
+
+def _precompute(model, users, k) -> dict:
+    out = {}
+    for u in users:
+        out[u] = [(r.item, r.score, r.because) for r in model.recommend(u, k)]
+    return out
+
+
+def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
+                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50) -> ServingState:
+    """Load or build every artifact for serving `data_dir`."""
+    import pickle
+
+    from fashionrec.backbones import create_backbone
+    from fashionrec.index import create_index
+    from fashionrec.pipeline import fit_recommender, load_shop
+
+    ws = Path(workspace) if workspace else default_workspace()
+    shop = load_shop(data_dir, workspace=ws, progress=progress)
+    if shop.image_features is None:
+        raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
+    art = ws / "serving" / _data_fingerprint(shop)
+    art.mkdir(parents=True, exist_ok=True)
+    names = [default_model] + [m for m in LIGHT_MODELS if m != default_model]
+    models, pre = {}, {}
+    users = sorted(set(shop.customers) | set(shop.interactions.events["user"].unique()))
+    for name in names:
+        path = art / f"{name}.pkl"
+        if path.exists():
+            with open(path, "rb") as f:
+                models[name], pre[name] = pickle.load(f)
+            continue
+        t = time.time()
+        m = fit_recommender(shop, name)
+        p = _precompute(m, users, k_precomputed)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                pickle.dump((m, p), f, protocol=5)
+        models[name], pre[name] = m, p
+        log.info("built %s in %.1fs", name, time.time() - t)
+        if progress:
+            print(f"built {name} and precomputed {len(users)} customers in {time.time() - t:.1f}s", flush=True)
+    feats = shop.image_features
+    index = create_index(index_kind, dim=feats.vectors.shape[1], n_items=len(feats.ids))
+    meta = shop.catalog.metadata
+    cats = meta["product_group_name"].reindex(feats.ids).tolist() if "product_group_name" in meta.columns else None
+    index.add(feats.ids, feats.vectors, categories=[None if (c is None or c != c) else c for c in cats] if cats else None)
+    backbone = create_backbone(shop.backbone_name, input_size=shop.input_size)
+    state = ServingState(shop, models, default_model, index, pre, _train_taggers(shop), backbone, ws,
+                         k_precomputed=k_precomputed)
+    replay_arrivals(state)
+    return state
+
+
+# ------------------------------------------------------------------ new arrivals
+def _arrivals_dir(state: ServingState) -> Path:
+    return state.workspace / "arrivals" / _data_fingerprint(state.shop)
+
+
+def embed_upload(state: ServingState, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(raw backbone vector, projected vector) for uploaded image bytes; raises ImageDecodeError on bad input."""
+    from fashionrec.features import embed_bytes
+
+    raw = embed_bytes(state.backbone, data, source=source)
+    return raw, state.shop.project(raw)[0]
+
+
+def add_arrival(state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True) -> dict:
+    """Make a new item recommendable at once: every model, the index; persisted (atomically) for restarts."""
+    raw, vec = embed_upload(state, data, source=f"upload for {item_id}")
+    meta_df = pd.DataFrame([metadata], index=pd.Index([item_id], name="article_id")) if metadata else None
+    with state.lock:
+        for m in state.models.values():
+            m.add_items([item_id], vectors=vec[None], metadata=meta_df)
+        state.index.add([item_id], vec[None], categories=[metadata.get("product_group_name")])
+        folder = _arrivals_dir(state)
+        img_path = folder / f"{item_id}.img"
+        if persist:
+            with atomic_path(img_path) as tmp:
+                tmp.write_bytes(data)
+        state.arrivals[item_id] = {"image": str(img_path), "metadata": metadata}
+        if persist:
+            write_json(folder / "arrivals.json", state.arrivals)
+    return state.item_info(item_id)
+
+
+def replay_arrivals(state: ServingState) -> None:
+    registry = _arrivals_dir(state) / "arrivals.json"
+    if not registry.exists():
+        return
+    saved = json.loads(registry.read_text())
+    for item_id, rec in saved.items():
+        try:
+            data = Path(rec["image"]).read_bytes()
+            add_arrival(state, item_id, data, rec.get("metadata") or {}, persist=False)
+        except Exception as e:  # one bad arrival must not stop the server
+            log.warning("could not restore new arrival %s: %s", item_id, e)

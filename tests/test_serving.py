@@ -1,0 +1,156 @@
+"""REST API against a real uvicorn server: happy paths, hostile input (never a 500), persistence of new arrivals."""
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+
+from fashionrec.serving.app import MAX_UPLOAD_BYTES, create_app
+from fashionrec.serving.state import build_state
+from serving_helpers import make_shop, running_server
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return make_shop(tmp_path_factory.mktemp("shop") / "hm")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    return tmp_path_factory.mktemp("ws")
+
+
+@pytest.fixture(scope="module")
+def server(shop, workspace):
+    root, ids, users = shop
+    state = build_state(root, workspace=workspace, progress=False)
+    with running_server(create_app(state)) as url:
+        yield url, ids, users
+
+
+def _jpeg(color=(210, 20, 30)) -> bytes:
+    img = Image.new("RGB", (64, 96), (245, 245, 245))
+    img.paste(Image.new("RGB", (40, 50), color), (12, 10))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_health_items_similar(server):
+    url, ids, users = server
+    h = httpx.get(f"{url}/health").json()
+    assert h["status"] == "ok" and h["items"] == 30 and "hybrid" in h["models"]
+    item = httpx.get(f"{url}/items/{ids[0]}").json()
+    assert item["category"] == "Garment Upper body" and item["image_url"] == f"/images/{ids[0]}"
+    sims = httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 5}).json()
+    assert len(sims) == 5 and ids[0] not in [s["id"] for s in sims]
+    assert all(s["category"] == "Garment Upper body" for s in sims)  # red tops look like red tops
+    only_shoes = httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 5, "category": "Shoes"}).json()
+    assert only_shoes and all(s["category"] == "Shoes" for s in only_shoes)
+    img = httpx.get(f"{url}/images/{ids[0]}")
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+
+
+def test_user_recommendations_with_explanations(server):
+    url, ids, users = server
+    r = httpx.get(f"{url}/users/{users[0]}/recommendations", params={"k": 6}).json()
+    assert r["model"] == "hybrid" and len(r["items"]) == 6
+    assert sum(it["category"] == "Garment Upper body" for it in r["items"]) >= 5
+    hist = {h["id"] for h in httpx.get(f"{url}/users/{users[0]}").json()["history"]}
+    explained = [it for it in r["items"] if it["because"]]
+    assert explained and all(set(it["because"]) <= hist for it in explained)
+    r2 = httpx.get(f"{url}/users/{users[1]}/recommendations", params={"k": 4, "model": "visual"}).json()
+    assert r2["model"] == "visual" and all(it["category"] == "Shoes" for it in r2["items"])
+
+
+def test_history_at_query_time(server):
+    url, ids, _ = server
+    r = httpx.post(f"{url}/recommendations", json={"history": [ids[20], ids[21]], "k": 5, "exclude_bought": True})
+    assert r.status_code == 200
+    assert sum(it["category"] == "Shoes" for it in r.json()["items"]) >= 4
+
+
+def test_image_search_tags_and_similar(server):
+    url, _, _ = server
+    r = httpx.post(f"{url}/search/image", files={"file": ("top.jpg", _jpeg(), "image/jpeg")}, params={"k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tags"]["product_group_name"][0]["label"] == "Garment Upper body"
+    assert sum(s["category"] == "Garment Upper body" for s in body["similar"]) >= 4
+
+
+@pytest.mark.parametrize("method,path,kw,status,match", [
+    ("get", "/items/nope", {}, 404, "unknown item"),
+    ("get", "/items/nope/similar", {}, 404, "unknown item"),
+    ("get", "/users/nobody/recommendations", {}, 404, "unknown customer"),
+    ("get", "/users/cust000/recommendations?k=0", {}, 422, ""),
+    ("get", "/users/cust000/recommendations?k=abc", {}, 422, ""),
+    ("get", "/users/cust000/recommendations?model=magic", {}, 422, "unknown model"),
+    ("post", "/recommendations", {"json": {"history": []}}, 422, ""),
+    ("post", "/recommendations", {"json": {"history": ["nope"]}}, 422, "unknown item"),
+    ("post", "/recommendations", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, ""),
+    ("get", "/images/nope", {}, 404, "no image"),
+])
+def test_bad_requests_are_answered(server, method, path, kw, status, match):
+    url, _, _ = server
+    r = getattr(httpx, method)(f"{url}{path}", **kw)
+    assert r.status_code == status, r.text
+    assert match in r.text
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, "PNG")  # 81 Mpx: small file, huge image
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name,data,ctype,status,match", [
+    ("notes.txt", b"hello, not an image", "text/plain", 415, "not an image"),
+    ("fake.jpg", b"hello, not an image", "image/jpeg", 415, "not an image"),
+    ("empty.jpg", b"", "image/jpeg", 422, "empty file"),
+    ("cut.jpg", None, "image/jpeg", 422, "cannot decode"),
+    ("bomb.png", None, "image/png", 413, "pixel"),
+    ("huge.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 10), "image/jpeg", 413, "limit"),
+])
+def test_hostile_uploads(server, name, data, ctype, status, match):
+    url, _, _ = server
+    if name == "cut.jpg":
+        full = _jpeg()
+        data = full[: len(full) // 2]
+    if name == "bomb.png":
+        data = _bomb()
+    for path in ("/search/image", "/items"):
+        extra = {"data": {"id": "x1"}} if path == "/items" else {}
+        r = httpx.post(f"{url}{path}", files={"file": (name, data, ctype)}, **extra, timeout=30)
+        assert r.status_code == status, (path, r.text)
+        assert match in r.json()["detail"]
+
+
+def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, server):
+    url, ids, users = server
+    r = httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg((230, 10, 20)), "image/jpeg")},
+                   data={"id": "0999999001", "name": "new red top", "category": "Garment Upper body"})
+    assert r.status_code == 201, r.text
+    assert httpx.get(f"{url}/items/0999999001").json()["name"] == "new red top"
+    sims = [s["id"] for s in httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 15}).json()]
+    assert "0999999001" in sims
+    recs = httpx.post(f"{url}/recommendations", json={"history": ids[:3], "k": 15, "model": "visual"}).json()
+    assert "0999999001" in [i["id"] for i in recs["items"]]
+    assert httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg(), "image/jpeg")},
+                      data={"id": "0999999001"}).status_code == 409
+    # restart: a new state from the same workspace still knows the arrival
+    state2 = build_state(shop[0], workspace=workspace, progress=False)
+    with running_server(create_app(state2)) as url2:
+        assert httpx.get(f"{url2}/items/0999999001").status_code == 200
+        assert httpx.get(f"{url2}/images/0999999001").status_code == 200
+        sims2 = [s["id"] for s in httpx.get(f"{url2}/items/{ids[0]}/similar", params={"k": 15}).json()]
+        assert "0999999001" in sims2
+
+
+def test_openapi_docs(server):
+    url, _, _ = server
+    spec = httpx.get(f"{url}/openapi.json").json()
+    for p in ["/health", "/items/{item_id}", "/items/{item_id}/similar", "/users/{user_id}/recommendations",
+              "/recommendations", "/search/image", "/items"]:
+        assert p in spec["paths"]
