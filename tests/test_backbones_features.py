@@ -104,3 +104,20 @@ def test_fast_path_close_to_reference():
     fast = embed_arrays(bb, x, progress=False, path=InferencePath("bf16", channels_last=True))
     cos = (ref * fast).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(fast, axis=1)
     assert cos.min() > 0.98
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "fp32-cl"])
+def test_exact_fast_paths_match_reference(name):
+    bb = create_backbone("efficientnet_lite0", input_size=64)
+    x = np.random.default_rng(1).integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    ref = embed_arrays(bb, x, progress=False)
+    fast = embed_arrays(create_backbone("efficientnet_lite0", input_size=64), x, progress=False,
+                        path=InferencePath.parse(name))
+    assert np.allclose(ref, fast, atol=1e-3), np.abs(ref - fast).max()
+
+
+def test_inference_path_validation():
+    with pytest.raises(ValueError, match="unknown inference path"):
+        InferencePath.parse("fp8")
+    with pytest.raises(ValueError):
+        InferencePath("int8")
