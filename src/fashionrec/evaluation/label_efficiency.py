@@ -35,7 +35,7 @@ def _pixels(x_tr, y_tr, x_te, seed):
     return clf.fit(f(x_tr), y_tr).predict(f(x_te))
 
 
-def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=3000):
+def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=600):
     """TinyCNN from scratch at native resolution; epochs scale so that small k still gets enough steps."""
     from fashionrec.backbones import create_backbone
     from fashionrec.features import Preprocess
@@ -45,7 +45,7 @@ def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=3000):
     size = x_tr.shape[1]
     pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, invert=False)
     steps_per_epoch = max(1, -(-len(x_tr) // 64))
-    epochs = int(np.clip(epochs_budget // steps_per_epoch, 3, 60))
+    epochs = int(np.clip(epochs_budget // steps_per_epoch, 2, 40))
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(x_tr))
     n_val = len(x_tr) // 5 if len(x_tr) >= 5 * n_classes else 0

@@ -1,0 +1,78 @@
+"""The command line, end to end, on tiny data with known answers."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashionrec.cli import main
+from serving_helpers import make_shop
+
+
+def test_tag_known_answer(tiny_hm, tmp_path, capsys):
+    out = tmp_path / "tags.csv"
+    rc = main(["-q", "tag", "--data", str(tiny_hm), "--label-column", "product_group_name", "--out", str(out),
+               "--input-size", "64"])
+    assert rc == 0
+    df = pd.read_csv(out, dtype=str).set_index("article_id")
+    # the two unlabelled images: a red one (like the tops) and a blue one (like the shoes); the corrupt one skipped
+    assert df.loc["0300000001", "product_group_name"] == "Garment Upper body"
+    assert df.loc["0400000001", "product_group_name"] == "Shoes"
+    assert "0500000001" not in df.index
+    assert df["confidence"].astype(float).between(0, 1).all()
+
+
+def test_train_and_predict_on_image_folder(tiny_hm, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--dataset", str(tiny_hm), "--label-column", "colour_group_name", "--out", str(out),
+                 "--input-size", "64"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_accuracy"] == 1.0 and "macro_f1" in m
+    assert (out / "confusion.png").stat().st_size > 1000 and (out / "config.json").exists()
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out / "model.pt"), str(tiny_hm / "images" / "030")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "image,rank,label,probability" and lines[1].split(",")[2] == "Red"
+
+
+def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):
+    out = tmp_path / "fm"
+    assert main(["-q", "train", "--dataset", "fashion-mnist", "--labels-per-class", "5", "--method", "linear-probe",
+                 "--seed", "0", "--out", str(out), "--input-size", "32", "--test-size", "500"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0.4 < m["test_accuracy"] <= 1.0 and 0 < m["macro_f1"] <= 1.0 and m["n_train"] == 50
+
+
+def test_recommend_contract(tmp_path, capsys):
+    root, ids, users = make_shop(tmp_path / "shop")
+    out = tmp_path / "recs.csv"
+    assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "5",
+                 "--out", str(out)]) == 0
+    df = pd.read_csv(out, dtype=str)
+    assert list(df.columns) == ["customer_id", "prediction"]
+    assert set(df["customer_id"]) == set(users) | {"newcust"}  # every customer, including one with no purchases
+    preds = df.set_index("customer_id")["prediction"].str.split()
+    assert preds.str.len().eq(5).all()
+    assert all(p[0].startswith("0") and len(p[0]) == 10 for p in preds)  # ids keep their leading zero
+    users_file = tmp_path / "u.txt"
+    users_file.write_text("cust001\nnobody\n")
+    assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "3",
+                 "--out", str(out), "--model", "popularity", "--users", str(users_file)]) == 0
+    assert pd.read_csv(out)["customer_id"].tolist() == ["cust001", "nobody"]
+
+
+def test_evaluate_prints_table(tmp_path, capsys):
+    root, _, _ = make_shop(tmp_path / "shop")
+    assert main(["-q", "--workspace", str(tmp_path / "ws"), "evaluate", "--data", str(root), "--split-date", "2020-05-01",
+                 "--models", "popularity,repurchase,visual", "--out", str(tmp_path / "ev")]) == 0
+    out = capsys.readouterr().out
+    assert "| repurchase |" in out and "MAP@12" in out
+    assert (tmp_path / "ev" / "comparison.png").exists()
+
+
+def test_errors_are_clear(tmp_path, capsys):
+    assert main(["train", "--dataset", str(tmp_path / "nope"), "--label-column", "x", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["recommend", "--data", str(tmp_path), "--out", str(tmp_path / "r.csv")]) == 2
+    assert "error" in capsys.readouterr().err
