@@ -38,7 +38,7 @@ def cmd_recommend(args) -> int:
     shop = load_shop(args.data, with_images=needs_images, workspace=_workspace(args), progress=_progress(args),
                      backbone=args.backbone, input_size=args.input_size)
     t_load = time.time() - t0
-    model = fit_recommender(shop, name)
+    model = fit_recommender(shop, name, cache_dir=_workspace(args))
     t_fit = time.time() - t0 - t_load
     users = _read_users(args.users) if args.users else shop.customers
     if not users:

@@ -44,6 +44,17 @@ class Shop:
             z = self.projection.transform(z).astype(np.float32)
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
+    def fingerprint(self) -> str:
+        """Identity of the shop's data (log, catalog, image set) and features: keys cached models."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for f in sorted(self.data_dir.glob("transactions*")) + sorted(self.data_dir.glob("articles*")):
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(f"{len(self.catalog.image_paths)}|{self.backbone_name}|{self.input_size}".encode())
+        return h.hexdigest()[:12]
+
     @property
     def candidates(self) -> list[str]:
         """Every item that has an image or a catalog row (items bought but with neither are not recommendable)."""
@@ -96,12 +107,31 @@ def rec_data(shop: Shop, events: pd.DataFrame | None = None, now=None) -> RecDat
     return RecData(ev, shop.candidates, image_features=shop.image_features, metadata=shop.catalog.metadata, now=now)
 
 
-def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame | None = None, now=None, **params):
-    from fashionrec.recommend import create_recommender
+def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame | None = None, now=None,
+                    cache_dir: str | Path | None = None, **params):
+    """Fit `name` on the shop's log (or `events`). With `cache_dir`, a model fitted on the whole log with the same
+    data and parameters is loaded instead of refitted (written atomically after fitting)."""
+    from fashionrec.recommend import create_recommender, load_recommender
+
+    cache = None
+    if cache_dir is not None and events is None and now is None:
+        import hashlib
+        import json
+
+        key = hashlib.sha1(json.dumps([name, params], sort_keys=True, default=str).encode()).hexdigest()[:8]
+        cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key}.pkl"
+        if cache.exists():
+            try:
+                return load_recommender(cache)
+            except Exception as e:  # a damaged cache is refitted, never fatal
+                log.warning("%s: unreadable model cache (%s); refitting", cache, e)
 
     needs_images = name in {"visual", "hybrid"}
     if needs_images and shop.image_features is None:
         from fashionrec.errors import FashionrecError
 
         raise FashionrecError(f"recommender '{name}' needs image features: load_shop(..., with_images=True)")
-    return create_recommender(name, **params).fit(rec_data(shop, events, now))
+    model = create_recommender(name, **params).fit(rec_data(shop, events, now))
+    if cache is not None:
+        model.save(cache)
+    return model

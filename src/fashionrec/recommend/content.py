@@ -55,7 +55,7 @@ class _VectorProfile(Recommender):
         for j, wj in zip(h, w):
             uniq[j] = max(wj, uniq.get(j, 0))
         h = np.fromiter(uniq, dtype=np.int64)
-        w = np.fromiter(uniq.values(), dtype=np.float64)
+        w = np.fromiter(uniq.values(), dtype=np.float32)
         sims = self.V @ self.V[h].T  # (n_items, |h|)
         weighted = sims * w
         best = weighted.argmax(1)

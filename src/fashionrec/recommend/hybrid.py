@@ -38,6 +38,19 @@ def product_codes(item_ids: list[str], metadata: pd.DataFrame | None) -> np.ndar
     return codes
 
 
+_CONTROLLER = None
+
+
+def _one_thread():
+    """threadpoolctl limit to one thread; the controller (a scan of loaded libraries) is built once."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1)
+
+
 def _squash(X: np.ndarray) -> np.ndarray:
     """log1p on count/day features so a linear ranker sees them on a sane scale."""
     return np.sign(X) * np.log1p(np.abs(X))
@@ -93,7 +106,7 @@ class _Components:
 class Hybrid(Recommender):
     """Learned blend of repurchase, same-product, visual, item-kNN, content and popularity signals."""
 
-    def __init__(self, val_days: int = 28, n_windows: int = 6, n_visual: int = 60, n_knn: int = 30, n_pop: int = 30,
+    def __init__(self, val_days: int = 28, n_windows: int = 4, n_visual: int = 60, n_knn: int = 30, n_pop: int = 30,
                  use_content: bool = True, ranker: str = "gbm", max_train_users: int = 20000, seed: int = 0):
         super().__init__()
         if val_days < 1 or n_windows < 1:
@@ -223,7 +236,9 @@ class Hybrid(Recommender):
         out = np.full(self.data.n_items, -np.inf)
         cand, X = self._candidates_and_features(self.comp, hist_idx, hist_ts)
         if self.ranker is not None:
-            s = self.ranker.predict_proba(X if self.ranker_kind == "gbm" else _squash(X))[:, 1]
+            # A few hundred rows per query: OpenMP start-up per tree costs 20x the work, so predict on one thread.
+            with _one_thread():
+                s = self.ranker.predict_proba(X if self.ranker_kind == "gbm" else _squash(X))[:, 1]
         else:
             s = self._fallback(X)
         out[cand] = s + 1e-6 * X[:, 0]  # popularity breaks ties deterministically

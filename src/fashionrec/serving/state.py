@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import threading
@@ -83,12 +81,7 @@ class ServingState:
 
 
 def _data_fingerprint(shop) -> str:
-    h = hashlib.sha1()
-    for f in sorted(shop.data_dir.glob("transactions*")) + sorted(shop.data_dir.glob("articles*")):
-        st = f.stat()
-        h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-    h.update(str(len(shop.catalog.image_paths)).encode())
-    return h.hexdigest()[:12]
+    return shop.fingerprint()
 
 
 def _train_taggers(shop) -> list[Tagger]:
@@ -148,7 +141,7 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
                 models[name], pre[name] = pickle.load(f)
             continue
         t = time.time()
-        m = fit_recommender(shop, name)
+        m = fit_recommender(shop, name, cache_dir=ws)
         p = _precompute(m, users, k_precomputed)
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
