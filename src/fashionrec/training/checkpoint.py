@@ -58,7 +58,7 @@ class LoadedClassifier:
         p = self.probe
         z = ((feats - p["mean"]) / p["scale"]) @ p["coef"].T + p["intercept"]
         if z.shape[1] == 1:  # binary logistic regression
-            z = np.hstack([-z, z])
+            z = np.hstack([np.zeros_like(z), z])  # sklearn: p(class 1) = sigmoid(z)
         z = z - z.max(1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(1, keepdims=True)

@@ -19,16 +19,17 @@ from fashionrec.features import Preprocess
 
 
 def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, *, batch_size: int = 256,
-                    max_images: int = 10_000, seed: int = 0, progress: bool = True) -> Backbone:
+                    max_images: int = 10_000, seed: int = 0, progress: bool = True, only: list | None = None) -> Backbone:
     """Reset every BN layer's running statistics and re-estimate them on `images` (uint8, unlabelled).
 
     Weights are untouched: only running_mean / running_var change. Returns the same backbone, in eval mode.
     """
-    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = only if only is not None else [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return backbone
     rng = np.random.default_rng(seed)
     idx = rng.permutation(len(images))[:max_images]
+    was_training = backbone.training
     backbone.eval()
     for m in bns:
         m.reset_running_stats()
@@ -39,4 +40,5 @@ def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preproce
             backbone(preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]))
     for m in bns:
         m.momentum = 0.1
-    return backbone.eval()
+        m.eval()
+    return backbone.train(was_training)

@@ -174,6 +174,16 @@ def finetune(backbone: Backbone, x_train: np.ndarray, y_train: np.ndarray, x_val
                 sched.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            if what != "head":
+                # Precise BN: with few labels there are too few steps for the running averages (momentum 0.1) to
+                # follow the changing weights; re-estimate them with the current weights on the training images.
+                from fashionrec.training.domain import adapt_batchnorm
+
+                trainable_bn = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                                and any(p.requires_grad for p in m.parameters())]
+                if trainable_bn:
+                    adapt_batchnorm(model.backbone, x_train, pre, max_images=2048, seed=cfg.seed, progress=False,
+                                    only=trainable_bn)
             val_acc = float((predict_logits(model, x_val, pre).argmax(1) == y_val).mean()) if len(x_val) else 0.0
             history.append({"stage": what, "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
                             "val_accuracy": val_acc, "seconds": round(time.time() - t0, 1)})

@@ -1,0 +1,84 @@
+"""Training: staged fine-tuning, discriminative learning rates, AdaBN, checkpoints, on data with a known answer."""
+
+import numpy as np
+import pytest
+import torch
+
+from fashionrec.backbones import create_backbone
+from fashionrec.features import Preprocess
+from fashionrec.training.checkpoint import load_classifier
+from fashionrec.training.domain import adapt_batchnorm
+from fashionrec.training.finetune import FinetuneConfig, ImageClassifier, _param_groups, finetune
+from fashionrec.training.tasks import ClassifierConfig, evaluate_classifier, is_light_on_dark, train_image_classifier
+
+
+def _bars(n=120, seed=0):
+    """Class 0: a vertical bar; class 1: a horizontal bar (light on dark, like Fashion-MNIST)."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 28, 28), dtype=np.uint8)
+    y = np.arange(n) % 2
+    for i in range(n):
+        p = int(rng.integers(6, 20))
+        if y[i] == 0:
+            x[i, 4:24, p : p + 4] = 220
+        else:
+            x[i, p : p + 4, 4:24] = 220
+    return x, y
+
+
+def test_schedule_unfreezes_last_blocks_with_smaller_rates():
+    bb = create_backbone("tiny_cnn")
+    model = ImageClassifier(bb, 2)
+    cfg = FinetuneConfig(lr=1e-2, lr_decay=0.5)
+    groups = _param_groups(model, "head", cfg)
+    assert len(groups) == 1 and not any(p.requires_grad for p in bb.parameters())
+    groups = _param_groups(model, "last:2", cfg)
+    assert [g["lr"] for g in groups] == [1e-2, 5e-3, 2.5e-3]
+    assert not any(p.requires_grad for p in bb.blocks[0].parameters())
+    assert all(p.requires_grad for p in bb.blocks[-1].parameters())
+    groups = _param_groups(model, "all", cfg)
+    assert all(p.requires_grad for p in bb.parameters())
+    with pytest.raises(ValueError, match="bad stage"):
+        FinetuneConfig(stages=(("middle", 1),))
+
+
+def test_finetune_learns_known_task_and_keeps_best():
+    x, y = _bars(160)
+    pre = Preprocess(28, (0.5,) * 3, (0.5,) * 3)
+    cfg = FinetuneConfig(stages=(("head", 2), ("all", 6)), lr=5e-3, batch_size=32, seed=0, hflip=False)
+    res = finetune(create_backbone("tiny_cnn"), x[:120], y[:120], x[120:], y[120:], 2, pre, cfg, progress=False)
+    assert res.best_val_accuracy >= 0.9
+    assert [h["stage"] for h in res.history][:2] == ["head", "head"]
+    assert max(h["val_accuracy"] for h in res.history) == res.best_val_accuracy
+
+
+def test_adabn_changes_only_statistics():
+    bb = create_backbone("tiny_cnn")
+    w_before = [p.clone() for p in bb.parameters()]
+    mean_before = bb.model.blocks[0][1].running_mean.clone()
+    x, _ = _bars(64)
+    adapt_batchnorm(bb, x, Preprocess(28, (0.5,) * 3, (0.5,) * 3), batch_size=32, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(w_before, bb.parameters()))
+    assert not torch.allclose(mean_before, bb.model.blocks[0][1].running_mean)
+    assert not bb.training
+
+
+def test_light_on_dark_detection():
+    x, _ = _bars(10)
+    assert is_light_on_dark(x)
+    assert not is_light_on_dark(255 - x)
+
+
+@pytest.mark.parametrize("method", ["linear-probe", "finetune"])
+def test_checkpoint_roundtrip(method, tmp_path):
+    x, y = _bars(80)
+    cfg = ClassifierConfig(method=method, backbone="tiny_cnn", input_size=28, taps=("final",),
+                           finetune=FinetuneConfig(stages=(("head", 1), ("all", 1)), batch_size=32))
+    tr = train_image_classifier(x[:60], y[:60], ["vertical", "horizontal"], cfg, progress=False)
+    p1 = tr.predict_proba(x[60:], progress=False)
+    tr.save(tmp_path / "m.pt")
+    back = load_classifier(tmp_path / "m.pt")
+    assert back.classes == ["vertical", "horizontal"]
+    assert np.allclose(back.predict_proba(x[60:]), p1, atol=1e-4)
+    metrics = evaluate_classifier(tr, x[60:], y[60:])
+    assert 0 <= metrics["test_accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 2
