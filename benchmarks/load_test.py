@@ -35,29 +35,50 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
     raise SystemExit("server did not become ready in time")
 
 
+async def _get(reader, writer, path: str) -> int:
+    """One HTTP/1.1 keep-alive GET on a raw connection. A minimal client on purpose: the load generator shares the
+    2 cores with the server, and httpx spends several times the server's CPU per request."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    if length:
+        await reader.readexactly(length)
+    return status
+
+
 async def run_endpoint(url: str, paths: list[str], clients: int, time_limit: float) -> dict:
     lat, errors, five_hundreds = [], 0, 0
     queue = list(paths)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     deadline = time.time() + time_limit
-    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-        async def worker():
-            nonlocal errors, five_hundreds
+    host, port = url.split("//")[1].split(":")
+
+    async def worker():
+        nonlocal errors, five_hundreds
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             while queue and time.time() < deadline:
                 path = queue.pop()
                 t = time.perf_counter()
                 try:
-                    r = await client.get(path)
+                    status = await asyncio.wait_for(_get(reader, writer, path), 30)
                     lat.append(time.perf_counter() - t)
-                    if r.status_code >= 500:
-                        five_hundreds += 1
-                    if r.status_code != 200:
-                        errors += 1
-                except httpx.HTTPError:
+                    five_hundreds += status >= 500
+                    errors += status != 200
+                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
                     errors += 1
-        t0 = time.perf_counter()
-        await asyncio.gather(*[worker() for _ in range(clients)])
-        wall = time.perf_counter() - t0
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*[worker() for _ in range(clients)])
+    wall = time.perf_counter() - t0
     ms = np.array(lat) * 1000
     return {"n": len(lat), "errors": errors, "5xx": five_hundreds, "rps": len(lat) / wall,
             "p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99)}
@@ -82,7 +103,7 @@ def main() -> int:
     try:
         wait_ready(url, proc, args.startup_timeout)
         print(f"server ready in {time.time() - t0:.1f}s")
-        items = [c["id"] for c in httpx.get(url + "/search/items", params={"q": "0", "limit": 100}).json()]
+        items = [c["id"] for c in httpx.get(url + "/search/items", params={"q": "0", "limit": 100}).json() if c["image_url"]]
         users = [c["id"] for c in httpx.get(url + "/customers", params={"limit": 1000}).json()]
         rng = random.Random(0)
         endpoints = {

@@ -16,9 +16,16 @@ def serve_folder(args) -> int:
     state = build_state(args.data, workspace=_workspace(args), progress=_progress(args),
                         default_model=getattr(args, "model", None) or "hybrid")
     app = create_app(state)
+    import gc
+
+    # The artifacts are millions of long-lived objects; freezing them keeps every later garbage collection from
+    # walking them again (full collections otherwise show up as latency spikes under load).
+    gc.collect()
+    gc.freeze()
     url = f"http://{args.host}:{args.port}/"
     print(f"fashionrec serving {args.data} at {url} (API docs {url}docs); start-up {time.time() - t0:.1f}s", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # uvloop + httptools: the C event loop and HTTP parser, about twice the requests per core of the defaults
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", loop="uvloop", http="httptools")
     return 0
 
 

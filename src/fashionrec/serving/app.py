@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from fashionrec.data.images import ImageDecodeError, decode_image
@@ -62,6 +62,20 @@ def create_app(state: ServingState) -> FastAPI:
     app = FastAPI(title="fashionrec", version="0.1.0",
                   description="Similar items, personalised recommendations and photo search for a fashion catalog.")
     app.state.fr = state
+
+    def items_json(recs) -> list[dict]:
+        """The hot path: plain dicts serialised by orjson (the response models still document the schema)."""
+        out = []
+        for item, score, because in recs:
+            info = state.item_info(item)
+            out.append({"id": item, "score": round(float(score), 6), "because": list(because), "name": info["name"],
+                        "category": info["category"], "image_url": info["image_url"]})
+        return out
+
+    def json_response(obj) -> Response:
+        import orjson
+
+        return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     def items_out(recs) -> list[RecItem]:
         out = []
@@ -129,7 +143,7 @@ def create_app(state: ServingState) -> FastAPI:
     async def get_similar(item_id: str, k: int = Query(12, ge=1, le=100), category: Optional[str] = None):
         if item_id not in state.index:
             _err(404, f"unknown item '{item_id}' (or it has no image)")
-        return items_out(similar(state.index.vector(item_id), k, category, exclude=[item_id]))
+        return json_response(items_json(similar(state.index.vector(item_id), k, category, exclude=[item_id])))
 
     @app.get("/users/{user_id}")
     async def get_user(user_id: str, limit: int = Query(24, ge=1, le=500)):
@@ -151,7 +165,7 @@ def create_app(state: ServingState) -> FastAPI:
             recs = table[user_id][:k]
         else:
             recs = [(r.item, r.score, r.because) for r in state.models[name].recommend(user_id, k)]
-        return RecommendationsOut(user=user_id, model=name, items=items_out(recs))
+        return json_response({"user": user_id, "model": name, "items": items_json(recs)})
 
     @app.post("/recommendations", response_model=RecommendationsOut)
     def post_recs(body: HistoryIn):

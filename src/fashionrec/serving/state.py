@@ -62,6 +62,14 @@ class ServingState:
         return self.shop.catalog.image_paths.get(item)
 
     def item_info(self, item: str) -> dict:
+        """Display fields of an item, built once per item (a pandas row lookup per request costs milliseconds)."""
+        cache = self.__dict__.setdefault("_info_cache", {})
+        info = cache.get(item)
+        if info is None:
+            info = cache[item] = self._item_info(item)
+        return info
+
+    def _item_info(self, item: str) -> dict:
         meta = self.shop.catalog.metadata
         row = {}
         if item in meta.index:
@@ -151,6 +159,10 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
         if progress:
             print(f"built {name} and precomputed {len(users)} customers in {time.time() - t:.1f}s", flush=True)
     feats = shop.image_features
+    if index_kind == "auto" and len(feats.ids) >= 10_000:
+        # Serving answers many concurrent single queries: HNSW (~0.2 ms) beats exact search (~3 ms at 20k x 256-d)
+        # well before the 100k items where the library's offline default switches.
+        index_kind = "hnsw"
     index = create_index(index_kind, dim=feats.vectors.shape[1], n_items=len(feats.ids))
     meta = shop.catalog.metadata
     cats = meta["product_group_name"].reindex(feats.ids).tolist() if "product_group_name" in meta.columns else None
