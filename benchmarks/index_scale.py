@@ -92,8 +92,7 @@ def main() -> int:
     args = ap.parse_args()
     x = clustered(args.n + args.queries, args.dim)
     q, x = x[: args.queries], x[args.queries :]
-    configs = [("hnsw", {}), ("hnsw", {"ef_search": 48}), ("ivf", {"nprobe": 16}), ("ivf", {"nprobe": 32}),
-               ("pq", {"nprobe": 32, "m": 32})]
+    configs = [("hnsw", {}), ("ivf", {"nprobe": 16}), ("ivf", {"nprobe": 64}), ("pq", {"nprobe": 32, "m": 32})]
     if not args.skip_exact:
         configs.insert(0, ("exact", {}))
     auto = run(x, q, "synthetic (clustered)", configs)

@@ -82,3 +82,16 @@ def test_checkpoint_roundtrip(method, tmp_path):
     assert np.allclose(back.predict_proba(x[60:]), p1, atol=1e-4)
     metrics = evaluate_classifier(tr, x[60:], y[60:])
     assert 0 <= metrics["test_accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 2
+
+
+def test_probe_probabilities_align_with_class_ids_when_a_class_is_unseen(tmp_path):
+    # class 1 ("empty") never appears in training: predictions must still index the full class list
+    x, y = _bars(60)
+    y = np.where(y == 1, 2, 0)
+    cfg = ClassifierConfig(backbone="tiny_cnn", input_size=28, taps=("final",))
+    tr = train_image_classifier(x[:40], y[:40], ["vertical", "empty", "horizontal"], cfg, progress=False)
+    p = tr.predict_proba(x[40:], progress=False)
+    assert p.shape == (20, 3) and np.all(p[:, 1] == 0)
+    assert (p.argmax(1) == y[40:]).mean() >= 0.9
+    tr.save(tmp_path / "m.pt")
+    assert np.allclose(load_classifier(tmp_path / "m.pt").predict_proba(x[40:]), p, atol=1e-4)

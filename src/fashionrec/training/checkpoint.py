@@ -61,7 +61,9 @@ class LoadedClassifier:
             z = np.hstack([np.zeros_like(z), z])  # sklearn: p(class 1) = sigmoid(z)
         z = z - z.max(1, keepdims=True)
         e = np.exp(z)
-        return e / e.sum(1, keepdims=True)
+        from fashionrec.training.tasks import expand_proba
+
+        return expand_proba(e / e.sum(1, keepdims=True), p["classes"], len(self.classes))
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         from fashionrec.features import embed_arrays

@@ -54,6 +54,13 @@ def is_light_on_dark(images: np.ndarray, sample: int = 500) -> bool:
     return float(border.mean()) < 64.0
 
 
+def expand_proba(p: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray:
+    """A probe only knows the classes it saw in training: put its columns at their class ids (others get 0)."""
+    out = np.zeros((len(p), n_classes), dtype=np.float64)
+    out[:, np.asarray(present, dtype=int)] = p
+    return out
+
+
 def default_taps(backbone_name: str) -> tuple:
     """Mid-level blocks for strongly shifted (greyscale, tiny) inputs; measured on Fashion-MNIST for Lite0."""
     return (4, 5) if backbone_name.startswith("efficientnet_lite") else ("final",)
@@ -76,7 +83,7 @@ class TrainedClassifier:
             e = np.exp(z)
             return e / e.sum(1, keepdims=True)
         f = embed_arrays(self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress)
-        return self.probe.predict_proba(f)
+        return expand_proba(self.probe.predict_proba(f), self.probe.classes_, len(self.classes))
 
     def save(self, path: str | Path) -> Path:
         from fashionrec.training.checkpoint import save_classifier
