@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--data", required=True)
     tg.add_argument("--label-column", required=True)
     tg.add_argument("--out", required=True)
-    _add_model_args(tg)
+    _add_model_args(tg, input_size=128)
     tg.set_defaults(func=cmd_tag)
 
     b = sub.add_parser("backbones", help="list registered backbones")
