@@ -132,8 +132,8 @@ class MetadataContent(_VectorProfile):
             from sklearn.preprocessing import OneHotEncoder
 
             if fit:
-                self._onehot = OneHotEncoder(handle_unknown="ignore").fit(meta[cats].fillna("?").astype(str))
-            parts.append(normalize(self._onehot.transform(meta[cats].fillna("?").astype(str))).toarray())
+                self._onehot = OneHotEncoder(handle_unknown="ignore").fit(meta[cats].astype(object).fillna("?").astype(str))
+            parts.append(normalize(self._onehot.transform(meta[cats].astype(object).fillna("?").astype(str))).toarray())
         if self.text_encoder == "tfidf":
             from sklearn.feature_extraction.text import TfidfVectorizer
 
