@@ -232,6 +232,14 @@ class _FaissIndex(VectorIndex):
         self._index = self._faiss.deserialize_index(state["index"]) if state["index"] is not None else None
 
 
+def _training_sample(x: np.ndarray, nlist: int, per_list: int = 50, seed: int = 0) -> np.ndarray:
+    """k-means needs ~40+ points per list, not all N: training on 50 x nlist keeps a 1M-item build to minutes."""
+    n = min(len(x), per_list * nlist)
+    if n == len(x):
+        return x
+    return x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
+
+
 @register_index("flat")
 class FlatIndex(_FaissIndex):
     def _build(self, x):
@@ -270,7 +278,7 @@ class IVFIndex(_FaissIndex):
         nlist = self._nlist(len(x))
         quant = self._faiss.IndexFlatIP(self.dim)
         idx = self._faiss.IndexIVFFlat(quant, self.dim, nlist, self._faiss.METRIC_INNER_PRODUCT)
-        idx.train(x)
+        idx.train(_training_sample(x, nlist))
         self.params["nlist"] = nlist
         return idx
 
@@ -292,7 +300,7 @@ class IVFPQIndex(_FaissIndex):
             m -= 1
         quant = self._faiss.IndexFlatIP(self.dim)
         idx = self._faiss.IndexIVFPQ(quant, self.dim, nlist, m, 8, self._faiss.METRIC_INNER_PRODUCT)
-        idx.train(x)
+        idx.train(_training_sample(x, nlist))
         self.params.update(nlist=nlist, m=m)
         return idx
 
