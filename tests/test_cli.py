@@ -76,3 +76,13 @@ def test_errors_are_clear(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["recommend", "--data", str(tmp_path), "--out", str(tmp_path / "r.csv")]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_demo_writes_report(tmp_path, fmnist_dir, capsys):
+    out = tmp_path / "demo"
+    assert main(["-q", "demo", "--out", str(out), "--pool", "300", "--test-size", "200", "--input-size", "32"]) == 0
+    for f in ["metrics.json", "confusion.png", "predictions.png", "label_efficiency/curve.png",
+              "label_efficiency/table.md", "config.json"]:
+        assert (out / f).exists(), f
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["labels_per_class"] == 10 and m["n_test"] == 200 and m["test_accuracy"] > 0.3

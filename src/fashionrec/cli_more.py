@@ -44,7 +44,9 @@ def cmd_demo(args) -> int:
                title=f"{args.labels_per_class} labels/class: predicted (true); red = wrong")
     print(f"few-label classifier: test accuracy {metrics['test_accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}")
     print("label-efficiency curve (1 seed; `fashionrec experiment label-efficiency` runs the full protocol):")
-    run_label_efficiency(x_pool, y_pool, x_te, y_te, list(d.classes), ks=[1, 5, 10, 50], seeds=[args.seed],
+    smallest = int(np.bincount(y_pool).min())
+    ks = [k for k in (1, 5, 10, 50) if k <= smallest]  # a small --pool cannot give 50 per class
+    run_label_efficiency(x_pool, y_pool, x_te, y_te, list(d.classes), ks=ks, seeds=[args.seed],
                          methods=["pixels", "probe"], out_dir=out / "label_efficiency", classifier_cfg=cfg,
                          unlabelled=x_pool, cache=_cache(args), progress=_progress(args), title="Fashion-MNIST (demo)")
     write_json(out / "demo.json", {"seconds": round(time.time() - t0, 1), **{k: v for k, v in vars(args).items() if k != "func"}})
