@@ -86,3 +86,13 @@ def test_demo_writes_report(tmp_path, fmnist_dir, capsys):
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["labels_per_class"] == 10 and m["n_test"] == 200 and m["test_accuracy"] > 0.3
+
+
+def test_config_file_sets_defaults_and_cli_overrides(tmp_path, fmnist_dir):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("train:\n  input_size: 32\n  test_size: 100\n  seed: 3\n")
+    out = tmp_path / "run"
+    assert main(["-q", "--config", str(cfg), "train", "--labels-per-class", "2", "--seed", "4", "--out", str(out)]) == 0
+    args = json.loads((out / "args.json").read_text())
+    assert args["input_size"] == 32 and args["test_size"] == 100 and args["seed"] == 4
+    assert json.loads((out / "config.json").read_text())["input_size"] == 32

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _apply_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     from fashionrec.config import load_config_file
 
-    pre, _ = argparse.ArgumentParser(add_help=False), None
+    pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _ = pre.parse_known_args(argv)
     data = load_config_file(known.config)
