@@ -45,6 +45,9 @@ class _Embedder:
 def embed_with_ray(items: dict[str, Path], *, backbone: str = "efficientnet_lite0", input_size: int = 96,
                    num_actors: int = 2, batch_size: int = 64, address: str | None = None,
                    backbone_kwargs: dict | None = None) -> tuple[list[str], np.ndarray]:
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from offline machines
     import ray
 
     started = False
