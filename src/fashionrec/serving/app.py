@@ -78,12 +78,7 @@ def create_app(state: ServingState) -> FastAPI:
         return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     def items_out(recs) -> list[RecItem]:
-        out = []
-        for item, score, because in recs:
-            info = state.item_info(item)
-            out.append(RecItem(id=item, score=round(float(score), 6), because=list(because), name=info["name"],
-                               category=info["category"], image_url=info["image_url"]))
-        return out
+        return [RecItem(**d) for d in items_json(recs)]
 
     def model_or_422(name: Optional[str]):
         name = name or state.default_model

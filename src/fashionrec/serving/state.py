@@ -88,10 +88,6 @@ class ServingState:
         return self.item_info(item)["category"]
 
 
-def _data_fingerprint(shop) -> str:
-    return shop.fingerprint()
-
-
 def _train_taggers(shop) -> list[Tagger]:
     """Tags for uploads: logistic regression on raw image features of the labelled catalog items."""
     from sklearn.linear_model import LogisticRegression
@@ -137,7 +133,7 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
     shop = load_shop(data_dir, workspace=ws, progress=progress)
     if shop.image_features is None:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
-    art = ws / "serving" / _data_fingerprint(shop)
+    art = ws / "serving" / shop.fingerprint()
     art.mkdir(parents=True, exist_ok=True)
     names = [default_model] + [m for m in LIGHT_MODELS if m != default_model]
     models, pre = {}, {}
@@ -176,7 +172,7 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
 
 # ------------------------------------------------------------------ new arrivals
 def _arrivals_dir(state: ServingState) -> Path:
-    return state.workspace / "arrivals" / _data_fingerprint(state.shop)
+    return state.workspace / "arrivals" / state.shop.fingerprint()
 
 
 def embed_upload(state: ServingState, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:

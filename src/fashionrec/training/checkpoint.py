@@ -59,21 +59,17 @@ class LoadedClassifier:
         z = ((feats - p["mean"]) / p["scale"]) @ p["coef"].T + p["intercept"]
         if z.shape[1] == 1:  # binary logistic regression
             z = np.hstack([np.zeros_like(z), z])  # sklearn: p(class 1) = sigmoid(z)
-        z = z - z.max(1, keepdims=True)
-        e = np.exp(z)
-        from fashionrec.training.tasks import expand_proba
+        from fashionrec.training.tasks import expand_proba, softmax
 
-        return expand_proba(e / e.sum(1, keepdims=True), p["classes"], len(self.classes))
+        return expand_proba(softmax(z), p["classes"], len(self.classes))
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
         from fashionrec.features import embed_arrays
         from fashionrec.training.finetune import predict_logits
+        from fashionrec.training.tasks import softmax
 
         if self.kind == "finetune":
-            z = predict_logits(self.model, images, self.preprocess)
-            z = z - z.max(1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(1, keepdims=True)
+            return softmax(predict_logits(self.model, images, self.preprocess))
         return self.predict_proba_features(embed_arrays(self.backbone, images, preprocess=self.preprocess, progress=False))
 
 

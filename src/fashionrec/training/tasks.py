@@ -54,6 +54,12 @@ def is_light_on_dark(images: np.ndarray, sample: int = 500) -> bool:
     return float(border.mean()) < 64.0
 
 
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
 def expand_proba(p: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray:
     """A probe only knows the classes it saw in training: put its columns at their class ids (others get 0)."""
     out = np.zeros((len(p), n_classes), dtype=np.float64)
@@ -82,10 +88,7 @@ class TrainedClassifier:
 
     def predict_proba(self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool = True) -> np.ndarray:
         if self.model is not None:
-            z = predict_logits(self.model, images, self.preprocess)
-            z = z - z.max(1, keepdims=True)
-            e = np.exp(z)
-            return e / e.sum(1, keepdims=True)
+            return softmax(predict_logits(self.model, images, self.preprocess))
         f = embed_arrays(self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress)
         return expand_proba(self.probe.predict_proba(f), self.probe.classes_, len(self.classes))
 
