@@ -95,3 +95,30 @@ def test_probe_probabilities_align_with_class_ids_when_a_class_is_unseen(tmp_pat
     assert (p.argmax(1) == y[40:]).mean() >= 0.9
     tr.save(tmp_path / "m.pt")
     assert np.allclose(load_classifier(tmp_path / "m.pt").predict_proba(x[40:]), p, atol=1e-4)
+
+
+def test_channels_last_model_predicts_like_contiguous():
+    import copy
+
+    from fashionrec.training.finetune import memory_format_of, predict_logits
+
+    x, _ = _bars(16)
+    pre = Preprocess(28, (0.5,) * 3, (0.5,) * 3)
+    ref = ImageClassifier(create_backbone("tiny_cnn"), 2).eval()
+    cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    assert memory_format_of(ref) == torch.contiguous_format and memory_format_of(cl) == torch.channels_last
+    np.testing.assert_allclose(predict_logits(cl, x, pre), predict_logits(ref, x, pre), rtol=1e-4, atol=1e-4)
+
+
+def test_shrink_area_averages_known_blocks():
+    from fashionrec.evaluation.label_efficiency import shrink
+
+    x = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    x[:, ::2, :, :] = 200          # every other row: each 2x2 block averages to 100
+    x[1, :, :, 1] = 7              # second image, green channel constant
+    s = shrink(x, 32)
+    assert s.shape == (2, 32, 32, 3) and s.dtype == np.uint8
+    assert (s[0] == 100).all() and (s[1, :, :, 1] == 7).all() and (s[1, :, :, 0] == 100).all()
+    g = np.arange(28 * 28, dtype=np.uint8).reshape(1, 28, 28)
+    assert shrink(g, 32) is g      # already small: untouched
+    assert shrink(np.full((1, 40, 40), 9, np.uint8), 20).shape == (1, 20, 20)

@@ -35,9 +35,12 @@ def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preproce
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts equally
         m.train()
+    from fashionrec.training.finetune import memory_format_of
+
+    fmt = memory_format_of(backbone)
     with torch.no_grad():
         for s in tqdm(range(0, len(idx), batch_size), desc="re-estimate BN", unit="batch", disable=not progress):
-            backbone(preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]))
+            backbone(preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]).contiguous(memory_format=fmt))
     for m in bns:
         m.momentum = 0.1
         m.eval()
