@@ -122,3 +122,24 @@ def test_shrink_area_averages_known_blocks():
     g = np.arange(28 * 28, dtype=np.uint8).reshape(1, 28, 28)
     assert shrink(g, 32) is g      # already small: untouched
     assert shrink(np.full((1, 40, 40), 9, np.uint8), 20).shape == (1, 20, 20)
+
+
+def test_without_validation_the_schedule_runs_to_the_end():
+    x, y = _bars(40)
+    pre = Preprocess(28, (0.5,) * 3, (0.5,) * 3)
+    cfg = FinetuneConfig(stages=(("head", 3),), lr=5e-3, batch_size=16, patience=1, hflip=False)
+    res = finetune(create_backbone("tiny_cnn"), x, y, x[:0], y[:0], 2, pre, cfg, progress=False)
+    assert len(res.history) == 3  # no validation images: nothing to stop early on
+
+
+def test_finetune_head_probe_never_sees_the_validation_split(monkeypatch):
+    import fashionrec.training.probe as probe_mod
+
+    seen = []
+    real = probe_mod.fit_linear_probe
+    monkeypatch.setattr(probe_mod, "fit_linear_probe", lambda f, yy, **kw: seen.append(len(yy)) or real(f, yy, **kw))
+    x, y = _bars(50)
+    cfg = ClassifierConfig(method="finetune", backbone="tiny_cnn", input_size=28, taps=("final",),
+                           finetune=FinetuneConfig(stages=(("head", 1),), batch_size=16))
+    train_image_classifier(x, y, ["v", "h"], cfg, progress=False)
+    assert seen == [40]  # 50 images, 10 held out for early stopping

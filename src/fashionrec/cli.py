@@ -36,7 +36,7 @@ def _classifier_config(args):
     from fashionrec.training.tasks import ClassifierConfig
 
     ft = FinetuneConfig(stages=tuple((s.split("=")[0], int(s.split("=")[1])) for s in args.stages.split(",")),
-                        lr=args.lr, lr_decay=args.lr_decay, batch_size=args.batch_size, seed=args.seed,
+                        lr=args.lr, lr_decay=args.lr_decay, bn=args.bn, batch_size=args.batch_size, seed=args.seed,
                         max_steps_per_epoch=args.max_steps_per_epoch)
     return ClassifierConfig(method=args.method, backbone=args.backbone, input_size=args.input_size,
                             invert={"auto": None, "yes": True, "no": False}[args.invert], adapt_bn=args.adapt_bn,
@@ -59,6 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser, input_size: int = 96) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning: the head's peak learning rate")
     p.add_argument("--lr-decay", type=float, default=0.5,
                    help="fine-tuning: each block's learning rate is the one above it times this (1 = no decay)")
+    p.add_argument("--bn", choices=["train", "frozen"], default="train",
+                   help="fine-tuning: BatchNorm uses batch statistics (train, re-estimated each epoch) or keeps its "
+                        "running statistics (frozen)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

@@ -102,7 +102,7 @@ def cmd_experiment(args) -> int:
         title = f"H&M {args.label_column} label efficiency ({args.backbone}, {args.input_size}px)"
     run_label_efficiency(x_pool, y_pool, x_te, y_te, classes, ks=ks, seeds=seeds, methods=methods, out_dir=args.out,
                          classifier_cfg=cfg, unlabelled=unl, cache=_cache(args), finetune_max_k=args.finetune_max_k,
-                         title=title, progress=_progress(args))
+                         title=title, progress=_progress(args), resume=not args.fresh)
     return 0
 
 
@@ -134,5 +134,7 @@ def add_commands(sub, add_model_args) -> None:
     e.add_argument("--test-size", type=int, default=10000)
     e.add_argument("--finetune-max-k", type=int, default=100, help="fine-tune only up to this k (CPU budget)")
     e.add_argument("--out", default="label-efficiency")
+    e.add_argument("--fresh", action="store_true",
+                   help="ignore runs already in OUT/results.json (default: keep them and run only what is missing)")
     add_model_args(e)
     e.set_defaults(func=cmd_experiment)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fashionrec.data.fashion_mnist import sample_per_class
+from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.metrics import accuracy, macro_f1
 from fashionrec.io import write_json, write_text
 
@@ -74,20 +75,73 @@ def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=600):
     return predict_logits(res.model, x_te, pre).argmax(1)
 
 
+def _k(k: str):
+    return k if k == "all" else int(k)
+
+
+def experiment_setup(x_pool, y_pool, x_test, y_test, classes, classifier_cfg) -> dict:
+    """What makes two runs comparable: the same data (hashed), classes, feature and fine-tuning settings."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    def h(*arrays):
+        d = hashlib.sha1()
+        for a in arrays:
+            d.update(np.ascontiguousarray(a).tobytes())
+        return d.hexdigest()[:16]
+
+    c = classifier_cfg
+    return {"pool": h(x_pool, y_pool), "test": h(x_test, y_test), "n_pool": int(len(y_pool)),
+            "n_test": int(len(y_test)), "classes": list(map(str, classes)), "backbone": c.backbone,
+            "input_size": c.input_size, "invert": c.invert, "taps": None if c.taps is None else list(map(str, c.taps)),
+            "adapt_bn": c.adapt_bn, "probe_C": c.probe_C,
+            "finetune": {k: v for k, v in json.loads(json.dumps(asdict(c.finetune))).items() if k != "seed"}}
+
+
+def _previous_runs(path: Path, setup: dict) -> list[dict]:
+    import json
+
+    if not path.exists():
+        return []
+    try:
+        prev = json.loads(path.read_text())
+    except ValueError as e:
+        raise FashionrecError(f"{path}: not readable JSON ({e}); move it away or pass --fresh") from e
+    if prev.get("setup") != setup:
+        diff = sorted(k for k in setup if (prev.get("setup") or {}).get(k) != setup[k])
+        raise FashionrecError(f"{path} holds runs of a different setup (differs in: {', '.join(diff)}); "
+                              "use another --out, or --fresh to start over")
+    return list(prev.get("runs", []))
+
+
 def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                          classes: list[str], *, ks: list, seeds: list[int], methods: list[str], out_dir: str | Path,
                          classifier_cfg, unlabelled: np.ndarray | None = None, cache=None, finetune_max_k: int = 100,
-                         title: str = "label efficiency", progress: bool = True) -> dict:
-    """Returns table[method][k] = (mean, std) of test accuracy; writes results.json, table.md and curve.png."""
+                         title: str = "label efficiency", progress: bool = True, resume: bool = True) -> dict:
+    """Returns table[method][k] = (mean, std) of test accuracy; writes results.json, table.md and curve.png.
+
+    results.json is rewritten after every run, so an interrupted experiment loses at most one run; with `resume`
+    the runs already in `out_dir/results.json` are kept and skipped (a second call with more methods or seeds
+    only pays for what is new). The saved setup (data, backbone, preprocessing) must match, or it refuses.
+    """
     from fashionrec.evaluation.plots import plot_label_efficiency
     from fashionrec.training.tasks import train_image_classifier
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n_classes = len(classes)
-    runs = []
+    setup = experiment_setup(x_pool, y_pool, x_test, y_test, classes, classifier_cfg)
+    runs = _previous_runs(out / "results.json", setup) if resume else []
+    done = {(r["method"], r["k"], r["seed"]) for r in runs}
+    if runs and progress:
+        print(f"  resuming: {len(runs)} runs already in {out / 'results.json'}", flush=True)
+
+    def pending(m):
+        return any((m, str(k), s) not in done for k in ks for s in seeds)
+
     feats = None
-    if "probe" in methods:
+    if "probe" in methods and pending("probe"):
         # One backbone with adapted BN for the whole pool; features computed once, probes per (k, seed).
         from fashionrec.features import embed_arrays
         from fashionrec.training.probe import fit_linear_probe
@@ -104,6 +158,8 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
             idx = sample_per_class(y_pool, kk, seed)
             for m in methods:
                 if m == "finetune" and kk is not None and kk > finetune_max_k or m == "finetune" and kk is None:
+                    continue
+                if (m, str(k), seed) in done:
                     continue
                 t0 = time.time()
                 if m == "pixels":
@@ -124,10 +180,14 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
                 run = {"method": m, "k": str(k), "seed": seed, "accuracy": accuracy(y_test, pred),
                        "macro_f1": macro_f1(y_test, pred, n_classes), "seconds": round(time.time() - t0, 1)}
                 runs.append(run)
+                write_json(out / "results.json", {"runs": runs, "setup": setup, "config": str(classifier_cfg)})
                 if progress:
                     print(f"  {m:9s} k={str(k):>4s} seed={seed}: acc {run['accuracy']:.4f} f1 {run['macro_f1']:.4f} ({run['seconds']}s)",
                           flush=True)
     table: dict[str, dict[str, tuple[float, float]]] = {}
+    ks = list(dict.fromkeys([*ks, *(_k(r["k"]) for r in runs)]))
+    ks.sort(key=lambda k: float("inf") if k == "all" else int(k))
+    methods = list(dict.fromkeys([*(m for m in ALL_METHODS if any(r["method"] == m for r in runs)), *methods]))
     for m in methods:
         for k in ks:
             accs = [r["accuracy"] for r in runs if r["method"] == m and r["k"] == str(k)]
@@ -139,7 +199,7 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
         lines.append(f"| {m} | " + " | ".join(f"{row[str(k)][0]:.3f} ± {row[str(k)][1]:.3f}" if str(k) in row else "-" for k in ks) + " |")
     md = "\n".join(lines) + "\n"
     write_text(out / "table.md", md)
-    write_json(out / "results.json", {"runs": runs, "table": table, "config": str(classifier_cfg)})
+    write_json(out / "results.json", {"runs": runs, "table": table, "setup": setup, "config": str(classifier_cfg)})
     plot_label_efficiency(table, out / "curve.png", title)
     print(md)
     return table

@@ -122,23 +122,25 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
         import hashlib
         bn_hash = hashlib.sha1(np.ascontiguousarray(pool[:64]).tobytes() + str((len(pool), cfg.bn_images, cfg.seed)).encode()).hexdigest()[:8]
         backbone.weights_id += f"+adabn:{bn_hash}"
-    feats = embed_arrays(backbone, x_train, preprocess=pre, cache=cache, desc="embed train", progress=progress)
-    probe = fit_linear_probe(feats, y_train, C=cfg.probe_C, seed=cfg.seed)
+    # Fine-tuning holds out a validation split for early stopping. The probe that starts its head is fitted on the
+    # training part only: a head that has seen the validation images scores them perfectly, and early stopping
+    # would then always pick the untouched probe.
+    n_val = 0
+    if cfg.method == "finetune" and len(x_train) >= 5 * len(classes):
+        n_val = min(len(x_train) // 5, 5000)
+    perm = np.random.default_rng(cfg.seed).permutation(len(x_train))
+    val, tr = (perm[:n_val], perm[n_val:]) if n_val else (perm[:0], np.arange(len(x_train)))
+    feats = embed_arrays(backbone, x_train[tr], preprocess=pre, cache=cache, desc="embed train", progress=progress)
+    probe = fit_linear_probe(feats, y_train[tr], C=cfg.probe_C, seed=cfg.seed)
     trained = TrainedClassifier(classes, cfg, pre, backbone, probe=probe)
     if cfg.method == "finetune":
-        rng = np.random.default_rng(cfg.seed)
-        perm = rng.permutation(len(x_train))
-        n_val = min(len(x_train) // 5, 5000) if len(x_train) >= 5 * len(classes) else 0
-        val, tr = perm[:n_val], perm[n_val:]
         lr = probe.steps[-1][1]
         scaler = probe.steps[0][1]
         # Fold the scaler into the head: W' = W / scale, b' = b - W' @ mean
         w = lr.coef_ / scaler.scale_
         b = lr.intercept_ - w @ scaler.mean_
-        if w.shape[0] == len(classes):
-            init = (w, b)
-        else:
-            init = None
+        # A binary or class-incomplete probe has another shape: then the head starts from scratch.
+        init = (w, b) if w.shape[0] == len(classes) else None
         ft_cfg = replace(cfg.finetune, seed=cfg.seed)
         res = finetune(backbone, x_train[tr], y_train[tr], x_train[val], y_train[val], len(classes), pre, ft_cfg,
                        init_head=init, progress=progress)
