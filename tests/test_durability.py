@@ -58,3 +58,18 @@ def test_killed_index_writer_keeps_previous_index(tmp_path):
     _kill_mid_write("index", tmp_path)
     back = load_index(tmp_path / "items.idx")
     assert back.ids == ["old"]
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from fashionrec.io import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "m.json").stat().st_mode) == 0o644  # readable by others, like open() makes
+    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary left behind

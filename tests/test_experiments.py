@@ -47,3 +47,12 @@ def test_resume_runs_only_what_is_missing_and_checks_setup(tmp_path):
         run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=[5], seeds=[0], **{**kw, "classifier_cfg": replace(cfg, probe_C=1.0)})
     run_label_efficiency(x_pool, y_pool, x_te[:20], y_te[:20], ks=[5], seeds=[0], resume=False, **kw)
     assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 1
+
+
+def test_curve_axis_is_shared_and_ordered(tmp_path):
+    from fashionrec.evaluation.plots import label_efficiency_axis, plot_label_efficiency
+
+    table = {"probe": {"1": (0.5, 0.0), "10": (0.7, 0.0), "500": (0.8, 0.0), "all": (0.9, 0.0)},
+             "finetune": {"1": (0.4, 0.0), "5": (0.6, 0.0), "10": (0.7, 0.0)}}
+    assert label_efficiency_axis(table) == ["1", "5", "10", "500", "all"]
+    assert plot_label_efficiency(table, tmp_path / "c.png", "t").stat().st_size > 1000

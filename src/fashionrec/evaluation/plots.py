@@ -47,17 +47,23 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
     return _save(fig, path)
 
 
+def label_efficiency_axis(table: dict[str, dict[str, tuple[float, float]]]) -> list[str]:
+    """One shared, ordered x axis: methods measured at fewer k (fine-tuning stops at 100) keep their positions."""
+    return sorted({k for row in table.values() for k in row}, key=lambda k: float("inf") if k == "all" else float(k))
+
+
 def plot_label_efficiency(table: dict[str, dict[str, tuple[float, float]]], path: str | Path, title: str) -> Path:
     """table[method][k] = (mean, std); k labels are strings ('1', '5', ..., 'all')."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    all_ks = label_efficiency_axis(table)
+    pos = {k: i for i, k in enumerate(all_ks)}
     for method, row in table.items():
-        ks = list(row)
-        xs = np.arange(len(ks))
+        ks = sorted(row, key=pos.get)
         m = np.array([row[k][0] for k in ks])
         s = np.array([row[k][1] for k in ks])
-        ax.errorbar(xs, m, yerr=s, marker="o", capsize=3, label=method)
-        ax.set_xticks(xs, ks)
+        ax.errorbar([pos[k] for k in ks], m, yerr=s, marker="o", capsize=3, label=method)
+    ax.set_xticks(range(len(all_ks)), all_ks)
     ax.set_xlabel("labelled examples per class")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
