@@ -56,3 +56,25 @@ def test_curve_axis_is_shared_and_ordered(tmp_path):
              "finetune": {"1": (0.4, 0.0), "5": (0.6, 0.0), "10": (0.7, 0.0)}}
     assert label_efficiency_axis(table) == ["1", "5", "10", "500", "all"]
     assert plot_label_efficiency(table, tmp_path / "c.png", "t").stat().st_size > 1000
+
+
+def test_finetune_max_k_counts_all_as_the_pool_size(tmp_path, monkeypatch):
+    import fashionrec.training.tasks as tasks
+
+    calls = []
+
+    class Fake:
+        def __init__(self, n):
+            self.n = n
+
+        def predict_proba(self, x):
+            return np.tile([1.0, 0.0], (len(x), 1))
+
+    monkeypatch.setattr(tasks, "train_image_classifier", lambda x, y, *a, **k: calls.append(len(y)) or Fake(len(y)))
+    x_pool, y_pool = _blobs(60, 0)
+    x_te, y_te = _blobs(10, 1)
+    kw = dict(classes=["left", "right"], methods=["finetune"], classifier_cfg=ClassifierConfig(), progress=False)
+    run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=[5, "all"], seeds=[0], out_dir=tmp_path / "a", finetune_max_k=10, **kw)
+    assert calls == [10]  # k=5 (2 classes x 5); "all" = 60 images > 10: skipped
+    run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=["all"], seeds=[0], out_dir=tmp_path / "b", finetune_max_k=100, **kw)
+    assert calls == [10, 60]

@@ -132,7 +132,7 @@ def add_commands(sub, add_model_args) -> None:
     e.add_argument("--methods", default="pixels,scratch,probe,finetune")
     e.add_argument("--pool", type=int, default=10000, help="Fashion-MNIST train images to draw labels from ('all' = pool)")
     e.add_argument("--test-size", type=int, default=10000)
-    e.add_argument("--finetune-max-k", type=int, default=100, help="fine-tune only up to this k (CPU budget)")
+    e.add_argument("--finetune-max-k", type=int, default=100, help="fine-tune only up to this k (CPU budget); 'all' counts as the pool size")
     e.add_argument("--out", default="label-efficiency")
     e.add_argument("--fresh", action="store_true",
                    help="ignore runs already in OUT/results.json (default: keep them and run only what is missing)")
