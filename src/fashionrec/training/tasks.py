@@ -128,10 +128,13 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
     n_val = 0
     if cfg.method == "finetune" and len(x_train) >= 5 * len(classes):
         n_val = min(len(x_train) // 5, 5000)
-    perm = np.random.default_rng(cfg.seed).permutation(len(x_train))
-    val, tr = (perm[:n_val], perm[n_val:]) if n_val else (perm[:0], np.arange(len(x_train)))
-    feats = embed_arrays(backbone, x_train[tr], preprocess=pre, cache=cache, desc="embed train", progress=progress)
-    probe = fit_linear_probe(feats, y_train[tr], C=cfg.probe_C, seed=cfg.seed)
+    if n_val:
+        perm = np.random.default_rng(cfg.seed).permutation(len(x_train))
+        x_val, y_val, x_tr, y_tr = x_train[perm[:n_val]], y_train[perm[:n_val]], x_train[perm[n_val:]], y_train[perm[n_val:]]
+    else:  # no copy of the (possibly large) training set when nothing is held out
+        x_val, y_val, x_tr, y_tr = x_train[:0], y_train[:0], x_train, y_train
+    feats = embed_arrays(backbone, x_tr, preprocess=pre, cache=cache, desc="embed train", progress=progress)
+    probe = fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
     trained = TrainedClassifier(classes, cfg, pre, backbone, probe=probe)
     if cfg.method == "finetune":
         lr = probe.steps[-1][1]
@@ -142,8 +145,7 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
         # A binary or class-incomplete probe has another shape: then the head starts from scratch.
         init = (w, b) if w.shape[0] == len(classes) else None
         ft_cfg = replace(cfg.finetune, seed=cfg.seed)
-        res = finetune(backbone, x_train[tr], y_train[tr], x_train[val], y_train[val], len(classes), pre, ft_cfg,
-                       init_head=init, progress=progress)
+        res = finetune(backbone, x_tr, y_tr, x_val, y_val, len(classes), pre, ft_cfg, init_head=init, progress=progress)
         trained.model = res.model
         trained.probe = None
         trained.metrics["finetune_history"] = res.history
