@@ -57,3 +57,46 @@ def test_auto_choice_by_size():
     assert choose_index_kind(50_000_000) == "pq"
     with pytest.raises(ValueError, match="unknown index"):
         create_index("annoy", dim=4)
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "pq"])
+def test_category_filter_returns_k_when_k_exist(kind):
+    """Issue 14 item 6: HNSW with a selector ran out of candidates (a 9-item category gave 2-5 of 9, a 250-item
+    one 88-97 of 100). An approximate search that comes back short is completed exactly within the category."""
+    rng = np.random.default_rng(0)
+    n, d = 5000, 32
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    cats = np.array(["big"] * n, dtype=object)
+    cats[rng.choice(n, 250, replace=False)] = "mid"
+    small = np.flatnonzero(cats == "big")[:9]
+    cats[small] = "small"
+    idx = create_index(kind, dim=d)
+    ids = [f"i{j}" for j in range(n)]
+    idx.add(ids, x, categories=list(cats))
+    for cat, k, expect in [("mid", 100, 100), ("small", 100, 9), ("small", 5, 5)]:
+        got, scores = idx.search(x[:20], k=k, category=cat)
+        assert [int((g != "").sum()) for g in got] == [expect] * 20, (cat, k)
+        assert all(cats[int(i[1:])] == cat for i in got.ravel() if i)
+    # the exact completion ranks like the reference
+    ref = create_index("exact", dim=d)
+    ref.add(ids, x, categories=list(cats))
+    exp, _ = ref.search(x[:20], k=9, category="small")
+    got, _ = idx.search(x[:20], k=9, category="small")
+    assert (got == exp).all()
+    # excluded items do not count as available
+    got, _ = idx.search(x[:1], k=9, category="small", exclude=[ids[small[0]]])
+    assert (got[0] != "").sum() == 8 and ids[small[0]] not in got[0]
+
+
+def test_remove_masks_items_and_survives_save_load(tmp_path):
+    ids, x = _data(50, 8)
+    idx = create_index("exact", dim=8)
+    idx.add(ids, x)
+    idx.remove(["i0", "nope"])
+    assert "i0" not in idx and len(idx) == 49
+    assert "i0" not in idx.search(x[:1], k=5)[0][0]
+    idx.save(tmp_path / "i.idx")
+    back = load_index(tmp_path / "i.idx")
+    assert "i0" not in back and len(back) == 49 and "i0" not in back.search(x[:1], k=5)[0][0]
+    back.add(["i0"], x[:1])  # a removed id can be added again
+    assert back.search(x[:1], k=1)[0][0, 0] == "i0"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Sequence
@@ -37,8 +38,10 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 class VectorIndex(ABC):
     """Contract: `add(ids, vectors, categories=None)`, `search(queries, k, category=None) -> (ids, scores)`
-    with ids as an object array (B, k) ('' where fewer than k matched) and cosine scores, `save(path)`,
-    `VectorIndex.load(path)`. Adding an id that exists replaces its vector."""
+    with ids as an object array (B, k) ('' only where fewer than k items match: an approximate backend that
+    runs out of candidates, e.g. HNSW under a narrow category filter, is completed by an exact search over the
+    allowed items), `remove(ids)`, `save(path)`, `VectorIndex.load(path)`. Adding an id that exists replaces its
+    vector. Safe to call from several threads (one lock: searches and writes never see a half-added batch)."""
 
     kind = "base"
 
@@ -50,6 +53,7 @@ class VectorIndex(ABC):
         self.categories: list[str | None] = []
         self._pos: dict[str, int] = {}
         self._deleted: set[int] = set()
+        self._lock = threading.RLock()
 
     def __len__(self) -> int:
         return len(self.ids) - len(self._deleted)
@@ -58,6 +62,18 @@ class VectorIndex(ABC):
         return item_id in self._pos
 
     def add(self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[str | None] | None = None) -> None:
+        with self._lock:
+            self._add(ids, vectors, categories)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Mask items out of every later search (the vectors stay until a rebuild); unknown ids are ignored."""
+        with self._lock:
+            for i in ids:
+                row = self._pos.pop(str(i), None)
+                if row is not None:
+                    self._deleted.add(row)
+
+    def _add(self, ids, vectors, categories) -> None:
         vectors = _normalize(vectors)
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(ids)}, {self.dim})")
@@ -73,31 +89,62 @@ class VectorIndex(ABC):
         self._add_vectors(vectors)
 
     def vector(self, item_id: str) -> np.ndarray:
-        return self._get_vector(self._pos[item_id])
+        with self._lock:
+            return self._get_vector(self._pos[item_id])
 
     def search(self, queries: np.ndarray, k: int = 10, category: str | None = None,
                exclude: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
         if k <= 0:
             raise ValueError("k must be a positive integer")
         q = _normalize(queries)
+        with self._lock:
+            return self._search(q, k, category, exclude)
+
+    def _search(self, q, k, category, exclude):
         allowed = None
         if category is not None:
-            allowed = np.array([c == category for c in self.categories], dtype=bool)
+            allowed = np.fromiter((c == category for c in self.categories), dtype=bool, count=len(self.categories))
         excl = {self._pos[e] for e in exclude if e in self._pos} | self._deleted
         fetch = k + len(excl)
         out_ids = np.full((len(q), k), "", dtype=object)
         out_scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         rows, scores = self._search_rows(q, fetch, allowed)
+        # How many results exist at all: an approximate search that found fewer is redone exactly.
+        if allowed is None:
+            available = len(self.ids) - len(excl)
+        else:
+            available = int(allowed.sum()) - sum(1 for r in excl if allowed[r])
+        want = min(k, available)
         for b in range(len(q)):
-            j = 0
-            for r, s in zip(rows[b], scores[b]):
-                if r < 0 or r in excl or (allowed is not None and not allowed[r]):
-                    continue
-                out_ids[b, j], out_scores[b, j] = self.ids[r], s
-                j += 1
-                if j == k:
-                    break
+            j = self._fill(out_ids[b], out_scores[b], rows[b], scores[b], excl, allowed, k)
+            if j < want:
+                rows_b, scores_b = self._exact_rows(q[b], allowed, excl, k)
+                self._fill(out_ids[b], out_scores[b], rows_b, scores_b, excl, allowed, k)
         return out_ids, out_scores
+
+    def _fill(self, ids_out, scores_out, rows, scores, excl, allowed, k) -> int:
+        j = 0
+        for r, s in zip(rows, scores):
+            if r < 0 or r in excl or (allowed is not None and not allowed[r]):
+                continue
+            ids_out[j], scores_out[j] = self.ids[r], s
+            j += 1
+            if j == k:
+                break
+        return j
+
+    def _exact_rows(self, q: np.ndarray, allowed: np.ndarray | None, excl: set[int], k: int):
+        """Exact top-k over the allowed, not excluded rows (the fallback when an approximate search ran short)."""
+        mask = np.ones(len(self.ids), dtype=bool) if allowed is None else allowed.copy()
+        if excl:
+            mask[list(excl)] = False
+        cand = np.flatnonzero(mask)
+        s = self._rows_matrix(cand) @ q
+        order = np.argsort(-s, kind="stable")[:k]
+        return cand[order], s[order]
+
+    def _rows_matrix(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self._get_vector(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)
 
     @abstractmethod
     def _add_vectors(self, vectors: np.ndarray) -> None: ...
@@ -134,8 +181,9 @@ def load_index(path: str | Path) -> VectorIndex:
     kind = cfg.pop("kind")
     idx = _REGISTRY[kind](**cfg)
     idx.ids, idx.categories = blob["ids"], blob["categories"]
-    idx._pos = {i: r for r, i in enumerate(idx.ids)}
     idx._deleted = set(blob["deleted"])
+    # a replaced id maps to its newest row; a removed one (every row deleted) to none
+    idx._pos = {i: r for r, i in enumerate(idx.ids) if r not in idx._deleted}
     idx._restore(blob["state"])
     return idx
 
@@ -156,6 +204,9 @@ class ExactIndex(VectorIndex):
 
     def _get_vector(self, row):
         return self._x[row]
+
+    def _rows_matrix(self, rows):
+        return self._x[rows]
 
     def _search_rows(self, q, k, allowed):
         s = q @ self._x.T
@@ -195,6 +246,9 @@ class _FaissIndex(VectorIndex):
 
     def _get_vector(self, row):
         return self._x[row]
+
+    def _rows_matrix(self, rows):
+        return self._x[rows]
 
     def _build(self, x: np.ndarray):
         raise NotImplementedError
