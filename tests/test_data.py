@@ -128,3 +128,84 @@ def test_generic_event_log_weights_and_parquet(tmp_path):
     df.to_csv(tmp_path / "ev.csv", index=False)
     with pytest.raises(DataError, match="row 3, field 'event'"):
         load_transactions(tmp_path / "ev.csv")
+
+
+def _photo(w=60, h=90):
+    """A non-symmetric test photo: a red block top-left on light grey (rotation is visible)."""
+    from PIL import Image
+
+    img = Image.new("RGB", (w, h), (240, 240, 240))
+    img.paste(Image.new("RGB", (w // 3, h // 4), (220, 20, 20)), (2, 2))
+    return img
+
+
+def test_exif_orientation_is_applied():
+    """A phone photo saved sideways with EXIF orientation 6 ('rotate 90 CW to view') decodes upright."""
+    import io
+
+    from PIL import Image
+
+    upright = _photo()
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor wrote
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    stored.save(buf, "JPEG", quality=95, exif=exif)
+    got = decode_image(buf.getvalue())
+    assert got.size == upright.size
+    diff = np.abs(np.asarray(got, dtype=int) - np.asarray(upright, dtype=int)).mean()
+    assert diff < 5, diff
+
+
+def test_16_bit_png_keeps_its_tones():
+    import io
+
+    from PIL import Image
+
+    ramp = (np.linspace(0, 65535, 64 * 32).reshape(32, 64)).astype(np.uint16)  # black -> white, 16 bits
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    got = np.asarray(decode_image(buf.getvalue()), dtype=float)
+    assert got.shape == (32, 64, 3)
+    expect = ramp.astype(float) / 257
+    assert np.abs(got[..., 0] - expect).max() <= 1.0  # not a white image: the ramp survives
+    assert got.mean() == pytest.approx(127.5, abs=2)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_composited_on_white(mode):
+    import io
+
+    from PIL import Image
+
+    img = Image.new("RGBA", (40, 40), (0, 0, 0, 0))  # transparent black background
+    img.paste(Image.new("RGBA", (20, 20), (200, 30, 30, 255)), (10, 10))
+    if mode == "LA":
+        img = img.convert("LA")
+    buf = io.BytesIO()
+    if mode == "P":  # a palette image whose index 0 (black) is transparent: GIF-style
+        pal = Image.new("P", (40, 40), 0)
+        pal.putpalette([0, 0, 0, 200, 30, 30] + [0, 0, 0] * 254)
+        pal.paste(1, (10, 10, 30, 30))
+        pal.save(buf, "PNG", transparency=0)
+    else:
+        img.save(buf, "PNG")
+    got = np.asarray(decode_image(buf.getvalue()))
+    assert got[0, 0].tolist() == [255, 255, 255]  # background: white, as shops shoot
+    assert got[20, 20].tolist() != [255, 255, 255]  # the product stays
+    if mode == "RGBA":
+        assert got[20, 20].tolist() == [200, 30, 30]
+
+
+def test_large_jpeg_decodes_at_draft_scale_and_pixel_cap_comes_first():
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (10, 200, 10)).save(buf, "JPEG")
+    small = decode_image(buf.getvalue(), draft_size=256)
+    assert 256 <= min(small.size) < 1500  # decoded by libjpeg at 1/8 scale, not 12 Mpx then resized
+    with pytest.raises(ImageDecodeError, match="4000x3000 pixels, over the 1,000,000-pixel limit"):
+        decode_image(buf.getvalue(), max_pixels=1_000_000)
