@@ -209,3 +209,55 @@ def test_large_jpeg_decodes_at_draft_scale_and_pixel_cap_comes_first():
     assert 256 <= min(small.size) < 1500  # decoded by libjpeg at 1/8 scale, not 12 Mpx then resized
     with pytest.raises(ImageDecodeError, match="4000x3000 pixels, over the 1,000,000-pixel limit"):
         decode_image(buf.getvalue(), max_pixels=1_000_000)
+
+
+def test_article_ids_without_leading_zero_are_restored_with_a_warning(tiny_hm, caplog):
+    """A spreadsheet round-trip drops the leading zero: those rows used to vanish silently."""
+    import logging
+
+    tx = tiny_hm / "transactions.csv"
+    lines = tx.read_text().splitlines()
+    lines[1] = lines[1].replace(",0100000001,", ",100000001,")      # lost its zero
+    lines[4] = lines[4].replace(",0200000001,", ",200000001.0,")    # and written as a float
+    tx.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        inter = load_hm_transactions(tiny_hm)
+    assert len(inter.events) == 6
+    assert set(inter.events["item"]) <= {"0100000001", "0100000002", "0100000003", "0200000001", "0200000002"}
+    msg = caplog.text
+    assert "transactions.csv" in msg and "2 article_id values in 2 rows had lost their leading zeros" in msg
+
+
+def test_articles_table_without_leading_zeros_matches_its_images(tiny_hm, caplog):
+    import logging
+
+    art = tiny_hm / "articles.csv"
+    art.write_text(art.read_text().replace("\n0", "\n"))  # every id lost its zero
+    with caplog.at_level(logging.WARNING):
+        cat = load_catalog(tiny_hm)
+    assert cat.metadata.loc["0200000001", "product_group_name"] == "Shoes"
+    assert "6 article_id values in 6 rows had lost their leading zeros" in caplog.text
+
+
+def test_unknown_article_ids_are_counted(tiny_hm, caplog):
+    import logging
+
+    tx = tiny_hm / "transactions.csv"
+    tx.write_text(tx.read_text() + "2020-01-06,u3,0999999999,0.01,2\n2020-01-07,u3,0999999999,0.01,2\n")
+    with caplog.at_level(logging.WARNING):
+        inter = load_hm_transactions(tiny_hm)
+    assert len(inter.events) == 8  # kept in the log, reported
+    assert "2 rows (1 distinct item ids, e.g. '0999999999') name items that are not in the catalog" in caplog.text
+
+
+@pytest.mark.parametrize("body,match", [
+    ("", r"transactions.csv: no rows \(only a header\)"),
+    ("2020-13-01,u1,0100000001,0.01,2\nnot a date,u2,0200000001,0.01,2\n",
+     r"transactions.csv: no valid rows left: all 2 rows were skipped \(2 with missing or unparseable date"),
+    ("2020-01-01,u1,0777777777,0.01,2\n2020-01-02,u2,abc,0.01,2\n",
+     r"transactions.csv, field 'item': none of the 2 rows names an item of the catalog"),
+])
+def test_nothing_valid_left_is_a_clear_error(tiny_hm, body, match):
+    (tiny_hm / "transactions.csv").write_text("t_dat,customer_id,article_id,price,sales_channel_id\n" + body)
+    with pytest.raises(DataError, match=match):
+        load_hm_transactions(tiny_hm, on_bad="skip")

@@ -6,13 +6,19 @@ A catalog is the list of item ids that have an image, the path of each image, an
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from fashionrec.data.images import list_images
+from fashionrec.data.images import IMAGE_SUFFIXES, list_images
 from fashionrec.errors import DataError
+
+log = logging.getLogger(__name__)
+_FLOAT_INT = re.compile(r"^(\d+)\.0+$")
 
 
 @dataclass
@@ -54,6 +60,66 @@ def read_table(path: str | Path, *, required: list[str] = (), dtype: dict | None
     return df
 
 
+def restore_leading_zeros(ids: pd.Series, known: set[str] | None, *, source: object, what: str = "article_id") -> pd.Series:
+    """Ids that a spreadsheet round-trip turned into numbers ('0706016001' -> '706016001', or '706016001.0'):
+    zero-padded back when exactly one width that the `known` ids use makes them known. Logs a warning with the
+    counts; ids that stay unknown are left as they are (the caller reports them)."""
+    if not known or ids.empty:
+        return ids
+    widths = sorted({len(k) for k in known if k.isdigit()})
+    if not widths:
+        return ids
+    uniq = pd.Series(ids.dropna().unique(), dtype=object)
+    unknown = uniq[~uniq.isin(known)]
+    mapping, ambiguous = {}, []
+    for u in unknown:
+        digits = u.strip()
+        m = _FLOAT_INT.match(digits)
+        if m:
+            digits = m.group(1)
+        if not digits.isdigit():
+            continue
+        cands = [digits.zfill(w) for w in widths if w >= len(digits) and digits.zfill(w) in known]
+        if len(cands) == 1:
+            mapping[u] = cands[0]
+        elif len(cands) > 1:
+            ambiguous.append(u)
+    if ambiguous:
+        log.warning("%s: %d %s values fit several catalog ids once zero-padded (e.g. '%s'); left as they are",
+                    source, len(ambiguous), what, ambiguous[0])
+    if not mapping:
+        return ids
+    hit = ids.isin(mapping.keys())
+    first = next(iter(mapping.items()))
+    log.warning("%s: %d %s values in %d rows had lost their leading zeros (a spreadsheet round-trip?), e.g. "
+                "'%s' -> '%s'; restored by zero-padding to the catalog's id width", source, len(mapping), what,
+                int(hit.sum()), first[0], first[1])
+    return ids.where(~hit, ids.map(mapping))
+
+
+def catalog_item_ids(data_dir: str | Path) -> set[str] | None:
+    """Every item id an H&M-layout folder knows (articles table and image file names), read cheaply: just the id
+    column and the file names. None when the folder has neither."""
+    data_dir = Path(data_dir)
+    ids: set[str] = set()
+    found = False
+    articles = find_table(data_dir, "articles")
+    if articles is not None:
+        try:
+            df = read_table(articles, required=["article_id"], dtype={"article_id": str})
+        except DataError:
+            df = None
+        if df is not None:
+            found = True
+            ids.update(df["article_id"].dropna().astype(str))
+    images = data_dir / "images"
+    if images.is_dir():
+        found = True
+        for _root, _dirs, files in os.walk(images):
+            ids.update(Path(f).stem for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES)
+    return ids if found else None
+
+
 def find_table(folder: Path, stem: str) -> Path | None:
     for suffix in (".csv", ".parquet", ".csv.gz"):
         if (folder / (stem + suffix)).exists():
@@ -75,6 +141,9 @@ def load_hm_catalog(data_dir: str | Path) -> Catalog:
         bad = meta["article_id"].isna()
         if bad.any():
             raise DataError("empty article_id", path=articles, row=int(bad.idxmax()) + 2, field="article_id")
+        if meta.empty:
+            log.warning("%s: no rows (header only); items are known from their images alone", articles)
+        meta["article_id"] = restore_leading_zeros(meta["article_id"], set(paths), source=articles)
         meta = meta.drop_duplicates("article_id").set_index("article_id")
     if not paths and meta.empty:
         raise DataError("neither images/ nor articles.csv found: not an H&M-layout folder", path=data_dir)

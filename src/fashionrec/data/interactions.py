@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from fashionrec.data.catalog import read_table
+from fashionrec.data.catalog import catalog_item_ids, read_table, restore_leading_zeros
 from fashionrec.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ class Interactions:
         return {u: g.tolist() for u, g in self.events.groupby("user", sort=False)["item"]}
 
 
-def _clean(df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad: str) -> pd.DataFrame:
+def _clean(df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad: str,
+           reasons: list[str] | None = None) -> pd.DataFrame:
     """Validate rows; raise naming the first bad row (CSV line number) or skip and report, by `on_bad`."""
     if on_bad not in {"raise", "skip"}:
         raise ValueError("on_bad must be 'raise' or 'skip'")
@@ -89,15 +90,41 @@ def _clean(df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad
                 raise DataError(f"{what} ({int(mask.sum())} such rows; pass on_bad='skip' to drop them)",
                                 path=path, row=first + 2, field=field)
             log.warning("%s: skipping %d rows with %s (first at row %d)", path, int(mask.sum()), what, first + 2)
+            if reasons is not None:
+                reasons.append(f"{int(mask.sum()):,} with {what}, first at row {first + 2}")
             bad |= mask
     return df[~bad]
 
 
+def _check_catalog_ids(df: pd.DataFrame, path: Path, catalog_ids: set[str] | None) -> pd.DataFrame:
+    """Restore ids that lost their leading zeros, warn (with counts) about ids the catalog does not have, and
+    refuse a log none of whose ids the catalog knows (every recommendation would silently be popularity)."""
+    if catalog_ids is None or df.empty:
+        return df
+    df = df.assign(item=restore_leading_zeros(df["item"], catalog_ids, source=path))
+    known = df["item"].isin(catalog_ids) | df["item"].isna()
+    if not known.any():
+        sample = df["item"].dropna().astype(str).unique()[:3].tolist()
+        raise DataError(f"none of the {len(df):,} rows names an item of the catalog (articles table or images/), "
+                        f"e.g. {sample}; the log and the catalog must use the same ids", path=path, field="item")
+    if not known.all():
+        unknown = df.loc[~known, "item"]
+        log.warning("%s: %d rows (%d distinct item ids, e.g. '%s') name items that are not in the catalog; "
+                    "they are ignored", path, int((~known).sum()), unknown.nunique(), unknown.iloc[0])
+    return df
+
+
 def load_transactions(path: str | Path, *, known_items: set[str] | None = None, on_bad: str = "raise",
-                      event_weights: dict[str, float] | None = None) -> Interactions:
-    """Read H&M transactions or a generic event log (detected by columns) from CSV or Parquet."""
+                      event_weights: dict[str, float] | None = None, catalog_ids: set[str] | None = None) -> Interactions:
+    """Read H&M transactions or a generic event log (detected by columns) from CSV or Parquet.
+
+    `catalog_ids` (or `known_items`): ids that lost their leading zeros are restored to them, unknown ids are
+    reported with counts. A file with no valid row left is a DataError that says why.
+    """
     path = Path(path)
     head = read_table(path, dtype={"article_id": str, "customer_id": str, "user": str, "item": str})
+    if head.empty:
+        raise DataError("no rows (only a header): nothing to recommend from", path=path)
     if set(HM_COLUMNS) <= set(head.columns):
         df = pd.DataFrame({"user": head["customer_id"], "item": head["article_id"],
                            "timestamp": pd.to_datetime(head["t_dat"], errors="coerce", format="%Y-%m-%d"),
@@ -126,7 +153,12 @@ def load_transactions(path: str | Path, *, known_items: set[str] | None = None, 
     else:
         raise DataError(f"unrecognised event log: needs {HM_COLUMNS} (H&M) or ['user', 'item', 'timestamp']; "
                         f"found {list(head.columns)}", path=path)
-    return Interactions(_clean(df, path, known_items=known_items, on_bad=on_bad))
+    df = _check_catalog_ids(df, path, catalog_ids if catalog_ids is not None else known_items)
+    reasons: list[str] = []
+    clean = _clean(df, path, known_items=known_items, on_bad=on_bad, reasons=reasons)
+    if clean.empty:
+        raise DataError(f"no valid rows left: all {len(df):,} rows were skipped ({'; '.join(reasons)})", path=path)
+    return Interactions(clean)
 
 
 def load_hm_transactions(data_dir: str | Path, **kw) -> Interactions:
@@ -135,6 +167,8 @@ def load_hm_transactions(data_dir: str | Path, **kw) -> Interactions:
     files = sorted(p for p in data_dir.glob("transactions*") if p.suffix.lower() in {".csv", ".parquet", ".gz"})
     if not files:
         raise DataError("no transactions*.csv or transactions*.parquet", path=data_dir)
+    if "catalog_ids" not in kw:
+        kw["catalog_ids"] = catalog_item_ids(data_dir)
     parts = [load_transactions(f, **kw).events for f in files]
     return Interactions(pd.concat(parts, ignore_index=True))
 
