@@ -45,15 +45,31 @@ class Shop:
         return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
 
     def fingerprint(self) -> str:
-        """Identity of the shop's data (log, catalog, image set) and features: keys cached models."""
+        """Identity of the shop's data (log, catalog, customers, every image file) and features: keys cached models.
+
+        Files are identified by path, size and modification time (a customer added to customers.csv, or a photo
+        replaced under the same name, is a new fingerprint). Computed once per Shop: a Shop is a snapshot.
+        """
         import hashlib
 
+        memo = self.__dict__.get("_fingerprint")
+        if memo is not None:
+            return memo
         h = hashlib.sha1()
-        for f in sorted(self.data_dir.glob("transactions*")) + sorted(self.data_dir.glob("articles*")):
+        tables = [sorted(self.data_dir.glob(f"{stem}*")) for stem in ("transactions", "articles", "customers")]
+        for f in [f for group in tables for f in group]:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(f"{len(self.catalog.image_paths)}|{self.backbone_name}|{self.input_size}".encode())
-        return h.hexdigest()[:12]
+        for item in sorted(self.catalog.image_paths):
+            p = self.catalog.image_paths[item]
+            try:
+                st = p.stat()
+                h.update(f"{item}|{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{item}|{p}|missing\n".encode())
+        self.__dict__["_fingerprint"] = memo = h.hexdigest()[:12]
+        return memo
 
     @property
     def candidates(self) -> list[str]:
