@@ -44,10 +44,31 @@ def _classifier_config(args):
                             seed=args.seed, finetune=ft)
 
 
-def _add_model_args(p: argparse.ArgumentParser, input_size: int = 96) -> None:
+def _resolve_input_size(args, data_dir=None) -> int:
+    """--input-size auto (None): Fashion-MNIST arrays 96 px (measured); photo folders from the photos and the
+    backbone (`auto_input_size`: the backbone's native size, or the photos' own size when they are smaller)."""
+    if getattr(args, "input_size", None) is not None:
+        return args.input_size
+    if data_dir is None:
+        args.input_size = 96
+        return 96
+    from fashionrec.backbones import create_backbone
+    from fashionrec.features import auto_input_size
+    from fashionrec.training.adapt import catalog_for_training
+
+    cat = catalog_for_training(data_dir)
+    native = create_backbone(args.backbone, pretrained=False).data_config.input_size
+    args.input_size = auto_input_size(list(cat.image_paths.values()), native)
+    log.info("input size %d px (auto: photos vs %s's native %d)", args.input_size, args.backbone, native)
+    return args.input_size
+
+
+def _add_model_args(p: argparse.ArgumentParser, input_size: int | None = None) -> None:
     p.add_argument("--method", choices=["linear-probe", "finetune"], default="linear-probe")
     p.add_argument("--backbone", default="efficientnet_lite0", help="registered name or any timm model name")
-    p.add_argument("--input-size", type=int, default=input_size, help="square input resolution in pixels")
+    p.add_argument("--input-size", type=int, default=input_size,
+                   help="square input resolution in pixels (default auto: 96 for 28 px greyscale arrays; for photo "
+                        "folders the backbone's native size, or the photos' own size when smaller)")
     p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
                    help="invert greyscale light-on-dark inputs to look like shop photos (auto: detect)")
     p.add_argument("--adapt-bn", action="store_true",
@@ -70,10 +91,10 @@ def _add_model_args(p: argparse.ArgumentParser, input_size: int = 96) -> None:
 # ---------------------------------------------------------------- classification
 def load_labelled_photos(data_dir: Path, label_column: str, input_size: int, progress: bool):
     """Catalog rows that have the label and an image -> (ids, uint8 images, int labels, class names)."""
-    from fashionrec.data.catalog import load_catalog
     from fashionrec.features import Preprocess, decode_images_to_array
+    from fashionrec.training.adapt import catalog_for_training
 
-    cat = load_catalog(data_dir)
+    cat = catalog_for_training(data_dir)
     labels = cat.label_column(label_column).dropna().astype(str)
     labelled = {i: cat.image_paths[i] for i in labels.index if i in cat.image_paths}
     if not labelled:
@@ -93,6 +114,7 @@ def cmd_train(args) -> int:
     from fashionrec.io import write_json
     from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
 
+    _resolve_input_size(args, None if args.dataset == "fashion-mnist" else args.dataset)
     cfg = _classifier_config(args)
     out = Path(args.out)
     t0 = time.time()
@@ -134,7 +156,11 @@ def cmd_train(args) -> int:
 def cmd_predict(args) -> int:
     import numpy as np
 
+    from fashionrec.backbones.base import is_adapted_model_dir
     from fashionrec.data.images import ImageDecodeError, list_images, load_image
+
+    if is_adapted_model_dir(args.model):
+        return _predict_adapted(args)
     from fashionrec.training.checkpoint import load_classifier
 
     clf = load_classifier(args.model)
@@ -152,7 +178,8 @@ def cmd_predict(args) -> int:
             continue
         if clf.preprocess.invert:  # a greyscale-trained model gets the same input mapping
             img = img.convert("L")
-        arrays.append(np.asarray(img.resize((clf.preprocess.input_size,) * 2)))
+        # Exactly the training preprocessing: pad to a white square, then resize (never stretch).
+        arrays.append(clf.preprocess.pil_to_array(img))
         names.append(str(p))
     if not arrays:
         raise FashionrecError("no readable images given")
@@ -168,7 +195,117 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def _image_paths(items) -> list:
+    from fashionrec.data.images import list_images
+
+    paths = []
+    for p in items:
+        p = Path(p)
+        paths.extend(list_images(p) if p.is_dir() else [p])
+    return paths
+
+
+def _predict_adapted(args) -> int:
+    """An adapted model folder: every head's top-k, with the model's own preprocessing."""
+    import csv
+
+    import numpy as np
+
+    from fashionrec.data.images import ImageDecodeError, load_image
+    from fashionrec.training.adapt import load_adapted
+
+    model = load_adapted(args.model)
+    pre = model.preprocess
+    arrays, names = [], []
+    for p in _image_paths(args.images):
+        try:
+            arrays.append(pre.pil_to_array(load_image(p)))
+            names.append(str(p))
+        except ImageDecodeError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+    if not arrays:
+        raise FashionrecError("no readable images given")
+    _, probs = model.predict_arrays(np.stack(arrays))
+    w = csv.writer(sys.stdout)
+    w.writerow(("image", "attribute", "rank", "label", "probability"))
+    for i, name in enumerate(names):
+        for head in model.head_names:
+            pr = probs[head][i]
+            for r, j in enumerate(np.argsort(-pr)[: args.top_k], 1):
+                w.writerow((name, head, r, model.classes[head][j], f"{pr[j]:.4f}"))
+    return 0
+
+
+def _tag_columns(args) -> list[str]:
+    cols = [c.strip() for c in (args.label_column or "").split(",") if c.strip()]
+    if len(set(cols)) != len(cols):
+        raise FashionrecError(f"--label-column lists a column twice: {args.label_column}")
+    return cols
+
+
+def _unsure(labels: list[str], conf, threshold: float) -> list[str]:
+    return [lab if c >= threshold else "unsure" for lab, c in zip(labels, conf)]
+
+
+def _tag_with_model(args, cols: list[str]) -> int:
+    """Tag with an adapted model folder's heads: one forward pass per photo for every attribute."""
+    import numpy as np
+    import pandas as pd
+
+    from fashionrec.features import decode_images_to_array
+    from fashionrec.io import atomic_path
+    from fashionrec.training.adapt import catalog_for_training, load_adapted
+
+    model = load_adapted(args.model)
+    cols = cols or list(model.head_names)
+    missing = [c for c in cols if c not in model.head_names]
+    if missing:
+        raise FashionrecError(f"{args.model}: no head for {missing}; its heads are {model.head_names}")
+    cat = catalog_for_training(args.data)
+    rows = set(cat.metadata.index.astype(str)) if len(cat.metadata) else set()
+    unl = {i: p for i, p in cat.image_paths.items() if i not in rows}
+    if not unl:
+        print("every image already has a catalog row: nothing to tag", file=sys.stderr)
+    u_ids, u_x, failures = decode_images_to_array(unl, model.preprocess, progress=_progress(args), desc="decode unlabelled")
+    _, probs = model.predict_arrays(u_x) if len(u_x) else (None, {c: np.zeros((0, len(model.classes[c]))) for c in cols})
+    df = pd.DataFrame({"article_id": u_ids})
+    for c in cols:
+        p = probs[c]
+        conf = p.max(1) if len(p) else np.zeros(0)
+        df[c] = _unsure([model.classes[c][j] for j in p.argmax(1)], conf, args.min_confidence) if len(p) else []
+        df[f"{c}_confidence"] = np.round(conf, 4)
+    with atomic_path(args.out, suffix=".tmp.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    print(f"tagged {len(df)} images with {', '.join(cols)} using {args.model} ({len(failures)} unreadable skipped) "
+          f"-> {args.out}")
+    return 0
+
+
 def cmd_tag(args) -> int:
+    cols = _tag_columns(args)
+    if args.model:
+        return _tag_with_model(args, cols)
+    if not cols:
+        raise FashionrecError("--label-column is required (or --model MODEL_DIR to tag with its heads)")
+    _resolve_input_size(args, args.data)
+    import pandas as pd
+
+    from fashionrec.io import atomic_path
+
+    merged = None
+    for c in cols:
+        df = _tag_one_column(args, c)
+        merged = df if merged is None else merged.merge(df.drop(columns=["confidence"]), on="article_id", how="outer")
+    if len(cols) > 1:
+        merged = merged.drop(columns=["confidence"])
+    with atomic_path(args.out, suffix=".tmp.csv") as tmp:
+        merged.to_csv(tmp, index=False)
+    print(f"-> {args.out}")
+    return 0
+
+
+def _tag_one_column(args, label_column: str):
+    """Today's recipe for one column: a logistic head on frozen backbone features of the labelled photos."""
     import numpy as np
     import pandas as pd
 
@@ -177,7 +314,7 @@ def cmd_tag(args) -> int:
     from fashionrec.training.tasks import train_image_classifier
 
     cfg = _classifier_config(args)
-    cat, ids, x, y, classes, _ = load_labelled_photos(Path(args.data), args.label_column, args.input_size, _progress(args))
+    cat, ids, x, y, classes, _ = load_labelled_photos(Path(args.data), label_column, args.input_size, _progress(args))
     unl = {i: p for i, p in cat.image_paths.items() if i not in set(cat.metadata.index)}
     if not unl:
         print("every image already has a catalog row: nothing to tag", file=sys.stderr)
@@ -186,12 +323,32 @@ def cmd_tag(args) -> int:
     trained = train_image_classifier(x, y, classes, cfg, unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
                                      cache=_cache(args), progress=_progress(args))
     proba = trained.predict_proba(u_x, cache=_cache(args)) if len(u_x) else np.zeros((0, len(classes)))
-    df = pd.DataFrame({"article_id": u_ids, args.label_column: [classes[j] for j in proba.argmax(1)] if len(u_ids) else [],
-                       "confidence": np.round(proba.max(1), 4) if len(u_ids) else []})
-    with atomic_path(args.out, suffix=".tmp.csv") as tmp:
-        df.to_csv(tmp, index=False)
-    print(f"tagged {len(df)} images with {args.label_column} ({len(classes)} classes, trained on {len(ids)} labelled; "
-          f"{len(failures)} unreadable skipped) -> {args.out}")
+    conf = np.round(proba.max(1), 4) if len(u_ids) else np.zeros(0)
+    labels = [classes[j] for j in proba.argmax(1)] if len(u_ids) else []
+    df = pd.DataFrame({"article_id": u_ids, label_column: _unsure(labels, conf, args.min_confidence),
+                       f"{label_column}_confidence": conf, "confidence": conf})
+    print(f"tagged {len(df)} images with {label_column} ({len(classes)} classes, trained on {len(ids)} labelled; "
+          f"{len(failures)} unreadable skipped)")
+    return df
+
+
+def cmd_adapt(args) -> int:
+    import torch
+
+    from fashionrec.config import resolved_args
+    from fashionrec.io import write_json
+    from fashionrec.training.adapt import DEFAULT_LABEL_COLUMNS, AdaptConfig, adapt_catalog
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cols = DEFAULT_LABEL_COLUMNS if args.label_column in (None, "auto") else tuple(args.label_column.split(","))
+    cfg = AdaptConfig(backbone=args.backbone, input_size=args.input_size, label_columns=cols,
+                      group_column=args.group_column, holdout=args.holdout, embed_dim=args.embed_dim,
+                      train_blocks=args.train_blocks, max_minutes=args.max_minutes, lr=args.lr, trunk_lr=args.trunk_lr,
+                      temperature=args.temperature, metric_weight=args.metric_weight, max_steps=args.max_steps,
+                      flips=not args.no_flips, seed=args.seed)
+    res = adapt_catalog(args.data, args.out, cfg, workspace=_workspace(args), progress=_progress(args))
+    write_json(Path(args.out) / "args.json", resolved_args(args))
     return 0
 
 
@@ -231,10 +388,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     tg = sub.add_parser("tag", help="auto-tag catalog images that have no catalog row")
     tg.add_argument("--data", required=True)
-    tg.add_argument("--label-column", required=True)
+    tg.add_argument("--label-column", default=None,
+                    help="comma-separated attributes, e.g. product_type_name,colour_group_name (with --model: default all heads)")
+    tg.add_argument("--model", default=None, help="model folder from `fashionrec adapt`: tag with its heads")
+    tg.add_argument("--min-confidence", type=float, default=0.0,
+                    help="below this probability the tag is 'unsure' (default 0: always the best guess)")
     tg.add_argument("--out", required=True)
-    _add_model_args(tg, input_size=128)
+    _add_model_args(tg)
     tg.set_defaults(func=cmd_tag)
+
+    a = sub.add_parser("adapt", help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder")
+    a.add_argument("--data", required=True, help="H&M-layout folder (images + articles.csv) or images/ + labels.csv")
+    a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
+    a.add_argument("--backbone", default="efficientnet_lite0")
+    a.add_argument("--input-size", type=int, default=128, help="square input in pixels (CPU cost grows with its square)")
+    a.add_argument("--label-column", default="auto",
+                   help="comma-separated columns to learn (auto: the H&M attribute columns present)")
+    a.add_argument("--group-column", default="auto",
+                   help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code")
+    a.add_argument("--holdout", type=float, default=0.15, help="share of products held out for evaluation")
+    a.add_argument("--embed-dim", type=int, default=256)
+    a.add_argument("--train-blocks", type=int, default=3, help="top blocks that train; lower ones stay ImageNet (cached)")
+    a.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock budget of the whole run")
+    a.add_argument("--lr", type=float, default=1e-3, help="heads and embedding learning rate")
+    a.add_argument("--trunk-lr", type=float, default=3e-4, help="top block's learning rate (x0.7 per block below)")
+    a.add_argument("--temperature", type=float, default=0.1, help="SupConLoss temperature")
+    a.add_argument("--metric-weight", type=float, default=1.0)
+    a.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    a.add_argument("--no-flips", action="store_true", help="no mirror-image augmentation (halves the caching pass)")
+    a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=cmd_adapt)
 
     b = sub.add_parser("backbones", help="list registered backbones")
     b.set_defaults(func=cmd_backbones)

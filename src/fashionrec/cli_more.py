@@ -67,6 +67,9 @@ def cmd_experiment(args) -> int:
 
     if args.name != "label-efficiency":
         raise FashionrecError(f"unknown experiment '{args.name}'")
+    from fashionrec.cli import _resolve_input_size
+
+    _resolve_input_size(args, None if args.dataset == "fashion-mnist" else args.dataset)
     cfg = _classifier_config(args)
     ks = [k if k == "all" else int(k) for k in args.ks.split(",")]
     seeds = list(range(args.seeds))

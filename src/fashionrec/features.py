@@ -381,3 +381,25 @@ def decode_images_to_array(items: dict[str, Path], preprocess: Preprocess, *, nu
     s = preprocess.input_size
     arr = np.stack([arrays[i] for i in order]) if order else np.zeros((0, s, s, 3), dtype=np.uint8)
     return [ids[i] for i in order], arr, failures
+
+
+def auto_input_size(paths: Sequence[Path], native: int, sample: int = 64, seed: int = 0) -> int:
+    """An input size that fits the photos and the backbone: its native size (e.g. 224, what it was trained at),
+    or the photos' own padded-square side when they are smaller (no upsampling of small studio shots), rounded
+    to a multiple of 32, at least 64. Reads image headers only (a sample of `sample` files)."""
+    paths = list(paths)
+    if not paths:
+        return int(native)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(paths), min(sample, len(paths)), replace=False)
+    sides = []
+    for j in pick:
+        try:
+            with Image.open(paths[j]) as im:
+                sides.append(max(im.size))
+        except Exception:  # unreadable files are reported where they are decoded
+            continue
+    if not sides:
+        return int(native)
+    side = float(np.median(sides))
+    return int(max(64, min(int(native), 32 * int(round(side / 32)))))

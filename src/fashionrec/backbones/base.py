@@ -100,6 +100,40 @@ class Backbone(nn.Module):
         parts = [final if t == "final" else captured[t].mean((2, 3)) for t in self.taps]
         return torch.cat(parts, 1)
 
+    # ---- split forward: a frozen lower part (computed once and cached) and a trainable upper part
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs before `blocks[0]` (timm EfficientNet: conv_stem + bn1; others: nothing)."""
+        m = self.model
+        if hasattr(m, "conv_stem") and hasattr(m, "bn1"):
+            return m.bn1(m.conv_stem(x))
+        return x
+
+    def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs after the last block, before pooling (timm EfficientNet: conv_head + bn2; others: nothing)."""
+        m = self.model
+        if hasattr(m, "conv_head") and hasattr(m, "bn2"):
+            return m.bn2(m.conv_head(x))
+        return x
+
+    def supports_split(self) -> bool:
+        """True when forward_upper(forward_lower(x, k), k) is the model's own pre-logits (checked in tests)."""
+        m = self.model
+        known = hasattr(m, "conv_stem") or type(m).__name__ in {"TinyCNN", "_TorchvisionMobileNetV2"}
+        return known and self.taps == ("final",)
+
+    def forward_lower(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Stem + blocks[:k]: the spatial map the upper part starts from."""
+        h = self.forward_stem(x)
+        for b in self.blocks[:k]:
+            h = b(h)
+        return h
+
+    def forward_upper(self, h: torch.Tensor, k: int) -> torch.Tensor:
+        """blocks[k:] + tail + pooled pre-logits."""
+        for b in self.blocks[k:]:
+            h = b(h)
+        return self.forward_head(self.forward_tail(h))
+
     def with_input_size(self, size: int) -> "Backbone":
         """Same model, smaller/larger inputs (CNNs are size-agnostic); 96 px is ~8x cheaper than 224."""
         self.data_config = DataConfig(size, self.data_config.mean, self.data_config.std, self.data_config.interpolation)
@@ -123,6 +157,14 @@ def _load_builtin() -> None:
     from fashionrec.backbones import offline, timm_backbone, tiny  # noqa: F401
 
 
+def is_adapted_model_dir(name) -> bool:
+    """A folder written by `fashionrec adapt` (weights + fashionrec_model.json)."""
+    try:
+        return Path(str(name)).is_dir() and (Path(str(name)) / "fashionrec_model.json").is_file()
+    except OSError:
+        return False
+
+
 def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, weights: str | Path | None = None,
                     input_size: int | None = None, taps=None, **kwargs) -> Backbone:
     """Build a backbone by registered name, or any timm model name.
@@ -133,6 +175,15 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, we
     _load_builtin()
     from fashionrec.backbones.timm_backbone import create_timm_backbone
 
+    if is_adapted_model_dir(name):
+        # A fine-tuned model folder (`fashionrec adapt`): its preprocessing is part of the model, so an
+        # input_size different from the trained one is ignored (predictions must see what training saw).
+        from fashionrec.training.adapt import load_adapted
+
+        bb = load_adapted(name).backbone
+        if taps is not None and tuple(taps) != ("final",):
+            bb.set_taps(taps)
+        return bb.eval()
     key = name.lower().replace("-", "_")
     factory = _REGISTRY.get(key)
     if factory is not None:

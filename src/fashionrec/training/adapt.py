@@ -1,0 +1,643 @@
+"""Fashion-adapted backbones: fine-tune on a catalog's own labels plus a same-product metric loss.
+
+One backbone, several classification heads (product type, group, colour, ...; missing labels masked) and a
+supervised-contrastive objective (pytorch-metric-learning's `SupConLoss`) in which photos of the same product
+(`product_code`, the first 7 digits of an H&M `article_id`) are positives. Products, never photos, are split
+into training and held-out parts.
+
+CPU budget: the backbone is split at block `k`. The lower part (stem + blocks[:k]) stays ImageNet and is
+computed once per photo (and its mirror image) and cached in the workspace; only blocks[k:], the final conv,
+the embedding layer and the heads train. Training is time-boxed (`max_minutes`): the learning rate follows
+the wall clock (warm-up, cosine decay), so a busy machine trains fewer steps rather than overrunning.
+
+The result is a model folder:
+- `weights.safetensors`: every tensor (no pickle: loading runs no code);
+- `fashionrec_model.json`: format version, base backbone, input size and preprocessing, embedding size,
+  heads and their class lists, the held-out products, training settings;
+- `metrics.json`: held-out tagging accuracy / macro-F1 and same-product retrieval, ImageNet vs adapted.
+
+`create_backbone(folder)` gives its embedding backbone (L2-normalised, used by embed/similar/recommenders);
+`load_adapted(folder)` gives the backbone plus the heads (tagging, predict).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionrec.backbones.base import Backbone, DataConfig
+from fashionrec.errors import FashionrecError
+from fashionrec.features import Preprocess
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fashionrec-adapted-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "fashionrec_model.json"
+WEIGHTS_FILE = "weights.safetensors"
+DEFAULT_LABEL_COLUMNS = ("product_type_name", "product_group_name", "colour_group_name", "graphical_appearance_name",
+                         "department_name", "index_group_name", "garment_group_name")
+
+
+# ---------------------------------------------------------------- the model
+class AdaptedBackbone(Backbone):
+    """A trunk plus a linear embedding layer; `forward` gives L2-normalised embeddings (cosine = dot product)."""
+
+    def __init__(self, trunk: Backbone, embed_dim: int, weights_id: str, name: str | None = None):
+        super().__init__(name or f"adapted-{trunk.name}", trunk.model, embed_dim, trunk.data_config, weights_id,
+                         blocks=trunk._blocks)
+        self.prelogits_dim = trunk.embed_dim
+        self.embed = nn.Linear(trunk.embed_dim, embed_dim)
+
+    def prelogits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        return F.normalize(self.embed(self.prelogits(feats)), dim=1)
+
+    def upper_outputs(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the lower part's map: (pre-logits, normalised embedding)."""
+        for b in self.blocks[k:]:
+            h = b(h)
+        z = self.prelogits(self.forward_tail(h))
+        return z, F.normalize(self.embed(z), dim=1)
+
+    def with_input_size(self, size: int) -> "Backbone":
+        if int(size) != self.data_config.input_size:
+            log.info("%s: trained at %d px; keeping that input size (asked %d)", self.name, self.data_config.input_size, size)
+        return self
+
+
+class AdaptedModel(nn.Module):
+    """Backbone + one linear head per attribute (on the pre-logits, so colour survives the metric loss)."""
+
+    def __init__(self, backbone: AdaptedBackbone, heads: dict[str, list[str]], dropout: float = 0.2):
+        super().__init__()
+        self.backbone = backbone
+        self.head_names = list(heads)
+        self.classes = {k: list(v) for k, v in heads.items()}
+        self.heads = nn.ModuleList([nn.Linear(backbone.prelogits_dim, len(c)) for c in heads.values()])
+        self.dropout = nn.Dropout(dropout)
+        self.config: dict = {}
+
+    def upper(self, h: torch.Tensor, k: int):
+        z, e = self.backbone.upper_outputs(h, k)
+        zd = self.dropout(z)
+        return e, [head(zd) for head in self.heads]
+
+    @property
+    def preprocess(self) -> Preprocess:
+        p = self.config.get("preprocess") or {}
+        cfg = self.backbone.data_config
+        return Preprocess(cfg.input_size, tuple(cfg.mean), tuple(cfg.std), invert=bool(p.get("invert", False)),
+                          pad_square=bool(p.get("pad_square", True)))
+
+    @torch.no_grad()
+    def predict_arrays(self, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba})."""
+        self.eval()
+        pre = self.preprocess
+        embs, probs = [], {n: [] for n in self.head_names}
+        for s in range(0, len(images), batch_size):
+            x = pre.arrays_to_tensor(images[s : s + batch_size])
+            e, logits = self.upper(self.backbone.forward_lower(x, 0), 0)
+            embs.append(e.numpy())
+            for n, lg in zip(self.head_names, logits):
+                probs[n].append(torch.softmax(lg.float(), 1).numpy())
+        d = self.backbone.embed_dim
+        return (np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
+                {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()})
+
+
+def _trunk(base: str, pretrained: bool, trunk_kwargs: dict | None = None) -> Backbone:
+    from fashionrec.backbones import create_backbone
+
+    return create_backbone(base, pretrained=pretrained, **(trunk_kwargs or {}))
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path:
+    """weights.safetensors + fashionrec_model.json, each written atomically."""
+    from safetensors.torch import save_file
+
+    from fashionrec.io import atomic_path, write_json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(out / WEIGHTS_FILE, suffix=".tmp.safetensors") as tmp:
+        save_file(sd, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **config,
+           "heads": {n: model.classes[n] for n in model.head_names}, "weights_file": WEIGHTS_FILE,
+           "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
+    write_json(out / CONFIG_FILE, cfg)
+    return out
+
+
+_LOADED: dict[tuple, AdaptedModel] = {}
+
+
+def load_adapted(path: str | Path) -> AdaptedModel:
+    """Rebuild a model folder written by `fashionrec adapt`. Weights load from safetensors (no code runs);
+    the feature-cache identity is the weights file's SHA-256, so features of different weights never mix."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FashionrecError(f"{path}: not an adapted model folder (no {CONFIG_FILE})")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT or int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise FashionrecError(f"{cfg_path}: unsupported model format {cfg.get('format')} v{cfg.get('format_version')}")
+    wpath = path / cfg.get("weights_file", WEIGHTS_FILE)
+    if not wpath.is_file():
+        raise FashionrecError(f"{wpath}: weights file missing")
+    st = wpath.stat()
+    key = (str(wpath.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _LOADED:
+        return _LOADED[key]
+    sha = file_sha256(wpath)
+    trunk = _trunk(cfg["base_backbone"], pretrained=False, trunk_kwargs=cfg.get("trunk_kwargs"))
+    pre = cfg["preprocess"]
+    trunk.data_config = DataConfig(int(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"]))
+    bb = AdaptedBackbone(trunk, int(cfg["embed_dim"]), weights_id=f"adapted:sha256:{sha[:24]}",
+                         name=f"adapted-{cfg['base_backbone']}")
+    model = AdaptedModel(bb, cfg["heads"])
+    try:
+        model.load_state_dict(load_file(str(wpath)), strict=True)
+    except RuntimeError as e:
+        raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
+    model.config = cfg
+    model.eval()
+    _LOADED[key] = model
+    return model
+
+
+# ---------------------------------------------------------------- data
+def catalog_for_training(data_dir: str | Path):
+    """`load_catalog`, plus the plain layout `images/` + `labels.csv` (no articles table), which the H&M
+    detection would otherwise take for an H&M folder without rows."""
+    from fashionrec.data.catalog import find_table, load_catalog, load_image_folder
+
+    d = Path(data_dir)
+    if (d / "images").is_dir() and find_table(d, "articles") is None and find_table(d, "labels") is not None:
+        return load_image_folder(d / "images", find_table(d, "labels"))
+    return load_catalog(d)
+
+
+def product_groups(ids: list[str], metadata, group_column: str = "auto") -> np.ndarray:
+    """Group key per photo: same product = positives for the metric loss.
+
+    auto: H&M ids (10 digits) -> the first 7 (product_code; works for items without a catalog row too);
+    else a `product_code` column where present; else every photo is its own product (no positives)."""
+    ids = [str(i) for i in ids]
+    if group_column == "auto":
+        if ids and all(len(i) == 10 and i.isdigit() for i in ids):
+            return np.array([i[:7] for i in ids])
+        group_column = "product_code" if "product_code" in getattr(metadata, "columns", []) else "none"
+    if group_column == "none":
+        return np.array(ids)
+    if group_column not in metadata.columns:
+        raise FashionrecError(f"no column '{group_column}' for product groups; columns are {sorted(metadata.columns)}")
+    col = metadata[group_column].astype(str)
+    return np.array([f"g:{col.loc[i]}" if i in col.index and col.loc[i] != "nan" else f"i:{i}" for i in ids])
+
+
+def split_products(groups: np.ndarray, holdout: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out photos: a random `holdout` fraction of the products (never of photos)."""
+    uniq = np.unique(groups)
+    rng = np.random.default_rng(seed)
+    held = set(uniq[rng.permutation(len(uniq))[: int(round(holdout * len(uniq)))]].tolist())
+    return np.array([g in held for g in groups])
+
+
+def encode_labels(ids: list[str], metadata, columns: list[str], train_mask: np.ndarray, min_count: int = 1):
+    """Per column: class list from the training photos (classes with >= min_count), int labels (-1 = missing)."""
+    heads, labels = {}, {}
+    for col in columns:
+        if col not in metadata.columns:
+            raise FashionrecError(f"no column '{col}' in the catalog; columns are {sorted(metadata.columns)}")
+        s = metadata[col]
+        vals = np.array([str(s.loc[i]) if i in s.index and isinstance(s.loc[i], str) and s.loc[i] != "" else ""
+                         for i in ids], dtype=object)
+        tr_vals, counts = np.unique(vals[train_mask & (vals != "")], return_counts=True)
+        classes = sorted(v for v, c in zip(tr_vals, counts) if c >= min_count)
+        if len(classes) < 2:
+            log.warning("column %s: fewer than 2 classes in the training part; skipped", col)
+            continue
+        index = {c: j for j, c in enumerate(classes)}
+        heads[col] = classes
+        labels[col] = np.array([index.get(v, -1) if v else -1 for v in vals], dtype=np.int64)
+        labels[col + "\0raw"] = vals
+    return heads, labels
+
+
+def _fingerprints(paths: list[Path]) -> str:
+    from fashionrec.features import file_fingerprint
+
+    h = hashlib.sha1()
+    for p in paths:
+        h.update(file_fingerprint(p).encode())
+    return h.hexdigest()[:16]
+
+
+def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, workspace: Path, *, flips: bool = True,
+               batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The frozen lower part's output for every photo (and its mirror image), float16, cached in the workspace.
+
+    Returns (maps, flipped maps or None, ok mask); undecodable photos are reported and left out (ok False)."""
+    from fashionrec.features import _ImageFiles, _collate
+
+    key = hashlib.sha1("|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), str(flips),
+                                 _fingerprints(paths)]).encode()).hexdigest()[:16]
+    cache = workspace / "adapt" / f"lower-{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                return z["maps"], (z["flipped"] if flips else None), z["ok"]
+        except Exception as e:  # a damaged cache is recomputed
+            log.warning("%s: unreadable (%s); recomputing", cache, e)
+    trunk.eval()
+    ds = _ImageFiles(paths, pre)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(2, os.cpu_count() or 1),
+                                         collate_fn=_collate)
+    maps = flipped = None
+    ok = np.zeros(len(paths), dtype=bool)
+    t0, done = time.time(), 0
+    last = t0
+    with torch.inference_mode():
+        for batch in loader:
+            good = [(i, a) for i, a, err in batch if err is None]
+            for i, _, err in batch:
+                if err is not None:
+                    log.warning("skipping %s", err)
+            if good:
+                x = pre.arrays_to_tensor(np.stack([a for _, a in good]))
+                h = trunk.forward_lower(x, k).half().numpy()
+                if maps is None:
+                    maps = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
+                    flipped = np.zeros_like(maps) if flips else None
+                rows = [i for i, _ in good]
+                maps[rows] = h
+                if flips:
+                    flipped[rows] = trunk.forward_lower(x.flip(-1), k).half().numpy()
+                ok[rows] = True
+            done += len(batch)
+            if progress and (time.time() - last > 30 or done == len(paths)):
+                last = time.time()
+                rate = done / max(last - t0, 1e-9)
+                print(f"  caching the frozen lower part: {done}/{len(paths)} photos, {rate:.1f} img/s, "
+                      f"ETA {(len(paths) - done) / max(rate, 1e-9) / 60:.1f} min", flush=True)
+    if maps is None:
+        raise FashionrecError("no photo could be decoded")
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    from fashionrec.io import atomic_path
+
+    with atomic_path(cache, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, maps=maps, flipped=flipped if flips else np.zeros(0), ok=ok)
+    return maps, flipped, ok
+
+
+# ---------------------------------------------------------------- training
+@dataclass(frozen=True)
+class AdaptConfig:
+    backbone: str = "efficientnet_lite0"
+    input_size: int = 128
+    label_columns: tuple[str, ...] = DEFAULT_LABEL_COLUMNS
+    group_column: str = "auto"
+    holdout: float = 0.15
+    embed_dim: int = 256
+    train_blocks: int = 3          # blocks trained from the top (+ the final conv); the rest stays ImageNet, cached
+    max_minutes: float = 45.0      # whole run: caching + training + evaluation
+    head_fraction: float = 0.1     # share of the training time with the trunk frozen (stage 1: heads + embedding)
+    lr: float = 1e-3               # heads and embedding layer
+    trunk_lr: float = 3e-4         # top block; each block below gets lr_decay times the one above
+    lr_decay: float = 0.7
+    weight_decay: float = 1e-4
+    products_per_batch: int = 32   # x 2 photos each, plus as many labelled photos
+    labelled_per_batch: int = 32
+    temperature: float = 0.1
+    metric_weight: float = 1.0
+    label_smoothing: float = 0.1
+    min_class_count: int = 2
+    flips: bool = True
+    max_steps: int | None = None   # tests: stop after this many steps
+    seed: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.holdout < 1:
+            raise ValueError("holdout must be in (0, 1)")
+        if self.max_minutes <= 0:
+            raise ValueError("max_minutes must be positive")
+
+
+def _lr_factor(frac: float, warmup: float = 0.05) -> float:
+    """Warm-up then cosine decay, as a function of the elapsed share of the stage's time."""
+    frac = min(max(frac, 0.0), 1.0)
+    if frac < warmup:
+        return 0.1 + 0.9 * frac / warmup
+    return 0.5 * (1 + math.cos(math.pi * (frac - warmup) / (1 - warmup))) * 0.99 + 0.01
+
+
+def _batches(rng: np.random.Generator, multi: dict[str, np.ndarray], labelled: np.ndarray, cfg: AdaptConfig):
+    """Endless batches: P products x 2 photos (positives) + L labelled photos (heads; negatives for the metric)."""
+    keys = np.array(list(multi)) if multi else np.zeros(0, dtype=object)
+    order, pos = rng.permutation(len(keys)), 0
+    while True:
+        rows, groups = [], []
+        for _ in range(min(cfg.products_per_batch, len(keys))):
+            if pos >= len(order):
+                order, pos = rng.permutation(len(keys)), 0
+            members = multi[keys[order[pos]]]
+            pos += 1
+            pick = rng.choice(members, 2, replace=False)
+            rows.extend(pick.tolist())
+        if len(labelled):
+            rows.extend(rng.choice(labelled, min(cfg.labelled_per_batch, len(labelled)), replace=False).tolist())
+        yield np.array(rows)
+
+
+def _param_groups(model: AdaptedModel, k: int, cfg: AdaptConfig, stage: str) -> list[dict]:
+    bb = model.backbone
+    for p in model.parameters():
+        p.requires_grad = False
+    head_params = list(bb.embed.parameters()) + list(model.heads.parameters())
+    for p in head_params:
+        p.requires_grad = True
+    groups = [{"params": head_params, "lr": cfg.lr}]
+    if stage == "head":
+        return groups
+    seen = {id(p) for p in head_params}
+    lower_ids = {id(p) for b in bb.blocks[:k] for p in b.parameters()}
+    if hasattr(bb.model, "conv_stem"):
+        lower_ids |= {id(p) for m in (bb.model.conv_stem, bb.model.bn1) for p in m.parameters()}
+    top = [p for p in bb.model.parameters() if id(p) not in seen and id(p) not in lower_ids
+           and not any(id(p) == id(q) for b in bb.blocks for q in b.parameters())]
+    ordered = [top] + [list(b.parameters()) for b in reversed(bb.blocks[k:])]
+    for depth, ps in enumerate(ordered):
+        ps = [p for p in ps if id(p) not in seen]
+        seen.update(id(p) for p in ps)
+        for p in ps:
+            p.requires_grad = True
+        if ps:
+            groups.append({"params": ps, "lr": cfg.trunk_lr * cfg.lr_decay ** depth})
+    return groups
+
+
+def _set_train_mode(model: AdaptedModel, k: int, stage: str) -> None:
+    model.train()
+    bb = model.backbone
+    frozen = list(bb.blocks[:k]) if stage != "head" else list(bb.blocks) + [bb.model]
+    for part in frozen:
+        for m in part.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+@torch.no_grad()
+def upper_predict(model: AdaptedModel, maps: np.ndarray, k: int, rows: np.ndarray | None = None,
+                  batch_size: int = 256, prelogits_of=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Embeddings and head probabilities from cached lower maps (eval mode)."""
+    model.eval()
+    rows = np.arange(len(maps)) if rows is None else rows
+    embs, probs = [], {n: [] for n in model.head_names}
+    for s in range(0, len(rows), batch_size):
+        h = torch.from_numpy(maps[rows[s : s + batch_size]].astype(np.float32))
+        e, logits = model.upper(h, k)
+        embs.append(e.numpy())
+        for n, lg in zip(model.head_names, logits):
+            probs[n].append(torch.softmax(lg, 1).numpy())
+    return np.concatenate(embs), {n: np.concatenate(v) for n, v in probs.items()}
+
+
+@torch.no_grad()
+def trunk_prelogits(trunk: Backbone, maps: np.ndarray, k: int, batch_size: int = 256) -> np.ndarray:
+    trunk.eval()
+    out = []
+    for s in range(0, len(maps), batch_size):
+        out.append(trunk.forward_upper(torch.from_numpy(maps[s : s + batch_size].astype(np.float32)), k).numpy())
+    return np.concatenate(out)
+
+
+@dataclass
+class AdaptResult:
+    model: AdaptedModel
+    metrics: dict = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = AdaptConfig(), *,
+                  workspace: str | Path | None = None, progress: bool = True) -> AdaptResult:
+    """Fine-tune a backbone on the catalog's labels + same-product pairs; write the model folder; evaluate."""
+    from pytorch_metric_learning.losses import SupConLoss
+
+    from fashionrec.evaluation.retrieval import classification_report, retrieval_metrics
+    from fashionrec.io import default_workspace, write_json
+
+    t_start = time.time()
+    budget = cfg.max_minutes * 60
+    say = (lambda *a: print(*a, flush=True)) if progress else (lambda *a: None)
+    ws = Path(workspace or default_workspace())
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+
+    cat = catalog_for_training(data_dir)
+    ids = list(cat.item_ids)
+    if len(ids) < 4:
+        raise FashionrecError(f"{data_dir}: {len(ids)} photos; need at least 4 to fine-tune")
+    paths = [cat.image_paths[i] for i in ids]
+    meta = cat.metadata
+    groups_all = product_groups(ids, meta, cfg.group_column)
+    held_all = split_products(groups_all, cfg.holdout, cfg.seed)
+
+    trunk = _trunk(cfg.backbone, pretrained=True)
+    if not trunk.supports_split():
+        raise FashionrecError(f"backbone {cfg.backbone}: fine-tuning needs a known block structure "
+                              "(efficientnet_lite0/1/2, mobilenetv2, tiny_cnn)")
+    trunk.with_input_size(cfg.input_size)
+    pre = Preprocess.for_backbone(trunk)
+    n_blocks = len(trunk.blocks)
+    k = max(0, n_blocks - cfg.train_blocks)
+    say(f"adapt: {len(ids)} photos, {len(np.unique(groups_all))} products ({int(held_all.sum())} photos of "
+        f"{len(np.unique(groups_all[held_all]))} held-out products); {cfg.backbone} at {cfg.input_size} px, "
+        f"training blocks {k}..{n_blocks - 1} + head; budget {cfg.max_minutes:g} min")
+    maps_all, flipped_all, ok = lower_maps(trunk, paths, pre, k, ws, flips=cfg.flips, progress=progress)
+    keep = np.flatnonzero(ok)
+    ids = [ids[i] for i in keep]
+    maps, flipped = maps_all[keep], (flipped_all[keep] if cfg.flips else None)
+    groups, held = groups_all[keep], held_all[keep]
+    train = ~held
+    heads, labels = encode_labels(ids, meta, [c for c in cfg.label_columns if c in meta.columns] if
+                                  cfg.label_columns == DEFAULT_LABEL_COLUMNS else list(cfg.label_columns),
+                                  train, cfg.min_class_count)
+    if not heads:
+        say("adapt: no label column with 2+ classes: metric learning only")
+    say(f"  lower part cached ({maps.nbytes / 2**20:.0f} MiB) after {time.time() - t_start:.0f}s; heads: "
+        + ", ".join(f"{h} ({len(c)} classes, {int((labels[h][train] >= 0).sum())} labelled train photos)"
+                    for h, c in heads.items()))
+
+    bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
+    model = AdaptedModel(bb, heads)
+    # Stage 1 starts from the ImageNet pre-logits; the embedding starts as a random projection of them.
+    tr_rows = np.flatnonzero(train)
+    by_group: dict[str, list[int]] = {}
+    for r in tr_rows:
+        by_group.setdefault(groups[r], []).append(int(r))
+    multi = {g: np.array(v) for g, v in by_group.items() if len(v) >= 2}
+    any_label = np.zeros(len(ids), dtype=bool)
+    for h in heads:
+        any_label |= labels[h] >= 0
+    labelled = np.flatnonzero(train & any_label)
+    if not multi and not len(labelled):
+        raise FashionrecError("nothing to learn from: no product with 2+ photos and no labelled photo")
+    group_codes = {g: j for j, g in enumerate(np.unique(groups))}
+    gcode = np.array([group_codes[g] for g in groups])
+    y = {h: torch.from_numpy(labels[h]) for h in heads}
+    supcon = SupConLoss(temperature=cfg.temperature)
+    batches = _batches(rng, multi, labelled, cfg)
+
+    # Time left for training = budget - time so far - evaluation (measured: one upper pass over every photo).
+    t_eval0 = time.time()
+    probe_rows = np.arange(min(256, len(ids)))
+    upper_predict(model, maps, k, probe_rows)
+    eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 2.5 + 15
+    train_secs = budget - (time.time() - t_start) - eval_secs
+    if train_secs < 30 and cfg.max_steps is None:
+        raise FashionrecError(f"--max-minutes {cfg.max_minutes:g} leaves {train_secs:.0f}s for training after caching "
+                              f"and evaluation; give more time")
+    history = []
+    step = 0
+    stages = [("head", cfg.head_fraction), ("upper", 1 - cfg.head_fraction)]
+    for stage, share in stages:
+        stage_secs = max(train_secs, 1) * share
+        groups_p = _param_groups(model, k, cfg, stage)
+        base_lrs = [g["lr"] for g in groups_p]
+        opt = torch.optim.AdamW(groups_p, weight_decay=cfg.weight_decay)
+        t_stage, last_print, seen, stage_steps = time.time(), time.time(), 0, 0
+        run_loss = {}
+        while True:
+            frac = (time.time() - t_stage) / stage_secs
+            if frac >= 1 or (cfg.max_steps is not None and stage_steps >= max(1, int(cfg.max_steps * share))):
+                break
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * _lr_factor(frac)
+            _set_train_mode(model, k, stage)
+            rows = next(batches)
+            src = maps
+            h = maps[rows]
+            if flipped is not None:
+                flip = rng.random(len(rows)) < 0.5
+                h = np.where(flip[:, None, None, None], flipped[rows], h)
+            hx = torch.from_numpy(h.astype(np.float32))
+            emb, logits = model.upper(hx, k)
+            losses = {}
+            if multi:
+                losses["metric"] = cfg.metric_weight * supcon(emb, torch.from_numpy(gcode[rows]))
+            for (name, lg) in zip(model.head_names, logits):
+                yy = y[name][rows]
+                m = yy >= 0
+                if m.any():
+                    losses[name] = F.cross_entropy(lg[m], yy[m], label_smoothing=cfg.label_smoothing)
+            loss = sum(losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            stage_steps += 1
+            seen += len(rows)
+            for n, v in losses.items():
+                fv = float(v.detach())
+                run_loss[n] = 0.9 * run_loss.get(n, fv) + 0.1 * fv
+            del src
+            now = time.time()
+            if now - last_print > 30:
+                last_print = now
+                rate = seen / (now - t_stage)
+                total_left = budget - (now - t_start)
+                say(f"  [{stage}] step {step}, {rate:.0f} photos/s, loss "
+                    + " ".join(f"{n.replace('_name', '')}={v:.3f}" for n, v in run_loss.items())
+                    + f"; stage {min(frac, 1) * 100:.0f}%, elapsed {(now - t_start) / 60:.1f} min, "
+                      f"ETA {max(total_left, 0) / 60:.1f} min")
+        history.append({"stage": stage, "steps": stage_steps, "photos": seen, "seconds": round(time.time() - t_stage, 1),
+                        "loss": {n: round(v, 4) for n, v in run_loss.items()}})
+        say(f"  stage {stage}: {stage_steps} steps, {seen} photos in {time.time() - t_stage:.0f}s")
+
+    # ---- evaluation on held-out products
+    model.eval()
+    emb, probs = upper_predict(model, maps, k)
+    base = trunk_prelogits(trunk, maps, k)
+    q = np.flatnonzero(held & np.isin(groups, [g for g, c in zip(*np.unique(groups, return_counts=True)) if c >= 2]))
+    type_col = "product_type_name" if "product_type_name" in meta.columns else (next(iter(heads), None))
+    types = labels.get(type_col + "\0raw") if type_col else None
+    if types is None and type_col:
+        types = np.array([str(meta[type_col].get(i, "")) if i in meta.index else "" for i in ids], dtype=object)
+    ret = {"imagenet": retrieval_metrics(base, groups, q, types),
+           "adapted": retrieval_metrics(emb, groups, q, types)}
+    tagging = {}
+    hrows = np.flatnonzero(held)
+    for name in heads:
+        raw = labels[name + "\0raw"][hrows]
+        has = raw != ""
+        tagging[name] = classification_report(raw[has], np.array(heads[name], dtype=object)[probs[name][hrows][has].argmax(1)],
+                                              heads[name])
+    wall = time.time() - t_start
+    metrics = {"retrieval_heldout": ret, "tagging_heldout": tagging, "wall_seconds": round(wall, 1),
+               "n_photos": len(ids), "n_heldout_photos": int(held.sum()), "n_queries": int(len(q)), "history": history}
+    held_products = sorted(np.unique(groups[held]).tolist())
+    config = {"base_backbone": cfg.backbone, "trunk_kwargs": {}, "embed_dim": cfg.embed_dim,
+              "preprocess": {**asdict(pre), "pad_square": True}, "split_block": k,
+              "embedding": "L2-normalised linear projection of the pre-logits (metric loss: SupConLoss)",
+              "heads_on": "pre-logits", "group_column": cfg.group_column,
+              "adapt_config": {**asdict(cfg), "label_columns": list(cfg.label_columns)},
+              "heldout_products": held_products, "trained_on": str(Path(data_dir).resolve()),
+              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = save_adapted(model, out_dir, config)
+    write_json(out / "metrics.json", metrics)
+    _write_features_to_cache(out, ids, paths_by_id={i: cat.image_paths[i] for i in ids}, emb=emb, ws=ws)
+    say(f"adapt: wrote {out} in {wall / 60:.1f} min")
+    say(format_adapt_metrics(metrics))
+    return AdaptResult(model, metrics, out)
+
+
+def _write_features_to_cache(model_dir: Path, ids: list[str], paths_by_id: dict, emb: np.ndarray, ws: Path) -> None:
+    """The held-out evaluation already embedded every photo: store it under the key `embed_image_files` uses for
+    this model folder (eager fp32), so `fashionrec embed --backbone MODEL_DIR` and the benchmark reuse it."""
+    from fashionrec.backbones import create_backbone
+    from fashionrec.features import FeatureCache, InferencePath, Preprocess as P, _model_key, file_fingerprint
+
+    bb = create_backbone(str(model_dir))
+    key = f"files-{_model_key(bb, P.for_backbone(bb), InferencePath())}"
+    FeatureCache(ws).save(key, fingerprints=np.array([file_fingerprint(paths_by_id[i]) for i in ids]),
+                          features=emb.astype(np.float32))
+
+
+def format_adapt_metrics(m: dict) -> str:
+    lines = ["held-out products: same-product retrieval (queries: held-out photos of products with 2+ photos; "
+             "gallery: every photo)", "| features | Recall@1 | Recall@10 | same-type P@10 |", "|---|---|---|---|"]
+    for name, r in m["retrieval_heldout"].items():
+        lines.append(f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
+                     f"{r['type_precision@10']:.3f} |" if r.get("type_precision@10") is not None else
+                     f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | - |")
+    lines += ["", "held-out tagging (photos of held-out products that have the label)",
+              "| attribute | classes | n | accuracy | macro-F1 |", "|---|---|---|---|---|"]
+    for name, t in m["tagging_heldout"].items():
+        lines.append(f"| {name} | {t['n_classes']} | {t['n']} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} |")
+    return "\n".join(lines)

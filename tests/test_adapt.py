@@ -1,0 +1,212 @@
+"""Fashion-adapted models (`fashionrec adapt`): tiny synthetic catalogs with known answers, tiny backbone."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from fashionrec.backbones import create_backbone
+from fashionrec.cli import main
+from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
+from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
+from fashionrec.training.adapt import (AdaptConfig, adapt_catalog, catalog_for_training, load_adapted, product_groups,
+                                       split_products)
+
+COLOURS = {"1": ((220, 30, 30), "Red"), "2": ((30, 30, 220), "Blue"), "3": ((30, 170, 30), "Green")}
+SHAPES = ["rect", "ellipse", "tri", "cross", "hbar", "vbar"]
+
+
+def _draw(shape: str, colour, jitter: int) -> Image.Image:
+    im = Image.new("RGB", (24, 36), (255, 255, 255))
+    d = ImageDraw.Draw(im)
+    o = jitter
+    if shape == "rect":
+        d.rectangle([5 + o, 6, 19 - o, 30], fill=colour)
+    elif shape == "ellipse":
+        d.ellipse([3, 6 + o, 21, 30], fill=colour)
+    elif shape == "tri":
+        d.polygon([(12, 4 + o), (3, 32), (21, 32)], fill=colour)
+    elif shape == "cross":
+        d.rectangle([10, 4, 14, 32], fill=colour)
+        d.rectangle([3, 14 + o, 21, 18 + o], fill=colour)
+    elif shape == "hbar":
+        d.rectangle([1, 15 - o, 23, 21], fill=colour)
+    else:
+        d.rectangle([9 + o, 2, 15, 34], fill=colour)
+    return im
+
+
+@pytest.fixture
+def shapes_shop(tmp_path):
+    """18 products (6 shapes x 3) in 3 colours each; rows for most; product = first 7 digits of the id."""
+    d = tmp_path / "shop"
+    (d / "images").mkdir(parents=True)
+    rows = ["article_id,product_group_name,colour_group_name,product_type_name"]
+    for p in range(18):
+        shape = SHAPES[p % 6]
+        for c, (rgb, cname) in COLOURS.items():
+            aid = f"0{p:06d}00{c}"
+            _draw(shape, rgb, (p // 6 + int(c)) % 3).save(d / "images" / f"{aid}.jpg")
+            if p < 15 or c == "1":
+                group = "Upper" if shape in ("rect", "tri", "cross") else "Lower"
+                rows.append(f"{aid},{group},{cname},{shape}")
+    (d / "articles.csv").write_text("\n".join(rows) + "\n")
+    return d
+
+
+def test_retrieval_metrics_known_answer():
+    f = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32)
+    groups = np.array(["a", "a", "b", "c", "c"])
+    nn = nearest_neighbours(f, np.arange(5), k=2)
+    assert nn[0, 0] == 1 and nn[2, 0] == 3
+    m = retrieval_metrics(f, groups, np.array([0, 2, 3]), types=np.array(["t", "t", "u", "u", ""], dtype=object), ks=(1, 2))
+    # query 0 -> 1 (same product); query 2 -> 3 (other product), then 4 (same as 3) -> no hit; query 3 -> 2, 4 (hit at 2)
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(2 / 3)
+    r = classification_report(["x", "x", "y"], ["x", "y", "y"], ["x", "y"])
+    assert r["accuracy"] == pytest.approx(2 / 3) and r["macro_f1"] == pytest.approx(2 / 3)
+
+
+def test_split_forward_matches_full_model():
+    x = torch.randn(2, 3, 48, 48)
+    for name, k in [("tiny_cnn", 1), ("efficientnet_lite0", 4)]:
+        bb = create_backbone(name, input_size=48)
+        assert bb.supports_split()
+        with torch.no_grad():
+            assert torch.allclose(bb.forward_upper(bb.forward_lower(x, k), k), bb(x), atol=1e-5)
+
+
+def test_groups_and_split_by_product():
+    ids = [f"0{p:06d}00{c}" for p in range(40) for c in "12"]
+    g = product_groups(ids, pd.DataFrame())
+    assert g[0] == g[1] == "0000000" and len(set(g)) == 40
+    held = split_products(g, 0.25, seed=0)
+    assert held.sum() == 20  # 10 products x 2 photos
+    for p in set(g):
+        assert len(set(held[g == p])) == 1  # never split inside a product
+    assert list(product_groups(["a", "b"], pd.DataFrame())) == ["a", "b"]  # no rule: every photo its own product
+
+
+def test_auto_input_size(tmp_path):
+    small = [tmp_path / f"s{i}.jpg" for i in range(3)]
+    for p in small:
+        Image.new("RGB", (128, 192), "white").save(p)
+    big = tmp_path / "big.jpg"
+    Image.new("RGB", (800, 1200), "white").save(big)
+    assert auto_input_size(small, native=224) == 192   # H&M sample: the photos' own size, no upsampling
+    assert auto_input_size([big], native=224) == 224   # large photos: the backbone's native size
+    assert auto_input_size([big], native=260) == 260
+    assert auto_input_size([tmp_path / "x.jpg"], native=224) == 224
+
+
+def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
+    out = tmp_path / "model"
+    ws = tmp_path / "ws"
+    cfg = AdaptConfig(backbone="tiny_cnn", input_size=32, holdout=0.34, train_blocks=2, max_steps=80, lr=3e-3,
+                      trunk_lr=3e-3, products_per_batch=8, labelled_per_batch=16, embed_dim=32, seed=0)
+    res = adapt_catalog(shapes_shop, out, cfg, workspace=ws, progress=False)
+    conf = json.loads((out / "fashionrec_model.json").read_text())
+    assert (out / "weights.safetensors").exists() and conf["format_version"] == 1
+    assert conf["heads"]["colour_group_name"] == ["Blue", "Green", "Red"]
+    assert conf["preprocess"]["pad_square"] is True and conf["preprocess"]["input_size"] == 32
+    held = set(conf["heldout_products"])
+    assert len(held) == 6
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_heldout_photos"] == 18 and m["retrieval_heldout"]["adapted"]["n_queries"] == 18
+    # colour is a solid fill: the colour head gets it right on products it never saw
+    assert m["tagging_heldout"]["colour_group_name"]["accuracy"] >= 0.9
+
+    # the folder is a backbone: by path, preprocessing from the folder, cache keyed by the weights' hash
+    bb = create_backbone(str(out), input_size=96)
+    assert bb.data_config.input_size == 32 and bb.weights_id.startswith("adapted:sha256:")
+    cat = catalog_for_training(shapes_shop)
+    fresh = embed_image_files(bb, cat.image_paths, progress=False)
+    cached = embed_image_files(bb, cat.image_paths, cache=FeatureCache(ws), progress=False)
+    assert fresh.features.shape == (54, 32)
+    assert np.allclose(np.linalg.norm(fresh.features, axis=1), 1, atol=1e-4)
+    cos = (fresh.features * cached.features).sum(1)
+    assert cos.min() > 0.999  # adapt stored what a fresh pass computes (from float16 lower maps)
+    plain = create_backbone("tiny_cnn", input_size=32)
+    assert plain.feature_key() != bb.feature_key()
+
+    # embed CLI with the folder as --backbone
+    f = tmp_path / "f.npz"
+    assert main(["-q", "--workspace", str(ws), "embed", "--data", str(shapes_shop), "--backbone", str(out),
+                 "--out", str(f)]) == 0
+    z = np.load(f)
+    assert z["features"].shape == (54, 32) and len(z["ids"]) == 54
+
+    # tag with its heads: items without a row (products 15-17, colours 2 and 3)
+    tags = tmp_path / "tags.csv"
+    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column",
+                 "colour_group_name,product_group_name", "--out", str(tags)]) == 0
+    df = pd.read_csv(tags, dtype=str).set_index("article_id")
+    assert list(df.columns) == ["colour_group_name", "colour_group_name_confidence", "product_group_name",
+                                "product_group_name_confidence"]
+    assert len(df) == 6
+    truth = {"2": "Blue", "3": "Green"}
+    right = sum(df.loc[i, "colour_group_name"] == truth[i[-1]] for i in df.index)
+    assert right >= 5
+    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "colour_group_name",
+                 "--min-confidence", "1.01", "--out", str(tags)]) == 0
+    assert set(pd.read_csv(tags, dtype=str)["colour_group_name"]) == {"unsure"}
+    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "nope",
+                 "--out", str(tags)]) == 2
+
+    # predict with the folder: per-attribute top-k, same preprocessing
+    capsys.readouterr()
+    img = shapes_shop / "images" / "0000015002.jpg"
+    assert main(["predict", "--model", str(out), "--top-k", "1", str(img)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0] == "image,attribute,rank,label,probability" and len(lines) == 1 + len(conf["heads"])
+
+    # a tampered weights file is refused, not half-loaded
+    (out / "weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(Exception):
+        load_adapted(out)
+
+
+def test_images_plus_labels_csv_folder_trains(tmp_path):
+    d = tmp_path / "plain"
+    (d / "images").mkdir(parents=True)
+    rows = ["filename,label"]
+    for i in range(12):
+        c, name = ((220, 30, 30), "red") if i % 2 else ((30, 30, 220), "blue")
+        Image.new("RGB", (40, 60), c).save(d / "images" / f"p{i}.png")
+        rows.append(f"p{i}.png,{name}")
+    (d / "labels.csv").write_text("\n".join(rows) + "\n")
+    cat = catalog_for_training(d)
+    assert len(cat.item_ids) == 12 and cat.metadata.loc["p1", "label"] == "red"
+    out = tmp_path / "run"
+    assert main(["-q", "--workspace", str(tmp_path / "ws"), "train", "--dataset", str(d), "--label-column", "label",
+                 "--backbone", "tiny_cnn", "--out", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["test_accuracy"] == 1.0
+    assert json.loads((out / "config.json").read_text())["input_size"] == 64  # auto: 60 px photos -> 64
+
+
+def test_predict_pads_like_training(tiny_hm, tmp_path, monkeypatch, capsys):
+    from fashionrec.training import checkpoint
+
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--dataset", str(tiny_hm), "--label-column", "colour_group_name", "--out", str(out),
+                 "--input-size", "32", "--backbone", "tiny_cnn"]) == 0
+    seen = []
+    orig = checkpoint.LoadedClassifier.predict_proba
+
+    def spy(self, images):
+        seen.append(images)
+        return orig(self, images)
+
+    monkeypatch.setattr(checkpoint.LoadedClassifier, "predict_proba", spy)
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (60, 20), (200, 0, 0)).save(wide)
+    assert main(["predict", "--model", str(out / "model.pt"), str(wide)]) == 0
+    x = seen[0][0]
+    assert x.shape == (32, 32, 3)
+    assert (x[0] > 240).all() and (x[16] < 100).any()  # white padding above, the red photo in the middle
+    assert np.array_equal(x, Preprocess(32, (0.5,) * 3, (0.5,) * 3).pil_to_array(Image.open(wide)))
