@@ -9,6 +9,9 @@ import time
 
 import uvicorn
 
+TOKEN = "test-write-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -8,7 +8,7 @@ from PIL import Image
 
 from fashionrec.serving.app import MAX_UPLOAD_BYTES, create_app
 from fashionrec.serving.state import build_state
-from serving_helpers import make_shop, running_server
+from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def workspace(tmp_path_factory):
 def server(shop, workspace):
     root, ids, users = shop
     state = build_state(root, workspace=workspace, progress=False)
-    with running_server(create_app(state)) as url:
+    with running_server(create_app(state, write_token=TOKEN)) as url:
         yield url, ids, users
 
 
@@ -121,7 +121,7 @@ def test_hostile_uploads(server, name, data, ctype, status, match):
     if name == "bomb.png":
         data = _bomb()
     for path in ("/search/image", "/items"):
-        extra = {"data": {"id": "x1"}} if path == "/items" else {}
+        extra = {"data": {"id": "x1"}, "headers": AUTH} if path == "/items" else {}
         r = httpx.post(f"{url}{path}", files={"file": (name, data, ctype)}, **extra, timeout=30)
         assert r.status_code == status, (path, r.text)
         assert match in r.json()["detail"]
@@ -130,7 +130,7 @@ def test_hostile_uploads(server, name, data, ctype, status, match):
 def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, server):
     url, ids, users = server
     r = httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg((230, 10, 20)), "image/jpeg")},
-                   data={"id": "0999999001", "name": "new red top", "category": "Garment Upper body"})
+                   data={"id": "0999999001", "name": "new red top", "category": "Garment Upper body"}, headers=AUTH)
     assert r.status_code == 201, r.text
     assert httpx.get(f"{url}/items/0999999001").json()["name"] == "new red top"
     sims = [s["id"] for s in httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 15}).json()]
@@ -138,10 +138,10 @@ def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, se
     recs = httpx.post(f"{url}/recommendations", json={"history": ids[:3], "k": 15, "model": "visual"}).json()
     assert "0999999001" in [i["id"] for i in recs["items"]]
     assert httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg(), "image/jpeg")},
-                      data={"id": "0999999001"}).status_code == 409
+                      data={"id": "0999999001"}, headers=AUTH).status_code == 409
     # restart: a new state from the same workspace still knows the arrival
     state2 = build_state(shop[0], workspace=workspace, progress=False)
-    with running_server(create_app(state2)) as url2:
+    with running_server(create_app(state2, write_token=TOKEN)) as url2:
         assert httpx.get(f"{url2}/items/0999999001").status_code == 200
         assert httpx.get(f"{url2}/images/0999999001").status_code == 200
         sims2 = [s["id"] for s in httpx.get(f"{url2}/items/{ids[0]}/similar", params={"k": 15}).json()]
