@@ -106,7 +106,7 @@ def test_auto_input_size(tmp_path):
 def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     out = tmp_path / "model"
     ws = tmp_path / "ws"
-    cfg = AdaptConfig(backbone="tiny_cnn", input_size=32, holdout=0.34, train_blocks=2, max_steps=80, lr=3e-3,
+    cfg = AdaptConfig(backbone="tiny_cnn", input_size=32, holdout=0.34, train_blocks=2, max_steps=60, lr=3e-3,
                       trunk_lr=3e-3, products_per_batch=8, labelled_per_batch=16, embed_dim=32, seed=0)
     res = adapt_catalog(shapes_shop, out, cfg, workspace=ws, progress=False)
     conf = json.loads((out / "fashionrec_model.json").read_text())

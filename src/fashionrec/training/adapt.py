@@ -277,7 +277,7 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
             log.warning("%s: unreadable (%s); recomputing", cache, e)
     trunk.eval()
     ds = _ImageFiles(paths, pre)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=min(2, os.cpu_count() or 1),
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0 if len(paths) < 256 else min(2, os.cpu_count() or 1),
                                          collate_fn=_collate)
     maps = flipped = None
     ok = np.zeros(len(paths), dtype=bool)
@@ -533,15 +533,17 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
         opt = torch.optim.AdamW(groups_p, weight_decay=cfg.weight_decay)
         t_stage, last_print, seen, stage_steps = time.time(), time.time(), 0, 0
         run_loss = {}
+        stage_max = None if cfg.max_steps is None else max(1, int(cfg.max_steps * share))
         while True:
-            frac = (time.time() - t_stage) / stage_secs
-            if frac >= 1 or (cfg.max_steps is not None and stage_steps >= max(1, int(cfg.max_steps * share))):
+            # The schedule follows the wall clock (a busy machine trains fewer steps, never longer), or the step
+            # count when max_steps is given (reproducible runs, tests).
+            frac = (time.time() - t_stage) / stage_secs if stage_max is None else stage_steps / stage_max
+            if frac >= 1:
                 break
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _lr_factor(frac)
             _set_train_mode(model, k, stage)
             rows = next(batches)
-            src = maps
             h = maps[rows]
             if flipped is not None:
                 flip = rng.random(len(rows)) < 0.5
@@ -566,7 +568,6 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
             for n, v in losses.items():
                 fv = float(v.detach())
                 run_loss[n] = 0.9 * run_loss.get(n, fv) + 0.1 * fv
-            del src
             now = time.time()
             if now - last_print > 30:
                 last_print = now
