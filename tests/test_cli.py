@@ -96,3 +96,13 @@ def test_config_file_sets_defaults_and_cli_overrides(tmp_path, fmnist_dir):
     args = json.loads((out / "args.json").read_text())
     assert args["input_size"] == 32 and args["test_size"] == 100 and args["seed"] == 4
     assert json.loads((out / "config.json").read_text())["input_size"] == 32
+
+
+def test_tag_several_columns_with_probe(tiny_hm, tmp_path):
+    out = tmp_path / "tags.csv"
+    assert main(["-q", "tag", "--data", str(tiny_hm), "--label-column", "product_group_name,colour_group_name",
+                 "--out", str(out), "--input-size", "32", "--backbone", "tiny_cnn"]) == 0
+    df = pd.read_csv(out, dtype=str).set_index("article_id")
+    assert list(df.columns) == ["product_group_name", "product_group_name_confidence", "colour_group_name",
+                                "colour_group_name_confidence"]
+    assert df.loc["0400000001", "colour_group_name"] == "Blue" and df.loc["0300000001", "colour_group_name"] == "Red"
