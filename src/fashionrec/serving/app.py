@@ -51,7 +51,8 @@ SERVED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"
                   "BMP": "image/bmp", "TIFF": "image/tiff"}
 # Ids of new arrivals become file names: letters and digits first, then letters, digits, '_', '-', '.';
 # fullmatch, so '.', '..', 'a/b' and 'x\n' (which `$` would let through) are refused.
-ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+ID_RE = re.compile(ID_PATTERN[1:-1])
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 CSP_PAGE = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -345,6 +346,20 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
                    "type": str(e.get("type", ""))} for e in exc.errors()]
         return JSONResponse(status_code=422, content={"detail": detail})
 
+    @app.exception_handler(405)
+    async def _method_not_allowed(request: Request, exc: Exception):
+        # Starlette's 405 lists the methods of the first route whose path matched; GET and DELETE /items/{id} are
+        # two routes, so collect the methods of every route with this path.
+        from starlette.routing import Match
+
+        methods = set()
+        for route in app.router.routes:
+            match, _ = route.matches({**request.scope, "method": "__none__"})
+            if match != Match.NONE and getattr(route, "methods", None):
+                methods |= set(route.methods)
+        headers = {"Allow": ", ".join(sorted(methods))} if methods else {}
+        return JSONResponse(status_code=405, content={"detail": "Method Not Allowed"}, headers=headers)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # last resort: a JSON answer, the cause in the log
         log.exception("internal error on %s %s", request.method, request.url.path)
@@ -398,7 +413,7 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
             recs = await run_in_threadpool(live)
         return json_response({"user": user_id, "model": name, "items": items_json(recs, k)})
 
-    @app.post("/recommendations", response_model=RecommendationsOut, responses=_responses(422))
+    @app.post("/recommendations", response_model=RecommendationsOut, responses=_responses(400, 413, 422))
     def post_recs(body: HistoryIn):
         name = model_or_422(body.model)
         m = state.models[name]
@@ -410,7 +425,7 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
         return json_response({"user": None, "model": name,
                               "items": items_json([(r.item, r.score, r.because) for r in recs], body.k)})
 
-    @app.post("/search/image", response_model=ImageSearchOut, responses=_responses(413, 415, 422))
+    @app.post("/search/image", response_model=ImageSearchOut, responses=_responses(400, 413, 415, 422))
     def search_image(file: UploadFile = File(...), k: int = Query(12, ge=1, le=100),
                      category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
         with heavy:
@@ -420,8 +435,8 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
         return json_response({"tags": tags, "similar": items_json(similar(vec, k, category))})
 
     @app.post("/items", status_code=201, response_model=ItemOut, dependencies=[Depends(writer)],
-              responses=_responses(401, 403, 409, 413, 415, 422))
-    def post_item(file: UploadFile = File(...), item_id: str = Form(..., alias="id", max_length=64),
+              responses=_responses(400, 401, 403, 409, 413, 415, 422))
+    def post_item(file: UploadFile = File(...), item_id: str = Form(..., alias="id", max_length=64, pattern=ID_PATTERN),
                   name: Optional[str] = Form(None, max_length=10 * MAX_NAME_CHARS),
                   category: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS),
                   colour: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS)):
