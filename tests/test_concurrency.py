@@ -1,0 +1,150 @@
+"""Concurrent writes and reads against a real uvicorn server (issue 14, item 4), bounded in count and time.
+
+Contract: the first POST of a new id wins (201); every concurrent or later POST of that id gets 409 and changes
+nothing (no replace). Afterwards, and after a restart on the same workspace, the item's name, stored image, its
+similar items and its recommendations all come from the winning upload.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionrec.serving.app import create_app
+from fashionrec.serving.state import build_state
+from serving_helpers import AUTH, TOKEN, make_shop, running_server
+
+N_DUPLICATES = 4
+N_ARRIVALS = 6
+N_READS_PER_READER = 40
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    root, ids, users = make_shop(tmp_path_factory.mktemp("conc") / "hm")
+    return root, ids, users, tmp_path_factory.mktemp("conc-ws")
+
+
+def _photo(seed: int, big: bool = False) -> bytes:
+    """Distinct photos: red-ish or blue-ish garments with noise; `big` ones are ~1-2 MB (a longer decode)."""
+    rng = np.random.default_rng(seed)
+    h, w = (1200, 800) if big else (96, 64)
+    a = np.full((h, w, 3), 245, np.uint8)
+    color = (220, 20 + 10 * seed, 30) if seed % 2 == 0 else (20, 30 + 10 * seed, 220)
+    a[h // 10: h // 2, w // 5: 4 * w // 5] = color
+    a = np.clip(a.astype(int) + rng.integers(-12, 12, a.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "PNG" if big else "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def _post(url, item_id, data, name):
+    return httpx.post(f"{url}/items", files={"file": ("p.png", data, "image/png")},
+                      data={"id": item_id, "name": name, "category": "Garment Upper body"}, headers=AUTH,
+                      timeout=TIMEOUT)
+
+
+def _consistent(url: str, item_id: str, data: bytes, name: str) -> list[str]:
+    """Every view of `item_id` agrees with the upload `data` named `name`: a list of disagreements (empty if none)."""
+    problems = []
+    item = httpx.get(f"{url}/items/{item_id}", timeout=TIMEOUT)
+    if item.status_code != 200 or item.json()["name"] != name:
+        problems.append(f"name: {item.status_code} {item.text[:80]}")
+    img = httpx.get(f"{url}/images/{item_id}", timeout=TIMEOUT)
+    if img.status_code != 200 or img.content != data:
+        problems.append(f"image: {img.status_code}, {len(img.content)} bytes vs {len(data)} uploaded")
+    # the indexed vector is the upload's: its neighbours are the neighbours of the same photo searched afresh
+    sims = [s["id"] for s in httpx.get(f"{url}/items/{item_id}/similar", params={"k": 5}, timeout=TIMEOUT).json()]
+    fresh = httpx.post(f"{url}/search/image", files={"file": ("p.png", data, "image/png")}, params={"k": 6},
+                       timeout=TIMEOUT).json()["similar"]
+    fresh_ids = [s["id"] for s in fresh if s["id"] != item_id][:5]
+    if fresh[0]["id"] != item_id:  # the photo itself must be the nearest item to itself
+        problems.append(f"search by its own photo finds {fresh[0]['id']} first")
+    if sims != fresh_ids:
+        problems.append(f"similar {sims} != neighbours of its photo {fresh_ids}")
+    # the recommenders hold the same vector: a history of just this item recommends its neighbours
+    recs = httpx.post(f"{url}/recommendations", json={"history": [item_id], "k": 6, "model": "visual"},
+                      timeout=TIMEOUT).json()
+    rec_ids = [r["id"] for r in recs["items"] if r["id"] != item_id][:5]
+    if set(rec_ids) != set(fresh_ids):
+        problems.append(f"visual recommendations {rec_ids} != neighbours {fresh_ids}")
+    return problems
+
+
+def test_duplicate_posts_and_posts_during_reads(shop):
+    root, ids, users, ws = shop
+    state = build_state(root, workspace=ws, progress=False)
+    winners: dict[str, tuple[bytes, str]] = {}
+    with running_server(create_app(state, write_token=TOKEN)) as url:
+        # 1. the same new id posted N times at once, each with a different photo and name
+        uploads = [(_photo(i, big=True), f"variant {i}") for i in range(N_DUPLICATES)]
+        barrier = threading.Barrier(N_DUPLICATES)
+        results: list = [None] * N_DUPLICATES
+
+        def post(i):
+            barrier.wait(TIMEOUT)
+            results[i] = _post(url, "0555000001", *uploads[i])
+
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(N_DUPLICATES)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        codes = sorted(r.status_code for r in results)
+        assert codes == [201] + [409] * (N_DUPLICATES - 1), [(r.status_code, r.text[:100]) for r in results]
+        win = next(i for i, r in enumerate(results) if r.status_code == 201)
+        assert results[win].json()["name"] == uploads[win][1]
+        winners["0555000001"] = uploads[win]
+
+        # 2. new arrivals posted while readers hammer the read endpoints
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def reader(k: int):
+            paths = [f"/items/{ids[k]}/similar?k=10", f"/users/{users[k]}/recommendations?k=60",
+                     "/health", f"/items/{ids[k + 3]}", f"/items/{ids[k]}/similar?k=10&category=Shoes"]
+            with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
+                for j in range(N_READS_PER_READER):
+                    r = c.get(paths[j % len(paths)])
+                    if r.status_code != 200:
+                        errors.append(f"GET {paths[j % len(paths)]} -> {r.status_code} {r.text[:100]}")
+                    hist = c.post("/recommendations", json={"history": ids[k: k + 2], "k": 8})
+                    if hist.status_code != 200:
+                        errors.append(f"POST /recommendations -> {hist.status_code} {hist.text[:100]}")
+                    if stop.is_set() and j >= N_READS_PER_READER // 2:
+                        break
+
+        def writer():
+            for n in range(N_ARRIVALS):
+                data, name = _photo(10 + n), f"arrival {n}"
+                r = _post(url, f"0555100{n:03d}", data, name)
+                if r.status_code != 201:
+                    errors.append(f"POST /items -> {r.status_code} {r.text[:100]}")
+                else:
+                    winners[f"0555100{n:03d}"] = (data, name)
+            stop.set()
+
+        threads = [threading.Thread(target=reader, args=(k,)) for k in range(3)] + [threading.Thread(target=writer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(TIMEOUT)
+        assert not any(t.is_alive() for t in threads), "a client did not finish in time"
+        assert errors == []
+        assert len(winners) == 1 + N_ARRIVALS
+
+        inconsistent = {i: p for i, (data, name) in winners.items() if (p := _consistent(url, i, *winners[i]))}
+        assert inconsistent == {}
+
+    # 3. a restart on the same workspace replays exactly the winners
+    state2 = build_state(root, workspace=ws, progress=False)
+    assert set(state2.arrivals) == set(winners)
+    with running_server(create_app(state2)) as url2:
+        inconsistent = {i: p for i, (data, name) in winners.items() if (p := _consistent(url2, i, data, name))}
+        assert inconsistent == {}
