@@ -4,7 +4,6 @@ On a slice of the real H&M sample when ../shared/data/hm is there (so the screen
 else on a synthetic shop. The screenshot is saved as test-artifacts/page.png.
 """
 
-import os
 import shutil
 from pathlib import Path
 
@@ -21,7 +20,8 @@ pytestmark = pytest.mark.browser
 
 
 def hm_slice(dst: Path, n_customers: int = 30, n_extra_items: int = 100) -> Path:
-    """A small real H&M-layout folder: the most active customers, their purchases, some other articles (symlinks)."""
+    """A small real H&M-layout folder: the most active customers, their purchases, some other articles (copies:
+    the server serves only image files that lie inside the data folder, and a symlink's target lies outside)."""
     tx = pd.read_csv(HM_DIR / "transactions.csv", dtype={"article_id": str})
     top = tx["customer_id"].value_counts().index[:n_customers]
     tx = tx[tx["customer_id"].isin(top)]
@@ -32,7 +32,7 @@ def hm_slice(dst: Path, n_customers: int = 30, n_extra_items: int = 100) -> Path
     for i in ids:
         src = HM_DIR / "images" / f"{i}.jpg"
         if src.exists():
-            os.symlink(src, dst / "images" / f"{i}.jpg")
+            shutil.copyfile(src, dst / "images" / f"{i}.jpg")
     tx.to_csv(dst / "transactions.csv", index=False)
     arts[arts["article_id"].isin(ids)].to_csv(dst / "articles.csv", index=False)
     pd.DataFrame({"customer_id": top}).to_csv(dst / "customers.csv", index=False)
@@ -65,7 +65,11 @@ def test_page_shows_item_customer_and_upload(page_server):
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(url + "/")
+        # the Content-Security-Policy forbids inline script and style: anything it blocks shows up here
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" or "Content Security Policy" in m.text else None)
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        resp = page.goto(url + "/")
+        assert "script-src 'self'" in resp.headers["content-security-policy"]
         page.wait_for_selector("body[data-ready='1']", timeout=20000)
         # a customer: history and recommendations with "because you bought"
         page.click("#user-go")

@@ -528,6 +528,10 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
     async def page():
         return HTMLResponse((STATIC / "index.html").read_text())
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response(status_code=204)  # no icon; answered so browsers log no 404
+
     static_types = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 
     @app.get("/static/{name}", include_in_schema=False)
