@@ -57,3 +57,18 @@ def test_predict_with_missing_model_prints_one_line_no_traceback(tmp_path):
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert lines == [f"fashionrec: error: {tmp_path / 'nope.pt'}: model file not found"], r.stderr
+
+
+def test_write_token_from_flag_or_environment(monkeypatch):
+    from argparse import Namespace
+
+    from fashionrec.cli_serve import WRITE_TOKEN_ENV, write_token
+
+    monkeypatch.delenv(WRITE_TOKEN_ENV, raising=False)
+    assert write_token(Namespace(write_token=None)) is None  # writes disabled by default
+    monkeypatch.setenv(WRITE_TOKEN_ENV, "from-the-environment-123")
+    assert write_token(Namespace(write_token=None)) == "from-the-environment-123"
+    assert write_token(Namespace(write_token="from-the-command-line-1")) == "from-the-command-line-1"
+    for bad in ("short", "has a space in it 12345"):
+        with pytest.raises(FashionrecError, match="at least 16 printable characters"):
+            write_token(Namespace(write_token=bad))

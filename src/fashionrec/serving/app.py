@@ -63,6 +63,7 @@ CSP_DOCS = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.j
             "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
             "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
             "https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'")
+_CSP_PAGE, _CSP_API, _CSP_DOCS = CSP_PAGE.encode(), CSP_API.encode(), CSP_DOCS.encode()
 SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
                     (b"referrer-policy", b"no-referrer")]
 
@@ -188,10 +189,10 @@ class GuardMiddleware:
     @staticmethod
     def _csp(path: str) -> bytes:
         if path == "/" or path.startswith("/static/"):
-            return CSP_PAGE.encode()
+            return _CSP_PAGE
         if path.startswith(("/docs", "/redoc")):
-            return CSP_DOCS.encode()
-        return CSP_API.encode()
+            return _CSP_DOCS
+        return _CSP_API
 
     @staticmethod
     def _limit(path: str) -> int:

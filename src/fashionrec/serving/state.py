@@ -333,6 +333,10 @@ def remove_arrival(state: ServingState, item_id: str) -> None:
 def replay_arrivals(state: ServingState) -> None:
     registry = arrivals_dir(state) / "arrivals.json"
     if not registry.exists():
+        legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != registry.parent]
+        if legacy:  # before issue 14 the folder was keyed by the data's fingerprint, which has changed since
+            log.warning("arrivals registered by an older fashionrec are not replayed: %s; post them again "
+                        "(their images are kept there)", ", ".join(str(p) for p in legacy[:3]))
         return
     saved = json.loads(registry.read_text())
     for item_id, rec in saved.items():
