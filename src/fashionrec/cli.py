@@ -346,7 +346,8 @@ def cmd_adapt(args) -> int:
                       group_column=args.group_column, holdout=args.holdout, embed_dim=args.embed_dim,
                       train_blocks=args.train_blocks, max_minutes=args.max_minutes, lr=args.lr, trunk_lr=args.trunk_lr,
                       temperature=args.temperature, metric_weight=args.metric_weight, max_steps=args.max_steps,
-                      flips=not args.no_flips, seed=args.seed)
+                      flips=not args.no_flips, seed=args.seed, init_from=args.init_from,
+                      head_fraction=args.head_fraction)
     res = adapt_catalog(args.data, args.out, cfg, workspace=_workspace(args), progress=_progress(args))
     write_json(Path(args.out) / "args.json", resolved_args(args))
     return 0
@@ -415,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--temperature", type=float, default=0.1, help="SupConLoss temperature")
     a.add_argument("--metric-weight", type=float, default=1.0)
     a.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+    a.add_argument("--init-from", default=None, help="continue training an earlier model folder (same data and split)")
+    a.add_argument("--head-fraction", type=float, default=0.1, help="share of the time with the trunk frozen (stage 1)")
     a.add_argument("--no-flips", action="store_true", help="no mirror-image augmentation (halves the caching pass)")
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a.add_argument("--seed", type=int, default=0)

@@ -341,6 +341,7 @@ class AdaptConfig:
     min_class_count: int = 2
     flips: bool = True
     max_steps: int | None = None   # tests: stop after this many steps
+    init_from: str | None = None   # continue from a model folder of an earlier run (same data, split and heads)
     seed: int = 0
 
     def __post_init__(self):
@@ -506,6 +507,17 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     base = trunk_prelogits(trunk, maps, k)
     bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
     model = AdaptedModel(bb, heads).to(memory_format=torch.channels_last)  # 2.2x faster training steps (finetune.py)
+    if cfg.init_from:
+        # Continue an earlier run (a warm restart of the schedule): the CPU time spent there is not lost. The split
+        # must be the same, or held-out products would have been trained on.
+        prev = load_adapted(cfg.init_from)
+        held_now = sorted(np.unique(groups[held]).tolist())
+        if prev.config.get("heldout_products") != held_now or prev.classes != heads \
+                or prev.config.get("base_backbone") != cfg.backbone or int(prev.config.get("embed_dim", -1)) != cfg.embed_dim:
+            raise FashionrecError(f"{cfg.init_from}: another split, heads, backbone or embedding size; "
+                                  "--init-from needs the same data, --seed, --holdout and columns")
+        model.load_state_dict(prev.state_dict())
+        say(f"  continuing from {cfg.init_from}")
     # Stage 1 starts from the ImageNet pre-logits; the embedding starts as a random projection of them.
     tr_rows = np.flatnonzero(train)
     by_group: dict[str, list[int]] = {}
@@ -535,7 +547,7 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
                               f"and evaluation; give more time")
     history = []
     step = 0
-    stages = [("head", cfg.head_fraction), ("upper", 1 - cfg.head_fraction)]
+    stages = [("upper", 1.0)] if cfg.init_from else [("head", cfg.head_fraction), ("upper", 1 - cfg.head_fraction)]
     for stage, share in stages:
         stage_secs = max(train_secs, 1) * share
         groups_p = _param_groups(model, k, cfg, stage)
@@ -611,6 +623,10 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     wall = time.time() - t_start
     metrics = {"retrieval_heldout": ret, "tagging_heldout": tagging, "wall_seconds": round(wall, 1),
                "n_photos": len(ids), "n_heldout_photos": int(held.sum()), "n_queries": int(len(q)), "history": history}
+    if cfg.init_from and (Path(cfg.init_from) / "metrics.json").exists():
+        prev_m = json.loads((Path(cfg.init_from) / "metrics.json").read_text())
+        metrics["continued_from"] = str(cfg.init_from)
+        metrics["total_wall_seconds"] = round(wall + prev_m.get("total_wall_seconds", prev_m.get("wall_seconds", 0)), 1)
     held_products = sorted(np.unique(groups[held]).tolist())
     config = {"base_backbone": cfg.backbone, "trunk_kwargs": {}, "embed_dim": cfg.embed_dim,
               "preprocess": {**asdict(pre), "pad_square": True}, "split_block": k,
