@@ -152,3 +152,76 @@ def test_content_with_minilm_stays_in_group(world):
     model = create_recommender("content", text_encoder="minilm").fit(world)
     recs = model.recommend_from_history([ITEMS[12]], k=4, exclude_bought=True)
     assert all(GROUP[r.item] == "B" for r in recs)
+
+
+def _shop_world(seed=0, n_items=120, n_unsold=40):
+    """A bigger world for the hybrid's sources: 10-digit ids in 3-colour products, two taste groups, and unsold
+    items (never bought) whose photos look like one group."""
+    rng = np.random.default_rng(seed)
+    items = [f"{1000000 + j // 3:07d}{j % 3 + 1:03d}" for j in range(n_items)]
+    group = np.array([0 if (j // 3) % 2 == 0 else 1 for j in range(n_items)])
+    sold = items[: n_items - n_unsold]
+    rows = []
+    start = pd.Timestamp("2020-01-01")
+    for u in range(80):
+        g = u % 2
+        mine = [i for i, gg in zip(sold, group) if gg == g]
+        for _ in range(8):
+            rows.append((f"u{u}", mine[int(rng.integers(len(mine)))], start + pd.Timedelta(days=int(rng.integers(0, 150))), 1.0))
+    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight"]).sort_values("timestamp")
+    vecs = np.stack([np.eye(16)[g] + 0.1 * rng.normal(size=16) for g in group]).astype(np.float32)
+    return RecData(ev, items, image_features=ItemFeatures(items, vecs)), items, group
+
+
+def test_hybrid_sources_have_no_hidden_caps():
+    data, items, _ = _shop_world()
+    model = create_recommender("hybrid", n_windows=2, n_pop_month=66, n_pop_week=5, n_new_arrival=33).fit(data)
+    src = model.candidate_sources(["u0"])["u0"]
+    sold_recently = int((model.state.pop_month > 0).sum())
+    assert sold_recently > 66
+    assert len(src["pop_month"]) == 66  # the asked-for 66, not a fixed cap of 64
+    assert len(src["pop_week"]) <= 5
+    assert len(src["new_arrival"]) == 33
+    never_sold = set(items[80:])
+    assert src["new_arrival"] <= never_sold  # the new-arrival source holds only items nobody has bought yet
+
+
+def test_hybrid_reaches_never_sold_items_that_look_like_the_customers_taste():
+    data, items, group = _shop_world()
+    model = create_recommender("hybrid", n_windows=2, n_new_arrival=10).fit(data)
+    src = model.candidate_sources(["u0", "u1"])
+    for u, g in (("u0", 0), ("u1", 1)):
+        arrivals = [items.index(i) for i in src[u]["new_arrival"]]
+        assert np.mean(group[arrivals] == g) >= 0.8, "new arrivals should look like what the customer buys"
+        s = model.scores(*data.history(u), user=u)
+        assert np.isfinite(s[arrivals]).all()  # every candidate is scored by the ranker
+
+
+def test_hybrid_reports_per_source_recall_on_every_fit():
+    data, _, _ = _shop_world()
+    model = create_recommender("hybrid", n_windows=3).fit(data)
+    st = model.train_stats
+    from fashionrec.recommend.hybrid import SOURCES
+
+    assert set(st["sources"]) == set(SOURCES)
+    assert all(0.0 <= st["sources"][s]["recall"] <= 1.0 for s in SOURCES)
+    # every positive training row came from some source, so the sources' hits cover the positives
+    assert sum(st["sources"][s]["hits"] for s in SOURCES) >= st["positives"] > 0
+    assert st["sources"]["repurchase"]["hits"] > 0
+
+
+def test_hybrid_batch_equals_single_queries():
+    data, _, _ = _shop_world()
+    model = create_recommender("hybrid", n_windows=2).fit(data)
+    users = ["u0", "u1", "u5", "nobody"]
+    batch = model.recommend_many(users, k=8)
+    for u in users[:3]:
+        assert batch[u] == [r.item for r in model.recommend(u, 8, explain=False)]
+    assert len(batch["nobody"]) == 8  # a customer with no history still gets k items
+
+
+def test_hybrid_rejects_bad_parameters():
+    with pytest.raises(ValueError, match="ranker"):
+        create_recommender("hybrid", ranker="magic")
+    with pytest.raises(ValueError, match="n_pop_week"):
+        create_recommender("hybrid", n_pop_week=-1)

@@ -40,20 +40,28 @@ def cmd_recommend(args) -> int:
     t_load = time.time() - t0
     model = fit_recommender(shop, name, cache_dir=_workspace(args))
     t_fit = time.time() - t0 - t_load
-    users = _read_users(args.users) if args.users else shop.customers
-    if not users:
-        users = sorted(shop.interactions.events["user"].unique())
-    pop = [r.item for r in model.recommend("\0no-user", args.k, explain=False)] if name != "popularity" else []
+    if args.users:
+        users = _read_users(args.users)
+    else:  # everyone in customers.csv, and buyers missing from it (they still get a row)
+        buyers = shop.interactions.events["user"].unique().tolist()
+        known = set(shop.customers)
+        users = list(shop.customers) + sorted(u for u in set(buyers) if u not in known)
     from fashionrec.recommend.baselines import Popularity
 
-    fallback = [r.item for r in Popularity().fit(model.data).recommend("\0", args.k * 2, explain=False)]
+    fallback = [r.item for r in Popularity().fit(model.data).recommend(None, args.k * 2, explain=False)]
     rows = []
-    for u in tqdm(users, desc=f"recommend ({name})", unit="user", disable=not _progress(args)):
-        items = [r.item for r in model.recommend(u, args.k, explain=False)]
-        if len(items) < args.k:  # every row gets k items: fill from popularity
-            seen = set(items)
-            items += [i for i in (pop or fallback) + fallback if i not in seen and not seen.add(i)][: args.k - len(items)]
-        rows.append((u, " ".join(items[: args.k])))
+    block = 512
+    with tqdm(total=len(users), desc=f"recommend ({name})", unit="user", disable=not _progress(args)) as bar:
+        for b in range(0, len(users), block):
+            part = users[b : b + block]
+            recs = model.recommend_many(part, args.k)
+            for u in part:
+                items = list(recs.get(u, []))[: args.k]
+                if len(items) < args.k:  # every row gets k items: fill from popularity
+                    seen = set(items)
+                    items += [i for i in fallback if i not in seen and not seen.add(i)][: args.k - len(items)]
+                rows.append((u, " ".join(items[: args.k])))
+            bar.update(len(part))
     df = pd.DataFrame(rows, columns=["customer_id", "prediction"])
     with atomic_path(args.out, suffix=".tmp.csv") as tmp:
         df.to_csv(tmp, index=False)
@@ -80,30 +88,37 @@ def cmd_similar(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from fashionrec.cli import _progress, _workspace
-    from fashionrec.evaluation.protocol import evaluate_recommenders, format_table, plot_comparison, temporal_split
+    from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table, plot_windows
     from fashionrec.io import write_json, write_text
-    from fashionrec.pipeline import fit_recommender, load_shop
+    from fashionrec.pipeline import load_shop, rec_data
+    from fashionrec.recommend import create_recommender
 
-    models = args.models.split(",")
-    shop = load_shop(args.data, with_images=any(m in {"visual", "hybrid"} for m in models), workspace=_workspace(args),
-                     progress=_progress(args))
-    split = temporal_split(shop.interactions.events, args.split_date, args.test_days)
-    fitted = {}
-    for m in models:
-        t = time.time()
-        fitted[m] = fit_recommender(shop, m, events=split.train)
-        if _progress(args):
-            print(f"fitted {m} in {time.time() - t:.1f}s", file=sys.stderr)
-    df = evaluate_recommenders(fitted, split, len(shop.candidates), k=args.k, progress=_progress(args))
-    table = format_table(df)
+    models = [m for m in args.models.split(",") if m]
+    shop = load_shop(args.data, with_images=any(m in {"visual", "hybrid", "content"} for m in models),
+                     workspace=_workspace(args), progress=_progress(args))
+    events = shop.interactions.events
+    n_windows, last = args.windows, None
+    if args.split_date:  # one window starting at the given date
+        import pandas as pd
+
+        n_windows = 1
+        last = pd.Timestamp(args.split_date) + pd.Timedelta(days=args.test_days - 1)
+        events = events[events["timestamp"] <= last + pd.Timedelta(days=1)]
+    baseline = args.baseline if args.baseline in models else None
+    factories = {m: (lambda m=m: create_recommender(m)) for m in models}
+    df, details = evaluate_windows(lambda ev: rec_data(shop, ev), factories, events, n_windows=n_windows,
+                                   test_days=args.test_days, k=args.k, baseline=baseline, progress=_progress(args))
+    table = format_windows_table(df, details["sources"])
     print(table)
     if args.out:
         out = Path(args.out)
         write_text(out / "comparison.md", table)
-        write_json(out / "comparison.json", {"attrs": df.attrs, "rows": df.reset_index().to_dict(orient="records"),
+        rows = df.reset_index().to_dict(orient="records")
+        write_json(out / "comparison.json", {"attrs": df.attrs, "rows": rows, "sources": details["sources"],
                                              "args": {k: v for k, v in vars(args).items() if k != "func"}})
-        plot_comparison(df, out / "comparison.png")
-        print(f"-> {out}/comparison.md, comparison.png")
+        write_json(out / "per_pair_ap.json", details["ap"])
+        plot_windows(df, out / "comparison.png")
+        print(f"-> {out}/comparison.md, comparison.json, comparison.png")
     return 0
 
 
@@ -155,11 +170,13 @@ def add_commands(sub) -> None:
     s.add_argument("--model", default="visual")
     s.set_defaults(func=cmd_similar)
 
-    e = sub.add_parser("evaluate", help="temporal split: compare recommenders, print the table")
+    e = sub.add_parser("evaluate", help="leak-free evaluation on several time windows: compare recommenders")
     e.add_argument("--data", required=True)
-    e.add_argument("--split-date", default=None, help="train before, test from this date (default: last 4 weeks held out)")
+    e.add_argument("--windows", type=int, default=4, help="consecutive test windows ending at the last date (pooled)")
+    e.add_argument("--split-date", default=None, help="evaluate one window starting at this date instead")
     e.add_argument("--test-days", type=int, default=28)
     e.add_argument("--k", type=int, default=12)
+    e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
     e.add_argument("--models", default="popularity,repurchase,itemknn,als,bpr,content,visual,hybrid")
     e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
     e.set_defaults(func=cmd_evaluate)

@@ -71,6 +71,21 @@ class Shop:
         self.__dict__["_fingerprint"] = memo = h.hexdigest()[:12]
         return memo
 
+    def predicted_attributes(self) -> pd.DataFrame | None:
+        """Tags predicted from every photo (cross-fitted on the catalog rows; seconds, computed once per shop)."""
+        if getattr(self, "_predicted", None) is None and self.image_features is not None and not self.catalog.metadata.empty:
+            from fashionrec.recommend.attributes import predict_attributes
+
+            self._predicted = predict_attributes(self.image_features.ids, self.image_features.vectors,
+                                                 self.catalog.metadata)
+        return getattr(self, "_predicted", None)
+
+    def customer_table(self) -> pd.DataFrame | None:
+        """customers.csv facts the recommenders use (index customer id; column age), or None."""
+        if getattr(self, "_customers", None) is None:
+            self._customers = load_customer_table(self.data_dir)
+        return self._customers
+
     @property
     def candidates(self) -> list[str]:
         """Every item that has an image or a catalog row (items bought but with neither are not recommendable)."""
@@ -118,9 +133,32 @@ def load_shop(data_dir: str | Path, *, with_images: bool = True, backbone: str =
     return shop
 
 
+def load_customer_table(data_dir: str | Path) -> pd.DataFrame | None:
+    from fashionrec.data.catalog import read_table
+
+    data_dir = Path(data_dir)
+    for name in ("customers.csv", "customers.parquet"):
+        if (data_dir / name).exists():
+            df = read_table(data_dir / name, dtype={"customer_id": str})
+            if "customer_id" not in df.columns:
+                return None
+            df = df.dropna(subset=["customer_id"]).drop_duplicates("customer_id").set_index("customer_id")
+            out = pd.DataFrame(index=df.index)
+            out["age"] = pd.to_numeric(df["age"], errors="coerce") if "age" in df.columns else np.nan
+            return out
+    return None
+
+
 def rec_data(shop: Shop, events: pd.DataFrame | None = None, now=None) -> RecData:
+    """The view of the shop a model is fitted on. Leak-free by construction: catalog rows are handed over only for
+    items bought in `events` (the model's training log); every other item is described by tags predicted from its
+    photo, exactly like a brand-new arrival. (In the H&M sample, "no row and never bought" marks items bought later.)"""
     ev = shop.interactions.events if events is None else events
-    return RecData(ev, shop.candidates, image_features=shop.image_features, metadata=shop.catalog.metadata, now=now)
+    meta = shop.catalog.metadata
+    if not meta.empty:
+        meta = meta[meta.index.isin(set(ev["item"].unique()))]
+    return RecData(ev, shop.candidates, image_features=shop.image_features, metadata=meta, now=now,
+                   predicted=shop.predicted_attributes(), users=shop.customer_table())
 
 
 def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame | None = None, now=None,

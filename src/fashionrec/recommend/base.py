@@ -84,7 +84,8 @@ class RecData:
     """Training view of the log: candidate items, users, the user x item matrix and the raw events."""
 
     def __init__(self, events: pd.DataFrame, item_ids: Sequence[str], *, image_features: ItemFeatures | None = None,
-                 metadata: pd.DataFrame | None = None, now: pd.Timestamp | None = None):
+                 metadata: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
+                 predicted: pd.DataFrame | None = None, users: pd.DataFrame | None = None):
         self.item_ids = list(item_ids)
         self.item_index = {i: j for j, i in enumerate(self.item_ids)}
         ev = events[events["item"].isin(self.item_index)]
@@ -94,6 +95,10 @@ class RecData:
         self.now = pd.Timestamp(now) if now is not None else (ev["timestamp"].max() if len(ev) else pd.Timestamp("1970-01-01"))
         self.image_features = image_features
         self.metadata = metadata if metadata is not None else pd.DataFrame()
+        # Tags predicted from photos for every item (fashionrec.recommend.attributes), and per-customer facts
+        # (index customer id; column `age`). Both optional.
+        self.predicted = predicted
+        self.users = users
         u = ev["user"].map(self.user_index).to_numpy()
         i = ev["item"].map(self.item_index).to_numpy()
         self.matrix = sp.csr_matrix((ev["weight"].to_numpy(np.float32), (u, i)), shape=(len(self.user_ids), len(self.item_ids)))
@@ -106,6 +111,20 @@ class RecData:
             bounds = np.flatnonzero(np.diff(u[order])) + 1
             for grp in np.split(order, bounds):
                 self._hist[self.user_ids[u[grp[0]]]] = (i[grp].astype(np.int64), ts[grp])
+
+    def bought_before(self, t=None) -> np.ndarray:
+        """Mask over item_ids: bought by someone before `t` (default: anywhere in the log)."""
+        ev = self.events if t is None else self.events[self.events["timestamp"] < pd.Timestamp(t)]
+        mask = np.zeros(self.n_items, dtype=bool)
+        mask[ev["item"].map(self.item_index).to_numpy(dtype=np.int64)] = True
+        return mask
+
+    def describe(self, t=None, columns: list[str] | None = None) -> pd.DataFrame:
+        """Attributes of every item as a model standing at time `t` may know them: the catalog row of items bought
+        before `t`, tags predicted from the photo for all others (leak-free; see recommend/attributes.py)."""
+        from fashionrec.recommend.attributes import describe_items
+
+        return describe_items(self.item_ids, self.metadata, self.predicted, self.bought_before(t), columns)
 
     @property
     def n_items(self) -> int:
@@ -185,6 +204,11 @@ class Recommender(ABC):
         self._check_fitted()
         h, t = self.data.history_from_ids(items, timestamps)
         return self._top(self.scores(h, t, None), k, h, t, set(h.tolist()) if exclude_bought else None, explain)
+
+    def recommend_many(self, users: Sequence[str], k: int = 12) -> dict[str, list[str]]:
+        """Top-k item ids for many users at once (batch jobs, evaluation); models may vectorise it."""
+        self._check_fitted()
+        return {u: [r.item for r in self.recommend(u, k, explain=False)] for u in users}
 
     def similar_items(self, item: str, k: int = 12) -> list[Rec]:
         self._check_fitted()

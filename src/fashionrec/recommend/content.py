@@ -134,7 +134,11 @@ class MetadataContent(_VectorProfile):
             if fit:
                 self._onehot = OneHotEncoder(handle_unknown="ignore").fit(meta[cats].astype(object).fillna("?").astype(str))
             parts.append(normalize(self._onehot.transform(meta[cats].astype(object).fillna("?").astype(str))).toarray())
-        if self.text_encoder == "tfidf":
+        if fit:
+            self._has_text = any(c in meta.columns for c in TEXT)
+        if not getattr(self, "_has_text", True):
+            pass  # attributes only (the leak-free description has no text)
+        elif self.text_encoder == "tfidf":
             from sklearn.feature_extraction.text import TfidfVectorizer
 
             if fit:
@@ -142,6 +146,8 @@ class MetadataContent(_VectorProfile):
             parts.append(self.text_weight * normalize(self._tfidf.transform(texts)).toarray())
         else:
             parts.append(self.text_weight * encode_text_minilm(texts.tolist()))
+        if not parts:
+            raise FashionrecError("recommender 'content': no attribute or text column to describe items with")
         x = np.hstack(parts).astype(np.float32)
         # A dense SVD projection keeps scoring fast (one small matmul per query) and merges synonyms.
         if fit:
@@ -153,6 +159,10 @@ class MetadataContent(_VectorProfile):
 
     def _vectors(self, data):
         meta = data.metadata
+        if data.predicted is not None and not data.predicted.empty:
+            # Every item described the same way (catalog row if bought before, tags from its photo otherwise): no
+            # blank vector for row-less items, and nothing that tells apart an item whose row is hidden.
+            meta = data.describe()
         if meta is None or meta.empty:
             raise FashionrecError("recommender 'content' needs catalog metadata (articles.csv)")
         meta = meta[meta.index.isin(data.item_index)]

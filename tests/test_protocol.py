@@ -1,0 +1,127 @@
+"""The leak-free, multi-window evaluation protocol: known answers, and proof that "has a catalog row" tells nothing."""
+
+import zlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashionrec.data.catalog import Catalog
+from fashionrec.data.interactions import Interactions
+from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table, window_splits
+from fashionrec.pipeline import Shop, rec_data
+from fashionrec.recommend.base import ItemFeatures, RecData, Recommender
+
+
+class FixedList(Recommender):
+    """Recommends the same list to everyone (known answers)."""
+
+    name = "fixed"
+
+    def __init__(self, items):
+        super().__init__()
+        self.items = items
+
+    def fit(self, data):
+        self.data = data
+        return self
+
+    def scores(self, hist_idx, hist_ts, user=None):
+        s = np.full(self.data.n_items, -np.inf)
+        for r, i in enumerate(self.items):
+            s[self.data.item_index[i]] = len(self.items) - r
+        return s
+
+
+def _log(rows):
+    return pd.DataFrame(rows, columns=["user", "item", "timestamp"]).assign(
+        timestamp=lambda d: pd.to_datetime(d["timestamp"]), weight=1.0)
+
+
+def test_windows_are_consecutive_and_train_on_the_past():
+    ev = _log([("u", "a", f"2020-01-{d:02d}") for d in range(1, 29)])
+    splits = window_splits(ev, n_windows=3, test_days=7)
+    assert [str(s.split_date.date()) for s in splits] == ["2020-01-22", "2020-01-15", "2020-01-08"]
+    for s in splits:
+        assert s.train["timestamp"].max() < s.split_date <= s.test["timestamp"].min()
+        assert s.test["timestamp"].max() < s.split_date + pd.Timedelta(days=7)
+
+
+def test_known_answer_map_and_paired_difference():
+    # Two 7-day windows ending 2020-01-14. Window 2 (Jan 8-14): x buys b; y buys c, d.
+    # Window 1 (Jan 1-7): x buys a. Training logs: everything before each window (one early purchase).
+    ev = _log([("z", "a", "2019-12-20"), ("x", "a", "2020-01-02"), ("x", "b", "2020-01-09"),
+               ("y", "c", "2020-01-10"), ("y", "d", "2020-01-11")])
+    items = ["a", "b", "c", "d", "e"]
+    fac = {"ab": lambda: FixedList(["a", "b"]), "cd": lambda: FixedList(["e", "c"])}
+    df, det = evaluate_windows(lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=12,
+                               baseline="ab", progress=False)
+    # pairs: (x, w2) (y, w2) (x, w1). "ab": AP = 1/2 (b at rank 2), 0, 1 -> mean 0.5
+    # "cd": 0, (c at rank 2: 1/2) / min(2, 12) = 0.25, 0 -> mean 1/12
+    assert df.loc["ab", "map@12"] == pytest.approx(0.5)
+    assert df.loc["cd", "map@12"] == pytest.approx(0.25 / 3)
+    assert df.loc["cd", "diff_vs_ab"] == pytest.approx(0.25 / 3 - 0.5)
+    lo, hi = df.loc["cd", "diff_ci"]
+    assert lo <= df.loc["cd", "diff_vs_ab"] <= hi
+    assert df.loc["ab", "window_map"] == pytest.approx([0.25, 1.0])  # newest window first
+    # b and c, d were never bought before their window: cold. "ab" hits b (cold) in w2 and a (warm) in w1.
+    assert df.loc["ab", "recall_cold"] == pytest.approx(1 / 3)
+    assert df.loc["ab", "recall_warm"] == pytest.approx(1.0)
+    assert df.attrs["pairs"] == 3 and df.attrs["purchases"] == 4
+    assert "| ab |" in format_windows_table(df)
+
+
+class CheatOnMissingRow(Recommender):
+    """Scores never-bought items that have no catalog row highest: in the H&M sample, that is the future."""
+
+    name = "cheat"
+
+    def fit(self, data):
+        self.data = data
+        return self
+
+    def scores(self, hist_idx, hist_ts, user=None):
+        rows = set(self.data.metadata.index) if not self.data.metadata.empty else set()
+        bought = self.data.bought_before()
+        no_row = np.array([i not in rows for i in self.data.item_ids])
+        seed = zlib.crc32(str(user).encode())  # a different random order for each customer, reproducible
+        noise = np.random.default_rng(seed).random(self.data.n_items) * 0.5
+        return (no_row & ~bought).astype(float) + noise
+
+
+def _trap_shop(tmp_path):
+    """The sample's trap, in miniature: rows for 200 never-bought catalog items and the items bought before the
+    split; the 20 items bought later (in the test window) have photos but no row."""
+    rng = np.random.default_rng(1)
+    old = [f"{1000000 + j:07d}001" for j in range(30)]
+    catalog_only = [f"{2000000 + j:07d}001" for j in range(200)]
+    later = [f"{3000000 + j:07d}001" for j in range(20)]
+    items = old + catalog_only + later
+    rows = []
+    for u in range(80):
+        for _ in range(3):
+            rows.append((f"c{u}", old[rng.integers(30)], pd.Timestamp("2020-01-01") + pd.Timedelta(days=int(rng.integers(0, 50)))))
+        rows.append((f"c{u}", later[rng.integers(20)], pd.Timestamp("2020-02-25") + pd.Timedelta(days=int(rng.integers(0, 7)))))
+    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp"]).assign(weight=1.0)
+    meta = pd.DataFrame({"product_group_name": rng.choice(["Top", "Shoe"], len(old) + len(catalog_only))},
+                        index=pd.Index(old + catalog_only, name="article_id"))
+    vecs = rng.normal(size=(len(items), 8)).astype(np.float32)
+    cat = Catalog(item_ids=items, image_paths={i: tmp_path / f"{i}.jpg" for i in items}, metadata=meta)
+    return Shop(tmp_path, cat, Interactions(ev), [f"c{u}" for u in range(80)], ItemFeatures(items, vecs), {})
+
+
+def test_has_a_row_predicts_nothing_in_the_leak_free_view(tmp_path):
+    shop = _trap_shop(tmp_path)
+    ev = shop.interactions.events
+    fac = {"cheat": CheatOnMissingRow}
+    leaky = lambda e: RecData(e, shop.candidates, image_features=shop.image_features, metadata=shop.catalog.metadata)
+    df_leak, _ = evaluate_windows(leaky, fac, ev, n_windows=1, test_days=7, baseline=None, progress=False)
+    df_safe, _ = evaluate_windows(lambda e: rec_data(shop, e), fac, ev, n_windows=1, test_days=7, baseline=None,
+                                  progress=False)
+    # With every row handed over, the cheat finds the future (12 slots, 20 row-less items)...
+    assert df_leak.loc["cheat", "recall_cold"] > 0.5
+    # ...in the leak-free view all 220 never-bought items look alike: chance is 12 / 220 = 0.055.
+    assert df_safe.loc["cheat", "recall_cold"] < 0.15
+    # and the models still get a description of every item (predicted from its photo), not a blank
+    desc = rec_data(shop, ev[ev["timestamp"] < pd.Timestamp("2020-02-25")]).describe()
+    assert (desc["product_group_name"] != "?").all()
