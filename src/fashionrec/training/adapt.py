@@ -540,7 +540,7 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     t_eval0 = time.time()
     probe_rows = np.arange(min(256, len(ids)))
     upper_predict(model, maps, k, probe_rows)
-    eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 2.5 + 15
+    eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 + 30  # one upper pass + retrieval
     train_secs = budget - (time.time() - t_start) - eval_secs
     if train_secs < 30 and cfg.max_steps is None:
         raise FashionrecError(f"--max-minutes {cfg.max_minutes:g} leaves {train_secs:.0f}s for training after caching "
@@ -637,19 +637,22 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
               "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     out = save_adapted(model, out_dir, config)
     write_json(out / "metrics.json", metrics)
-    _write_features_to_cache(out, ids, paths_by_id={i: cat.image_paths[i] for i in ids}, emb=emb, ws=ws)
+    paths_by_id = {i: cat.image_paths[i] for i in ids}
+    _write_features_to_cache(out, ids, paths_by_id=paths_by_id, emb=emb, ws=ws)
+    _write_features_to_cache(None, ids, paths_by_id=paths_by_id, emb=base, ws=ws, imagenet=(cfg.backbone, cfg.input_size))
     say(f"adapt: wrote {out} in {wall / 60:.1f} min")
     say(format_adapt_metrics(metrics))
     return AdaptResult(model, metrics, out)
 
 
-def _write_features_to_cache(model_dir: Path, ids: list[str], paths_by_id: dict, emb: np.ndarray, ws: Path) -> None:
+def _write_features_to_cache(model_dir: Path | None, ids: list[str], paths_by_id: dict, emb: np.ndarray, ws: Path,
+                             imagenet: tuple | None = None) -> None:
     """The held-out evaluation already embedded every photo: store it under the key `embed_image_files` uses for
     this model folder (eager fp32), so `fashionrec embed --backbone MODEL_DIR` and the benchmark reuse it."""
     from fashionrec.backbones import create_backbone
     from fashionrec.features import FeatureCache, InferencePath, Preprocess as P, _model_key, file_fingerprint
 
-    bb = create_backbone(str(model_dir))
+    bb = create_backbone(imagenet[0], input_size=imagenet[1]) if imagenet else create_backbone(str(model_dir))
     key = f"files-{_model_key(bb, P.for_backbone(bb), InferencePath())}"
     FeatureCache(ws).save(key, fingerprints=np.array([file_fingerprint(paths_by_id[i]) for i in ids]),
                           features=emb.astype(np.float32))
