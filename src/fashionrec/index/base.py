@@ -7,7 +7,6 @@ any time without a rebuild (HNSW/IVF add incrementally; exact just appends).
 
 from __future__ import annotations
 
-import json
 import pickle
 import threading
 from abc import ABC, abstractmethod

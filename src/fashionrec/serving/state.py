@@ -104,6 +104,7 @@ class ServingState:
             row = {k: (None if pd.isna(v) else v) for k, v in meta.loc[item].items() if not isinstance(v, (list, dict))}
         elif item in self.arrivals:
             row = dict(self.arrivals[item].get("metadata", {}))
+
         def text(v):  # display fields are strings even where a column was read as numbers
             return None if v is None else str(v)
 
