@@ -13,7 +13,7 @@ from fashionrec.errors import FashionrecError
 from fashionrec.recommend import create_recommender, list_recommenders, load_recommender
 from fashionrec.recommend.base import ItemFeatures, RecData
 
-ITEMS = [f"{i:010d}" for i in range(1000, 1020)]  # H&M-like 10-digit ids
+ITEMS = [f"{i:07d}001" for i in range(1000, 1020)]  # H&M-like 10-digit ids, one product each
 GROUP = {it: ("A" if j < 10 else "B") for j, it in enumerate(ITEMS)}
 PERSONALISED = ["itemknn", "als", "bpr", "content", "visual", "hybrid"]
 

@@ -39,9 +39,18 @@ ITEM_FEATURES = ["pop_week", "pop_month", "pop_all", "first_sale_days", "last_sa
                  "code_pop_month", "code_first_days", "code_last_days", "never_sold", "trend", "buyer_age",
                  "item_price"]
 USER_FEATURES = ["age", "n_purchases", "n_distinct", "days_since_last", "user_price"]
-PAIR_FEATURES = ["n_own", "own_days", "n_code", "code_days", "vis_max", "vis_profile", "age_diff", "price_ratio",
+PAIR_FEATURES = ["n_own", "own_w", "own_days", "n_code", "code_days", "vis_max", "vis_profile", "age_diff", "price_ratio",
                  "als", "pair_score"] + [f"share_{c}" for c in SHARE_COLUMNS]
 FEATURES = [f"rank_{s}" for s in SOURCES] + ITEM_FEATURES + USER_FEATURES + PAIR_FEATURES
+RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
+# The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
+_INF = np.inf
+BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]),
+           ("rank_pop_month", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_week", [0, 1, 2, 3, 5, 8, 12, 20, _INF]),
+           ("rank_age_pop", [0, 2, 5, 10, _INF]), ("rank_dept_pop", [0, 2, 5, 10, _INF]),
+           ("rank_new_arrival", [0, 1, 2, 3, 5, 10, _INF]), ("rank_new_colour", [0, 3, 6, 10, _INF]),
+           ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
+           ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF])]
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
 
 
@@ -60,6 +69,7 @@ def product_codes(item_ids: list[str], metadata: pd.DataFrame | None) -> np.ndar
 
 _CONTROLLER = None
 _NB_CACHE: dict = {}
+_WINDOW_CACHE: dict = {}
 
 
 def _one_thread():
@@ -276,6 +286,45 @@ class _State:
             self.trend = np.concatenate([self.trend, z])
 
 
+def _bucket_masks(X: np.ndarray):
+    """(family, bin) -> mask of the candidate rows that fall in it (own/product recency; source ranks)."""
+    col = {n: i for i, n in enumerate(FEATURES)}
+    n_own = np.nan_to_num(X[:, col["n_own"]])
+    for name, edges in BUCKETS:
+        v = X[:, col[name]]
+        ok = ~np.isnan(v)
+        if name == "code_days":
+            ok &= n_own == 0  # other colours only (the item itself is the own_days family)
+        b = np.searchsorted(np.asarray(edges, dtype=float), np.where(ok, v, 0.0), side="right") - 1
+        for k in range(len(edges) - 1):
+            yield name, k, ok & (b == k)
+
+
+def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0) -> dict:
+    """Purchase rate of each bucket on the training windows, shrunk towards the overall rate."""
+    r0 = float(y.mean()) if len(y) else 0.0
+    out = {"_base": r0}
+    for name, k, m in _bucket_masks(X):
+        n, h = int(m.sum()), int(y[m].sum())
+        out[(name, k)] = (h + prior * r0) / (n + prior)
+    return out
+
+
+def _describe_buckets(b: dict):
+    for name, edges in BUCKETS:
+        for k in range(len(edges) - 1):
+            yield name, edges[k], edges[k + 1], b.get((name, k), b["_base"])
+
+
+def _score_buckets(b: dict, X: np.ndarray) -> np.ndarray:
+    """Noisy-or of the rates of every bucket a candidate falls in: evidence from several sources adds up."""
+    miss = np.ones(len(X))
+    for name, k, m in _bucket_masks(X):
+        p = b.get((name, k), b["_base"])
+        miss[m] *= 1.0 - p
+    return 1.0 - miss
+
+
 def _map_at_k(score: np.ndarray, y: np.ndarray, groups: np.ndarray, n_true: np.ndarray, k: int) -> float:
     """Kaggle MAP@k over groups (one customer each): hits among the top k / min(all purchases, k)."""
     aps, o = [], 0
@@ -321,20 +370,20 @@ def _co_purchases(users, idx, ts, n, days):
 class Hybrid(Recommender):
     """Candidate sources + a LightGBM ranker learned on past windows of the purchase log (see the module doc)."""
 
-    def __init__(self, label_days: int = 28, n_windows: int = 6, window_step_days: int = 14, ranker: str = "binary",
+    def __init__(self, label_days: int = 28, n_windows: int = 6, window_step_days: int = 14, ranker: str = "buckets",
                  n_repurchase: int = 40, n_same_product: int = 30, n_pairs: int = 20, n_pop_week: int = 30,
                  n_pop_month: int = 30, n_age_pop: int = 20, n_dept_pop: int = 10, n_new_colour: int = 20,
                  n_visual: int = 20, n_new_arrival: int = 20, arrival_pool: int = 500, pair_days: int = 14,
                  recent_items: int = 10, use_als: bool = True, n_estimators: int = 600, learning_rate: float = 0.05,
-                 num_leaves: int = 15, min_child_samples: int = 50, max_train_users: int = 50000, seed: int = 0,
-                 val_days: int | None = None):
+                 num_leaves: int = 15, min_child_samples: int = 50, feature_fraction: float = 0.8, lambda_l2: float = 1.0,
+                 own_first: bool = False, max_train_users: int = 50000, seed: int = 0, val_days: int | None = None):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
             label_days = val_days
         if label_days < 1 or n_windows < 1 or window_step_days < 1:
             raise ValueError("label_days, n_windows and window_step_days must be positive integers")
-        if ranker not in {"binary", "lambdarank"}:
-            raise ValueError("ranker must be 'binary' or 'lambdarank'")
+        if ranker not in RANKERS:
+            raise ValueError(f"ranker must be one of {sorted(RANKERS)}")
         for name, v in [("n_repurchase", n_repurchase), ("n_same_product", n_same_product), ("n_pairs", n_pairs),
                         ("n_pop_week", n_pop_week), ("n_pop_month", n_pop_month), ("n_age_pop", n_age_pop),
                         ("n_dept_pop", n_dept_pop), ("n_new_colour", n_new_colour), ("n_visual", n_visual),
@@ -348,6 +397,8 @@ class Hybrid(Recommender):
         self.pair_days, self.recent_items, self.use_als = pair_days, recent_items, use_als
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, learning_rate, num_leaves
         self.min_child_samples, self.max_train_users, self.seed = min_child_samples, max_train_users, seed
+        self.feature_fraction, self.lambda_l2 = feature_fraction, lambda_l2
+        self.own_first = own_first
         self._nb_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ shared item facts
@@ -515,6 +566,7 @@ class Hybrid(Recommender):
         cols += [np.full(m, v, dtype=float) for v in ucols]
         # customer x item
         n_own = np.zeros(m)
+        own_w = np.zeros(m)
         own_days = np.full(m, np.nan)
         n_code = np.zeros(m)
         code_days = np.full(m, np.nan)
@@ -525,6 +577,7 @@ class Hybrid(Recommender):
             hi = np.fromiter((where.get(int(j), -1) for j in h), dtype=np.int64, count=len(h))
             ok = hi >= 0
             np.add.at(n_own, hi[ok], 1.0)
+            np.add.at(own_w, hi[ok], np.power(0.5, np.maximum(hd[ok], 0) / 30.0))  # repurchase's recency weights
             od = np.full(m, np.inf)
             np.minimum.at(od, hi[ok], hd[ok])
             own_days = np.where(np.isfinite(od), od, np.nan)
@@ -555,7 +608,7 @@ class Hybrid(Recommender):
         pair = np.zeros(m)
         if st.pairs is not None and len(h):
             pair = np.asarray(st.pairs[h].sum(0)).ravel()[cand]
-        cols += [n_own, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair]
+        cols += [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair]
         cols += [shares[c] for c in SHARE_COLUMNS]
         X = np.column_stack(cols).astype(np.float32) if m else np.zeros((0, len(FEATURES)), np.float32)
         return cand, X, src
@@ -566,7 +619,26 @@ class Hybrid(Recommender):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]"), None
 
     # ------------------------------------------------------------------ training
+    def _candidate_key(self) -> tuple:
+        return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_week,
+                self.n_pop_month, self.n_age_pop, self.n_dept_pop, self.n_new_colour, self.n_visual,
+                self.n_new_arrival, self.arrival_pool, self.pair_days, self.recent_items, self.use_als,
+                self.max_train_users, self.seed)
+
     def _window(self, data: RecData, t: pd.Timestamp, rng):
+        """Training examples of one past window; cached per data object, so that rankers compared on the same
+        windows (evaluation, tuning) pay for candidates and features once."""
+        key = (id(data), str(t), self._candidate_key())
+        if _WINDOW_CACHE.get("data") is not data:
+            _WINDOW_CACHE.clear()
+            _WINDOW_CACHE["data"] = data
+        if key not in _WINDOW_CACHE:
+            _WINDOW_CACHE[key] = self._window_uncached(data, t, rng) + (list(self._last_window_truth),)
+        *res, truth = _WINDOW_CACHE[key]
+        self._last_window_truth = truth
+        return tuple(res)
+
+    def _window_uncached(self, data: RecData, t: pd.Timestamp, rng):
         st = self._state(data, t)
         lab = data.events[(data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=self.label_days))]
         li = lab["item"].map(data.item_index).to_numpy(dtype=np.int64)
@@ -625,10 +697,16 @@ class Hybrid(Recommender):
         self.train_stats = stats
         log.info("hybrid ranker training: %d rows, %d positives, candidate recall %.3f", rows, pos, stats["candidate_recall"])
         self.booster, self.best_iteration = None, 0
-        if pos >= 5 and rows - pos >= 5:
+        self.buckets = None
+        if pos >= 5 and self.ranker_kind == "buckets":
+            X = np.vstack([x[0] for x in sets])
+            y = np.concatenate([x[1] for x in sets])
+            self.buckets = _fit_buckets(X, y)
+            stats["buckets"] = {f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)}
+        if pos >= 5 and rows - pos >= 5 and self.ranker_kind in {"binary", "lambdarank"}:
             params = {"objective": self.ranker_kind, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
-                      "min_child_samples": self.min_child_samples, "feature_fraction": 0.8, "bagging_fraction": 0.8,
-                      "bagging_freq": 1, "lambda_l2": 1.0, "seed": self.seed, "verbose": -1, "num_threads": 1,
+                      "min_child_samples": self.min_child_samples, "feature_fraction": self.feature_fraction, "bagging_fraction": 0.8,
+                      "bagging_freq": 1, "lambda_l2": self.lambda_l2, "seed": self.seed, "verbose": -1, "num_threads": 1,
                       "deterministic": True, "force_row_wise": True}
             if self.ranker_kind == "lambdarank":
                 params.update(eval_at=[12], lambdarank_truncation_level=20)
@@ -660,17 +738,30 @@ class Hybrid(Recommender):
 
     # ------------------------------------------------------------------ scoring
     def _predict(self, X: np.ndarray) -> np.ndarray:
-        if self.booster is None:
-            return self._fallback(X)
-        with _one_thread():
-            return self.booster.predict(X, num_threads=1)
+        if getattr(self, "buckets", None) is not None:
+            s = _score_buckets(self.buckets, X)
+        elif self.booster is None:
+            s = self._fallback(X)
+        else:
+            with _one_thread():
+                s = self.booster.predict(X, num_threads=1)
+        if getattr(self, "own_first", False):  # the customer's own purchases first, in repurchase's order
+            ow = np.nan_to_num(X[:, FEATURES.index("own_w")])
+            pm = np.nan_to_num(X[:, FEATURES.index("pop_month")])
+            s = s + (ow > 0) * (10.0 + ow + 0.5 * pm / (pm.max() + 1e-9))
+        return s
 
     @staticmethod
     def _fallback(X: np.ndarray) -> np.ndarray:
-        """A fixed, sensible order when there is too little data to learn one."""
-        f = {n: np.nan_to_num(X[:, i], nan=0.0) for i, n in enumerate(FEATURES)}
-        own = (f["n_own"] > 0) * (3.0 + 1.0 / (1.0 + np.nan_to_num(X[:, FEATURES.index("own_days")], nan=1e3) / 30))
-        return own + 0.5 * (f["n_code"] > 0) + f["vis_max"] + f["pop_month"] / (f["pop_month"].max() + 1e-9) + 0.1 * f["trend"]
+        """A fixed order (ranker='heuristic', or too little data to learn one): own purchases (recent first), other
+        colours of recently bought products (of products that sell now first), then what sells now."""
+        f = {n: X[:, i] for i, n in enumerate(FEATURES)}
+        z = lambda a, v=0.0: np.nan_to_num(a, nan=v)
+        own = (z(f["n_own"]) > 0) * (2.0 + np.exp(-z(f["own_days"], 1e3) / 60.0))
+        code = ((z(f["n_code"]) > 0) & (z(f["n_own"]) == 0)) * (1.0 + np.exp(-z(f["code_days"], 1e3) / 60.0)) * \
+            np.where(z(f["code_pop_month"]) > 0, 1.0, 0.6)
+        pop = z(f["pop_month"]) / (z(f["pop_month"]).max() + 1e-9)
+        return own + code + pop + 0.2 * z(f["vis_max"]) + 0.1 * z(f["trend"])
 
     def scores(self, hist_idx, hist_ts, user=None):
         st = self.state
