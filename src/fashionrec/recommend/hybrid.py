@@ -32,7 +32,7 @@ from fashionrec.recommend.base import DAY, RecData, Recommender, register_recomm
 
 log = logging.getLogger(__name__)
 
-SOURCES = ["repurchase", "same_product", "pairs", "pop_week", "pop_month", "age_pop", "dept_pop", "new_colour",
+SOURCES = ["repurchase", "same_product", "pairs", "pop_decay", "pop_week", "pop_month", "age_pop", "dept_pop", "new_colour",
            "visual", "new_arrival"]
 SHARE_COLUMNS = TAG_COLUMNS
 ITEM_FEATURES = ["pop_week", "pop_month", "pop_all", "first_sale_days", "last_sale_days", "code_pop_week",
@@ -46,7 +46,7 @@ RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
 # The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
 _INF = np.inf
 BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]),
-           ("rank_pop_month", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_week", [0, 1, 2, 3, 5, 8, 12, 20, _INF]),
+           ("rank_pop_decay", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_month", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_week", [0, 1, 2, 3, 5, 8, 12, 20, _INF]),
            ("rank_age_pop", [0, 2, 5, 10, _INF]), ("rank_dept_pop", [0, 2, 5, 10, _INF]),
            ("rank_new_arrival", [0, 1, 2, 3, 5, 10, _INF]), ("rank_new_colour", [0, 3, 6, 10, _INF]),
            ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
@@ -178,6 +178,9 @@ class _State:
             for grp in np.split(order_u, bounds):
                 self.hist[users[grp[0]]] = (idx[grp], ts[grp], price[grp])
         # global candidate lists
+        # what sells now, time-decayed (the popularity baseline's list: half-life 7 days over the last 28)
+        self.pop_decay = np.bincount(idx[age <= 28], (w * np.power(0.5, np.maximum(age, 0) / 7.0))[age <= 28], minlength=n)
+        self.list_decay = _top(self.pop_decay, cfg.n_pop_decay)
         self.list_week = _top(self.pop_week, cfg.n_pop_week)
         self.list_month = _top(self.pop_month, cfg.n_pop_month)
         self.list_new_colour = _top(self.code_pop_month + 1e-3 * self.code_pop_week, cfg.n_new_colour,
@@ -237,7 +240,7 @@ class _State:
     def add_items(self, n_new: int, codes: np.ndarray, attrs: dict, vectors: np.ndarray | None, has_vec: np.ndarray):
         """New arrivals after fitting: unsold items, reachable through the new-arrival and new-colour sources."""
         z, nan = np.zeros(n_new), np.full(n_new, np.nan)
-        for a in ("pop_week", "pop_month", "pop_all"):
+        for a in ("pop_week", "pop_month", "pop_all", "pop_decay"):
             setattr(self, a, np.concatenate([getattr(self, a), z]))
         for a in ("first_days", "last_days", "buyer_age", "item_price"):
             setattr(self, a, np.concatenate([getattr(self, a), nan]))
@@ -300,13 +303,26 @@ def _bucket_masks(X: np.ndarray):
             yield name, k, ok & (b == k)
 
 
-def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0) -> dict:
-    """Purchase rate of each bucket on the training windows, shrunk towards the overall rate."""
+def _bucket_matrix(X: np.ndarray):
+    import scipy.sparse as sp
+
+    cols = [m for _, _, m in _bucket_masks(X)]
+    return sp.csr_matrix(np.column_stack(cols).astype(np.float32)) if cols else sp.csr_matrix((len(X), 0))
+
+
+def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0, combine: str = "logistic") -> dict:
+    """Purchase rate of each bucket on the training windows, shrunk towards the overall rate; with
+    combine='logistic', an L2 logistic regression on the bucket indicators (it weighs correlated sources, e.g. the
+    week's and the month's best sellers, instead of counting them twice)."""
     r0 = float(y.mean()) if len(y) else 0.0
-    out = {"_base": r0}
+    out = {"_base": r0, "_combine": combine}
     for name, k, m in _bucket_masks(X):
         n, h = int(m.sum()), int(y[m].sum())
         out[(name, k)] = (h + prior * r0) / (n + prior)
+    if combine == "logistic" and 0 < y.sum() < len(y):
+        from sklearn.linear_model import LogisticRegression
+
+        out["_lr"] = LogisticRegression(C=0.1, max_iter=1000).fit(_bucket_matrix(X), y)
     return out
 
 
@@ -317,11 +333,17 @@ def _describe_buckets(b: dict):
 
 
 def _score_buckets(b: dict, X: np.ndarray) -> np.ndarray:
-    """Noisy-or of the rates of every bucket a candidate falls in: evidence from several sources adds up."""
+    """Logistic score on the bucket indicators; or the best bucket's rate ('max'); or the noisy-or of the rates."""
+    if "_lr" in b:
+        return b["_lr"].decision_function(_bucket_matrix(X))
+    if b.get("_combine") == "max":
+        best = np.zeros(len(X))
+        for name, k, m in _bucket_masks(X):
+            best[m] = np.maximum(best[m], b.get((name, k), b["_base"]))
+        return best
     miss = np.ones(len(X))
     for name, k, m in _bucket_masks(X):
-        p = b.get((name, k), b["_base"])
-        miss[m] *= 1.0 - p
+        miss[m] *= 1.0 - b.get((name, k), b["_base"])
     return 1.0 - miss
 
 
@@ -371,12 +393,12 @@ class Hybrid(Recommender):
     """Candidate sources + a LightGBM ranker learned on past windows of the purchase log (see the module doc)."""
 
     def __init__(self, label_days: int = 28, n_windows: int = 6, window_step_days: int = 14, ranker: str = "buckets",
-                 n_repurchase: int = 40, n_same_product: int = 30, n_pairs: int = 20, n_pop_week: int = 30,
+                 n_repurchase: int = 40, n_same_product: int = 30, n_pairs: int = 20, n_pop_decay: int = 30, n_pop_week: int = 30,
                  n_pop_month: int = 30, n_age_pop: int = 20, n_dept_pop: int = 10, n_new_colour: int = 20,
                  n_visual: int = 20, n_new_arrival: int = 20, arrival_pool: int = 500, pair_days: int = 14,
                  recent_items: int = 10, use_als: bool = True, n_estimators: int = 600, learning_rate: float = 0.05,
                  num_leaves: int = 15, min_child_samples: int = 50, feature_fraction: float = 0.8, lambda_l2: float = 1.0,
-                 own_first: bool = False, max_train_users: int = 50000, seed: int = 0, val_days: int | None = None):
+                 own_first: bool = True, bucket_combine: str = "noisy_or", arrival_slots: int = 4, max_train_users: int = 50000, seed: int = 0, val_days: int | None = None):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
             label_days = val_days
@@ -385,7 +407,7 @@ class Hybrid(Recommender):
         if ranker not in RANKERS:
             raise ValueError(f"ranker must be one of {sorted(RANKERS)}")
         for name, v in [("n_repurchase", n_repurchase), ("n_same_product", n_same_product), ("n_pairs", n_pairs),
-                        ("n_pop_week", n_pop_week), ("n_pop_month", n_pop_month), ("n_age_pop", n_age_pop),
+                        ("n_pop_decay", n_pop_decay), ("n_pop_week", n_pop_week), ("n_pop_month", n_pop_month), ("n_age_pop", n_age_pop),
                         ("n_dept_pop", n_dept_pop), ("n_new_colour", n_new_colour), ("n_visual", n_visual),
                         ("n_new_arrival", n_new_arrival), ("arrival_pool", arrival_pool)]:
             if v < 0:
@@ -393,12 +415,19 @@ class Hybrid(Recommender):
         self.label_days, self.n_windows, self.window_step_days, self.ranker_kind = label_days, n_windows, window_step_days, ranker
         self.n_repurchase, self.n_same_product, self.n_pairs = n_repurchase, n_same_product, n_pairs
         self.n_pop_week, self.n_pop_month, self.n_age_pop, self.n_dept_pop = n_pop_week, n_pop_month, n_age_pop, n_dept_pop
+        self.n_pop_decay = n_pop_decay
         self.n_new_colour, self.n_visual, self.n_new_arrival, self.arrival_pool = n_new_colour, n_visual, n_new_arrival, arrival_pool
         self.pair_days, self.recent_items, self.use_als = pair_days, recent_items, use_als
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, learning_rate, num_leaves
         self.min_child_samples, self.max_train_users, self.seed = min_child_samples, max_train_users, seed
         self.feature_fraction, self.lambda_l2 = feature_fraction, lambda_l2
         self.own_first = own_first
+        if arrival_slots < 0:
+            raise ValueError("arrival_slots must be >= 0")
+        self.arrival_slots = arrival_slots
+        if bucket_combine not in {"logistic", "max", "noisy_or"}:
+            raise ValueError("bucket_combine must be 'logistic', 'max' or 'noisy_or'")
+        self.bucket_combine = bucket_combine
         self._nb_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ shared item facts
@@ -495,6 +524,7 @@ class Hybrid(Recommender):
                     sims = np.concatenate([x[1] for x in nb])
                     best = pd.Series(sims).groupby(ids).max().sort_values(ascending=False)
                     src["visual"] = best.index.to_numpy(dtype=np.int64)[: self.n_visual]
+        src["pop_decay"] = st.list_decay
         src["pop_week"] = st.list_week
         src["pop_month"] = st.list_month
         src["new_colour"] = st.list_new_colour
@@ -620,7 +650,7 @@ class Hybrid(Recommender):
 
     # ------------------------------------------------------------------ training
     def _candidate_key(self) -> tuple:
-        return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_week,
+        return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_decay, self.n_pop_week,
                 self.n_pop_month, self.n_age_pop, self.n_dept_pop, self.n_new_colour, self.n_visual,
                 self.n_new_arrival, self.arrival_pool, self.pair_days, self.recent_items, self.use_als,
                 self.max_train_users, self.seed)
@@ -701,7 +731,7 @@ class Hybrid(Recommender):
         if pos >= 5 and self.ranker_kind == "buckets":
             X = np.vstack([x[0] for x in sets])
             y = np.concatenate([x[1] for x in sets])
-            self.buckets = _fit_buckets(X, y)
+            self.buckets = _fit_buckets(X, y, combine=self.bucket_combine)
             stats["buckets"] = {f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)}
         if pos >= 5 and rows - pos >= 5 and self.ranker_kind in {"binary", "lambdarank"}:
             params = {"objective": self.ranker_kind, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
@@ -748,7 +778,8 @@ class Hybrid(Recommender):
         if getattr(self, "own_first", False):  # the customer's own purchases first, in repurchase's order
             ow = np.nan_to_num(X[:, FEATURES.index("own_w")])
             pm = np.nan_to_num(X[:, FEATURES.index("pop_month")])
-            s = s + (ow > 0) * (10.0 + ow + 0.5 * pm / (pm.max() + 1e-9))
+            top = self.state.pop_month.max() if getattr(self, "state", None) is not None else pm.max()
+            s = s + (ow > 0) * (10.0 + ow + 0.5 * pm / (top + 1e-9))
         return s
 
     @staticmethod
@@ -793,13 +824,38 @@ class Hybrid(Recommender):
             for u, cand, X in parts:
                 sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
                 o += len(cand)
-                top = cand[np.argsort(-sc, kind="stable")[:k]]
+                top = self._with_arrivals(cand, sc, k)
                 items = [self.data.item_ids[j] for j in top]
                 if len(items) < k:
                     seen = set(items)
                     items += [i for i in fill if i not in seen and not seen.add(i)][: k - len(items)]
                 out[u] = items
         return out
+
+    def _with_arrivals(self, cand: np.ndarray, sc: np.ndarray, k: int) -> np.ndarray:
+        """Top k by score, with the last `arrival_slots` places kept for the best-scored items nobody has bought
+        yet (when the ranking has none there already): a new arrival has no sales to compete with."""
+        order = np.lexsort((cand, -sc))  # ties broken by item position, whatever order the candidates came in
+        top = [int(c) for c in cand[order[:k]]]
+        r = min(getattr(self, "arrival_slots", 0), k)
+        if r:
+            sold = self.state.sold
+            ranked = cand[order]
+            fresh = [int(c) for c in ranked[~sold[np.minimum(ranked, len(sold) - 1)] | (ranked >= len(sold))][:r]]
+            fresh_set = set(fresh)
+            if not fresh_set <= set(top):
+                top = [c for c in top if c not in fresh_set][: k - len(fresh)] + fresh
+        return np.array(top, dtype=np.int64)
+
+    def _top(self, s, k, hist_idx, hist_ts, exclude=None, explain=True):
+        from fashionrec.recommend.base import Rec
+
+        s = s.astype(np.float64, copy=True)
+        if exclude:
+            s[list(exclude)] = -np.inf
+        cand = np.flatnonzero(np.isfinite(s))
+        top = self._with_arrivals(cand, s[cand], k) if len(cand) else np.zeros(0, dtype=np.int64)
+        return [Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else []) for j in top]
 
     def candidate_sources(self, users) -> dict[str, dict[str, set]]:
         """user -> source -> candidate item ids (for per-source recall tables)."""
