@@ -125,3 +125,32 @@ def test_has_a_row_predicts_nothing_in_the_leak_free_view(tmp_path):
     # and the models still get a description of every item (predicted from its photo), not a blank
     desc = rec_data(shop, ev[ev["timestamp"] < pd.Timestamp("2020-02-25")]).describe()
     assert (desc["product_group_name"] != "?").all()
+
+
+@pytest.mark.slow
+def test_items_without_a_row_are_tagged_from_their_photo(tmp_path):
+    """Red tops and blue shoes with rows; one new red top and one new blue shoe without: the photo-predicted tags
+    describe them, with confidences, and items with rows are predicted out-of-fold (cross-fitted)."""
+    from PIL import Image, ImageDraw
+
+    from fashionrec.pipeline import load_shop
+    from fashionrec.recommend.attributes import tag_accuracy
+    from serving_helpers import make_shop
+
+    root = tmp_path / "shop"
+    make_shop(root)
+    for aid, red in (("0900000001", True), ("0900001001", False)):
+        img = Image.new("RGB", (64, 96), (245, 245, 245))
+        d = ImageDraw.Draw(img)
+        if red:
+            d.rectangle([12, 10, 52, 60], fill=(220, 20, 30))
+        else:
+            d.ellipse([8, 50, 56, 80], fill=(20, 30, 220))
+        img.save(root / "images" / f"{aid}.jpg", quality=90)
+    shop = load_shop(root, workspace=tmp_path / "ws", progress=False)
+    pred = shop.predicted_attributes()
+    assert pred.loc["0900000001", "product_group_name"] == "Garment Upper body"
+    assert pred.loc["0900001001", "product_group_name"] == "Shoes"
+    assert pred.loc["0900001001", "colour_group_name"] == "Blue"
+    assert 0.5 < pred.loc["0900000001", "product_group_name_confidence"] <= 1.0
+    assert tag_accuracy(pred, shop.catalog.metadata)["product_group_name"] >= 0.9

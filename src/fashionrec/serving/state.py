@@ -114,10 +114,30 @@ class ServingState:
             if isinstance(v, float) and not np.isfinite(v):
                 v = None  # JSON has no NaN/Infinity
             meta[str(k)] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        if not row.get("product_group_name"):  # no catalog row: describe the item by the tags predicted from its photo
+            tags = self._predicted_tags(item)
+            if tags:
+                meta["predicted_from_photo"] = tags
+                for key, col in (("product_group_name", "product_group_name"), ("colour_group_name", "colour_group_name"),
+                                 ("product_type_name", "product_type_name")):
+                    if not row.get(key) and col in tags:
+                        row[key] = tags[col]["value"]
         return {"id": item, "image_url": f"/images/{item}" if self.image_path(item) else None,
                 "name": text(row.get("prod_name")), "category": text(row.get("product_group_name")),
                 "colour": text(row.get("colour_group_name")), "type": text(row.get("product_type_name")),
                 "metadata": meta}
+
+    def _predicted_tags(self, item: str) -> dict:
+        try:
+            pred = self.shop.predicted_attributes()
+        except Exception as e:  # tags are a convenience for display; never fail a request for them
+            log.warning("no predicted tags: %s", e)
+            return {}
+        if pred is None or item not in pred.index:
+            return {}
+        r = pred.loc[item]
+        return {c: {"value": str(r[c]), "confidence": round(float(r[f"{c}_confidence"]), 3)}
+                for c in pred.columns if not c.endswith("_confidence") and r[c] != "?"}
 
     def known_item(self, item: str) -> bool:
         return item in self.models[self.default_model].data.item_index and item not in self.removed

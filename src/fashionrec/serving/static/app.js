@@ -15,7 +15,7 @@ async function showItem(id) {
   $("item-msg").textContent = "";
   try {
     const it = await api(`/items/${encodeURIComponent(id)}`);
-    $("item-focus").innerHTML = `${it.image_url ? `<img id="focus-img" src="${esc(it.image_url)}">` : ""}<div><b>${esc(it.name || it.id)}</b><br>${esc(it.id)}<br>${esc(it.category || "")} ${esc(it.type || "")} ${esc(it.colour || "")}</div>`;
+    $("item-focus").innerHTML = `${it.image_url ? `<img id="focus-img" src="${esc(it.image_url)}">` : ""}<div><b>${esc(it.name || it.id)}</b><br>${esc(it.id)}<br>${esc(it.category || "")} ${esc(it.type || "")} ${esc(it.colour || "")}${it.metadata && it.metadata.predicted_from_photo ? " (tags predicted from the photo)" : ""}</div>`;
     const sims = await api(`/items/${encodeURIComponent(id)}/similar?k=12`);
     $("similar").innerHTML = sims.map((s) => card(s, `<div>cos ${s.score.toFixed(3)}</div>`)).join("");
     bindCards($("similar"));
