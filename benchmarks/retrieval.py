@@ -123,7 +123,8 @@ def main(argv=None) -> int:
         label = (f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d)" if kind == "imagenet"
                  else f"adapted {bb.name} @ {bb.data_config.input_size} px ({Path(spec).name}, {f.shape[1]}-d)")
         rows.append((label, m, secs))
-        neighbours[label.split(" (")[0]] = nearest_neighbours(f, queries, 10)
+        short = ("ImageNet " if kind == "imagenet" else "adapted ") + f"{bb.data_config.input_size}px"
+        neighbours[short if short not in neighbours else f"{short} {len(neighbours)}"] = nearest_neighbours(f, queries, 10)
         print(f"{label}: R@1 {m['recall@1']:.3f} R@10 {m['recall@10']:.3f} type P@10 {m['type_precision@10']:.3f} "
               f"(features {secs:.0f}s)", file=sys.stderr)
 
