@@ -225,3 +225,32 @@ def test_hybrid_rejects_bad_parameters():
         create_recommender("hybrid", ranker="magic")
     with pytest.raises(ValueError, match="n_pop_week"):
         create_recommender("hybrid", n_pop_week=-1)
+
+
+def test_hybrid_puts_recent_own_purchases_first_in_repurchase_order():
+    data, items, _ = _shop_world()
+    model = create_recommender("hybrid", n_windows=2, own_first_days=90, arrival_slots=0).fit(data)
+    h, ts = data.history("u0")
+    now = model.state.t
+    age = (np.datetime64(now, "ns") - ts) / np.timedelta64(1, "D")
+    recent = {data.item_ids[j] for j, a in zip(h, age) if a <= 90}
+    old = {data.item_ids[j] for j, a in zip(h, age) if a > 90} - recent
+    assert recent and old
+    recs = [r.item for r in model.recommend("u0", k=len(recent) + 3, explain=False)]
+    assert set(recs[: len(recent)]) == recent  # all recent own purchases lead, as in repurchase
+    rep = [r.item for r in create_recommender("repurchase").fit(data).recommend("u0", k=40, explain=False)]
+    assert recs[: len(recent)] == [i for i in rep if i in recent]  # in repurchase's order
+
+
+def test_hybrid_keeps_places_for_items_nobody_has_bought():
+    data, items, _ = _shop_world()
+    never = set(items[80:])
+    for slots in (0, 3):
+        model = create_recommender("hybrid", n_windows=2, arrival_slots=slots, n_visual=0).fit(data)
+        recs = model.recommend_many(["u0", "u1"], k=12)
+        for u in ("u0", "u1"):
+            fresh = [i for i in recs[u] if i in never]
+            if slots:
+                assert recs[u][-slots:] == fresh[-slots:] and len(fresh) >= slots
+            single = [r.item for r in model.recommend(u, 12, explain=False)]
+            assert single == recs[u]
