@@ -77,8 +77,8 @@ def cmd_similar(args) -> int:
     from fashionrec.pipeline import fit_recommender, load_shop
 
     shop = load_shop(args.data, with_images=args.model in {"visual", "hybrid"}, workspace=_workspace(args),
-                     progress=_progress(args))
-    model = fit_recommender(shop, args.model)
+                     progress=_progress(args), backbone=args.backbone, input_size=args.input_size)
+    model = fit_recommender(shop, args.model, cache_dir=_workspace(args))
     meta = shop.catalog.metadata
     for r in model.similar_items(args.item, args.k):
         name = meta.loc[r.item, "prod_name"] if r.item in meta.index and "prod_name" in meta.columns else ""
@@ -95,7 +95,8 @@ def cmd_evaluate(args) -> int:
 
     models = [m for m in args.models.split(",") if m]
     shop = load_shop(args.data, with_images=any(m in {"visual", "hybrid", "content"} for m in models),
-                     workspace=_workspace(args), progress=_progress(args))
+                     workspace=_workspace(args), progress=_progress(args), backbone=args.backbone,
+                     input_size=args.input_size)
     events = shop.interactions.events
     n_windows, last = args.windows, None
     if args.split_date:  # one window starting at the given date
@@ -168,6 +169,8 @@ def add_commands(sub) -> None:
     s.add_argument("--item", required=True)
     s.add_argument("--k", type=int, default=12)
     s.add_argument("--model", default="visual")
+    s.add_argument("--backbone", default="efficientnet_lite0", help="a backbone name or a `fashionrec adapt` folder")
+    s.add_argument("--input-size", type=int, default=96)
     s.set_defaults(func=cmd_similar)
 
     e = sub.add_parser("evaluate", help="leak-free evaluation on several time windows: compare recommenders")
@@ -178,6 +181,8 @@ def add_commands(sub) -> None:
     e.add_argument("--k", type=int, default=12)
     e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
     e.add_argument("--models", default="popularity,repurchase,itemknn,als,bpr,content,visual,hybrid")
+    e.add_argument("--backbone", default="efficientnet_lite0", help="a backbone name or a `fashionrec adapt` folder")
+    e.add_argument("--input-size", type=int, default=96)
     e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
     e.set_defaults(func=cmd_evaluate)
 
