@@ -5,6 +5,7 @@ else on a synthetic shop. The screenshot is saved as test-artifacts/page.png.
 """
 
 import shutil
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -91,7 +92,12 @@ def test_page_shows_item_customer_and_upload(page_server):
         page.wait_for_selector("#upload-similar .card img", timeout=30000)
         assert page.locator("#tags div").count() >= 1
         # every image on the page really loaded (naturalWidth > 0): real photos, not broken links
-        page.wait_for_function("Array.from(document.images).every(i => i.complete)", timeout=20000)
+        # Poll from Python: wait_for_function compiles its predicate with eval inside the page, which the page's
+        # CSP (no 'unsafe-eval') rightly refuses whenever the first check is not already true.
+        deadline = time.time() + 20
+        while not page.evaluate("() => Array.from(document.images).every(i => i.complete)"):
+            assert time.time() < deadline, "images did not finish loading in 20 s"
+            page.wait_for_timeout(100)
         broken = page.evaluate("Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.src)")
         assert not broken, broken
         widths = page.evaluate("Array.from(document.querySelectorAll('#recs img')).map(i => i.naturalWidth)")
