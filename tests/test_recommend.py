@@ -254,3 +254,13 @@ def test_hybrid_keeps_places_for_items_nobody_has_bought():
                 assert recs[u][-slots:] == fresh[-slots:] and len(fresh) >= slots
             single = [r.item for r in model.recommend(u, 12, explain=False)]
             assert single == recs[u]
+
+
+def test_hybrid_longer_lists_start_with_the_12_list():
+    """The server precomputes 50 and answers k=12 with the first 12: kept places must not move with k."""
+    data, _, _ = _shop_world()
+    model = create_recommender("hybrid", n_windows=2, arrival_slots=4).fit(data)
+    for u in ("u0", "u3"):
+        r12 = [r.item for r in model.recommend(u, 12, explain=False)]
+        r50 = [r.item for r in model.recommend(u, 50, explain=False)]
+        assert r50[:12] == r12

@@ -840,19 +840,24 @@ class Hybrid(Recommender):
         return out
 
     def _with_arrivals(self, cand: np.ndarray, sc: np.ndarray, k: int) -> np.ndarray:
-        """Top k by score, with the last `arrival_slots` places kept for the best-scored items nobody has bought
-        yet (when the ranking has none there already): a new arrival has no sales to compete with."""
+        """Top k by score, with places kept for the best-scored items nobody has bought yet (a new arrival has no
+        sales to compete with): the last `arrival_slots` of each page of 12 (proportionally fewer for k < 12), at
+        the same positions whatever k is, so a longer list (the server precomputes 50) starts with the 12-list."""
         order = np.lexsort((cand, -sc))  # ties broken by item position, whatever order the candidates came in
-        top = [int(c) for c in cand[order[:k]]]
+        ranked = [int(c) for c in cand[order]]
         r = min(getattr(self, "arrival_slots", 0), k)
-        if r:
-            sold = self.state.sold
-            ranked = cand[order]
-            fresh = [int(c) for c in ranked[~sold[np.minimum(ranked, len(sold) - 1)] | (ranked >= len(sold))][:r]]
-            fresh_set = set(fresh)
-            if not fresh_set <= set(top):
-                top = [c for c in top if c not in fresh_set][: k - len(fresh)] + fresh
-        return np.array(top, dtype=np.int64)
+        if not r:
+            return np.array(ranked[:k], dtype=np.int64)
+        page = min(k, 12)
+        n_slots = r if k >= 12 else max(1, round(r * page / 12))
+        start = page - min(n_slots, page)
+        head = ranked[:start]
+        sold = self.state.sold
+        taken = set(head)
+        fresh = [c for c in ranked if c not in taken and (c >= len(sold) or not sold[c])][: page - start]
+        taken |= set(fresh)
+        top = head + fresh + [c for c in ranked if c not in taken]
+        return np.array(top[:k], dtype=np.int64)
 
     def _top(self, s, k, hist_idx, hist_ts, exclude=None, explain=True):
         from fashionrec.recommend.base import Rec
