@@ -264,3 +264,15 @@ def test_hybrid_longer_lists_start_with_the_12_list():
         r12 = [r.item for r in model.recommend(u, 12, explain=False)]
         r50 = [r.item for r in model.recommend(u, 50, explain=False)]
         assert r50[:12] == r12
+
+
+@pytest.mark.parametrize("ranker", ["binary", "lambdarank"])
+def test_hybrid_lightgbm_rankers(ranker):
+    data, items, group = _shop_world()
+    model = create_recommender("hybrid", ranker=ranker, n_windows=4, n_estimators=60, arrival_slots=0).fit(data)
+    assert model.booster is not None and model.train_stats["trees"] >= 10
+    curve = model.train_stats.get("valid_map@12_by_trees")
+    assert curve and all(0.0 <= v <= 1.0 for v in curve.values())  # trees chosen by the newest window's MAP@12
+    for u, g in (("u0", 0), ("u1", 1)):
+        recs = [items.index(r.item) for r in model.recommend(u, 6, exclude_bought=True, explain=False)]
+        assert np.mean(group[recs] == g) >= 0.8

@@ -702,8 +702,6 @@ class Hybrid(Recommender):
 
     def fit(self, data: RecData):
         """Learn the ranker on past windows (the newest for early stopping), then recompute everything at the fit date."""
-        import lightgbm as lgb
-
         self._prepare(data)
         rng = np.random.default_rng(self.seed)
         now = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1)
@@ -739,6 +737,8 @@ class Hybrid(Recommender):
             self.buckets = _fit_buckets(X, y, combine=self.bucket_combine)
             stats["buckets"] = {f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)}
         if pos >= 5 and rows - pos >= 5 and self.ranker_kind in {"binary", "lambdarank"}:
+            import lightgbm as lgb
+
             params = {"objective": self.ranker_kind, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
                       "min_child_samples": self.min_child_samples, "feature_fraction": self.feature_fraction, "bagging_fraction": 0.8,
                       "bagging_freq": 1, "lambda_l2": self.lambda_l2, "seed": self.seed, "verbose": -1, "num_threads": 1,
