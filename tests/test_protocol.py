@@ -154,3 +154,19 @@ def test_items_without_a_row_are_tagged_from_their_photo(tmp_path):
     assert pred.loc["0900001001", "colour_group_name"] == "Blue"
     assert 0.5 < pred.loc["0900000001", "product_group_name_confidence"] <= 1.0
     assert tag_accuracy(pred, shop.catalog.metadata)["product_group_name"] >= 0.9
+
+
+def test_model_cache_key_follows_resolved_settings(tmp_path, monkeypatch):
+    """A cached model is reused only when every resolved setting matches (a changed default refits)."""
+    from fashionrec.pipeline import fit_recommender
+    from fashionrec.recommend.baselines import Popularity
+
+    shop = _trap_shop(tmp_path)
+    shop.fingerprint = lambda: "fp"
+    ws = tmp_path / "ws"
+    fit_recommender(shop, "popularity", cache_dir=ws)
+    fit_recommender(shop, "popularity", cache_dir=ws)
+    assert len(list((ws / "models").glob("*.pkl"))) == 1  # same settings: one cached model, reused
+    monkeypatch.setattr(Popularity.__init__, "__defaults__", (14.0, 28.0))  # a new default half-life
+    fit_recommender(shop, "popularity", cache_dir=ws)
+    assert len(list((ws / "models").glob("*.pkl"))) == 2

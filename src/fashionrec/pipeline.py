@@ -21,6 +21,7 @@ from fashionrec.recommend.base import ItemFeatures, RecData
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "hybrid"
+MODEL_CACHE_VERSION = 2  # bump when a recommender's fitted state changes shape or meaning
 
 
 @dataclass
@@ -172,7 +173,14 @@ def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame 
         import hashlib
         import json
 
-        key = hashlib.sha1(json.dumps([name, params], sort_keys=True, default=str).encode()).hexdigest()[:8]
+        import fashionrec
+        from fashionrec.recommend import create_recommender as _create
+
+        # Every resolved hyperparameter (defaults included) and the package version: a changed default or an upgrade
+        # refits instead of serving a model built by other settings.
+        resolved = {k: v for k, v in vars(_create(name, **params)).items() if not k.startswith("_") and k != "data"}
+        key = hashlib.sha1(json.dumps([name, resolved, fashionrec.__version__, MODEL_CACHE_VERSION], sort_keys=True,
+                                      default=str).encode()).hexdigest()[:8]
         cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key}.pkl"
         if cache.exists():
             try:
