@@ -21,7 +21,8 @@ import httpx
 import numpy as np
 
 
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float, poll: float = 1.0) -> None:
+    """Wait until the server at `url` answers /health (exit if it dies or `timeout` seconds pass)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
@@ -31,8 +32,17 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
                 return
         except httpx.HTTPError:
             pass
-        time.sleep(1)
+        time.sleep(poll)
     raise SystemExit("server did not become ready in time")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate the server, killing it if it does not exit within 20 s."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 async def _get(reader, writer, path: str) -> int:
@@ -121,11 +131,7 @@ def main() -> int:
             print(f"{name:34s} {r['n']:6d} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rps']:8.1f} {r['errors']:7d} {r['5xx']:5d}")
         print(f"worst p99 {worst:.2f} ms, errors {total_err}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return 0
 
 

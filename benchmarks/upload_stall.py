@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from load_test import stop, wait_ready  # benchmarks/ is on sys.path when a script in it runs
 
 
 def free_port() -> int:
@@ -52,20 +53,6 @@ def png(w: int, h: int) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (w, h), 200).save(buf, "PNG")
     return buf.getvalue()
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit("server did not become ready in time")
 
 
 def poll_health(port: int, stop: threading.Event, out: list[float], interval: float = 0.01) -> None:
@@ -140,7 +127,7 @@ def main() -> None:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()
-        wait_ready(url, proc, args.startup_timeout)
+        wait_ready(url, proc, args.startup_timeout, poll=0.5)
         print(f"server ready in {time.time() - t0:.1f}s ({data}); {os.cpu_count()} CPUs shared by server and clients")
         kinds = {"heavy": (6300, 6300), "audit": (8000, 8000)}
         for kind in args.kinds.split(","):
@@ -154,11 +141,7 @@ def main() -> None:
                 print(f"  round {r + 1}: /health n={res['n']} p50={res['p50']:.1f} ms p99={res['p99']:.1f} ms "
                       f"max={res['max']:.1f} ms | uploads: {ups}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         tmp.cleanup()
 
 

@@ -1,10 +1,9 @@
-"""Temporal evaluation of recommenders on a purchase log.
+"""Temporal evaluation of recommenders on a purchase log, leak-free and over several windows.
 
-Protocol: fit on events before `split_date`; test on purchases in [split_date, split_date + test_days). Users
-scored: those who buy in the test window (new users included: they get an empty history). Breakdowns:
-- warm items (bought by someone before the split) vs cold items (never bought before: only content can reach them);
-- short (<= 5 purchases before the split) vs long histories, and new users (none).
-Confidence intervals: percentile bootstrap over users.
+Each window: fit on events before its start, test on purchases in [start, start + test_days). Customers scored:
+those who buy in the window (new customers included: they get an empty history). Results are pooled over all
+(customer, window) pairs, with bootstrap intervals and a paired bootstrap against a baseline; breakdowns by warm
+items, items never bought before the window, and new products.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from fashionrec.evaluation.metrics import bootstrap_ci, catalog_coverage, per_user_scores, recall_at_k
+from fashionrec.evaluation.metrics import bootstrap_ci, per_user_scores
 
 
 @dataclass
@@ -43,69 +41,6 @@ def temporal_split(events: pd.DataFrame, split_date=None, test_days: int = 28) -
     return TemporalSplit(train, test, split)
 
 
-def evaluate_recommenders(models: dict, split: TemporalSplit, n_items: int, *, k: int = 12, n_boot: int = 1000,
-                          progress: bool = True) -> pd.DataFrame:
-    """One row per model: MAP@k, recall, NDCG, hit rate (with 95% CIs), coverage, cold/warm recall, by history."""
-    truth = split.truth
-    bought_before = set(split.train["item"].unique())
-    hist_len = split.train.groupby("user").size().to_dict()
-    users = list(truth)
-    warm_truth = {u: s & bought_before for u, s in truth.items()}
-    cold_truth = {u: s - bought_before for u, s in truth.items()}
-    rows = []
-    for name, model in models.items():
-        t0 = time.time()
-        recs = {}
-        for u in tqdm(users, desc=f"evaluate {name}", unit="user", disable=not progress, leave=False):
-            recs[u] = [r.item for r in model.recommend(u, k, explain=False)]
-        secs = time.time() - t0
-        row = {"model": name}
-        for metric in ("map", "recall", "ndcg", "hitrate"):
-            v = per_user_scores(recs, truth, k, metric)
-            lo, hi = bootstrap_ci(v, n_boot=n_boot)
-            row[f"{metric}@{k}"] = v.mean()
-            row[f"{metric}@{k}_ci"] = (lo, hi)
-        # Recall restricted to cold / warm items: hits among never-bought items / all never-bought items bought.
-        for part, tr in (("cold", cold_truth), ("warm", warm_truth)):
-            num = sum(len(set(recs[u][:k]) & tr[u]) for u in users)
-            den = sum(len(tr[u]) for u in users)
-            row[f"recall_{part}"] = num / den if den else 0.0
-        for part, sel in (("new", lambda n: n == 0), ("short", lambda n: 0 < n <= 5), ("long", lambda n: n > 5)):
-            us = [u for u in users if sel(hist_len.get(u, 0))]
-            row[f"map_{part}"] = float(np.mean([per_user_scores({u: recs[u]}, {u: truth[u]}, k, "map")[0] for u in us])) if us else float("nan")
-            row[f"n_{part}"] = len(us)
-        row["coverage"] = catalog_coverage(recs, n_items, k)
-        row["ms_per_user"] = 1000 * secs / max(1, len(users))
-        rows.append(row)
-    df = pd.DataFrame(rows).set_index("model")
-    df.attrs.update(users=len(users), purchases=int(sum(len(s) for s in truth.values())),
-                    cold_share=float(sum(len(s) for s in cold_truth.values()) / max(1, sum(len(s) for s in truth.values()))),
-                    split_date=str(split.split_date.date()), k=k)
-    return df
-
-
-def format_table(df: pd.DataFrame) -> str:
-    k = df.attrs.get("k", 12)
-    head = (f"temporal split at {df.attrs.get('split_date')}: {df.attrs.get('users')} test users, "
-            f"{df.attrs.get('purchases')} purchases, {df.attrs.get('cold_share', 0):.0%} of them of never-bought items\n\n")
-    lines = [f"| model | MAP@{k} [95% CI] | Recall@{k} | NDCG@{k} | HitRate@{k} | recall cold | recall warm | "
-             f"MAP short/long/new | coverage | ms/user |", "|---" * 10 + "|"]
-    for name, r in df.iterrows():
-        lo, hi = r[f"map@{k}_ci"]
-        lines.append(f"| {name} | {r[f'map@{k}']:.4f} [{lo:.4f}, {hi:.4f}] | {r[f'recall@{k}']:.4f} | {r[f'ndcg@{k}']:.4f} | "
-                     f"{r[f'hitrate@{k}']:.3f} | {r['recall_cold']:.4f} | {r['recall_warm']:.4f} | "
-                     f"{r['map_short']:.4f}/{r['map_long']:.4f}/{r['map_new']:.4f} | {r['coverage']:.3f} | {r['ms_per_user']:.1f} |")
-    return head + "\n".join(lines) + "\n"
-
-
-def plot_comparison(df: pd.DataFrame, path: str | Path) -> Path:
-    from fashionrec.evaluation.plots import plot_bars
-
-    k = df.attrs.get("k", 12)
-    return plot_bars(list(df.index), list(df[f"map@{k}"]), list(df[f"map@{k}_ci"]), path, ylabel=f"MAP@{k} (95% CI)",
-                     title=f"Recommenders on a temporal split at {df.attrs.get('split_date')}")
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Leak-free evaluation over several consecutive windows, pooled, with paired comparisons against a baseline.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -127,11 +62,6 @@ def product_code_of(item: str) -> str:
     return item[:7] if len(item) == 10 and item.isdigit() else item
 
 
-def paired_bootstrap(diff: np.ndarray, *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """95% percentile interval of the mean of per-(customer, window) differences, resampling the pairs."""
-    return bootstrap_ci(diff, n_boot=n_boot, alpha=alpha, seed=seed)
-
-
 def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_windows: int = 4, test_days: int = 28,
                      k: int = 12, baseline: str | None = "repurchase", n_boot: int = 2000, progress: bool = True,
                      on_window=None) -> tuple[pd.DataFrame, dict]:
@@ -144,8 +74,6 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
     the MAP of each window, and the paired bootstrap interval of MAP(model) - MAP(baseline) over the same pairs.
     details: per-model per-pair AP arrays, per-source candidate tables, window facts.
     """
-    from fashionrec.evaluation.metrics import average_precision_at_k, hit_rate_at_k
-
     splits = window_splits(events, n_windows, test_days)
     per = {m: {"ap": [], "recall": [], "hit": [], "hits_warm": 0, "hits_cold": 0, "hits_newprod": 0, "secs": 0.0,
                "window_map": [], "items": set()} for m in factories}
@@ -173,11 +101,12 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
             recs = model.recommend_many(users, k)
             p = per[name]
             p["secs"] += time.time() - t0
-            aps = [average_precision_at_k(recs.get(u, []), truth[u], k) for u in users]
-            p["ap"] += aps
-            p["window_map"].append(float(np.mean(aps)) if aps else 0.0)
-            p["recall"] += [recall_at_k(recs.get(u, []), truth[u], k) for u in users]
-            p["hit"] += [hit_rate_at_k(recs.get(u, []), truth[u], k) for u in users]
+            ordered = {u: truth[u] for u in users}  # the same order for every model: differences are paired
+            aps = per_user_scores(recs, ordered, k, "map")
+            p["ap"] += aps.tolist()
+            p["window_map"].append(float(aps.mean()) if len(aps) else 0.0)
+            p["recall"] += per_user_scores(recs, ordered, k, "recall").tolist()
+            p["hit"] += per_user_scores(recs, ordered, k, "hitrate").tolist()
             for u in users:
                 top = set(recs.get(u, [])[:k])
                 p["items"] |= top
@@ -216,7 +145,7 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
                "secs_per_window": p["secs"] / len(splits)}
         if base_ap is not None:
             d = ap - base_ap
-            dlo, dhi = paired_bootstrap(d, n_boot=n_boot)
+            dlo, dhi = bootstrap_ci(d, n_boot=n_boot)  # paired: the same pairs are resampled for both
             row.update({f"diff_vs_{baseline}": d.mean(), "diff_ci": (dlo, dhi),
                         "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan")})
         rows.append(row)

@@ -213,16 +213,22 @@ class _State:
         self.V = vectors
         self.has_vec = has_vec
         if vectors is not None:
-            top = [j for j in _top(self.pop_month, 200) if has_vec[j]]
-            if top:
-                prof = (vectors[top] * self.pop_month[top, None]).sum(0)
-                prof /= max(np.linalg.norm(prof), 1e-12)
+            prof = self._sells_now(vectors, has_vec)
+            if prof is not None:
                 self.trend = np.where(has_vec, vectors @ prof, 0.0)
             self.arrival_pool = _top(self.trend + 1.0, cfg.arrival_pool, ~self.sold & has_vec)
         # ALS factors (collaborative signal as a feature)
         self.als_user, self.als_items = {}, None
         if cfg.use_als and len(idx) >= 50:
             self._fit_als(users, idx, n, cfg.seed)
+
+    def _sells_now(self, vectors: np.ndarray, has_vec: np.ndarray) -> np.ndarray | None:
+        """What sells now, in pictures: the popularity-weighted mean of the month's 200 best sellers' image vectors."""
+        top = [j for j in _top(self.pop_month, 200) if has_vec[j]]
+        if not top:
+            return None
+        prof = (vectors[top] * self.pop_month[top, None]).sum(0)
+        return prof / max(np.linalg.norm(prof), 1e-12)
 
     def _fit_als(self, users, idx, n, seed):
         import warnings
@@ -270,7 +276,6 @@ class _State:
             self._codes = np.concatenate([old_codes, codes])
         for c in self.attr:
             self.attr[c] = np.concatenate([self.attr[c], attrs.get(c, np.full(n_new, -1, dtype=np.int64))])
-        self.pairs_n = n_new
         if self.pairs is not None:
             import scipy.sparse as sp
 
@@ -282,10 +287,8 @@ class _State:
         self.V, self.has_vec = vectors, has_vec
         if vectors is not None:
             new_trend = np.zeros(n_new)
-            top = [j for j in _top(self.pop_month, 200) if has_vec[j]]
-            if top:
-                prof = (vectors[top] * self.pop_month[top, None]).sum(0)
-                prof /= max(np.linalg.norm(prof), 1e-12)
+            prof = self._sells_now(vectors, has_vec)
+            if prof is not None:
                 new_trend = np.where(has_vec[-n_new:], vectors[-n_new:] @ prof, 0.0)
             self.trend = np.concatenate([self.trend, new_trend])
             new_idx = np.arange(len(self.trend) - n_new, len(self.trend))[has_vec[-n_new:]]
