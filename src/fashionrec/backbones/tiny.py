@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fashionrec.backbones.base import Backbone, DataConfig, register_backbone
+from fashionrec.backbones.base import Backbone, DataConfig, register_backbone, weights_file_id
 
 
 class TinyCNN(nn.Module):
@@ -37,5 +37,5 @@ def tiny_cnn(pretrained: bool = False, weights=None, width: int = 32, embed_dim:
     weights_id = f"random-seed{seed}-w{width}-d{embed_dim}"
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        weights_id = f"file:{weights}"
+        weights_id = weights_file_id(weights)
     return Backbone("tiny_cnn", model, embed_dim, DataConfig(28, (0.5,) * 3, (0.5,) * 3), weights_id, blocks=list(model.blocks))

@@ -2,8 +2,14 @@
 
 popularity (time-decayed), repurchase, itemknn, als, bpr (implicit), content (catalog metadata),
 visual (image embeddings), hybrid (a ranker learned on purchases over all of the above).
+
+`base` holds the contract, the table and the factory and imports no plug-in; importing this package imports the
+built-in plug-ins, whose `@register_recommender` fills the table (timm's shape).
 """
 
-from fashionrec.recommend.base import Rec, RecData, Recommender, create_recommender, list_recommenders, load_recommender
+from fashionrec.recommend.base import (Rec, RecData, Recommender, create_recommender, list_recommenders,
+                                       load_recommender, register_recommender)
+from fashionrec.recommend import baselines, content, hybrid  # noqa: F401,E402  (plug-ins register themselves)
 
-__all__ = ["Rec", "RecData", "Recommender", "create_recommender", "list_recommenders", "load_recommender"]
+__all__ = ["Rec", "RecData", "Recommender", "create_recommender", "list_recommenders", "load_recommender",
+           "register_recommender"]

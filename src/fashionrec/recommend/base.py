@@ -3,11 +3,15 @@
 Every recommender scores the whole candidate catalog from a *history* (item indices with timestamps), so the same
 code serves a known user (history from the log), a new or anonymous user (history given at query time), and new
 arrivals (items added after fitting).
+
+The registry imports nothing: `@register_recommender("name")` fills the table when a plug-in module is imported,
+and the package `fashionrec.recommend` imports the built-in plug-ins (baselines, content, hybrid), as timm's
+`register_model` / `timm.models.__init__` do. `save` / `load` write data, never pickle (fashionrec.artifacts).
 """
 
 from __future__ import annotations
 
-import pickle
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +21,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from fashionrec.artifacts import decode_state, encode_state, load_artifact, save_artifact
 from fashionrec.errors import FashionrecError
-from fashionrec.io import atomic_path
+from fashionrec.recommend.attributes import describe_items
 
 _REGISTRY: dict[str, type] = {}
 DAY = np.timedelta64(1, "D")
@@ -33,24 +38,42 @@ def register_recommender(name: str):
 
 
 def list_recommenders() -> list[str]:
-    _load_builtin()
     return sorted(_REGISTRY)
 
 
-def _load_builtin():
-    from fashionrec.recommend import baselines, content, hybrid  # noqa: F401
-
-
 def create_recommender(name: str, **params) -> "Recommender":
-    _load_builtin()
     if name not in _REGISTRY:
         raise FashionrecError(f"unknown recommender '{name}'; choose from {sorted(_REGISTRY)}")
     return _REGISTRY[name](**params)
 
 
+ARTIFACT_KIND = "recommender"
+
+
+def state_classes() -> dict[str, type]:
+    """The classes a saved recommender may contain, by table name: every registered recommender, the data classes
+    of this module, and the classes defined in the modules of registered recommenders (their helper state)."""
+    table: dict[str, type] = {f"recommender:{n}": c for n, c in _REGISTRY.items()}
+    for cls in (RecData, ItemFeatures, Rec):
+        table[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    for mod in {c.__module__ for c in _REGISTRY.values()}:
+        for obj in vars(sys.modules[mod]).values():
+            if isinstance(obj, type) and obj.__module__ == mod:
+                table.setdefault(f"{mod}.{obj.__qualname__}", obj)
+    return table
+
+
 def load_recommender(path: str | Path) -> "Recommender":
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    """Rebuild a recommender saved by `Recommender.save`. A pickle from an older fashionrec, a foreign file or
+    another format version is a FashionrecError naming the file ("old format, refit")."""
+    cfg, arrays, _, _ = load_artifact(path, kind=ARTIFACT_KIND)
+    name = cfg.get("recommender")
+    if name not in _REGISTRY:
+        raise FashionrecError(f"{path}: saved recommender '{name}' is not registered; choose from {sorted(_REGISTRY)}")
+    model = decode_state(cfg["state"], arrays, state_classes())
+    if not isinstance(model, _REGISTRY[name]):
+        raise FashionrecError(f"{path}: saved state is not a '{name}' recommender")
+    return model
 
 
 @dataclass
@@ -122,8 +145,6 @@ class RecData:
     def describe(self, t=None, columns: list[str] | None = None) -> pd.DataFrame:
         """Attributes of every item as a model standing at time `t` may know them: the catalog row of items bought
         before `t`, tags predicted from the photo for all others (leak-free; see recommend/attributes.py)."""
-        from fashionrec.recommend.attributes import describe_items
-
         return describe_items(self.item_ids, self.metadata, self.predicted, self.bought_before(t), columns)
 
     @property
@@ -225,10 +246,17 @@ class Recommender(ABC):
         self.data.add_items(ids)
 
     def save(self, path: str | Path) -> Path:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                pickle.dump(self, f, protocol=5)
-        return Path(path)
+        """Write the fitted model as data (arrays in .npz + a JSON tree; fashionrec.artifacts), atomically. An
+        attribute that cannot be stored as data is refused, naming its path (e.g. `hybrid.state.x`)."""
+        tree, arrays = encode_state(self, state_classes(), root=self.name)
+        return save_artifact(path, {"recommender": self.name, "state": tree}, arrays, kind=ARTIFACT_KIND)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Recommender":
+        model = load_recommender(path)
+        if not isinstance(model, cls):
+            raise FashionrecError(f"{path}: holds a '{model.name}' recommender, not a {cls.__name__}")
+        return model
 
 
 def recency_weights(hist_ts: np.ndarray, now, half_life_days: float) -> np.ndarray:
