@@ -1,6 +1,7 @@
-"""Run configuration: a YAML/TOML file sets defaults, the command line overrides, the resolved result is saved.
+"""Run configuration: the project's defaults (named once, here), and the YAML/TOML/JSON file that sets option
+defaults; the command line overrides it and the resolved result is saved beside each run.
 
-No heavy imports here.
+No heavy imports here: the CLI parser, the server and every stage read these constants.
 """
 
 from __future__ import annotations
@@ -10,6 +11,24 @@ import sys
 from pathlib import Path
 
 from fashionrec.errors import FashionrecError
+
+# ---------------------------------------------------------------- defaults
+#: The image backbone used when none is named (offline weights ship with the package).
+DEFAULT_BACKBONE = "efficientnet_lite0"
+#: Square input side (px) for embedding shop photos and for 28 px Fashion-MNIST arrays: about 5x fewer pixels than
+#: the 224 px ImageNet size. Classifier commands on photo folders resolve "auto" from the photos instead.
+DEFAULT_INPUT_SIZE = 96
+#: `fashionrec adapt` trains at a larger size: its cost grows with the square, its accuracy with detail.
+ADAPT_INPUT_SIZE = 128
+#: Normalisation when no backbone supplies one: maps [0, 1] pixels to [-1, 1]. The from-scratch tiny CNN uses it;
+#: where photos are only decoded to uint8 arrays it never reaches a model (the backbone's own mean/std apply when
+#: the arrays become model input), but a Preprocess needs one.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
+#: The recommender used by `recommend`, the server and `fit_recommender` when none is named.
+DEFAULT_MODEL = "hybrid"
+#: Share of the labelled articles held out for testing when a classifier is trained on a photo folder.
+HELD_OUT_FRACTION = 0.2
 
 
 def load_config_file(path: str | Path | None) -> dict:

@@ -1,0 +1,324 @@
+"""Image classifiers on a catalog's labelled photos or on Fashion-MNIST: train, predict, tag.
+
+The one place that decides which photos are labelled, how they are decoded, and which fifth is held out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.config import DEFAULT_INPUT_SIZE, DEFAULT_MEAN, DEFAULT_STD, HELD_OUT_FRACTION
+from fashionrec.errors import FashionrecError
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST = "fashion-mnist"
+
+
+# ---------------------------------------------------------------- data
+def resolve_input_size(input_size: int | None, data_dir: str | Path | None, backbone: str) -> int:
+    """An explicit size wins. Auto (None): Fashion-MNIST arrays (`data_dir` None) get DEFAULT_INPUT_SIZE (measured);
+    photo folders get `auto_input_size`: the backbone's native size, or the photos' own size when smaller."""
+    if input_size is not None:
+        return int(input_size)
+    if data_dir is None:
+        return DEFAULT_INPUT_SIZE
+    from fashionrec.backbones import create_backbone
+    from fashionrec.features import auto_input_size
+    from fashionrec.training.adapt import catalog_for_training
+
+    cat = catalog_for_training(data_dir)
+    native = create_backbone(backbone, pretrained=False).data_config.input_size
+    size = auto_input_size(list(cat.image_paths.values()), native)
+    log.info("input size %d px (auto: photos vs %s's native %d)", size, backbone, native)
+    return size
+
+
+def photo_decoder(input_size: int):
+    """Photos -> uint8 (S, S, 3) arrays: pad to a white square, then resize (never stretch). The backbone's own
+    mean/std are applied later, when the arrays become model input."""
+    from fashionrec.features import Preprocess
+
+    return Preprocess(input_size, DEFAULT_MEAN, DEFAULT_STD)
+
+
+@dataclass
+class LabelledPhotos:
+    """Catalog rows that have the label and a readable image, decoded."""
+
+    catalog: object
+    ids: list[str]
+    images: np.ndarray          # uint8 (N, S, S, 3)
+    labels: np.ndarray          # int class index per image
+    classes: list[str]
+    failures: dict[str, str]    # id -> why its image could not be read
+
+
+def load_labelled_photos(data_dir: str | Path, label_column: str, input_size: int, progress: bool = True) -> LabelledPhotos:
+    from fashionrec.features import decode_images_to_array
+    from fashionrec.training.adapt import catalog_for_training
+
+    cat = catalog_for_training(data_dir)
+    labels = cat.label_column(label_column).dropna().astype(str)
+    labelled = {i: cat.image_paths[i] for i in labels.index if i in cat.image_paths}
+    if not labelled:
+        raise FashionrecError(f"{data_dir}: no item has both an image and a '{label_column}' value")
+    ids, x, failures = decode_images_to_array(labelled, photo_decoder(input_size), progress=progress)
+    classes = sorted(labels.loc[ids].unique())
+    y = labels.loc[ids].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    return LabelledPhotos(cat, ids, x, y, classes, failures)
+
+
+def held_out_split(n: int, rng: np.random.Generator | int, fraction: float = HELD_OUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices: a random `fraction` of the n labelled articles is held out for testing.
+
+    `rng` is the run's seed or a Generator seeded with it (the caller may go on drawing from it, e.g. to sample
+    k labels per class from the training part)."""
+    rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
+    perm = rng.permutation(n)
+    n_test = math.floor(n * fraction + 1e-9)
+    return perm[n_test:], perm[:n_test]
+
+
+def sample_per_class_of(indices: np.ndarray, y: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to k of `indices` per class of y (sorted): the few-label training set."""
+    keep = []
+    for c in np.unique(y[indices]):
+        members = indices[y[indices] == c]
+        keep.extend(rng.permutation(members)[:k])
+    return np.array(sorted(keep))
+
+
+def parse_labels_per_class(value) -> int | None:
+    """'all' or None -> None (every label), else a positive integer."""
+    if value in (None, "all"):
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise FashionrecError(f"--labels-per-class must be a positive integer or 'all', not {value!r}") from None
+    if k < 1:
+        raise FashionrecError(f"--labels-per-class must be a positive integer or 'all', not {value!r}")
+    return k
+
+
+# ---------------------------------------------------------------- train
+@dataclass
+class TrainingSet:
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    unlabelled: np.ndarray
+
+
+def training_set(dataset: str, *, cfg, labels_per_class=None, label_column: str | None = None,
+                 data_dir: str | Path | None = None, test_size: int | None = None, progress: bool = True) -> TrainingSet:
+    """Fashion-MNIST (its own train/test files) or a photo folder (held-out fifth, split with the run's seed)."""
+    k = parse_labels_per_class(labels_per_class)
+    if dataset == FASHION_MNIST:
+        from fashionrec.data.fashion_mnist import load_fashion_mnist, sample_per_class
+
+        d = load_fashion_mnist(data_dir)
+        idx = sample_per_class(d.y_train, k, cfg.seed)
+        x_te, y_te = d.x_test, d.y_test
+        if test_size:
+            x_te, y_te = x_te[:test_size], y_te[:test_size]
+        return TrainingSet(d.x_train[idx], d.y_train[idx], x_te, y_te, list(d.classes), d.x_train)
+    if not label_column:
+        raise FashionrecError("--label-column is required when --dataset is a data folder")
+    photos = load_labelled_photos(Path(dataset), label_column, cfg.input_size, progress)
+    x, y = photos.images, photos.labels
+    rng = np.random.default_rng(cfg.seed)
+    tr, te = held_out_split(len(photos.ids), rng)
+    if k is not None:
+        tr = sample_per_class_of(tr, y, k, rng)
+    return TrainingSet(x[tr], y[tr], x[te], y[te], photos.classes, x)
+
+
+def train_and_evaluate(data: TrainingSet, cfg, out: str | Path, *, cache=None, progress: bool = True,
+                       extra: dict | None = None) -> dict:
+    """Train, evaluate on the held-out images, write metrics.json, config.json, confusion.png and model.pt to `out`.
+    Returns the metrics (with n_train and wall_seconds)."""
+    from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
+
+    t0 = time.time()
+    trained = train_image_classifier(data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled,
+                                     cache=cache, progress=progress)
+    result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)
+    return write_run(Path(out), trained, result, extra={"n_train": int(len(data.y_train)),
+                                                        "wall_seconds": round(time.time() - t0, 1), **(extra or {})})
+
+
+# ---------------------------------------------------------------- predict
+def image_paths(items: Sequence[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to their images."""
+    from fashionrec.data.images import list_images
+
+    paths: list[Path] = []
+    for p in map(Path, items):
+        paths.extend(list_images(p) if p.is_dir() else [p])
+    return paths
+
+
+@dataclass
+class Predictions:
+    header: tuple[str, ...]
+    rows: list[tuple] = field(default_factory=list)
+
+
+def predict_images(model: str | Path, images: Sequence[str | Path], top_k: int = 3,
+                   on_skip: Callable[[str], None] | None = None) -> Predictions:
+    """Top-k labels for each image, with the model's own preprocessing (pad to a square, then resize).
+
+    `model`: a model.pt from `fashionrec train` (one label per image) or a `fashionrec adapt` folder (every head).
+    Unreadable images are skipped, each reported to `on_skip`; none readable is an error."""
+    from fashionrec.backbones.base import is_adapted_model_dir
+    from fashionrec.data.images import ImageDecodeError, load_image
+
+    if is_adapted_model_dir(model):
+        from fashionrec.training.adapt import load_adapted
+
+        adapted = load_adapted(model)
+        to_array, greyscale = adapted.preprocess.pil_to_array, False
+    else:
+        from fashionrec.training.checkpoint import load_classifier
+
+        clf = load_classifier(model)
+        to_array, greyscale = clf.preprocess.pil_to_array, bool(clf.preprocess.invert)
+    arrays, names = [], []
+    for p in image_paths(images):
+        try:
+            img = load_image(p)
+        except ImageDecodeError as e:
+            if on_skip is not None:
+                on_skip(str(e))
+            continue
+        if greyscale:  # a greyscale-trained model gets the same input mapping
+            img = img.convert("L")
+        arrays.append(to_array(img))
+        names.append(str(p))
+    if not arrays:
+        raise FashionrecError("no readable images given")
+    x = np.stack(arrays)
+    if is_adapted_model_dir(model):
+        _, probs = adapted.predict_arrays(x)
+        out = Predictions(("image", "attribute", "rank", "label", "probability"))
+        for i, name in enumerate(names):
+            for head in adapted.head_names:
+                pr = probs[head][i]
+                for r, j in enumerate(np.argsort(-pr)[:top_k], 1):
+                    out.rows.append((name, head, r, adapted.classes[head][j], f"{pr[j]:.4f}"))
+        return out
+    proba = clf.predict_proba(x)
+    out = Predictions(("image", "rank", "label", "probability"))
+    for name, pr in zip(names, proba):
+        for r, j in enumerate(np.argsort(-pr)[:top_k], 1):
+            out.rows.append((name, r, clf.classes[j], f"{pr[j]:.4f}"))
+    return out
+
+
+# ---------------------------------------------------------------- tag
+def tag_columns(spec: str | None) -> list[str]:
+    """'a,b' -> ['a', 'b']; a column named twice is an error."""
+    cols = [c.strip() for c in (spec or "").split(",") if c.strip()]
+    if len(set(cols)) != len(cols):
+        raise FashionrecError(f"--label-column lists a column twice: {spec}")
+    return cols
+
+
+def _unsure(labels: list[str], conf, threshold: float) -> list[str]:
+    return [lab if c >= threshold else "unsure" for lab, c in zip(labels, conf)]
+
+
+@dataclass
+class ColumnTagging:
+    """How one column was tagged (for the report line)."""
+
+    column: str
+    n_tagged: int
+    n_classes: int
+    n_labelled: int
+    n_unreadable: int
+
+
+@dataclass
+class Tags:
+    table: pd.DataFrame                 # article_id, <column>, <column>_confidence, ...
+    n_unlabelled: int                   # images without a catalog row (0: nothing to tag)
+    n_unreadable: int
+    columns: list[str]
+    per_column: list[ColumnTagging] = field(default_factory=list)
+
+
+def tag_with_model(data_dir: str | Path, model: str | Path, columns: list[str] | None = None, *,
+                   min_confidence: float = 0.0, progress: bool = True) -> Tags:
+    """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo)."""
+    from fashionrec.features import decode_images_to_array
+    from fashionrec.training.adapt import catalog_for_training, load_adapted
+
+    adapted = load_adapted(model)
+    cols = list(columns or adapted.head_names)
+    missing = [c for c in cols if c not in adapted.head_names]
+    if missing:
+        raise FashionrecError(f"{model}: no head for {missing}; its heads are {adapted.head_names}")
+    cat = catalog_for_training(data_dir)
+    rows = set(cat.metadata.index.astype(str)) if len(cat.metadata) else set()
+    unl = {i: p for i, p in cat.image_paths.items() if i not in rows}
+    u_ids, u_x, failures = decode_images_to_array(unl, adapted.preprocess, progress=progress, desc="decode unlabelled")
+    if len(u_x):
+        _, probs = adapted.predict_arrays(u_x)
+    else:
+        probs = {c: np.zeros((0, len(adapted.classes[c]))) for c in cols}
+    df = pd.DataFrame({"article_id": u_ids})
+    for c in cols:
+        p = probs[c]
+        conf = p.max(1) if len(p) else np.zeros(0)
+        df[c] = _unsure([adapted.classes[c][j] for j in p.argmax(1)], conf, min_confidence) if len(p) else []
+        df[f"{c}_confidence"] = np.round(conf, 4)
+    return Tags(df, len(unl), len(failures), cols)
+
+
+def tag_with_probe(data_dir: str | Path, columns: list[str], cfg, *, min_confidence: float = 0.0, cache=None,
+                   progress: bool = True) -> Tags:
+    """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row."""
+    if not columns:
+        raise FashionrecError("--label-column is required (or --model MODEL_DIR to tag with its heads)")
+    merged, per_column, n_unl, n_bad = None, [], 0, 0
+    for c in columns:
+        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress)
+        per_column.append(info)
+        merged = df if merged is None else merged.merge(df.drop(columns=["confidence"]), on="article_id", how="outer")
+    if len(columns) > 1:
+        merged = merged.drop(columns=["confidence"])
+    return Tags(merged, n_unl, n_bad, list(columns), per_column)
+
+
+def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool):
+    """A classifier on the labelled photos (frozen-backbone features + logistic head by default)."""
+    from fashionrec.features import decode_images_to_array
+    from fashionrec.training.tasks import train_image_classifier
+
+    photos = load_labelled_photos(Path(data_dir), label_column, cfg.input_size, progress)
+    x, classes, cat = photos.images, photos.classes, photos.catalog
+    unl = {i: p for i, p in cat.image_paths.items() if i not in set(cat.metadata.index)}
+    u_ids, u_x, failures = decode_images_to_array(unl, photo_decoder(cfg.input_size), progress=progress,
+                                                  desc="decode unlabelled")
+    trained = train_image_classifier(x, photos.labels, classes, cfg, unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
+                                     cache=cache, progress=progress)
+    proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
+    conf = np.round(proba.max(1), 4) if len(u_ids) else np.zeros(0)
+    labels = [classes[j] for j in proba.argmax(1)] if len(u_ids) else []
+    df = pd.DataFrame({"article_id": u_ids, label_column: _unsure(labels, conf, min_confidence),
+                       f"{label_column}_confidence": conf, "confidence": conf})
+    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures))
+    return df, info, len(unl), len(failures)

@@ -1,0 +1,202 @@
+"""Recommendation recipes: top-k for every customer, similar items, the multi-window evaluation, catalog embedding."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
+from fashionrec.errors import FashionrecError
+from fashionrec.workflows.shop import IMAGE_MODELS, Shop, fit_recommender, load_shop, rec_data
+
+#: The evaluation also embeds images for `content`: its attributes for never-sold items are predicted from photos.
+EVALUATION_IMAGE_MODELS = IMAGE_MODELS | {"content"}
+
+
+def _workspace(workspace) -> Path:
+    """Fitted models are cached in the workspace: the same one the CLI and the server use, unless told."""
+    from fashionrec.io import default_workspace
+
+    return Path(workspace) if workspace else default_workspace()
+
+
+def read_users(path: str | Path) -> list[str]:
+    """Customer ids from a CSV/Parquet (column customer_id, else the first) or a text file (one per line)."""
+    from fashionrec.data.catalog import read_table
+
+    p = Path(path)
+    if p.suffix.lower() in {".csv", ".parquet"}:
+        df = read_table(p, dtype=str)
+        col = "customer_id" if "customer_id" in df.columns else df.columns[0]
+        return df[col].dropna().astype(str).drop_duplicates().tolist()
+    if not p.exists():
+        raise FashionrecError(f"{p}: users file not found")
+    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+
+
+def everyone(shop: Shop) -> list[str]:
+    """Everyone in customers.csv, then buyers missing from it (they still get a row), sorted."""
+    known = set(shop.customers)
+    buyers = set(shop.interactions.events["user"].unique().tolist())
+    return list(shop.customers) + sorted(u for u in buyers if u not in known)
+
+
+def popular_items(model, n: int) -> list[str]:
+    """The n most popular items of the data `model` was fitted on: what anyone, known or not, is shown."""
+    from fashionrec.recommend.baselines import Popularity
+
+    return [r.item for r in Popularity().fit(model.data).recommend(None, n, explain=False)]
+
+
+@dataclass
+class Submission:
+    """One row per customer: the H&M Kaggle submission format, plus the timings for the report line."""
+
+    table: pd.DataFrame                     # customer_id, prediction (k space-separated item ids)
+    model: str
+    load_seconds: float
+    fit_seconds: float
+    embed_seconds: float
+    n_unreadable: int
+    seconds: float = 0.0
+
+
+def recommend_all(data_dir: str | Path, *, model: str | None = None, k: int = 12, users: list[str] | None = None,
+                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                  progress: bool = True, block: int = 512) -> Submission:
+    """Top-k for `users` (default: everyone), every row filled to k from popularity."""
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    workspace = _workspace(workspace)
+    name = model or DEFAULT_MODEL
+    shop = load_shop(data_dir, with_images=name in IMAGE_MODELS, workspace=workspace, progress=progress,
+                     backbone=backbone, input_size=input_size)
+    t_load = time.time() - t0
+    fitted = fit_recommender(shop, name, cache_dir=workspace)
+    t_fit = time.time() - t0 - t_load
+    users = everyone(shop) if users is None else users
+    fallback = popular_items(fitted, k * 2)
+    rows = []
+    with tqdm(total=len(users), desc=f"recommend ({name})", unit="user", disable=not progress) as bar:
+        for b in range(0, len(users), block):
+            part = users[b : b + block]
+            recs = fitted.recommend_many(part, k)
+            for u in part:
+                items = list(recs.get(u, []))[:k]
+                if len(items) < k:  # every row gets k items: fill from popularity
+                    seen = set(items)
+                    items += [i for i in fallback if i not in seen and not seen.add(i)][: k - len(items)]
+                rows.append((u, " ".join(items[:k])))
+            bar.update(len(part))
+    table = pd.DataFrame(rows, columns=["customer_id", "prediction"])
+    return Submission(table, name, t_load, t_fit, shop.embed_seconds, len(shop.failures), time.time() - t0)
+
+
+@dataclass
+class Similar:
+    item: str
+    score: float
+    name: str       # the catalog's prod_name, or ""
+
+
+def similar_items(data_dir: str | Path, item: str, *, model: str = "visual", k: int = 12,
+                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                  progress: bool = True) -> list[Similar]:
+    """The k items nearest to `item` by `model` (a content model by default: works for never-sold items)."""
+    workspace = _workspace(workspace)
+    shop = load_shop(data_dir, with_images=model in IMAGE_MODELS, workspace=workspace, progress=progress,
+                     backbone=backbone, input_size=input_size)
+    fitted = fit_recommender(shop, model, cache_dir=workspace)
+    meta = shop.catalog.metadata
+    has_name = "prod_name" in meta.columns
+    return [Similar(r.item, r.score, meta.loc[r.item, "prod_name"] if has_name and r.item in meta.index else "")
+            for r in fitted.similar_items(item, k)]
+
+
+@dataclass
+class Comparison:
+    table: pd.DataFrame             # one row per model (pooled over windows); attrs hold the protocol
+    details: dict                   # sources (per-model candidate sources), ap (per customer-window AP)
+    markdown: str
+
+
+def evaluate_recommenders(data_dir: str | Path, models: list[str], *, windows: int = 4, split_date: str | None = None,
+                          test_days: int = 28, k: int = 12, baseline: str | None = "repurchase",
+                          backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                          progress: bool = True) -> Comparison:
+    """Leak-free comparison on `windows` consecutive test windows ending at the last date (or one window starting
+    at `split_date`), against `baseline` (paired bootstrap) when it is one of `models`."""
+    from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table
+    from fashionrec.recommend import create_recommender
+
+    shop = load_shop(data_dir, with_images=any(m in EVALUATION_IMAGE_MODELS for m in models), workspace=workspace,
+                     progress=progress, backbone=backbone, input_size=input_size)
+    events = shop.interactions.events
+    n_windows = windows
+    if split_date:  # one window starting at the given date
+        n_windows = 1
+        last = pd.Timestamp(split_date) + pd.Timedelta(days=test_days - 1)
+        events = events[events["timestamp"] <= last + pd.Timedelta(days=1)]
+    factories = {m: (lambda m=m: create_recommender(m)) for m in models}
+    df, details = evaluate_windows(lambda ev: rec_data(shop, ev), factories, events, n_windows=n_windows,
+                                   test_days=test_days, k=k, baseline=baseline if baseline in models else None,
+                                   progress=progress)
+    return Comparison(df, details, format_windows_table(df, details["sources"]))
+
+
+def write_comparison(c: Comparison, out: str | Path, args: dict) -> None:
+    """comparison.md, comparison.json (with the run's arguments), per_pair_ap.json and comparison.png in `out`."""
+    from fashionrec.evaluation.protocol import plot_windows
+    from fashionrec.io import write_json, write_text
+
+    out = Path(out)
+    write_text(out / "comparison.md", c.markdown)
+    rows = c.table.reset_index().to_dict(orient="records")
+    write_json(out / "comparison.json", {"attrs": c.table.attrs, "rows": rows, "sources": c.details["sources"],
+                                         "args": args})
+    write_json(out / "per_pair_ap.json", c.details["ap"])
+    plot_windows(c.table, out / "comparison.png")
+
+
+@dataclass
+class Embeddings:
+    ids: list[str]
+    features: np.ndarray
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def embed_catalog_images(data_dir: str | Path, *, engine: str = "local", backbone: str = DEFAULT_BACKBONE,
+                         input_size: int = DEFAULT_INPUT_SIZE, batch_size: int = 64, num_actors: int = 2,
+                         ray_address: str | None = None, workspace=None, progress: bool = True) -> Embeddings:
+    """Every catalog image's backbone embedding, locally (cached in the workspace) or on Ray actors."""
+    from fashionrec.data.catalog import load_catalog
+
+    cat = load_catalog(data_dir)
+    workspace = _workspace(workspace)
+    t0 = time.time()
+    if engine == "ray":
+        from fashionrec.distributed import embed_with_ray
+
+        ids, feats = embed_with_ray(cat.image_paths, backbone=backbone, input_size=input_size, num_actors=num_actors,
+                                    batch_size=batch_size, address=ray_address)
+        return Embeddings(ids, feats, {}, time.time() - t0)
+    from fashionrec.backbones import create_backbone
+    from fashionrec.features import FeatureCache, embed_image_files
+
+    res = embed_image_files(create_backbone(backbone, input_size=input_size), cat.image_paths,
+                            cache=FeatureCache(workspace), progress=progress, batch_size=batch_size)
+    return Embeddings(res.ids, res.features, res.failures, time.time() - t0)
+
+
+def write_embeddings(e: Embeddings, out: str | Path) -> None:
+    """An .npz with `ids` and `features`, written atomically."""
+    from fashionrec.io import atomic_path
+
+    with atomic_path(out, suffix=".tmp.npz") as tmp:
+        np.savez(tmp, ids=np.array(e.ids), features=e.features)

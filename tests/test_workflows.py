@@ -1,0 +1,134 @@
+"""The workflows the CLI, the server and the Python API share, on tiny data with known answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from fashionrec.errors import FashionrecError
+from fashionrec.workflows import classify
+
+SHAPES = ("tall", "wide", "square")
+
+
+def make_shape_catalog(root: Path, per_class: int = 15, seed: int = 0) -> Path:
+    """An H&M-layout folder whose label is the photo's SHAPE, never its colour: each photo is one flat random
+    colour, tall (1:3), wide (3:1) or square. Padded to a white square (what training does), tall is a vertical
+    bar, wide a horizontal bar, square fills the frame; stretched, all three are the same flat square, so a
+    classifier or a predict path that stretches is at chance (1/3)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for c, shape in enumerate(SHAPES):
+        for i in range(per_class):
+            aid = f"0{c + 1}{i:08d}"
+            long_side, short_side = int(rng.integers(60, 90)), int(rng.integers(18, 26))
+            size = {"tall": (short_side, long_side), "wide": (long_side, short_side), "square": (long_side, long_side)}[shape]
+            colour = tuple(int(v) for v in rng.integers(0, 140, size=3))  # dark enough to stand out on white
+            path = root / "images" / aid[:3] / f"{aid}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", size, colour).save(path)
+            rows.append((aid, shape))
+    (root / "articles.csv").write_text("article_id,product_group_name\n" + "".join(f"{a},{s}\n" for a, s in rows))
+    return root
+
+
+def shape_photo(path: Path, shape: str, colour=(90, 20, 120)) -> Path:
+    size = {"tall": (22, 80), "wide": (80, 22), "square": (70, 70)}[shape]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+    return path
+
+
+def test_pipeline_shim_is_the_workflow():
+    import fashionrec.pipeline as pipeline
+    from fashionrec.config import DEFAULT_MODEL
+    from fashionrec.workflows import shop
+
+    for name in ("Shop", "load_shop", "rec_data", "fit_recommender", "embed_catalog", "load_customer_table"):
+        assert getattr(pipeline, name) is getattr(shop, name), name
+    assert pipeline.DEFAULT_MODEL == DEFAULT_MODEL == "hybrid"
+
+
+def test_held_out_split_is_a_seeded_partition():
+    tr, te = classify.held_out_split(23, 7)
+    assert len(te) == 23 // 5 and sorted(np.concatenate([tr, te]).tolist()) == list(range(23))
+    tr2, te2 = classify.held_out_split(23, np.random.default_rng(7))
+    assert te.tolist() == te2.tolist() and tr.tolist() == tr2.tolist()  # a seed or a Generator seeded with it
+    assert classify.held_out_split(23, 8)[1].tolist() != te.tolist()   # the seed matters
+    # 0.2 * n is not exact in floating point: the held-out count is still n // 5 for every n
+    assert all(len(classify.held_out_split(n, 0)[1]) == n // 5 for n in range(200))
+
+
+def test_train_and_experiment_hold_out_the_same_articles(tmp_path, monkeypatch):
+    """One split, with the run's seed: the label-efficiency experiment tests on exactly train's test images."""
+    from fashionrec.evaluation import label_efficiency
+    from fashionrec.training.tasks import ClassifierConfig
+    from fashionrec.workflows.experiment import label_efficiency as run_experiment
+
+    data = make_shape_catalog(tmp_path / "shapes", per_class=10)
+    cfg = ClassifierConfig(input_size=32, seed=3)
+    ts = classify.training_set(str(data), cfg=cfg, label_column="product_group_name", progress=False)
+    seen = {}
+    monkeypatch.setattr(label_efficiency, "run_label_efficiency",
+                        lambda x_pool, y_pool, x_te, y_te, classes, **kw: seen.update(x_te=x_te, classes=classes))
+    run_experiment(str(data), cfg=cfg, out=tmp_path / "le", ks=[1], seeds=[0], methods=["pixels"],
+                   label_column="product_group_name", progress=False)
+    assert len(ts.x_test) == 6 and seen["classes"] == ts.classes
+    assert np.array_equal(seen["x_te"], ts.x_test)
+
+
+def test_shape_classifier_pads_never_stretches(tmp_path):
+    """Known answer: the label is the aspect ratio, so only a pad-to-square path gets every held-out photo and a
+    new photo right (stretching makes the classes identical)."""
+    from fashionrec.io import default_workspace
+    from fashionrec.features import FeatureCache
+    from fashionrec.training.tasks import ClassifierConfig
+
+    data = make_shape_catalog(tmp_path / "shapes")
+    cfg = ClassifierConfig(input_size=64, seed=0)
+    ts = classify.training_set(str(data), cfg=cfg, label_column="product_group_name", progress=False)
+    assert len(ts.y_test) == 9 and len(set(ts.y_test.tolist())) == 3
+    m = classify.train_and_evaluate(ts, cfg, tmp_path / "run", cache=FeatureCache(default_workspace()), progress=False)
+    assert m["test_accuracy"] == 1.0 and m["n_test"] == 9
+    new = [shape_photo(tmp_path / "new" / f"{s}.png", s) for s in SHAPES]
+    skipped = []
+    (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    pred = classify.predict_images(tmp_path / "run" / "model.pt", [tmp_path / "new"], top_k=1, on_skip=skipped.append)
+    assert pred.header == ("image", "rank", "label", "probability")
+    assert {Path(r[0]).stem: r[2] for r in pred.rows} == {s: s for s in SHAPES}
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0]
+
+
+def test_small_argument_checks():
+    assert classify.tag_columns(" a, b ,") == ["a", "b"]
+    with pytest.raises(FashionrecError, match="twice"):
+        classify.tag_columns("a,b,a")
+    assert classify.parse_labels_per_class("all") is None and classify.parse_labels_per_class("5") == 5
+    with pytest.raises(FashionrecError, match="labels-per-class"):
+        classify.parse_labels_per_class("0")
+    assert classify.resolve_input_size(40, None, "tiny_cnn") == 40
+    from fashionrec.config import DEFAULT_INPUT_SIZE
+
+    assert classify.resolve_input_size(None, None, "tiny_cnn") == DEFAULT_INPUT_SIZE
+
+
+def test_recommend_all_fills_every_row_from_popularity(tmp_path):
+    from serving_helpers import make_shop
+
+    from fashionrec.workflows.recommend import recommend_all
+
+    root, ids, users = make_shop(tmp_path / "shop")
+    sub = recommend_all(root, model="popularity", k=4, users=["nobody", users[0]], workspace=tmp_path / "ws",
+                        progress=False)
+    assert sub.table["customer_id"].tolist() == ["nobody", users[0]]
+    preds = sub.table["prediction"].str.split()
+    assert preds.str.len().eq(4).all()
+    # popularity gives the same list to everyone, known or not: the most-bought items, in order
+    ev = pd.read_csv(root / "transactions.csv", dtype=str)
+    top = ev["article_id"].value_counts()
+    assert preds.iloc[0] == preds.iloc[1]
+    assert set(preds.iloc[0][:1]) <= set(top.index[top == top.max()])
