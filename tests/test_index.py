@@ -1,10 +1,15 @@
 import numpy as np
 import pytest
 
-from fashionrec.index import create_index, load_index
+from fashionrec.errors import FashionrecError
+from fashionrec.index import VectorIndex, create_index, list_indexes, load_index
 from fashionrec.index.base import choose_index_kind
 
-KINDS = ["exact", "flat", "hnsw", "ivf", "pq"]
+KINDS = list_indexes()  # the contract runs on every registered backend, not a hand-kept list
+
+
+def test_every_builtin_backend_is_registered():
+    assert set(KINDS) >= {"exact", "flat", "hnsw", "ivf", "pq"}
 
 
 def _data(n=2000, d=32, seed=0):
@@ -33,10 +38,17 @@ def test_contract_self_is_nearest_and_matches_exact(kind, tmp_path):
     new = np.random.default_rng(9).normal(size=(1, 32)).astype(np.float32)
     idx.add(["new"], new, categories=["a"])
     assert idx.search(new, k=1)[0][0, 0] == "new"
-    # save/load round trip
+    # save/load round trip: the same answers (ids and scores), the same categories, the same backend
     idx.save(tmp_path / "i.idx")
-    back = load_index(tmp_path / "i.idx")
+    back = VectorIndex.load(tmp_path / "i.idx")
+    assert type(back) is type(idx) and back.kind == kind and back.config() == idx.config()
     assert back.search(new, k=1)[0][0, 0] == "new" and len(back) == len(ids) + 1
+    q = x[100:110] + 0.05
+    for cat in (None, "a"):
+        a_ids, a_sc = idx.search(q, k=10, category=cat)
+        b_ids, b_sc = back.search(q, k=10, category=cat)
+        assert (a_ids == b_ids).all() and np.allclose(a_sc, b_sc)
+    assert back.categories == idx.categories
 
 
 def test_exclude_and_replace():
@@ -100,3 +112,48 @@ def test_remove_masks_items_and_survives_save_load(tmp_path):
     assert "i0" not in back and len(back) == 49 and "i0" not in back.search(x[:1], k=5)[0][0]
     back.add(["i0"], x[:1])  # a removed id can be added again
     assert back.search(x[:1], k=1)[0][0, 0] == "i0"
+
+
+def test_categories_none_survive_save_load(tmp_path):
+    idx = create_index("exact", dim=4)
+    idx.add(["a", "b", "c"], np.eye(4, dtype=np.float32)[:3], categories=["x", None, ""])
+    idx.save(tmp_path / "i.idx")
+    assert load_index(tmp_path / "i.idx").categories == ["x", None, ""]
+
+
+def test_a_new_backend_registers_without_editing_base(tmp_path):
+    from fashionrec.index import base
+    from fashionrec.index.exact import ExactIndex
+
+    @base.register_index("test-reversed")
+    class Reversed(ExactIndex):  # a toy backend: exact search, its own kind and config
+        def config(self):
+            return {**super().config(), "note": "reversed"}
+
+        def __init__(self, dim, note="reversed"):
+            super().__init__(dim)
+
+    try:
+        idx = create_index("test-reversed", dim=4)
+        idx.add(["a", "b"], np.eye(4, dtype=np.float32)[:2])
+        idx.save(tmp_path / "r.idx")
+        back = load_index(tmp_path / "r.idx")
+        assert type(back) is Reversed and back.search(np.eye(4)[1:2], k=1)[0][0, 0] == "b"
+        from fashionrec.index.faiss import HNSWIndex
+
+        with pytest.raises(FashionrecError, match="holds a 'test-reversed' index, not a HNSWIndex"):
+            HNSWIndex.load(tmp_path / "r.idx")
+    finally:
+        del base._REGISTRY["test-reversed"]
+
+
+def test_old_pickled_index_is_refused_with_a_clear_error(tmp_path):
+    import pickle
+
+    old = tmp_path / "items.idx"
+    old.write_bytes(pickle.dumps({"config": {"kind": "exact", "dim": 4}, "ids": []}, protocol=5))
+    with pytest.raises(FashionrecError, match="old format.*refit / rebuild"):
+        load_index(old)
+    (tmp_path / "junk.idx").write_bytes(b"not an index")
+    with pytest.raises(FashionrecError, match="junk.idx: not a fashionrec artifact"):
+        load_index(tmp_path / "junk.idx")

@@ -61,9 +61,8 @@ def save_artifact(path: str | Path, config: dict, arrays: Mapping[str, np.ndarra
     header = {"format": FORMAT, "version": VERSION, "kind": kind, "fashionrec_version": _package_version(),
               "config": config}
     text = json.dumps(header, allow_nan=True, separators=(",", ":"))
-    with atomic_path(path, suffix=".tmp") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{HEADER: np.array(text)}, **arrays)
+    with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez keeps a name that ends in .npz as it is
+        np.savez(str(tmp), **{HEADER: np.array(text)}, **arrays)
     return Path(path)
 
 

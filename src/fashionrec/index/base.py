@@ -1,4 +1,7 @@
-"""VectorIndex contract, the exact numpy reference and the FAISS backends.
+"""The VectorIndex contract, the backend table, the factory and the automatic choice; no backend lives here.
+
+Backends register themselves with `@register_index("name")` (exact.py, faiss.py; `fashionrec.index` imports them):
+adding one needs no edit here. Saved indexes are data (fashionrec.artifacts: arrays in .npz + JSON), never pickle.
 
 Vectors are L2-normalised on the way in, so inner product = cosine similarity. Items carry string ids and an
 optional category, and `search(..., category=)` only returns items of that category. New items can be added at
@@ -7,7 +10,6 @@ any time without a rebuild (HNSW/IVF add incrementally; exact just appends).
 
 from __future__ import annotations
 
-import pickle
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -15,12 +17,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fashionrec.io import atomic_path
+from fashionrec.artifacts import load_artifact, save_artifact
+from fashionrec.errors import FashionrecError
 
 _REGISTRY: dict[str, Callable[..., "VectorIndex"]] = {}
 
 
+ARTIFACT_KIND = "vector-index"
+
+
 def register_index(name: str):
+    """Class decorator: `create_index(name)` / `VectorIndex.load` find the class by this name."""
+
     def wrap(cls):
         _REGISTRY[name] = cls
         cls.kind = name
@@ -159,217 +167,45 @@ class VectorIndex(ABC):
         return {"kind": self.kind, "dim": self.dim}
 
     def save(self, path: str | Path) -> Path:
-        """One file, written atomically (a killed writer leaves the previous index intact)."""
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                pickle.dump({"config": self.config(), "ids": self.ids, "categories": self.categories,
-                             "deleted": sorted(self._deleted), "state": self._state()}, f, protocol=5)
-        return Path(path)
+        """One file of data (fashionrec.artifacts), written atomically: a killed writer leaves the previous index."""
+        with self._lock:
+            cats = [c for c in self.categories]
+            arrays = {"ids": np.array(self.ids, dtype=str), "deleted": np.array(sorted(self._deleted), dtype=np.int64),
+                      "categories": np.array(["" if c is None else str(c) for c in cats], dtype=str),
+                      "has_category": np.array([c is not None for c in cats], dtype=bool)}
+            for k, v in self._state().items():
+                arrays[f"state.{k}"] = v
+            return save_artifact(path, self.config(), arrays, kind=ARTIFACT_KIND)
 
-    def _state(self):
+    @classmethod
+    def load(cls, path: str | Path) -> "VectorIndex":
+        """Rebuild a saved index (any registered backend, or only `cls`'s kind when called on a subclass)."""
+        cfg, arrays, _, _ = load_artifact(path, kind=ARTIFACT_KIND)
+        cfg = dict(cfg)
+        kind = cfg.pop("kind")
+        if kind not in _REGISTRY:
+            raise FashionrecError(f"{path}: index backend '{kind}' is not registered; have {sorted(_REGISTRY)}")
+        idx = _REGISTRY[kind](**cfg)
+        if not isinstance(idx, cls):
+            raise FashionrecError(f"{path}: holds a '{kind}' index, not a {cls.__name__}")
+        idx.ids = arrays["ids"].astype(object).tolist()
+        idx.categories = [c if has else None for c, has in zip(arrays["categories"].tolist(), arrays["has_category"])]
+        idx._deleted = set(arrays["deleted"].tolist())
+        # a replaced id maps to its newest row; a removed one (every row deleted) to none
+        idx._pos = {i: r for r, i in enumerate(idx.ids) if r not in idx._deleted}
+        idx._restore({k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
+        return idx
+
+    def _state(self) -> dict[str, np.ndarray]:
+        """The backend's arrays (saved as `state.<name>`)."""
         raise NotImplementedError
 
-    def _restore(self, state) -> None:
+    def _restore(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
 
 def load_index(path: str | Path) -> VectorIndex:
-    with open(path, "rb") as f:
-        blob = pickle.load(f)
-    cfg = dict(blob["config"])
-    kind = cfg.pop("kind")
-    idx = _REGISTRY[kind](**cfg)
-    idx.ids, idx.categories = blob["ids"], blob["categories"]
-    idx._deleted = set(blob["deleted"])
-    # a replaced id maps to its newest row; a removed one (every row deleted) to none
-    idx._pos = {i: r for r, i in enumerate(idx.ids) if r not in idx._deleted}
-    idx._restore(blob["state"])
-    return idx
-
-
-VectorIndex.load = staticmethod(load_index)
-
-
-@register_index("exact")
-class ExactIndex(VectorIndex):
-    """Brute-force numpy inner product: the reference every other backend is measured against."""
-
-    def __init__(self, dim: int):
-        super().__init__(dim)
-        self._x = np.zeros((0, dim), dtype=np.float32)
-
-    def _add_vectors(self, vectors):
-        self._x = np.vstack([self._x, vectors])
-
-    def _get_vector(self, row):
-        return self._x[row]
-
-    def _rows_matrix(self, rows):
-        return self._x[rows]
-
-    def _search_rows(self, q, k, allowed):
-        s = q @ self._x.T
-        if allowed is not None:
-            s[:, ~allowed] = -np.inf
-        k = min(k, s.shape[1])
-        if k == 0:
-            return np.full((len(q), 0), -1), np.zeros((len(q), 0))
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(s, part, 1).argsort(1)[:, ::-1]
-        rows = np.take_along_axis(part, order, 1)
-        scores = np.take_along_axis(s, rows, 1)
-        rows = np.where(np.isfinite(scores), rows, -1)
-        return rows, scores
-
-    def _state(self):
-        return self._x
-
-    def _restore(self, state):
-        self._x = state
-
-
-class _FaissIndex(VectorIndex):
-    """Common FAISS plumbing. The raw vectors are kept too (float32), for `vector()` and exact re-ranking."""
-
-    def __init__(self, dim: int, **params):
-        super().__init__(dim)
-        import faiss  # lazy: only FAISS users pay its import
-
-        self._faiss = faiss
-        self.params = params
-        self._x = np.zeros((0, dim), dtype=np.float32)
-        self._index = None
-
-    def config(self):
-        return {"kind": self.kind, "dim": self.dim, **self.params}
-
-    def _get_vector(self, row):
-        return self._x[row]
-
-    def _rows_matrix(self, rows):
-        return self._x[rows]
-
-    def _build(self, x: np.ndarray):
-        raise NotImplementedError
-
-    def _add_vectors(self, vectors):
-        self._x = np.vstack([self._x, vectors])
-        if self._index is None or not self._index.is_trained:
-            self._index = self._build(self._x)
-            if self._index.ntotal == 0:
-                self._index.add(self._x)
-        else:
-            self._index.add(vectors)
-
-    def _search_rows(self, q, k, allowed):
-        if self._index is None:
-            return np.full((len(q), 0), -1), np.zeros((len(q), 0))
-        params = None
-        if allowed is not None:
-            sel = self._faiss.IDSelectorBatch(np.flatnonzero(allowed).astype(np.int64))
-            params = self._search_params(sel)
-        else:
-            params = self._search_params(None)
-        k = min(k, self._index.ntotal)
-        scores, rows = self._index.search(q, k, params=params) if params is not None else self._index.search(q, k)
-        return rows, scores
-
-    def _search_params(self, sel):
-        return self._faiss.SearchParameters(sel=sel) if sel is not None else None
-
-    def _state(self):
-        return {"x": self._x, "index": self._faiss.serialize_index(self._index) if self._index is not None else None}
-
-    def _restore(self, state):
-        self._x = state["x"]
-        self._index = self._faiss.deserialize_index(state["index"]) if state["index"] is not None else None
-
-
-def _training_sample(x: np.ndarray, nlist: int, per_list: int = 50, seed: int = 0) -> np.ndarray:
-    """k-means needs ~40+ points per list, not all N: training on 50 x nlist keeps a 1M-item build to minutes."""
-    n = min(len(x), per_list * nlist)
-    if n == len(x):
-        return x
-    return x[np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))]
-
-
-@register_index("flat")
-class FlatIndex(_FaissIndex):
-    def _build(self, x):
-        return self._faiss.IndexFlatIP(self.dim)
-
-
-@register_index("hnsw")
-class HNSWIndex(_FaissIndex):
-    def __init__(self, dim: int, M: int = 32, ef_construction: int = 80, ef_search: int = 96):
-        super().__init__(dim, M=M, ef_construction=ef_construction, ef_search=ef_search)
-
-    def _build(self, x):
-        idx = self._faiss.IndexHNSWFlat(self.dim, self.params["M"], self._faiss.METRIC_INNER_PRODUCT)
-        idx.hnsw.efConstruction = self.params["ef_construction"]
-        idx.hnsw.efSearch = self.params["ef_search"]
-        return idx
-
-    def _search_params(self, sel):
-        return self._faiss.SearchParametersHNSW(efSearch=self.params["ef_search"], sel=sel)
-
-    def set_ef_search(self, ef: int) -> None:
-        self.params["ef_search"] = ef
-
-
-@register_index("ivf")
-class IVFIndex(_FaissIndex):
-    """IVF-Flat. Trained on the first batch added (needs >= 39 * nlist vectors for a good training set)."""
-
-    def __init__(self, dim: int, nlist: int | None = None, nprobe: int = 16):
-        super().__init__(dim, nlist=nlist, nprobe=nprobe)
-
-    def _nlist(self, n: int) -> int:
-        return self.params["nlist"] or int(max(1, min(4 * np.sqrt(n), n // 39)))
-
-    def _build(self, x):
-        nlist = self._nlist(len(x))
-        quant = self._faiss.IndexFlatIP(self.dim)
-        idx = self._faiss.IndexIVFFlat(quant, self.dim, nlist, self._faiss.METRIC_INNER_PRODUCT)
-        idx.train(_training_sample(x, nlist))
-        self.params["nlist"] = nlist
-        return idx
-
-    def _search_params(self, sel):
-        return self._faiss.SearchParametersIVF(nprobe=self.params["nprobe"], sel=sel)
-
-
-@register_index("pq")
-class IVFPQIndex(_FaissIndex):
-    """IVF-PQ with exact re-ranking of a shortlist (`rerank` x k candidates) on the stored float vectors."""
-
-    def __init__(self, dim: int, nlist: int | None = None, m: int = 16, nprobe: int = 32, rerank: int = 10):
-        super().__init__(dim, nlist=nlist, m=m, nprobe=nprobe, rerank=rerank)
-
-    def _build(self, x):
-        nlist = self.params["nlist"] or int(max(1, min(4 * np.sqrt(len(x)), len(x) // 39)))
-        m = self.params["m"]
-        while self.dim % m:
-            m -= 1
-        quant = self._faiss.IndexFlatIP(self.dim)
-        idx = self._faiss.IndexIVFPQ(quant, self.dim, nlist, m, 8, self._faiss.METRIC_INNER_PRODUCT)
-        idx.train(_training_sample(x, nlist))
-        self.params.update(nlist=nlist, m=m)
-        return idx
-
-    def _search_params(self, sel):
-        return self._faiss.SearchParametersIVF(nprobe=self.params["nprobe"], sel=sel)
-
-    def _search_rows(self, q, k, allowed):
-        rows, _ = super()._search_rows(q, k * self.params["rerank"], allowed)
-        out_r = np.full((len(q), k), -1, dtype=np.int64)
-        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
-        for b in range(len(q)):
-            cand = rows[b][rows[b] >= 0]
-            s = self._x[cand] @ q[b]
-            order = np.argsort(-s)[:k]
-            out_r[b, : len(order)], out_s[b, : len(order)] = cand[order], s[order]
-        return out_r, out_s
+    return VectorIndex.load(path)
 
 
 AUTO_EXACT_MAX = 100_000
@@ -377,6 +213,7 @@ AUTO_HNSW_MAX = 3_000_000
 
 
 def choose_index_kind(n_items: int) -> str:
+    """Exact below 100k items (brute force is exact and fast there), HNSW below 3M, IVF-PQ above."""
     if n_items < AUTO_EXACT_MAX:
         return "exact"
     if n_items < AUTO_HNSW_MAX:
@@ -387,6 +224,10 @@ def choose_index_kind(n_items: int) -> str:
 def create_index(kind: str = "auto", dim: int = 0, n_items: int = 0, **params) -> VectorIndex:
     if kind == "auto":
         kind = choose_index_kind(n_items)
-    if kind not in _REGISTRY:
+    if kind not in _REGISTRY:  # e.g. 'hnsw' chosen automatically but faiss.py not imported
         raise ValueError(f"unknown index '{kind}'; choose from {sorted(_REGISTRY)} or 'auto'")
     return _REGISTRY[kind](dim, **params)
+
+
+def list_indexes() -> list[str]:
+    return sorted(_REGISTRY)
