@@ -1,6 +1,9 @@
 """The command line, end to end, on tiny data with known answers."""
 
+import csv
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -8,6 +11,7 @@ import pytest
 
 from fashionrec.cli import main
 from serving_helpers import make_shop
+from test_workflows import SHAPES, make_shape_catalog, shape_photo
 
 
 def test_tag_known_answer(tiny_hm, tmp_path, capsys):
@@ -23,17 +27,27 @@ def test_tag_known_answer(tiny_hm, tmp_path, capsys):
     assert df["confidence"].astype(float).between(0, 1).all()
 
 
-def test_train_and_predict_on_image_folder(tiny_hm, tmp_path, capsys):
+def test_train_and_predict_on_image_folder(tmp_path, capsys):
+    """Labels that only the photo's shape tells apart (see make_shape_catalog): stretching instead of padding to
+    a square, in training or in predict, makes the classes identical (accuracy 1/3, wrong predictions)."""
+    data = make_shape_catalog(tmp_path / "shapes")
     out = tmp_path / "run"
-    assert main(["-q", "train", "--dataset", str(tiny_hm), "--label-column", "colour_group_name", "--out", str(out),
+    assert main(["-q", "train", "--dataset", str(data), "--label-column", "product_group_name", "--out", str(out),
                  "--input-size", "64"]) == 0
     m = json.loads((out / "metrics.json").read_text())
-    assert m["test_accuracy"] == 1.0 and "macro_f1" in m
+    assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45
+    assert m["test_accuracy"] == 1.0 and m["macro_f1"] == 1.0
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "config.json").exists()
     capsys.readouterr()
-    assert main(["predict", "--model", str(out / "model.pt"), str(tiny_hm / "images" / "030")]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "image,rank,label,probability" and lines[1].split(",")[2] == "Red"
+    for shape in SHAPES:
+        shape_photo(tmp_path / "new" / f"{shape}.png", shape)
+    (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    assert main(["predict", "--model", str(out / "model.pt"), str(tmp_path / "new")]) == 0
+    captured = capsys.readouterr()
+    rows = list(csv.reader(io.StringIO(captured.out)))
+    assert rows[0] == ["image", "rank", "label", "probability"] and len(rows) == 1 + 3 * 3
+    assert {Path(r[0]).stem: r[2] for r in rows[1:] if r[1] == "1"} == {s: s for s in SHAPES}
+    assert "skipped:" in captured.err and "broken.jpg" in captured.err
 
 
 def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):

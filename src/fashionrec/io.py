@@ -60,3 +60,9 @@ def write_json(path: str | Path, obj) -> None:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_csv(df, path: str | Path) -> None:
+    """A pandas DataFrame as CSV without its index, written atomically."""
+    with atomic_path(path, suffix=".tmp.csv") as tmp:
+        df.to_csv(tmp, index=False)

@@ -146,12 +146,12 @@ def training_set(dataset: str, *, cfg, labels_per_class=None, label_column: str 
 
 
 def train_and_evaluate(data: TrainingSet, cfg, out: str | Path, *, cache=None, progress: bool = True,
-                       extra: dict | None = None) -> dict:
+                       extra: dict | None = None, started: float | None = None) -> dict:
     """Train, evaluate on the held-out images, write metrics.json, config.json, confusion.png and model.pt to `out`.
-    Returns the metrics (with n_train and wall_seconds)."""
+    Returns the metrics (with n_train, and wall_seconds since `started`, e.g. before the data was loaded)."""
     from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
 
-    t0 = time.time()
+    t0 = time.time() if started is None else started
     trained = train_image_classifier(data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled,
                                      cache=cache, progress=progress)
     result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)
@@ -228,11 +228,14 @@ def predict_images(model: str | Path, images: Sequence[str | Path], top_k: int =
 
 
 # ---------------------------------------------------------------- tag
-def tag_columns(spec: str | None) -> list[str]:
-    """'a,b' -> ['a', 'b']; a column named twice is an error."""
+def tag_columns(spec: str | None, required: bool = False) -> list[str]:
+    """'a,b' -> ['a', 'b']; a column named twice is an error, and so is none when `required` (tagging with a
+    probe: only a model folder's heads can stand in for the column list)."""
     cols = [c.strip() for c in (spec or "").split(",") if c.strip()]
     if len(set(cols)) != len(cols):
         raise FashionrecError(f"--label-column lists a column twice: {spec}")
+    if required and not cols:
+        raise FashionrecError("--label-column is required (or --model MODEL_DIR to tag with its heads)")
     return cols
 
 
@@ -291,8 +294,7 @@ def tag_with_model(data_dir: str | Path, model: str | Path, columns: list[str] |
 def tag_with_probe(data_dir: str | Path, columns: list[str], cfg, *, min_confidence: float = 0.0, cache=None,
                    progress: bool = True) -> Tags:
     """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row."""
-    if not columns:
-        raise FashionrecError("--label-column is required (or --model MODEL_DIR to tag with its heads)")
+    tag_columns(",".join(columns), required=True)
     merged, per_column, n_unl, n_bad = None, [], 0, 0
     for c in columns:
         df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress)

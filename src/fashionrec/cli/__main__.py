@@ -1,0 +1,7 @@
+"""`python -m fashionrec.cli ...`, the same as the `fashionrec` command."""
+
+import sys
+
+from fashionrec.cli.main import main
+
+sys.exit(main())

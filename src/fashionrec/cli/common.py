@@ -1,0 +1,98 @@
+"""What every command shares: the workspace and feature cache, progress, the backbone and classifier options.
+
+Command modules import this and the workflows, never each other. Nothing heavy is imported at module level:
+`fashionrec --help` builds every parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
+
+
+# ---------------------------------------------------------------- run context
+def workspace(args: argparse.Namespace) -> Path:
+    """--workspace, else $FASHIONREC_HOME, else the user's cache folder."""
+    from fashionrec.io import default_workspace
+
+    return Path(args.workspace) if getattr(args, "workspace", None) else default_workspace()
+
+
+def feature_cache(args: argparse.Namespace):
+    from fashionrec.features import FeatureCache
+
+    return FeatureCache(workspace(args))
+
+
+def progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless -q."""
+    return not getattr(args, "quiet", False)
+
+
+def args_dict(args: argparse.Namespace) -> dict:
+    """The parsed options, for the JSON written beside a run's outputs."""
+    return {k: v for k, v in vars(args).items() if k != "func"}
+
+
+# ---------------------------------------------------------------- shared options
+BACKBONE_HELP = "a backbone name or a `fashionrec adapt` folder"
+
+
+def add_backbone_args(p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE) -> None:
+    """--backbone and --input-size for commands that embed photos with a backbone."""
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
+    p.add_argument("--input-size", type=int, default=input_size)
+
+
+def add_classifier_args(p: argparse.ArgumentParser) -> None:
+    """How an image classifier is built and trained (train, tag, experiment)."""
+    p.add_argument("--method", choices=["linear-probe", "finetune"], default="linear-probe")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registered name or any timm model name")
+    p.add_argument("--input-size", type=int, default=None,
+                   help=f"square input resolution in pixels (default auto: {DEFAULT_INPUT_SIZE} for 28 px greyscale "
+                        f"arrays; for photo folders the backbone's native size, or the photos' own size when smaller)")
+    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
+                   help="invert greyscale light-on-dark inputs to look like shop photos (auto: detect)")
+    p.add_argument("--adapt-bn", action="store_true",
+                   help="re-estimate BatchNorm statistics on unlabelled target images (AdaBN; measured to hurt the "
+                        "Fashion-MNIST probe, so off by default)")
+    p.add_argument("--taps", default="auto", help="layers to pool: 'final', block indices like '4,5', or 'auto'")
+    p.add_argument("--probe-c", type=float, default=0.1, help="inverse L2 strength of the logistic-regression probe")
+    p.add_argument("--stages", default="head=1,last:2=3,all=4", help="fine-tuning schedule: WHAT=EPOCHS,...")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning: the head's peak learning rate")
+    p.add_argument("--lr-decay", type=float, default=0.5,
+                   help="fine-tuning: each block's learning rate is the one above it times this (1 = no decay)")
+    p.add_argument("--bn", choices=["train", "frozen"], default="train",
+                   help="fine-tuning: BatchNorm uses batch statistics (train, re-estimated each epoch) or keeps its "
+                        "running statistics (frozen)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-steps-per-epoch", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def resolve_input_size(args: argparse.Namespace, data_dir: str | Path | None) -> int:
+    """Resolve --input-size auto and record the result in args (it is saved in args.json)."""
+    from fashionrec.workflows.classify import resolve_input_size as resolve
+
+    args.input_size = resolve(args.input_size, data_dir, args.backbone)
+    return args.input_size
+
+
+def classifier_config(args: argparse.Namespace):
+    """The options of add_classifier_args -> ClassifierConfig (after resolve_input_size)."""
+    from fashionrec.errors import FashionrecError
+    from fashionrec.training.finetune import FinetuneConfig
+    from fashionrec.training.tasks import ClassifierConfig
+
+    try:
+        stages = tuple((what, int(epochs)) for what, epochs in (s.split("=") for s in args.stages.split(",")))
+    except ValueError:
+        raise FashionrecError(f"--stages must be WHAT=EPOCHS,... (e.g. head=1,all=4), not {args.stages!r}") from None
+    ft = FinetuneConfig(stages=stages, lr=args.lr, lr_decay=args.lr_decay, bn=args.bn, batch_size=args.batch_size,
+                        seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
+    return ClassifierConfig(method=args.method, backbone=args.backbone, input_size=args.input_size,
+                            invert={"auto": None, "yes": True, "no": False}[args.invert], adapt_bn=args.adapt_bn,
+                            taps=None if args.taps == "auto" else tuple(args.taps.split(",")), probe_C=args.probe_c,
+                            seed=args.seed, finetune=ft)

@@ -1,0 +1,32 @@
+"""`fashionrec embed`: every catalog image's embedding to an .npz (locally or on Ray)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fashionrec.cli import common
+
+
+def cmd_embed(args) -> int:
+    from fashionrec.workflows.recommend import embed_catalog_images, write_embeddings
+
+    e = embed_catalog_images(args.data, engine=args.engine, backbone=args.backbone, input_size=args.input_size,
+                             batch_size=args.batch_size, num_actors=args.num_actors, ray_address=args.ray_address,
+                             workspace=common.workspace(args), progress=common.progress(args))
+    write_embeddings(e, args.out)
+    print(f"embedded {len(e.ids)} images ({len(e.failures)} skipped) with {args.engine} in {e.seconds:.1f}s "
+          f"({len(e.ids) / max(e.seconds, 1e-9):.1f} img/s) -> {args.out}", file=sys.stderr)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    m = sub.add_parser("embed", help="embed every catalog image (local or Ray)")
+    m.add_argument("--data", required=True)
+    m.add_argument("--out", required=True, help=".npz with ids and features")
+    m.add_argument("--engine", choices=["local", "ray"], default="local")
+    common.add_backbone_args(m)
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--num-actors", type=int, default=2)
+    m.add_argument("--ray-address", default=None, help="existing Ray cluster (default: start a local one)")
+    m.set_defaults(func=cmd_embed)

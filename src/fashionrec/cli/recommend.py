@@ -1,0 +1,79 @@
+"""Recommendation: recommend (a Kaggle-format file for every customer), similar, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from fashionrec.cli import common
+from fashionrec.config import DEFAULT_MODEL
+
+ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,hybrid"
+
+
+def cmd_recommend(args) -> int:
+    from fashionrec.io import write_csv
+    from fashionrec.workflows.recommend import read_users, recommend_all
+
+    sub = recommend_all(args.data, model=args.model, k=args.k, users=read_users(args.users) if args.users else None,
+                        backbone=args.backbone, input_size=args.input_size, workspace=common.workspace(args),
+                        progress=common.progress(args))
+    write_csv(sub.table, args.out)
+    print(f"wrote {len(sub.table)} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
+          f"{sub.load_seconds:.1f}s (embedding {sub.embed_seconds:.1f}s, {sub.n_unreadable} unreadable images skipped), "
+          f"fit {sub.fit_seconds:.1f}s, total {sub.seconds:.1f}s", file=sys.stderr)
+    return 0
+
+
+def cmd_similar(args) -> int:
+    from fashionrec.workflows.recommend import similar_items
+
+    for r in similar_items(args.data, args.item, model=args.model, k=args.k, backbone=args.backbone,
+                           input_size=args.input_size, workspace=common.workspace(args), progress=common.progress(args)):
+        print(f"{r.item}\t{r.score:.4f}\t{r.name}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from fashionrec.workflows.recommend import evaluate_recommenders, write_comparison
+
+    c = evaluate_recommenders(args.data, [m for m in args.models.split(",") if m], windows=args.windows,
+                              split_date=args.split_date, test_days=args.test_days, k=args.k, baseline=args.baseline,
+                              backbone=args.backbone, input_size=args.input_size, workspace=common.workspace(args),
+                              progress=common.progress(args))
+    print(c.markdown)
+    if args.out:
+        write_comparison(c, args.out, common.args_dict(args))
+        print(f"-> {args.out}/comparison.md, comparison.json, comparison.png")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    r = sub.add_parser("recommend", help="top-k for every customer, in the H&M Kaggle submission format")
+    r.add_argument("--data", required=True, help="H&M-layout folder: transactions.csv, customers.csv, images/, articles.csv")
+    r.add_argument("--k", type=int, default=12)
+    r.add_argument("--out", required=True)
+    r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
+    r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
+    common.add_backbone_args(r)
+    r.set_defaults(func=cmd_recommend)
+
+    s = sub.add_parser("similar", help="items similar to one item")
+    s.add_argument("--data", required=True)
+    s.add_argument("--item", required=True)
+    s.add_argument("--k", type=int, default=12)
+    s.add_argument("--model", default="visual")
+    common.add_backbone_args(s)
+    s.set_defaults(func=cmd_similar)
+
+    e = sub.add_parser("evaluate", help="leak-free evaluation on several time windows: compare recommenders")
+    e.add_argument("--data", required=True)
+    e.add_argument("--windows", type=int, default=4, help="consecutive test windows ending at the last date (pooled)")
+    e.add_argument("--split-date", default=None, help="evaluate one window starting at this date instead")
+    e.add_argument("--test-days", type=int, default=28)
+    e.add_argument("--k", type=int, default=12)
+    e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
+    e.add_argument("--models", default=ALL_MODELS)
+    common.add_backbone_args(e)
+    e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
+    e.set_defaults(func=cmd_evaluate)
