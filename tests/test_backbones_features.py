@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -121,3 +123,130 @@ def test_inference_path_validation():
         InferencePath.parse("fp8")
     with pytest.raises(ValueError):
         InferencePath("int8")
+
+
+# ---- the automatic inference path: probe, cache, explicit override, cosine gate ---------------------------------
+
+import fashionrec.features as FT
+from fashionrec.features import ProbeResult, choose_path, probe_paths, resolve_path
+
+
+def _fake_measure(table, calls=None):
+    """A fake path table: name -> (seconds, noise scale or None for 'raises'). Features: a fixed reference plus
+    noise of that scale, so cosines are known: 0 noise = identical, 5.0 = far from the reference."""
+    base = np.random.default_rng(0).normal(size=(16, 32)).astype(np.float32)
+
+    def measure(bb, x, path):
+        if calls is not None:
+            calls.append(path.name)
+        sec, noise = table[path.name]
+        if noise is None:
+            raise RuntimeError("no kernel for this path here")
+        rng = np.random.default_rng(len(path.name))
+        return sec, base + noise * rng.normal(size=base.shape).astype(np.float32)
+
+    return measure
+
+
+def _resolve(tmp_path, table, calls, batch_size=8, path=None):
+    bb = create_backbone("tiny_cnn")
+    pre = Preprocess.for_backbone(bb)
+    return resolve_path(path if path is not None else InferencePath.auto(), bb, pre, batch_size,
+                        sample=lambda: torch.zeros(4, 3, 28, 28), workspace=tmp_path,
+                        candidates=list(table), measure=_fake_measure(table, calls))
+
+
+def test_probe_picks_fastest_path_that_passes_cosine():
+    bb = create_backbone("tiny_cnn")
+    table = {"fp32": (1.0, 0.0), "fp32-cl": (0.6, 0.0), "bf16-cl": (0.3, 0.02), "onnx-fp32": (0.4, 0.0),
+             "onnx-int8": (0.1, 5.0)}  # int8: fastest but its features are far from fp32's
+    res = probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table))
+    assert res["fp32"].cos_mean == pytest.approx(1.0) and res["bf16-cl"].cos_mean > 0.99
+    assert res["onnx-int8"].cos_mean < 0.9 and not res["onnx-int8"].passed
+    assert choose_path(res) == "bf16-cl"
+    # make bf16 distort too: the next fastest passing path wins, never the failing faster ones
+    table["bf16-cl"] = (0.3, 5.0)
+    assert choose_path(probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table))) == "onnx-fp32"
+
+
+def test_failing_or_broken_paths_are_never_chosen():
+    # mean cosine fine but one image far off: fails the per-image floor
+    assert not ProbeResult(0.1, cos_mean=0.995, cos_min=0.5).passed
+    assert ProbeResult(0.1, cos_mean=0.995, cos_min=0.98).passed
+    res = {"fp32": ProbeResult(1.0, 1.0, 1.0), "onnx-int8": ProbeResult(0.01, 0.77, 0.46),
+           "onnx-fp32": ProbeResult(None, error="RuntimeError: export failed")}
+    assert choose_path(res) == "fp32"
+    table = {"fp32": (1.0, 0.0), "onnx-fp32": (0.1, None), "fp32-cl": (0.5, 0.0)}  # onnx raises
+    bb = create_backbone("tiny_cnn")
+    res = probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table))
+    assert res["onnx-fp32"].error and choose_path(res) == "fp32-cl"
+
+
+def test_probe_cache_reused_and_invalidated(tmp_path, monkeypatch):
+    table = {"fp32": (1.0, 0.0), "fp32-cl": (0.5, 0.0), "onnx-fp32": (0.2, 0.0)}
+    calls = []
+    assert _resolve(tmp_path, table, calls).name == "onnx-fp32" and sorted(calls) == sorted(table)
+    rec = json.loads((tmp_path / FT.PROBE_FILE).read_text())
+    (only,) = rec.values()
+    assert only["chosen"] == "onnx-fp32" and only["key"]["batch_size"] == 8
+    assert only["results"]["onnx-fp32"]["seconds"] == pytest.approx(0.2)
+    assert not list(tmp_path.glob(".*tmp*"))  # written through a temp file and renamed
+    # second run: the cached choice, no probe (even if timings would now differ)
+    calls.clear()
+    table["fp32-cl"] = (0.01, 0.0)
+    assert _resolve(tmp_path, table, calls).name == "onnx-fp32" and calls == []
+    # a different batch size, torch version or machine is a different key: probed again
+    assert _resolve(tmp_path, table, calls, batch_size=16).name == "fp32-cl" and calls
+    calls.clear()
+    monkeypatch.setattr(torch, "__version__", "99.0")
+    assert _resolve(tmp_path, table, calls).name == "fp32-cl" and calls
+    calls.clear()
+    monkeypatch.setattr(FT, "_machine_id", lambda: "another cpu|flags:0")
+    _resolve(tmp_path, table, calls)
+    assert calls
+    assert len(json.loads((tmp_path / FT.PROBE_FILE).read_text())) == 4  # one record per key, none lost
+
+
+def test_damaged_probe_cache_is_reprobed(tmp_path):
+    (tmp_path / FT.PROBE_FILE).write_text("{not json")
+    calls = []
+    assert _resolve(tmp_path, {"fp32": (1.0, 0.0), "fp32-cl": (0.5, 0.0)}, calls).name == "fp32-cl" and calls
+
+
+def test_explicit_path_overrides_probe(tmp_path):
+    calls = []
+    table = {"fp32": (1.0, 0.0), "onnx-fp32": (0.1, 0.0)}
+    assert _resolve(tmp_path, table, calls, path=InferencePath.parse("fp32-cl")).name == "fp32-cl"
+    assert _resolve(tmp_path, table, calls, path="bf16-cl") == InferencePath("bf16", channels_last=True)
+    assert calls == [] and not (tmp_path / FT.PROBE_FILE).exists()
+
+
+def test_auto_end_to_end_on_real_paths(tmp_path, caplog):
+    """Real probe (every candidate really runs): whatever wins, its features match eager fp32 and it is cached."""
+    import logging
+
+    bb = create_backbone("tiny_cnn")
+    x = np.random.default_rng(0).integers(0, 255, (6, 28, 28), dtype=np.uint8)
+    ref = embed_arrays(bb, x, progress=False)
+    with caplog.at_level(logging.INFO, logger="fashionrec.features"):
+        got = embed_arrays(bb, x, progress=False, path=InferencePath.parse("auto"), cache=FeatureCache(tmp_path))
+    assert any("inference path auto: chose" in r.message for r in caplog.records)
+    (rec,) = json.loads((tmp_path / FT.PROBE_FILE).read_text()).values()
+    assert rec["chosen"] in rec["key"]["candidates"] and rec["results"][rec["chosen"]]["passed"]
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() > 0.97
+    assert FT.fastest_path().is_auto  # callers without a backbone get the request, resolved where it is used
+
+
+def test_feature_cache_key_follows_numbers_not_speed():
+    bb = create_backbone("tiny_cnn")
+    pre = Preprocess.for_backbone(bb)
+    k = {n: FT._model_key(bb, pre, InferencePath.parse(n)) for n in ["fp32", "fp32-cl", "onnx-fp32", "bf16-cl", "onnx-int8"]}
+    # the fp32 paths compute the same features: one cache entry, whichever the probe picks
+    assert k["fp32"] == k["fp32-cl"] == k["onnx-fp32"]
+    # bf16 and int8 change the numbers: their own entries
+    assert len({k["fp32"], k["bf16-cl"], k["onnx-int8"]}) == 3
+    with pytest.raises(ValueError, match="resolve"):
+        FT._model_key(bb, pre, InferencePath.auto())
+    with pytest.raises(ValueError, match="resolve"):
+        FT._forward(bb, torch.zeros(1, 3, 28, 28), InferencePath.auto())

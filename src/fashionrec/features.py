@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from fashionrec.backbones.base import Backbone
 from fashionrec.data.images import ImageDecodeError, decode_image, load_image
-from fashionrec.io import atomic_path, default_workspace
+from fashionrec.io import atomic_path, default_workspace, write_json
 
 log = logging.getLogger(__name__)
 
@@ -86,72 +86,203 @@ class Preprocess:
 class InferencePath:
     """How the forward pass runs. Eager fp32 PyTorch is the reference. Fast paths: channels-last memory format,
     bf16 autocast (fast where the CPU has AMX/AVX512-BF16), ONNX Runtime fp32, ONNX Runtime int8 (static QDQ
-    quantisation calibrated on the first batch; fast where the CPU has AVX512-VNNI)."""
+    quantisation, explicit opt-in only: see `INT8_RECIPE`).
+
+    `InferencePath.auto()` (name 'auto') is not a path but a request: the embed functions resolve it with
+    `resolve_path`, a short on-machine probe whose choice is cached in the workspace.
+    """
 
     precision: str = "fp32"  # fp32 | bf16 | int8
     channels_last: bool = False
-    engine: str = "torch"    # torch | onnx
+    engine: str = "torch"    # torch | onnx | auto
 
     def __post_init__(self):
-        if self.engine not in {"torch", "onnx"} or self.precision not in {"fp32", "bf16", "int8"}:
+        if self.engine not in {"torch", "onnx", "auto"} or self.precision not in {"fp32", "bf16", "int8"}:
             raise ValueError(f"bad inference path {self}")
-        if (self.engine == "torch") == (self.precision == "int8"):
-            if self.precision == "int8":
-                raise ValueError("int8 runs through ONNX Runtime: InferencePath('int8', engine='onnx')")
+        if self.engine == "torch" and self.precision == "int8":
+            raise ValueError("int8 runs through ONNX Runtime: InferencePath('int8', engine='onnx')")
         if self.engine == "onnx" and self.precision == "bf16":
             raise ValueError("ONNX paths are fp32 or int8")
+        if self.engine == "auto" and (self.precision != "fp32" or self.channels_last):
+            raise ValueError("use InferencePath.auto() for the automatic choice")
+
+    @classmethod
+    def auto(cls) -> "InferencePath":
+        return cls(engine="auto")
+
+    @property
+    def is_auto(self) -> bool:
+        return self.engine == "auto"
 
     def key(self) -> str:
+        if self.is_auto:
+            raise ValueError("InferencePath.auto() has no key: resolve it first (features.resolve_path)")
         return f"{self.engine}-{self.precision}-{'cl' if self.channels_last else 'nchw'}"
+
+    def numerics_key(self) -> str:
+        """What the feature cache keys on: which NUMBERS this path computes, not how fast.
+
+        Every fp32 path (eager, channels-last, ONNX Runtime fp32) computes the same features up to fp32 rounding
+        (measured cosine 1.0000, max abs difference ~1e-5, no larger than eager's own run-to-run and
+        thread-count differences), so they share the eager key: switching between them (e.g. the probe choosing
+        differently on another machine) reuses the cached features. bf16 and int8 change the numbers (cosine
+        0.999, resp. much lower), so each keeps its own key; int8's also names its quantisation recipe.
+        """
+        if self.is_auto:
+            self.key()  # raises: resolve first
+        if self.precision == "fp32":
+            return InferencePath().key()
+        if self.precision == "int8":
+            return f"{self.key()}-{INT8_RECIPE.key()}"
+        return self.key()
+
+    @property
+    def name(self) -> str:
+        """The name `parse` reads back: 'fp32', 'fp32-cl', 'bf16', 'bf16-cl', 'onnx-fp32', 'onnx-int8', 'auto'."""
+        if self.is_auto:
+            return "auto"
+        if self.engine == "onnx":
+            return f"onnx-{self.precision}"
+        return self.precision + ("-cl" if self.channels_last else "")
 
     @classmethod
     def parse(cls, name: str) -> "InferencePath":
-        """'fp32', 'fp32-cl', 'bf16-cl', 'onnx-fp32', 'onnx-int8'."""
+        """'auto', 'fp32', 'fp32-cl', 'bf16', 'bf16-cl', 'onnx-fp32', 'onnx-int8'."""
         table = {"fp32": cls(), "fp32-cl": cls("fp32", True), "bf16": cls("bf16"), "bf16-cl": cls("bf16", True),
-                 "onnx-fp32": cls("fp32", engine="onnx"), "onnx-int8": cls("int8", engine="onnx")}
+                 "onnx-fp32": cls("fp32", engine="onnx"), "onnx-int8": cls("int8", engine="onnx"), "auto": cls.auto()}
         if name not in table:
             raise ValueError(f"unknown inference path '{name}'; choose from {sorted(table)}")
         return table[name]
 
 
-_ONNX_SESSIONS: dict = {}
+@dataclass(frozen=True)
+class Int8Recipe:
+    """How the ONNX Runtime int8 model is made (onnxruntime.quantization.quantize_static). Part of the int8 cache key.
+
+    Measured on real H&M photos (docs/results/int8_calibration.md): asymmetric uint8 activations lose the
+    features whatever the calibration (mean cosine 0.78-0.84 to fp32: MinMax, more batches, Percentile,
+    reduce_range, fp32 pads); symmetric int8 activations are the main fix; the rest is that table's best row.
+    """
+
+    calibrate_method: str = "Percentile"   # MinMax | Entropy | Percentile
+    percentile: float = 99.999
+    calib_images: int = 256                # calibration photos (the first ones of the job, in order)
+    activation_type: str = "QInt8"         # QInt8 (symmetric) | QUInt8 (asymmetric)
+    per_channel: bool = True
+    exclude_first_last: bool = True        # stem conv and head conv (+ pool) stay fp32
+    quant_format: str = "QDQ"              # QDQ | QOperator
+    reduce_range: bool = False
+
+    def key(self) -> str:
+        return "q" + hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _onnx_session(backbone: Backbone, x: torch.Tensor, path: InferencePath):
-    """Export once per (model, input size, precision); int8 is calibrated on the first batch it sees."""
+INT8_RECIPE = Int8Recipe()
+INT8_MEASURED_COSINE = "0.97"  # INT8_RECIPE's mean cosine to eager fp32 on held-out H&M photos (int8_calibration.md)
+
+
+def quantize_int8(fp32_model: str | Path, out: str | Path, calib: np.ndarray, recipe: Int8Recipe = INT8_RECIPE,
+                  batch: int = 32) -> Path:
+    """Static int8 quantisation of an exported fp32 ONNX model, calibrated on `calib` ((N, 3, S, S) model inputs)."""
     import tempfile
 
-    import onnxruntime as ort
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    key = (id(backbone), backbone.feature_key(), tuple(x.shape[1:]), path.precision)
-    sess = _ONNX_SESSIONS.get(key)
-    if sess is not None:
-        return sess
-    tmp = Path(tempfile.mkdtemp(prefix="fashionrec-onnx-"))
-    fp32 = tmp / "model.onnx"
+    class _Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter([{"x": np.ascontiguousarray(calib[i : i + batch], dtype=np.float32)}
+                               for i in range(0, len(calib), batch)])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="fashionrec-q-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32_model), str(pre))
+        graph = onnx.load(str(pre)).graph
+        exclude = []
+        if recipe.exclude_first_last:
+            convs = [n.name for n in graph.node if n.op_type == "Conv"]
+            tail = [n.name for n in graph.node if n.op_type in {"GlobalAveragePool", "Flatten", "Gemm", "MatMul"}]
+            exclude = convs[:1] + convs[-1:] + tail
+            # the activation right after the head conv (its Clip/Relu) too, so the head runs in fp32 end to end
+            if convs:
+                outs = {o for n in graph.node if n.name == convs[-1] for o in n.output}
+                exclude += [n.name for n in graph.node if set(n.input) & outs and n.op_type in {"Clip", "Relu"}]
+        extra = {"ActivationSymmetric": recipe.activation_type == "QInt8"}
+        if recipe.calibrate_method == "Percentile":
+            extra["CalibPercentile"] = recipe.percentile
+        with atomic_path(out, suffix=".tmp.onnx") as tmp_out:
+            quantize_static(str(pre), str(tmp_out), _Reader(), nodes_to_exclude=exclude,
+                            quant_format=getattr(QuantFormat, recipe.quant_format), per_channel=recipe.per_channel,
+                            reduce_range=recipe.reduce_range, activation_type=getattr(QuantType, recipe.activation_type),
+                            weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
+                            extra_options=extra)
+    return out
+
+
+def export_onnx(backbone: Backbone, x: torch.Tensor, out: str | Path) -> Path:
+    """Export the backbone (eval mode) to ONNX with a dynamic batch axis."""
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(backbone.eval(), x[:2], str(fp32), input_names=["x"], output_names=["y"],
+        torch.onnx.export(backbone.eval(), x[:2], str(out), input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
-    model_path = fp32
+    return Path(out)
+
+
+_ONNX_SESSIONS: dict = {}
+_INT8_WARNED: list = []
+_INT8_CALIB: dict = {}  # id(backbone) -> (hash, calibration inputs) registered by the embed functions
+
+
+def _int8_calibration(backbone: Backbone, path: InferencePath, calib_fn) -> str:
+    """int8 only: take the job's first INT8_RECIPE.calib_images inputs as the calibration set, register it for the
+    session, and return a suffix naming it for the feature-cache key (the quantised model, hence the features,
+    depend on it). '' for every other path."""
+    if path.precision != "int8":
+        return ""
+    c = calib_fn(INT8_RECIPE.calib_images)
+    if c is None or len(c) == 0:
+        return ""
+    h = hashlib.sha1(np.ascontiguousarray(c.numpy()).tobytes()).hexdigest()[:12]
+    _INT8_CALIB[id(backbone)] = (h, c)
+    return f"-cal{h}"
+
+
+def _onnx_session(backbone: Backbone, x: torch.Tensor, path: InferencePath, calib: torch.Tensor | None = None):
+    """Export once per (model, input size, precision). int8 is calibrated on `calib` (else the first batch `x`)
+    with INT8_RECIPE; it is an explicit opt-in only (warned once): its features are not fp32's."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    if path.precision == "int8" and calib is None:
+        h, calib = _INT8_CALIB.get(id(backbone), (None, None))
+        if calib is None or tuple(calib.shape[1:]) != tuple(x.shape[1:]):
+            calib = x
+            h = hashlib.sha1(np.ascontiguousarray(x.numpy()).tobytes()).hexdigest()[:12]
+    elif calib is not None:
+        h = hashlib.sha1(np.ascontiguousarray(calib.numpy()).tobytes()).hexdigest()[:12]
+    key = (id(backbone), backbone.feature_key(), tuple(x.shape[1:]), path.precision,
+           h if path.precision == "int8" else None)
+    sess = _ONNX_SESSIONS.get(key)
+    if sess is not None:
+        return sess
+    tmp = Path(tempfile.mkdtemp(prefix="fashionrec-onnx-"))
+    model_path = export_onnx(backbone, x, tmp / "model.onnx")
     if path.precision == "int8":
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        class _Reader(CalibrationDataReader):
-            def __init__(self, batch):
-                self.items = iter([{"x": batch[i : i + 16].numpy()} for i in range(0, len(batch), 16)])
-
-            def get_next(self):
-                return next(self.items, None)
-
-        pre = tmp / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre))
-        model_path = tmp / "model.int8.onnx"
-        quantize_static(str(pre), str(model_path), _Reader(x), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        if not _INT8_WARNED:
+            _INT8_WARNED.append(1)
+            log.warning("onnx-int8: features differ from fp32 (mean cosine about %s on H&M photos, see "
+                        "docs/results/int8_calibration.md); never chosen automatically, use it only knowingly",
+                        INT8_MEASURED_COSINE)
+        model_path = quantize_int8(model_path, tmp / "model.int8.onnx", calib[: INT8_RECIPE.calib_images].numpy())
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
@@ -168,22 +299,222 @@ def cpu_supports_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def fastest_path() -> InferencePath:
-    """The inference path chosen automatically for this machine (benchmarks/embed_speed.py measures the options).
+# ---------------------------------------------------------------------------------------------------------------
+# The automatic choice: a short on-machine probe, cached in the workspace
+# ---------------------------------------------------------------------------------------------------------------
 
-    ONNX Runtime fp32 where it is installed: same features (cosine 1.0000), several times eager PyTorch on these
-    CPUs (EfficientNet's depthwise convolutions are much faster there). Else bf16 autocast where the CPU has native
-    bf16 (AMX / AVX512-BF16), else fp32 channels-last. int8 is not chosen automatically: its features drift
-    (mean cosine ~0.8 to fp32) even where probe accuracy holds.
-    """
+PROBE_VERSION = 1
+PROBE_FILE = "inference_probe.json"
+PROBE_MIN_MEAN_COSINE = 0.99   # a candidate's features vs eager fp32 on the probe batch: mean cosine at least this
+PROBE_MIN_COSINE = 0.97        # ... and no single image below this
+PROBE_MAX_BATCH = 64           # the probe times one batch of min(batch_size, 64) images at the real input size
+PROBE_REPS = 3                 # timed runs per candidate after one warm-up; the fastest run counts (robust to load)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One candidate's probe measurement: seconds for one batch (best of PROBE_REPS) and features cosine to eager."""
+
+    seconds: float | None
+    cos_mean: float | None = None
+    cos_min: float | None = None
+    error: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return (self.error is None and self.cos_mean is not None and self.cos_mean >= PROBE_MIN_MEAN_COSINE
+                and self.cos_min >= PROBE_MIN_COSINE)
+
+
+def auto_candidates() -> list[str]:
+    """Paths the probe tries on this machine. Eager fp32 (the reference) and fp32 channels-last always; bf16
+    channels-last where the CPU has native bf16 (elsewhere autocast emulates it, several times slower); ONNX
+    Runtime fp32 where onnxruntime and onnx are installed. ONNX Runtime int8 is never a candidate: no quantisation
+    recipe reached the feature-fidelity bar (docs/results/int8_calibration.md); it stays an explicit opt-in."""
     import importlib.util
 
+    names = ["fp32", "fp32-cl"]
+    if cpu_supports_bf16():
+        names.append("bf16-cl")
     if importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None:
-        return InferencePath("fp32", engine="onnx")
-    return InferencePath("bf16", channels_last=True) if cpu_supports_bf16() else InferencePath("fp32", channels_last=True)
+        names.append("onnx-fp32")
+    return names
+
+
+def _machine_id() -> str:
+    """CPU model + a hash of its feature flags (what makes one path faster than another here)."""
+    model, flags = "unknown", ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == "unknown":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = " ".join(sorted(line.split(":", 1)[1].split()))
+    except OSError:
+        import platform
+
+        model = platform.processor() or platform.machine()
+    return f"{model}|flags:{hashlib.sha1(flags.encode()).hexdigest()[:12]}"
+
+
+def probe_key(backbone: Backbone, pre: Preprocess, batch_size: int, candidates: Sequence[str]) -> dict:
+    """Everything that can change which path is fastest or whether it passes: machine (CPU model + flags, threads),
+    library versions, backbone weights, input size, batch size, the candidates and the thresholds."""
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {"version": PROBE_VERSION, "machine": _machine_id(), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "onnxruntime": ort_version, "backbone": backbone.name,
+            "weights": backbone.feature_key(), "input_size": int(pre.input_size), "batch_size": int(batch_size),
+            "candidates": list(candidates), "min_mean_cosine": PROBE_MIN_MEAN_COSINE, "min_cosine": PROBE_MIN_COSINE,
+            "int8_recipe": INT8_RECIPE.key() if "onnx-int8" in candidates else None}
+
+
+def _key_hash(key: dict) -> str:
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _measure(backbone: Backbone, x: torch.Tensor, path: InferencePath) -> tuple[float, np.ndarray]:
+    """Best-of-PROBE_REPS seconds for one forward of batch `x` (after one warm-up that exports/compiles), + features."""
+    import copy
+    import time
+
+    bb = copy.deepcopy(backbone) if (path.channels_last and path.engine == "torch") else backbone
+    _prepare(bb, path)
+    feats = _forward(bb, x, path).numpy()
+    best = float("inf")
+    for _ in range(PROBE_REPS):
+        t = time.perf_counter()
+        _forward(bb, x, path)
+        best = min(best, time.perf_counter() - t)
+    return best, feats
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
+
+
+def probe_paths(backbone: Backbone, x: torch.Tensor, candidates: Sequence[str], measure=_measure) -> dict[str, ProbeResult]:
+    """Time each candidate on batch `x` and compare its features with eager fp32 (measured first, the reference).
+    `measure(backbone, x, path) -> (seconds, features)` is injectable so the choice can be tested deterministically."""
+    names = ["fp32"] + [c for c in candidates if c != "fp32"]
+    results: dict[str, ProbeResult] = {}
+    ref = None
+    for name in names:
+        try:
+            sec, feats = measure(backbone, x, InferencePath.parse(name))
+        except Exception as e:  # a path that cannot run here (export failure, missing kernel) is reported, not chosen
+            if name == "fp32":
+                raise
+            log.warning("inference probe: %s failed (%s: %s)", name, type(e).__name__, e)
+            results[name] = ProbeResult(None, error=f"{type(e).__name__}: {e}")
+            continue
+        feats = np.asarray(feats, dtype=np.float32)
+        if ref is None:
+            ref = feats
+        cos = _cosines(feats, ref)
+        results[name] = ProbeResult(float(sec), float(cos.mean()), float(cos.min()))
+    return results
+
+
+def choose_path(results: dict[str, ProbeResult]) -> str:
+    """The fastest candidate whose features pass the cosine check (eager fp32 always passes)."""
+    ok = {k: r for k, r in results.items() if r.passed}
+    if not ok:
+        return "fp32"
+    return min(ok, key=lambda k: ok[k].seconds)
+
+
+def _describe(results: dict[str, ProbeResult]) -> str:
+    parts = []
+    for k, r in results.items():
+        if r.error is not None:
+            parts.append(f"{k} failed")
+        else:
+            parts.append(f"{k} {1000 * r.seconds:.0f} ms cos {r.cos_mean:.4f}/{r.cos_min:.4f}"
+                         + ("" if r.passed else " (fails cosine check)"))
+    return ", ".join(parts)
+
+
+def _read_probe_file(p: Path) -> dict:
+    try:
+        data = json.loads(p.read_text())
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:  # a damaged probe cache is re-probed, never fatal
+        log.warning("%s: unreadable inference probe cache (%s); probing again", p, e)
+        return {}
+
+
+def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Preprocess, batch_size: int, *,
+                 sample=None, workspace: str | Path | None = None, candidates: Sequence[str] | None = None,
+                 measure=_measure) -> InferencePath:
+    """An explicit path is returned as is. `auto` (or None) is resolved by a probe: each candidate path runs one
+    batch of min(batch_size, 64) real inputs at the real input size; the fastest whose features match eager fp32
+    (mean cosine >= 0.99, min >= 0.97) wins. The choice and the measured times are cached in
+    `<workspace>/inference_probe.json` under `probe_key` (machine, versions, weights, input size, batch size), so
+    later runs reuse it without probing; change any of those and it is probed again.
+
+    `sample()` returns the probe batch (a normalised (B, 3, S, S) tensor); it is only called when probing.
+    """
+    if isinstance(path, str):
+        path = InferencePath.parse(path)
+    if path is not None and not path.is_auto:
+        return path
+    candidates = list(candidates if candidates is not None else auto_candidates())
+    key = probe_key(backbone, pre, batch_size, candidates)
+    h = _key_hash(key)
+    p = Path(workspace or default_workspace()) / PROBE_FILE
+    rec = _read_probe_file(p).get(h)
+    if isinstance(rec, dict) and rec.get("key") == key and rec.get("chosen") in candidates + ["fp32"]:
+        log.info("inference path auto: %s (cached probe of %s in %s: %s)", rec["chosen"], rec.get("when", "?"), p,
+                 rec.get("summary", ""))
+        return InferencePath.parse(rec["chosen"])
+    if sample is None:
+        raise ValueError("resolve_path: no cached probe and no sample batch to probe with")
+    x = sample()
+    if x is None or len(x) == 0:
+        log.info("inference path auto: fp32 (nothing to probe with)")
+        return InferencePath()
+    x = x[:PROBE_MAX_BATCH]
+    import datetime
+
+    results = probe_paths(backbone, x, candidates, measure=measure)
+    chosen = choose_path(results)
+    summary = _describe(results)
+    log.info("inference path auto: chose %s, the fastest whose features match eager fp32 (probe on %s: %s)",
+             chosen, "x".join(map(str, x.shape)), summary)
+    rec = {"key": key, "chosen": chosen, "summary": summary,
+           "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "results": {k: asdict(r) | {"passed": r.passed} for k, r in results.items()}}
+    try:
+        data = _read_probe_file(p)  # re-read: another process may have added its own machine's record
+        data[h] = rec
+        write_json(p, data)
+    except OSError as e:
+        log.warning("could not cache the inference probe in %s (%s); it will run again next time", p, e)
+    return InferencePath.parse(chosen)
+
+
+def fastest_path(backbone: Backbone | None = None, pre: Preprocess | None = None, batch_size: int = 64, *,
+                 sample=None, workspace: str | Path | None = None) -> InferencePath:
+    """The automatic inference path. Without a backbone: `InferencePath.auto()`, which the embed functions resolve
+    with the backbone, input size and batch size they actually use (probe or cached choice). With one: resolved
+    now (see `resolve_path`). benchmarks/embed_speed.py prints every path's speed and cosine and the probe's pick."""
+    if backbone is None:
+        return InferencePath.auto()
+    return resolve_path(InferencePath.auto(), backbone, pre or Preprocess.for_backbone(backbone), batch_size,
+                        sample=sample, workspace=workspace)
 
 
 def _forward(backbone: Backbone, x: torch.Tensor, path: InferencePath) -> torch.Tensor:
+    if path.is_auto:
+        raise ValueError("InferencePath.auto() must be resolved before the forward pass (features.resolve_path)")
     if path.engine == "onnx":
         sess = _onnx_session(backbone, x, path)
         return torch.from_numpy(sess.run(None, {"x": x.numpy()})[0]).float()
@@ -206,7 +537,7 @@ def _prepare(backbone: Backbone, path: InferencePath) -> Backbone:
 
 
 def _model_key(backbone: Backbone, pre: Preprocess, path: InferencePath) -> str:
-    raw = "|".join([backbone.name, backbone.feature_key(), pre.key(), path.key()])
+    raw = "|".join([backbone.name, backbone.feature_key(), pre.key(), path.numerics_key()])
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
@@ -240,12 +571,16 @@ class FeatureCache:
 def embed_arrays(backbone: Backbone, images: np.ndarray, *, preprocess: Preprocess | None = None,
                  path: InferencePath = InferencePath(), batch_size: int = 128, cache: FeatureCache | None = None,
                  desc: str = "embed", progress: bool = True) -> np.ndarray:
-    """Embed an in-memory uint8 image array (greyscale or RGB). Returns float32 (N, embed_dim)."""
+    """Embed an in-memory uint8 image array (greyscale or RGB). Returns float32 (N, embed_dim).
+    `path=InferencePath.auto()` probes (or reuses the cached probe) on the first batch; see `resolve_path`."""
     pre = preprocess or Preprocess.for_backbone(backbone)
+    path = resolve_path(path, backbone, pre, batch_size, workspace=cache.root.parent if cache is not None else None,
+                        sample=lambda: pre.arrays_to_tensor(images[: min(batch_size, PROBE_MAX_BATCH)]))
     key = None
+    cal = _int8_calibration(backbone, path, lambda n: pre.arrays_to_tensor(images[:n]))
     if cache is not None:
         data_hash = hashlib.sha1(np.ascontiguousarray(images).view(np.uint8).data).hexdigest()[:16]
-        key = f"arr-{_model_key(backbone, pre, path)}-{data_hash}"
+        key = f"arr-{_model_key(backbone, pre, path)}{cal}-{data_hash}"
         hit = cache.load(key)
         if hit is not None and hit["features"].shape[0] == len(images):
             return hit["features"]
@@ -294,11 +629,27 @@ class EmbeddedImages:
 def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path], *, preprocess: Preprocess | None = None,
                       path: InferencePath = InferencePath(), batch_size: int = 64, num_workers: int | None = None,
                       cache: FeatureCache | None = None, progress: bool = True, desc: str = "embed images") -> EmbeddedImages:
-    """Embed image files (id -> path). Corrupt/empty/truncated files are reported in `failures` and skipped."""
+    """Embed image files (id -> path). Corrupt/empty/truncated files are reported in `failures` and skipped.
+    `path=InferencePath.auto()` probes (or reuses the cached probe) on the first photos; see `resolve_path`."""
     if not isinstance(items, dict):
         items = {Path(p).stem: Path(p) for p in items}
     ids = list(items)
     pre = preprocess or Preprocess.for_backbone(backbone)
+
+    def _sample(n: int):
+        arrays = []
+        for i in ids:
+            if len(arrays) >= n:
+                break
+            try:
+                arrays.append(pre.pil_to_array(load_image(items[i])))
+            except (ImageDecodeError, OSError):
+                continue
+        return pre.arrays_to_tensor(np.stack(arrays)) if arrays else None
+
+    path = resolve_path(path, backbone, pre, batch_size, sample=lambda: _sample(min(batch_size, PROBE_MAX_BATCH)),
+                        workspace=cache.root.parent if cache is not None else None)
+    cal = _int8_calibration(backbone, path, _sample)
     fps = []
     for i in ids:
         try:
@@ -308,7 +659,7 @@ def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path
     feats = np.zeros((len(ids), backbone.embed_dim), dtype=np.float32)
     done = np.zeros(len(ids), dtype=bool)
     failures: dict[str, str] = {}
-    key = f"files-{_model_key(backbone, pre, path)}"
+    key = f"files-{_model_key(backbone, pre, path)}{cal}"
     if cache is not None:
         hit = cache.load(key)
         if hit is not None and hit["features"].shape[1:] == (backbone.embed_dim,):
@@ -349,6 +700,8 @@ def embed_pil(backbone: Backbone, images: list[Image.Image], preprocess: Preproc
     """Embed a few in-memory images (an upload, a new arrival)."""
     pre = preprocess or Preprocess.for_backbone(backbone)
     x = pre.arrays_to_tensor(np.stack([pre.pil_to_array(im) for im in images]))
+    path = resolve_path(path, backbone, pre, len(x), sample=lambda: x)
+    _int8_calibration(backbone, path, lambda n: x[:n])
     return _forward(_prepare(backbone, path), x, path).numpy()
 
 
