@@ -1,5 +1,5 @@
-"""The FastAPI app: `create_app(state, write_token=...)`. Bad input is answered (401/403/404/409/413/415/422),
-never a 500.
+"""The FastAPI app: `create_app(state, write_token=...)`, endpoints on one APIRouter taking the state through a
+dependency. Bad input is answered (401/403/404/409/413/415/422, from typed errors: serving.errors), never a 500.
 
 Hostile-input rules, in one place:
 - every response carries nosniff, X-Frame-Options DENY, Referrer-Policy no-referrer and a Content-Security-Policy
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -34,8 +34,16 @@ from typing_extensions import Annotated
 
 from fashionrec.data.images import ImageDecodeError, decode_image
 from fashionrec.errors import FashionrecError
-from fashionrec.serving.state import (ArrivalConflict, ArrivalLimit, ServingState, create_arrival, embed_image,
-                                      remove_arrival)
+from fashionrec.serving.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    ServingError,
+    UnsupportedMediaType,
+    WritesRefused,
+)
+from fashionrec.serving.state import ServingState, Snapshot, create_arrival, embed_image, remove_arrival
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -142,10 +150,8 @@ class HealthOut(BaseModel):
     index: str
     uptime_s: float
     writes_enabled: bool
-
-
-def _err(status: int, msg: str):
-    raise HTTPException(status_code=status, detail=msg)
+    image_search: str = Field("ready", description="'loading' while the backbone (torch) loads after start-up")
+    snapshot: int = Field(0, description="version of the model snapshot; +1 per committed write")
 
 
 def _responses(*codes: int) -> dict:
@@ -257,86 +263,329 @@ class GuardMiddleware:
         return await self.app(scope, receive, send_secured)
 
 
+# ---------------------------------------------------------------------------------------------- state, errors
+def get_state(request: Request) -> ServingState:
+    """The dependency every endpoint takes: the app's state, given to `create_app` (never a module global)."""
+    state = request.app.state.fr
+    if state is None:
+        raise WritesRefused("this app was built without data (create_app(None) serves only its schema)")
+    return state
+
+
+State = Annotated[ServingState, Depends(get_state)]
+router = APIRouter()
+_bearer = HTTPBearer(auto_error=False, description="the server's write token (fashionrec serve --write-token)")
+
+
+def writer(request: Request, state: State, _cred: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> None:
+    """Also enforced by the middleware before the body is read; declared here for the OpenAPI schema."""
+    denied = write_denied(request.headers.get("authorization", "").encode("latin-1") or None, request.app.state.token)
+    if denied:
+        raise HTTPException(status_code=denied[0], detail=denied[1])
+    if not state.writes_allowed:
+        raise WritesRefused("writes are refused by a server with several workers (each worker holds its own copy "
+                            "of the models; a new arrival would reach only one): run it with one worker to add items")
+
+
+def items_json(state: ServingState, snap: Snapshot, recs, k: Optional[int] = None) -> list[dict]:
+    """The hot path: plain dicts serialised by orjson (the response models still document the schema)."""
+    out = []
+    for item, score, because in recs:
+        if item in snap.removed:
+            continue
+        info = state.item_info(item, snap)
+        out.append({"id": item, "score": round(float(score), 6), "because": list(because), "name": info["name"],
+                    "category": info["category"], "image_url": info["image_url"]})
+    return out[:k] if k is not None else out
+
+
+def json_response(obj, status: int = 200) -> Response:
+    import orjson
+
+    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
+                    media_type="application/json")
+
+
+def model_name(state: ServingState, snap: Snapshot, name: Optional[str]) -> str:
+    name = name or state.default_model
+    if name not in snap.models:
+        raise InvalidInput(f"unknown model '{name}'; available: {sorted(snap.models)}")
+    return name
+
+
+def read_upload(file: UploadFile):
+    """The upload's bytes and decoded image (call from a worker thread). The header is read first to type what is
+    wrong: 413 (bytes or pixels over the limit), 415 (not an image), 422 (an image that does not decode)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    data = file.file.read(MAX_UPLOAD_BYTES + 1)
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"upload is over the {MAX_UPLOAD_BYTES:,}-byte limit")
+    ctype = (file.content_type or "").split(";")[0].strip().lower()
+    if ctype and ctype not in IMAGE_TYPES and ctype != "application/octet-stream":
+        raise UnsupportedMediaType(f"'{file.filename}' is {ctype}, not an image (accepted: {sorted(IMAGE_TYPES)})")
+    if not data:
+        raise InvalidInput(f"'{file.filename}': empty file (0 bytes), not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # the header only: no pixel is decoded here
+                w, h = im.size
+    except UnidentifiedImageError as e:
+        raise UnsupportedMediaType(f"'{file.filename}' is not an image: {e}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise PayloadTooLarge(f"'{file.filename}' refused: over the pixel limit ({e})") from None
+    except Exception:  # a header PIL reads badly: decode_image below says what is wrong (422)
+        w = h = 0
+    if w * h > MAX_UPLOAD_PIXELS:
+        raise PayloadTooLarge(f"image is {w}x{h} pixels, over the {MAX_UPLOAD_PIXELS:,}-pixel limit")
+    try:
+        img = decode_image(data, source=file.filename or "upload", max_pixels=MAX_UPLOAD_PIXELS,
+                           draft_size=UPLOAD_DRAFT_SIZE)
+    except ImageDecodeError as e:
+        raise InvalidInput(str(e)) from None
+    return data, img
+
+
+def text_field(value: Optional[str], what: str, limit: int) -> Optional[str]:
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > limit:
+        raise InvalidInput(f"{what} is {len(value):,} characters; at most {limit}")
+    if _CONTROL.search(value):
+        raise InvalidInput(f"{what} contains control characters")
+    return value or None
+
+
+def similar(snap: Snapshot, vec: np.ndarray, k: int, category: Optional[str], exclude=()) -> list:
+    return [(i, s, []) for i, s in snap.index.search(vec, k, category=category, exclude=exclude)]
+
+
+# ---------------------------------------------------------------------------------------------- endpoints
+# Which thread runs what: `async def` endpoints do only lookups (precomputed lists, dicts, one HNSW search: well
+# under a millisecond) on the event loop; everything that scores, decodes or embeds is a plain `def` endpoint
+# (FastAPI runs it in its thread pool) or goes through `run_in_threadpool`. Each request reads `state.snapshot`
+# once and uses only that snapshot.
+@router.get("/health", response_model=HealthOut)
+async def health(request: Request, state: State):
+    snap = state.snapshot
+    m = snap.models[state.default_model]
+    return json_response({"status": "ok", "items": m.data.n_items - len(snap.removed),
+                          "customers": len(state.precomputed[state.default_model]), "models": sorted(snap.models),
+                          "default_model": state.default_model, "index": snap.index.kind,
+                          "uptime_s": round(time.time() - state.started, 1),
+                          "writes_enabled": bool(request.app.state.token) and state.writes_allowed,
+                          "image_search": "ready" if state.backbone_ready else "loading",
+                          "snapshot": snap.version})
+
+
+@router.get("/items/{item_id}", response_model=ItemOut, responses=_responses(404))
+async def get_item(item_id: str, state: State):
+    snap = state.snapshot
+    if not state.known_item(item_id, snap):
+        raise NotFound(f"unknown item '{item_id}'")
+    return json_response(state.item_info(item_id, snap))
+
+
+@router.get("/items/{item_id}/similar", response_model=list[RecItem], responses=_responses(404, 422))
+async def get_similar(item_id: str, state: State, k: int = Query(12, ge=1, le=100),
+                      category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
+    snap = state.snapshot
+    if item_id not in snap.index or item_id in snap.removed:
+        raise NotFound(f"unknown item '{item_id}' (or it has no image)")
+    return json_response(items_json(state, snap, similar(snap, snap.index.vector(item_id), k, category,
+                                                         exclude=[item_id])))
+
+
+@router.get("/users/{user_id}", response_model=UserOut, responses=_responses(404, 422))
+async def get_user(user_id: str, state: State, limit: int = Query(24, ge=1, le=500)):
+    snap = state.snapshot
+    m = snap.models[state.default_model]
+    if user_id not in state.precomputed[state.default_model]:
+        raise NotFound(f"unknown customer '{user_id}'")
+    h, t = m.data.history(user_id)
+    hist = [{"id": m.data.item_ids[j], "date": str(np.datetime_as_string(ts, unit="D")),
+             **state.item_info(m.data.item_ids[j], snap)} for j, ts in list(zip(h, t))[::-1][:limit]]
+    return json_response({"id": user_id, "purchases": int(len(h)), "history": hist})
+
+
+@router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut, responses=_responses(404, 422))
+async def get_recs(user_id: str, state: State, k: int = Query(12, ge=1, le=100),
+                   model: Optional[str] = Query(None, max_length=64)):
+    snap = state.snapshot
+    name = model_name(state, snap, model)
+    recs = state.precomputed[name].get(user_id, max(k, 1) + len(snap.removed)) if k <= state.k_precomputed else None
+    if recs is None:
+        if user_id not in state.precomputed[name]:
+            raise NotFound(f"unknown customer '{user_id}'")
+
+        def live():  # scored live (k above the precomputed lists): in the thread pool, on this request's snapshot
+            return [(r.item, r.score, r.because) for r in snap.models[name].recommend(user_id, k + len(snap.removed))]
+
+        recs = await run_in_threadpool(live)
+    return json_response({"user": user_id, "model": name, "items": items_json(state, snap, recs, k)})
+
+
+@router.post("/recommendations", response_model=RecommendationsOut, responses=_responses(400, 413, 422))
+def post_recs(body: HistoryIn, state: State):
+    snap = state.snapshot
+    name = model_name(state, snap, body.model)
+    unknown = [i for i in body.history if not state.known_item(i, snap)]
+    if unknown:
+        raise InvalidInput(f"unknown item id(s) in history: {unknown[:5]}")
+    recs = snap.models[name].recommend_from_history(body.history, body.k + len(snap.removed),
+                                                     exclude_bought=body.exclude_bought)
+    return json_response({"user": None, "model": name,
+                          "items": items_json(state, snap, [(r.item, r.score, r.because) for r in recs], body.k)})
+
+
+@router.post("/search/image", response_model=ImageSearchOut, responses=_responses(400, 413, 415, 422))
+def search_image(request: Request, state: State, file: UploadFile = File(...), k: int = Query(12, ge=1, le=100),
+                 category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
+    with request.app.state.heavy:
+        data, img = read_upload(file)
+        raw, vec = embed_image(state, img)
+    snap = state.snapshot
+    tags = {t.column: t.predict(raw) for t in state.taggers}
+    return json_response({"tags": tags, "similar": items_json(state, snap, similar(snap, vec, k, category))})
+
+
+@router.post("/items", status_code=201, response_model=ItemOut, dependencies=[Depends(writer)],
+             responses=_responses(400, 401, 403, 409, 413, 415, 422))
+def post_item(request: Request, state: State, file: UploadFile = File(...),
+              item_id: str = Form(..., alias="id", max_length=64, pattern=ID_PATTERN),
+              name: Optional[str] = Form(None, max_length=10 * MAX_NAME_CHARS),
+              category: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS),
+              colour: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS)):
+    """A new arrival, recommendable at once and kept across restarts. Concurrent posts of one id: the first
+    wins (201), the others get 409; an existing item is never replaced."""
+    if not ID_RE.fullmatch(item_id):
+        raise InvalidInput("id must be 1-64 characters: a letter or digit, then letters, digits, '_', '-', '.'")
+    meta = {"prod_name": text_field(name, "name", MAX_NAME_CHARS),
+            "product_group_name": text_field(category, "category", MAX_LABEL_CHARS),
+            "colour_group_name": text_field(colour, "colour", MAX_LABEL_CHARS)}
+    meta = {k: v for k, v in meta.items() if v}
+    if state.known_item(item_id) or item_id in state.pending:  # cheap early answer; the reservation decides
+        raise Conflict(f"item '{item_id}' already exists")
+    with request.app.state.heavy:
+        data, img = read_upload(file)
+        info = create_arrival(state, item_id, data, meta, image=img)
+    return json_response(info, status=201)
+
+
+@router.delete("/items/{item_id}", status_code=204, dependencies=[Depends(writer)],
+               responses=_responses(401, 403, 404, 409))
+def delete_item(item_id: str, state: State):
+    """Delete a new arrival (catalog items are read-only: 409)."""
+    remove_arrival(state, item_id)
+    return Response(status_code=204)
+
+
+def checked_image(request: Request, state: ServingState, item_id: str) -> Optional[tuple[Path, str]]:
+    p = state.safe_image_path(item_id)
+    if p is None:
+        return None
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    checks = request.app.state.image_checks
+    hit = checks.get(item_id)
+    if hit and hit[:3] == (p, st.st_size, st.st_mtime_ns):
+        return (p, hit[3]) if hit[3] else None
+    media = None
+    try:
+        from PIL import Image
+
+        with Image.open(p) as im:
+            fmt = im.format
+            im.verify()
+        media = SERVED_FORMATS.get(fmt)
+    except Exception:  # not an image, truncated, a bomb: not served
+        media = None
+    checks[item_id] = (p, st.st_size, st.st_mtime_ns, media)
+    return (p, media) if media else None
+
+
+@router.get("/images/{item_id}", responses={200: {"content": {m: {} for m in sorted(set(SERVED_FORMATS.values()))},
+                                                  "description": "the item's photo"}, **_responses(404)},
+            response_class=Response)
+async def get_image(request: Request, item_id: str, state: State):
+    found = await run_in_threadpool(checked_image, request, state, item_id)
+    if found is None:
+        raise NotFound(f"no image for item '{item_id}'")
+    p, media = found
+    return FileResponse(p, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
+
+
+@router.get("/customers", response_model=list[CustomerOut], responses=_responses(422))
+async def customers(state: State, limit: int = Query(50, ge=1, le=1000)):
+    m = state.snapshot.models[state.default_model]
+    counts = m.data.matrix.getnnz(axis=1)
+    order = np.argsort(-counts, kind="stable")[:limit]
+    return json_response([{"id": m.data.user_ids[j], "purchases": int(counts[j])} for j in order])
+
+
+@router.get("/search/items", response_model=list[ItemOut], responses=_responses(422))
+def search_items(state: State, q: str = Query(..., min_length=1, max_length=100), limit: int = Query(20, ge=1, le=100)):
+    snap = state.snapshot
+    meta = state.catalog.metadata
+    ql = q.lower()
+    hits = [i for i in state.catalog.image_paths if i.startswith(q)][:limit]
+    if len(hits) < limit and "prod_name" in meta.columns:
+        names = meta["prod_name"].astype(str).str.lower()
+        more = [i for i in names.index[names.str.contains(re.escape(ql))] if i in snap.index and i not in hits]
+        hits += more[: limit - len(hits)]
+    return json_response([state.item_info(i, snap) for i in hits])
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def page():
+    return HTMLResponse((STATIC / "index.html").read_text())
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+async def favicon():
+    return Response(status_code=204)  # no icon; answered so browsers log no 404
+
+
+STATIC_TYPES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
+
+
+@router.get("/static/{name}", include_in_schema=False)
+async def static(name: str):
+    if name not in STATIC_TYPES:  # a fixed list: no path from the request ever reaches the file system
+        raise NotFound("not found")
+    return Response((STATIC / name).read_bytes(), media_type=STATIC_TYPES[name], headers={"Cache-Control": "no-cache"})
+
+
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(state: ServingState, *, write_token: Optional[str] = None) -> FastAPI:
-    """`write_token`: None (the default) disables writes; otherwise POST/DELETE /items need it as a Bearer token."""
+def create_app(state: Optional[ServingState], *, write_token: Optional[str] = None) -> FastAPI:
+    """The app for `state` (None: an app that only documents its schema). Nothing is loaded here or at import.
+
+    `write_token`: None (the default) disables writes; otherwise POST/DELETE /items need it as a Bearer token."""
     app = FastAPI(title="fashionrec", version="0.1.0",
                   description="Similar items, personalised recommendations and photo search for a fashion catalog. "
                               "Writes (POST /items, DELETE /items/{id}) need 'Authorization: Bearer <write token>'.")
     app.state.fr = state
+    app.state.token = write_token.encode() if write_token else None
+    app.state.heavy = threading.BoundedSemaphore(2)  # uploads decoded/embedded at once; more wait, not thrash 2 cores
+    app.state.image_checks = {}                      # item -> (path, size, mtime_ns, media type or None)
     app.add_middleware(GuardMiddleware, write_token=write_token)
-    bearer = HTTPBearer(auto_error=False, description="the server's write token (fashionrec serve --write-token)")
-    token_bytes = write_token.encode() if write_token else None
-    heavy = threading.BoundedSemaphore(2)   # uploads decoded/embedded at once; more wait instead of thrashing 2 cores
-    image_checks: dict[str, tuple] = {}      # item -> (path, size, mtime_ns, media type or None)
+    app.include_router(router)
+    if state is not None:
+        state.start_backbone()  # torch loads beside the server: lookups are answered meanwhile
 
-    def writer(request: Request, _cred: Optional[HTTPAuthorizationCredentials] = Depends(bearer)) -> None:
-        """Also enforced by the middleware before the body is read; declared here for the OpenAPI schema."""
-        denied = write_denied(request.headers.get("authorization", "").encode("latin-1") or None, token_bytes)
-        if denied:
-            _err(*denied)
-
-    def items_json(recs, k: Optional[int] = None) -> list[dict]:
-        """The hot path: plain dicts serialised by orjson (the response models still document the schema)."""
-        out = []
-        for item, score, because in recs:
-            if item in state.removed:
-                continue
-            info = state.item_info(item)
-            out.append({"id": item, "score": round(float(score), 6), "because": list(because), "name": info["name"],
-                        "category": info["category"], "image_url": info["image_url"]})
-        return out[:k] if k is not None else out
-
-    def json_response(obj, status: int = 200) -> Response:
-        import orjson
-
-        return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                        media_type="application/json")
-
-    def model_or_422(name: Optional[str]):
-        name = name or state.default_model
-        if name not in state.models:
-            _err(422, f"unknown model '{name}'; available: {sorted(state.models)}")
-        return name
-
-    def similar(vec: np.ndarray, k: int, category: Optional[str], exclude=()) -> list:
-        ids, scores = state.index.search(vec[None], k, category=category, exclude=exclude)
-        return [(i, s, []) for i, s in zip(ids[0], scores[0]) if i]
-
-    def read_upload(file: UploadFile):
-        """The upload's bytes and decoded image (in a worker thread): 413/415/422 for what is not a usable photo."""
-        data = file.file.read(MAX_UPLOAD_BYTES + 1)
-        if len(data) > MAX_UPLOAD_BYTES:
-            _err(413, f"upload is over the {MAX_UPLOAD_BYTES:,}-byte limit")
-        ctype = (file.content_type or "").split(";")[0].strip().lower()
-        if ctype and ctype not in IMAGE_TYPES and ctype != "application/octet-stream":
-            _err(415, f"'{file.filename}' is {ctype}, not an image (accepted: {sorted(IMAGE_TYPES)})")
-        if not data:
-            _err(422, f"'{file.filename}': empty file (0 bytes), not an image")
-        try:
-            img = decode_image(data, source=file.filename or "upload", max_pixels=MAX_UPLOAD_PIXELS,
-                               draft_size=UPLOAD_DRAFT_SIZE)
-        except ImageDecodeError as e:
-            msg = str(e)
-            if "decompression bomb" in msg or "pixel limit" in msg:
-                _err(413, msg)
-            if "cannot identify image file" in msg:
-                _err(415, f"'{file.filename}' is not an image: {msg}")
-            _err(422, msg)
-        return data, img
-
-    def text_field(value: Optional[str], what: str, limit: int) -> Optional[str]:
-        if value is None:
-            return None
-        value = value.strip()
-        if len(value) > limit:
-            _err(422, f"{what} is {len(value):,} characters; at most {limit}")
-        if _CONTROL.search(value):
-            _err(422, f"{what} contains control characters")
-        return value or None
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError):
+        return JSONResponse(status_code=exc.status, content={"detail": str(exc)}, headers=exc.headers)
 
     @app.exception_handler(FashionrecError)
-    async def _fashionrec_error(request: Request, exc: FashionrecError):
+    async def _fashionrec_error(request: Request, exc: FashionrecError):  # bad input found deeper down (data errors)
         return JSONResponse(status_code=422, content={"detail": str(exc)})
 
     @app.exception_handler(RequestValidationError)
@@ -354,7 +603,7 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
         from starlette.routing import Match
 
         methods = set()
-        for route in app.router.routes:
+        for route in [*app.router.routes, *router.routes]:  # the router's own routes: FastAPI wraps an included one
             match, _ = route.matches({**request.scope, "method": "__none__"})
             if match != Match.NONE and getattr(route, "methods", None):
                 methods |= set(route.methods)
@@ -365,181 +614,5 @@ def create_app(state: ServingState, *, write_token: Optional[str] = None) -> Fas
     async def _unexpected(request: Request, exc: Exception):  # last resort: a JSON answer, the cause in the log
         log.exception("internal error on %s %s", request.method, request.url.path)
         return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__}); see the server log"})
-
-    @app.get("/health", response_model=HealthOut)
-    async def health():
-        m = state.models[state.default_model]
-        return json_response({"status": "ok", "items": m.data.n_items - len(state.removed),
-                              "customers": len(state.precomputed[state.default_model]), "models": sorted(state.models),
-                              "default_model": state.default_model, "index": state.index.kind,
-                              "uptime_s": round(time.time() - state.started, 1), "writes_enabled": bool(write_token)})
-
-    @app.get("/items/{item_id}", response_model=ItemOut, responses=_responses(404))
-    async def get_item(item_id: str):
-        if not state.known_item(item_id):
-            _err(404, f"unknown item '{item_id}'")
-        return json_response(state.item_info(item_id))
-
-    @app.get("/items/{item_id}/similar", response_model=list[RecItem], responses=_responses(404, 422))
-    async def get_similar(item_id: str, k: int = Query(12, ge=1, le=100),
-                          category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
-        if item_id not in state.index:
-            _err(404, f"unknown item '{item_id}' (or it has no image)")
-        return json_response(items_json(similar(state.index.vector(item_id), k, category, exclude=[item_id])))
-
-    @app.get("/users/{user_id}", response_model=UserOut, responses=_responses(404, 422))
-    async def get_user(user_id: str, limit: int = Query(24, ge=1, le=500)):
-        m = state.models[state.default_model]
-        if user_id not in state.precomputed[state.default_model]:
-            _err(404, f"unknown customer '{user_id}'")
-        h, t = m.data.history(user_id)
-        hist = [{"id": m.data.item_ids[j], "date": str(np.datetime_as_string(ts, unit="D")), **state.item_info(m.data.item_ids[j])}
-                for j, ts in list(zip(h, t))[::-1][:limit]]
-        return json_response({"id": user_id, "purchases": int(len(h)), "history": hist})
-
-    @app.get("/users/{user_id}/recommendations", response_model=RecommendationsOut, responses=_responses(404, 422))
-    async def get_recs(user_id: str, k: int = Query(12, ge=1, le=100),
-                       model: Optional[str] = Query(None, max_length=64)):
-        name = model_or_422(model)
-        table = state.precomputed[name]
-        if user_id not in table:
-            _err(404, f"unknown customer '{user_id}'")
-        if k <= state.k_precomputed:
-            recs = table[user_id][:k]
-        else:  # scored live: in a worker thread, under the lock that new arrivals are committed with
-            def live():
-                with state.lock:
-                    return [(r.item, r.score, r.because)
-                            for r in state.models[name].recommend(user_id, k + len(state.removed))]
-            recs = await run_in_threadpool(live)
-        return json_response({"user": user_id, "model": name, "items": items_json(recs, k)})
-
-    @app.post("/recommendations", response_model=RecommendationsOut, responses=_responses(400, 413, 422))
-    def post_recs(body: HistoryIn):
-        name = model_or_422(body.model)
-        m = state.models[name]
-        unknown = [i for i in body.history if not state.known_item(i)]
-        if unknown:
-            _err(422, f"unknown item id(s) in history: {unknown[:5]}")
-        with state.lock:
-            recs = m.recommend_from_history(body.history, body.k + len(state.removed), exclude_bought=body.exclude_bought)
-        return json_response({"user": None, "model": name,
-                              "items": items_json([(r.item, r.score, r.because) for r in recs], body.k)})
-
-    @app.post("/search/image", response_model=ImageSearchOut, responses=_responses(400, 413, 415, 422))
-    def search_image(file: UploadFile = File(...), k: int = Query(12, ge=1, le=100),
-                     category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
-        with heavy:
-            data, img = read_upload(file)
-            raw, vec = embed_image(state, img)
-        tags = {t.column: t.predict(raw) for t in state.taggers}
-        return json_response({"tags": tags, "similar": items_json(similar(vec, k, category))})
-
-    @app.post("/items", status_code=201, response_model=ItemOut, dependencies=[Depends(writer)],
-              responses=_responses(400, 401, 403, 409, 413, 415, 422))
-    def post_item(file: UploadFile = File(...), item_id: str = Form(..., alias="id", max_length=64, pattern=ID_PATTERN),
-                  name: Optional[str] = Form(None, max_length=10 * MAX_NAME_CHARS),
-                  category: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS),
-                  colour: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS)):
-        """A new arrival, recommendable at once and kept across restarts. Concurrent posts of one id: the first
-        wins (201), the others get 409; an existing item is never replaced."""
-        if not ID_RE.fullmatch(item_id):
-            _err(422, "id must be 1-64 characters: a letter or digit, then letters, digits, '_', '-', '.'")
-        meta = {"prod_name": text_field(name, "name", MAX_NAME_CHARS),
-                "product_group_name": text_field(category, "category", MAX_LABEL_CHARS),
-                "colour_group_name": text_field(colour, "colour", MAX_LABEL_CHARS)}
-        meta = {k: v for k, v in meta.items() if v}
-        if state.known_item(item_id) or item_id in state.pending:  # cheap early answer; the reservation decides
-            _err(409, f"item '{item_id}' already exists")
-        with heavy:
-            data, img = read_upload(file)
-            try:
-                info = create_arrival(state, item_id, data, meta, image=img)
-            except ArrivalConflict as e:
-                _err(409, str(e))
-            except ArrivalLimit as e:
-                _err(413 if "storage" in str(e) else 409, str(e))
-        return json_response(info, status=201)
-
-    @app.delete("/items/{item_id}", status_code=204, dependencies=[Depends(writer)],
-                responses=_responses(401, 403, 404, 409))
-    def delete_item(item_id: str):
-        """Delete a new arrival (catalog items are read-only: 409)."""
-        try:
-            remove_arrival(state, item_id)
-        except KeyError:
-            _err(404, f"unknown item '{item_id}'")
-        except ArrivalConflict as e:
-            _err(409, str(e))
-        return Response(status_code=204)
-
-    def checked_image(item_id: str) -> Optional[tuple[Path, str]]:
-        p = state.safe_image_path(item_id)
-        if p is None:
-            return None
-        try:
-            st = p.stat()
-        except OSError:
-            return None
-        hit = image_checks.get(item_id)
-        if hit and hit[:3] == (p, st.st_size, st.st_mtime_ns):
-            return (p, hit[3]) if hit[3] else None
-        media = None
-        try:
-            from PIL import Image
-
-            with Image.open(p) as im:
-                fmt = im.format
-                im.verify()
-            media = SERVED_FORMATS.get(fmt)
-        except Exception:  # not an image, truncated, a bomb: not served
-            media = None
-        image_checks[item_id] = (p, st.st_size, st.st_mtime_ns, media)
-        return (p, media) if media else None
-
-    @app.get("/images/{item_id}", responses={200: {"content": {m: {} for m in sorted(set(SERVED_FORMATS.values()))},
-                                                   "description": "the item's photo"}, **_responses(404)},
-             response_class=Response)
-    async def get_image(item_id: str):
-        found = await run_in_threadpool(checked_image, item_id)
-        if found is None:
-            _err(404, f"no image for item '{item_id}'")
-        p, media = found
-        return FileResponse(p, media_type=media, headers={"Cache-Control": "public, max-age=3600"})
-
-    @app.get("/customers", response_model=list[CustomerOut], responses=_responses(422))
-    async def customers(limit: int = Query(50, ge=1, le=1000)):
-        m = state.models[state.default_model]
-        counts = m.data.matrix.getnnz(axis=1)
-        order = np.argsort(-counts)[:limit]
-        return json_response([{"id": m.data.user_ids[j], "purchases": int(counts[j])} for j in order])
-
-    @app.get("/search/items", response_model=list[ItemOut], responses=_responses(422))
-    def search_items(q: str = Query(..., min_length=1, max_length=100), limit: int = Query(20, ge=1, le=100)):
-        meta = state.shop.catalog.metadata
-        ql = q.lower()
-        hits = [i for i in state.shop.catalog.image_paths if i.startswith(q)][:limit]
-        if len(hits) < limit and "prod_name" in meta.columns:
-            names = meta["prod_name"].astype(str).str.lower()
-            more = [i for i in names.index[names.str.contains(re.escape(ql))] if i in state.index and i not in hits]
-            hits += more[: limit - len(hits)]
-        return json_response([state.item_info(i) for i in hits])
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page():
-        return HTMLResponse((STATIC / "index.html").read_text())
-
-    @app.get("/favicon.ico", include_in_schema=False)
-    async def favicon():
-        return Response(status_code=204)  # no icon; answered so browsers log no 404
-
-    static_types = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static(name: str):
-        if name not in static_types:  # a fixed list: no path from the request ever reaches the file system
-            _err(404, "not found")
-        return Response((STATIC / name).read_bytes(), media_type=static_types[name],
-                        headers={"Cache-Control": "no-cache"})
 
     return app

@@ -1,110 +1,365 @@
-"""Artifacts the server needs, built once and kept on disk (atomically), reloaded on restart.
+"""What the server holds, how it is built once and loaded fast, and how writes swap it.
 
-- the shop (catalog, log, image features: cached per file),
-- fitted recommenders (the default hybrid plus cheap baselines),
-- a vector index over image features for "similar items" (auto-chosen kind, category filter),
-- precomputed top-k for every known customer (serving them is a lookup; new histories are scored live),
-- a tagger (logistic regression on image features for catalog columns) for uploaded photos,
-- new arrivals added through the API: image + metadata under <workspace>/arrivals, replayed at start-up.
+Artifacts (under <workspace>/serving/<data fingerprint>/, all data, no pickle):
+- `tables/`: a folder of `.npy` arrays + `config.json` (serving.store; memory-mapped by multi-worker servers):
+  per model the precomputed top-k of every known customer (users sorted, CSR offsets into items/scores/because),
+  the taggers for uploads as coefficients (StandardScaler + logistic regression, applied in numpy), the PCA that
+  maps raw backbone vectors to the recommenders' space, and the format version;
+- `models/<name>.npz`: the fitted recommenders, through `Recommender.save`/`load_recommender` (fashionrec.artifacts);
+- `index.npz`: the vector index over catalog photos (`VectorIndex.save`/`load_index`).
+A warm start loads these (never fits: no load_shop, no LogisticRegression, no precompute, no index build); a missing
+artifact or one of another format version is rebuilt, with a progress bar, from the data folder.
+
+Concurrency: `ServingState.snapshot` is one reference to an immutable `Snapshot` (models, index, arrivals, removed
+ids). A request reads `state.snapshot` once and uses only that object, so it never sees one model with the new
+arrival and another without it, nor arrays of different lengths. Writers (POST/DELETE /items) take `state.lock`,
+build the next snapshot beside the current one (copy-on-write: `_cow_copy` copies objects and containers, shares the
+arrays, which `add_items` replaces instead of writing into) and swap the reference. The catalog index is never
+written: arrivals live in a small exact index rebuilt per write and searched beside it (`LayeredIndex`).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
+from fashionrec.artifacts import ArtifactFormatError
 from fashionrec.errors import FashionrecError
 from fashionrec.io import atomic_path, default_workspace, write_json
+from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageFull
+from fashionrec.serving.store import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
 LIGHT_MODELS = ("popularity", "repurchase", "visual")
+TABLES_KIND = "serving-tables"
+TABLES_VERSION = 1        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
+ARRIVALS_KIND = "serving-arrival-vectors"
+
+# Kept for callers of the names before typed errors (fashionrec < issue 10): same classes.
+ArrivalConflict = Conflict
+ArrivalLimit = LimitReached
 
 
-@dataclass
+# ------------------------------------------------------------------------------------------- small parts as data
+@dataclass(frozen=True)
 class Tagger:
+    """StandardScaler + multinomial logistic regression, as coefficients (fitted once, applied in numpy)."""
+
     column: str
-    classes: list[str]
-    model: object
+    classes: np.ndarray      # (C,) str
+    mean: np.ndarray         # (D,)
+    scale: np.ndarray        # (D,)
+    coef: np.ndarray         # (C, D), or (1, D) for two classes
+    intercept: np.ndarray    # (C,) or (1,)
+
+    @classmethod
+    def from_pipeline(cls, column: str, pipe) -> "Tagger":
+        scaler, lr = pipe[0], pipe[-1]
+        return cls(column, np.asarray(lr.classes_).astype(str), scaler.mean_.astype(np.float64),
+                   scaler.scale_.astype(np.float64), lr.coef_.astype(np.float64), lr.intercept_.astype(np.float64))
+
+    def probabilities(self, raw: np.ndarray) -> np.ndarray:
+        z = (np.atleast_2d(raw).astype(np.float64) - self.mean) / self.scale
+        logits = z @ np.asarray(self.coef).T + self.intercept
+        if logits.shape[1] == 1:  # sklearn's binary case: one logit for the second class
+            p1 = 1.0 / (1.0 + np.exp(-logits[:, 0]))
+            return np.stack([1.0 - p1, p1], axis=1)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(logits)
+        return e / e.sum(axis=1, keepdims=True)
 
     def predict(self, raw: np.ndarray, top: int = 3) -> list[dict]:
-        p = self.model.predict_proba(np.atleast_2d(raw))[0]
-        order = np.argsort(-p)[:top]
-        return [{"label": self.classes[j], "probability": round(float(p[j]), 4)} for j in order]
+        p = self.probabilities(raw)[0]
+        order = np.argsort(-p, kind="stable")[:top]
+        return [{"label": str(self.classes[j]), "probability": round(float(p[j]), 4)} for j in order]
 
 
+@dataclass(frozen=True)
+class Projection:
+    """Raw backbone vector -> the recommenders' image-feature space (the shop's PCA, or identity), L2-normalised."""
+
+    mean: np.ndarray | None = None
+    components: np.ndarray | None = None
+
+    def __call__(self, raw: np.ndarray) -> np.ndarray:
+        z = np.atleast_2d(raw).astype(np.float32)
+        if self.components is not None:
+            z = ((z - self.mean) @ np.asarray(self.components).T).astype(np.float32)
+        return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+class Precomputed:
+    """Top-k of every known customer for one model, as flat arrays (memory-mappable; no per-customer objects)."""
+
+    def __init__(self, users, offsets, items, scores, because_offsets, because_items, item_ids):
+        self.users, self.offsets, self.items, self.scores = users, offsets, items, scores
+        self.because_offsets, self.because_items, self.item_ids = because_offsets, because_items, item_ids
+
+    @classmethod
+    def build(cls, model, users: list[str], k: int, progress: bool = False) -> "Precomputed":
+        from tqdm.auto import tqdm
+
+        item_ids = list(model.data.item_ids)
+        pos = {i: j for j, i in enumerate(item_ids)}
+        users = sorted(users)
+        offsets, items, scores, b_off, b_items = [0], [], [], [0], []
+        for u in tqdm(users, desc=f"precompute {model.name}", unit="customer", disable=not progress):
+            for r in model.recommend(u, k):
+                items.append(pos[r.item])
+                scores.append(r.score)
+                b_items.extend(pos[b] for b in r.because)
+                b_off.append(len(b_items))
+            offsets.append(len(items))
+        return cls(np.array(users, dtype=str), np.array(offsets, np.int64), np.array(items, np.int32),
+                   np.array(scores, np.float64), np.array(b_off, np.int64), np.array(b_items, np.int32),
+                   np.array(item_ids, dtype=str))
+
+    def arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}.{k}": getattr(self, k) for k in
+                ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "Precomputed":
+        return cls(*(arrays[f"{prefix}.{k}"] for k in
+                     ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def _row(self, user: str) -> int:
+        i = int(np.searchsorted(self.users, user))
+        return i if i < len(self.users) and self.users[i] == user else -1
+
+    def __contains__(self, user: str) -> bool:
+        return self._row(user) >= 0
+
+    def get(self, user: str, k: int) -> list[tuple] | None:
+        """[(item, score, because), ...] (at most k), or None for an unknown customer."""
+        r = self._row(user)
+        if r < 0:
+            return None
+        lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
+        hi = min(hi, lo + k)
+        ids, b_off, b_items = self.item_ids, self.because_offsets, self.because_items
+        return [(str(ids[self.items[j]]), float(self.scores[j]),
+                 [str(ids[b]) for b in b_items[b_off[j]:b_off[j + 1]]]) for j in range(lo, hi)]
+
+
+# ------------------------------------------------------------------------------------------- the index
+class LayeredIndex:
+    """The catalog's index (read-only once built) plus an exact index over the arrivals of one snapshot.
+
+    Searches merge both by score; `removed` ids (deleted arrivals) never come back. Nothing here is written after
+    construction, so a reader holding an old snapshot keeps a consistent view while a writer builds the next one."""
+
+    def __init__(self, base, arrivals=None):
+        self.base, self.arrivals = base, arrivals
+
+    @property
+    def kind(self) -> str:
+        return self.base.kind
+
+    def __contains__(self, item_id: str) -> bool:
+        return item_id in self.base or (self.arrivals is not None and item_id in self.arrivals)
+
+    def vector(self, item_id: str) -> np.ndarray:
+        if self.arrivals is not None and item_id in self.arrivals:
+            return self.arrivals.vector(item_id)
+        return self.base.vector(item_id)
+
+    def search(self, q: np.ndarray, k: int, category: str | None = None, exclude=()) -> list[tuple[str, float]]:
+        found = []
+        for idx in (self.base, self.arrivals):
+            if idx is None or len(idx) == 0:
+                continue
+            ids, scores = idx.search(q[None], k, category=category, exclude=list(exclude))
+            found += [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i]
+        found.sort(key=lambda t: -t[1])
+        return found[:k]
+
+
+def _arrivals_index(dim: int, arrivals: Mapping[str, dict]):
+    if not arrivals:
+        return None
+    from fashionrec.index import create_index
+
+    idx = create_index("exact", dim=dim)
+    ids = list(arrivals)
+    idx.add(ids, np.stack([arrivals[i]["vector"] for i in ids]),
+            categories=[arrivals[i]["metadata"].get("product_group_name") for i in ids])
+    return idx
+
+
+# ------------------------------------------------------------------------------------------- snapshots
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a request reads that writes change. Never modified: writers make a new one."""
+
+    models: Mapping[str, object]
+    index: LayeredIndex
+    arrivals: Mapping[str, dict]          # id -> {"image", "metadata", "bytes", "vector"}
+    removed: frozenset = frozenset()      # arrivals deleted in this run (the models keep a dead column)
+    version: int = 0
+
+
+def _cow_copy(obj, memo: dict | None = None):
+    """A copy that a writer may change without touching `obj`: fashionrec objects and their dict/list/set
+    attributes are copied (one level of containers), numpy arrays, sparse matrices and frames are shared. Sound
+    because `add_items` replaces arrays (np.concatenate/vstack) and never writes into one."""
+    memo = {} if memo is None else memo
+    if id(obj) in memo:
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        new = dict(obj)
+    elif isinstance(obj, list):
+        new = list(obj)
+    elif isinstance(obj, set):
+        new = set(obj)
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("fashionrec."):
+        new = copy.copy(obj)
+        memo[id(obj)] = new
+        for k, v in vars(obj).items():
+            setattr(new, k, _cow_copy(v, memo))
+        return new
+    else:
+        return obj
+    memo[id(obj)] = new
+    return new
+
+
+# ------------------------------------------------------------------------------------------- the state
 @dataclass
 class ServingState:
-    shop: object
-    models: dict
-    default_model: str
-    index: object
-    precomputed: dict            # model name -> {user: [(item, score, because), ...]}
-    taggers: list[Tagger]
-    backbone: object
+    catalog: object                       # fashionrec.data.catalog.Catalog (item metadata, image paths)
+    data_root: Path
     workspace: Path
+    default_model: str
+    precomputed: dict[str, Precomputed]
+    taggers: list[Tagger]
+    projection: Projection
+    snapshot: Snapshot
+    backbone_name: str
+    input_size: int
+    fingerprint: str
     k_precomputed: int = 50
-    arrivals: dict = field(default_factory=dict)   # id -> {"image": path, "metadata": {...}, "bytes": n}
+    writes_allowed: bool = True           # False with several workers: a write in one would not reach the others
     started: float = field(default_factory=time.time)
-    # Guards every change to the models, the index and `arrivals`, and the live scoring that reads them: an
-    # arrival is embedded outside it and committed inside it, so writers never interleave with a half-added item.
-    lock: threading.RLock = field(default_factory=threading.RLock)
+    lock: threading.RLock = field(default_factory=threading.RLock)        # one writer at a time
     persist_lock: threading.Lock = field(default_factory=threading.Lock)  # one arrivals.json writer at a time
     pending: set = field(default_factory=set)      # ids reserved by a POST whose upload is being embedded
     pending_bytes: int = 0
-    removed: set = field(default_factory=set)      # arrivals deleted in this run (models keep a dead column)
     max_arrivals: int = 10_000
     max_arrival_bytes: int = 512 * 1024 * 1024     # total stored arrival images
-    data_root: Path | None = None
+    _backbone: object = None
+    _backbone_ready: threading.Event = field(default_factory=threading.Event)
+    _backbone_error: BaseException | None = None
+    _info: dict = field(default_factory=dict)
 
-    # ------------------------------------------------------------ lookups
-    def image_path(self, item: str) -> Path | None:
-        if item in self.removed:
+    # --------------------------------------------------------- views of the current snapshot (tests, callers)
+    @property
+    def models(self) -> Mapping[str, object]:
+        return self.snapshot.models
+
+    @property
+    def index(self) -> LayeredIndex:
+        return self.snapshot.index
+
+    @property
+    def arrivals(self) -> Mapping[str, dict]:
+        return self.snapshot.arrivals
+
+    @property
+    def removed(self) -> frozenset:
+        return self.snapshot.removed
+
+    # --------------------------------------------------------- the backbone (torch): loaded beside the server
+    def start_backbone(self) -> None:
+        """Import torch and build the backbone in a thread: seconds that only uploads need, so lookups are
+        answered meanwhile. `backbone()` waits for it."""
+        if self._backbone is not None or getattr(self, "_backbone_thread", None) is not None:
+            return
+
+        def load():
+            try:
+                from fashionrec.backbones import create_backbone
+
+                self._backbone = create_backbone(self.backbone_name, input_size=self.input_size)
+            except BaseException as e:  # reported to every upload instead of killing a thread silently
+                self._backbone_error = e
+                log.exception("could not load backbone %s", self.backbone_name)
+            finally:
+                self._backbone_ready.set()
+
+        self._backbone_thread = threading.Thread(target=load, name="load-backbone", daemon=True)
+        self._backbone_thread.start()
+
+    def backbone(self):
+        self.start_backbone()
+        self._backbone_ready.wait()
+        if self._backbone_error is not None:
+            raise FashionrecError(f"backbone {self.backbone_name} could not be loaded: {self._backbone_error}")
+        return self._backbone
+
+    @property
+    def backbone_ready(self) -> bool:
+        return self._backbone_ready.is_set()
+
+    # --------------------------------------------------------- lookups (each takes the request's snapshot)
+    def known_item(self, item: str, snap: Snapshot | None = None) -> bool:
+        snap = snap or self.snapshot
+        return item in snap.models[self.default_model].data.item_index and item not in snap.removed
+
+    def image_path(self, item: str, snap: Snapshot | None = None) -> Path | None:
+        snap = snap or self.snapshot
+        if item in snap.removed:
             return None
-        if item in self.arrivals:
-            return Path(self.arrivals[item]["image"])
-        return self.shop.catalog.image_paths.get(item)
+        if item in snap.arrivals:
+            return Path(snap.arrivals[item]["image"])
+        return self.catalog.image_paths.get(item)
 
-    def safe_image_path(self, item: str) -> Path | None:
+    def safe_image_path(self, item: str, snap: Snapshot | None = None) -> Path | None:
         """The item's image file resolved (symlinks followed), or None unless it lies inside the data folder
         (catalog photos) or this shop's arrivals folder (uploads): a symlink or a crafted path never leads out."""
-        p = self.image_path(item)
+        snap = snap or self.snapshot
+        p = self.image_path(item, snap)
         if p is None:
             return None
         try:
             real = p.resolve(strict=True)
         except (OSError, RuntimeError):
             return None
-        roots = [self.data_root or Path(self.shop.data_dir).resolve()]
-        if item in self.arrivals:
-            roots = [arrivals_dir(self).resolve()]
-        if not real.is_file() or not any(real.is_relative_to(r) for r in roots):
+        root = arrivals_dir(self).resolve() if item in snap.arrivals else self.data_root
+        if not real.is_file() or not real.is_relative_to(root):
             return None
         return real
 
-    def item_info(self, item: str) -> dict:
-        """Display fields of an item, built once per item (a pandas row lookup per request costs milliseconds)."""
-        cache = self.__dict__.setdefault("_info_cache", {})
-        info = cache.get(item)
+    def item_info(self, item: str, snap: Snapshot | None = None) -> dict:
+        """Display fields of an item; catalog items are built once (a pandas row lookup costs milliseconds)."""
+        snap = snap or self.snapshot
+        if item in snap.arrivals:  # a few fields, and an id can change meaning between snapshots
+            return self._describe(item, dict(snap.arrivals[item].get("metadata", {})), snap)
+        info = self._info.get(item)
         if info is None:
-            info = cache[item] = self._item_info(item)
+            meta = self.catalog.metadata
+            row = {}
+            if item in meta.index:
+                row = {k: (None if pd.isna(v) else v) for k, v in meta.loc[item].items()
+                       if not isinstance(v, (list, dict))}
+            info = self._info[item] = self._describe(item, row, snap)
         return info
 
-    def _item_info(self, item: str) -> dict:
-        meta = self.shop.catalog.metadata
-        row = {}
-        if item in meta.index:
-            row = {k: (None if pd.isna(v) else v) for k, v in meta.loc[item].items() if not isinstance(v, (list, dict))}
-        elif item in self.arrivals:
-            row = dict(self.arrivals[item].get("metadata", {}))
-
+    def _describe(self, item: str, row: dict, snap: Snapshot) -> dict:
         def text(v):  # display fields are strings even where a column was read as numbers
             return None if v is None else str(v)
 
@@ -115,51 +370,49 @@ class ServingState:
                 v = None  # JSON has no NaN/Infinity
             meta[str(k)] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
         if not row.get("product_group_name"):  # no catalog row: describe the item by the tags predicted from its photo
-            tags = self._predicted_tags(item)
+            tags = self._predicted_tags(item, snap)
             if tags:
                 meta["predicted_from_photo"] = tags
-                for key, col in (("product_group_name", "product_group_name"), ("colour_group_name", "colour_group_name"),
-                                 ("product_type_name", "product_type_name")):
-                    if not row.get(key) and col in tags:
-                        row[key] = tags[col]["value"]
-        return {"id": item, "image_url": f"/images/{item}" if self.image_path(item) else None,
+                for col in ("product_group_name", "colour_group_name", "product_type_name"):
+                    if not row.get(col) and col in tags:
+                        row[col] = tags[col]["value"]
+        return {"id": item, "image_url": f"/images/{item}" if self.image_path(item, snap) else None,
                 "name": text(row.get("prod_name")), "category": text(row.get("product_group_name")),
                 "colour": text(row.get("colour_group_name")), "type": text(row.get("product_type_name")),
                 "metadata": meta}
 
-    def _predicted_tags(self, item: str) -> dict:
-        try:
-            pred = self.shop.predicted_attributes()
-        except Exception as e:  # tags are a convenience for display; never fail a request for them
-            log.warning("no predicted tags: %s", e)
-            return {}
+    def _predicted_tags(self, item: str, snap: Snapshot) -> dict:
+        pred = getattr(snap.models[self.default_model].data, "predicted", None)  # fitted with the model: no work here
         if pred is None or item not in pred.index:
             return {}
         r = pred.loc[item]
         return {c: {"value": str(r[c]), "confidence": round(float(r[f"{c}_confidence"]), 3)}
                 for c in pred.columns if not c.endswith("_confidence") and r[c] != "?"}
 
-    def known_item(self, item: str) -> bool:
-        return item in self.models[self.default_model].data.item_index and item not in self.removed
-
-    def forget_info(self, item: str) -> None:
-        self.__dict__.setdefault("_info_cache", {}).pop(item, None)
-
     def category_of(self, item: str) -> str | None:
         return self.item_info(item)["category"]
 
 
-def _train_taggers(shop) -> list[Tagger]:
-    """Tags for uploads: logistic regression on raw image features of the labelled catalog items."""
+# ------------------------------------------------------------------------------------------- build or load
+def _light_shop(data_dir: Path, catalog, backbone: str, input_size: int):
+    """A Shop with only what `Shop.fingerprint` reads: the one definition of "the same data" keys the artifacts."""
+    from fashionrec.pipeline import Shop
+
+    return Shop(data_dir, catalog, None, [], None, {}, backbone_name=backbone, input_size=input_size)
+
+
+def _train_taggers(shop, progress: bool = False) -> list[Tagger]:
+    """Tags for uploads: logistic regression on raw image features of the labelled catalog items (cold start only)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+    from tqdm.auto import tqdm
 
     if shop.raw_features is None or shop.catalog.metadata.empty:
         return []
     pos = {i: r for r, i in enumerate(shop.raw_features.ids)}
     out = []
-    for col in TAG_COLUMNS:
+    for col in tqdm(TAG_COLUMNS, desc="fit taggers", unit="column", disable=not progress):
         if col not in shop.catalog.metadata.columns:
             continue
         lab = shop.catalog.metadata[col].dropna().astype(str)
@@ -170,52 +423,40 @@ def _train_taggers(shop) -> list[Tagger]:
             continue
         x = shop.raw_features.vectors[[pos[i] for i in lab.index]]
         clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=500)).fit(x, lab.to_numpy())
-        out.append(Tagger(col, list(clf.classes_), clf))
+        out.append(Tagger.from_pipeline(col, clf))
     return out
 
 
-def _precompute(model, users, k) -> dict:
-    out = {}
-    for u in users:
-        out[u] = [(r.item, r.score, r.because) for r in model.recommend(u, k)]
-    return out
+def _model_names(default_model: str) -> list[str]:
+    return [default_model] + [m for m in LIGHT_MODELS if m != default_model]
 
 
-def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
-                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
-                max_arrivals: int | None = None, max_arrival_bytes: int | None = None) -> ServingState:
-    """Load or build every artifact for serving `data_dir`."""
-    import pickle
-
-    from fashionrec.backbones import create_backbone
+def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, progress: bool, index_kind: str,
+                     k_precomputed: int, backbone: str, input_size: int) -> None:
+    """The cold path: load the shop (embeddings from the feature cache), fit what is missing, write everything."""
     from fashionrec.index import create_index
     from fashionrec.pipeline import fit_recommender, load_shop
 
-    ws = Path(workspace) if workspace else default_workspace()
-    shop = load_shop(data_dir, workspace=ws, progress=progress)
+    t0 = time.time()
+
+    def say(msg):
+        log.info(msg)
+        if progress:
+            print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
+
+    say("cold start: loading the shop (catalog, log, image features)")
+    shop = load_shop(data_dir, workspace=ws, progress=progress, backbone=backbone, input_size=input_size)
     if shop.image_features is None:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
-    art = ws / "serving" / shop.fingerprint()
-    art.mkdir(parents=True, exist_ok=True)
-    names = [default_model] + [m for m in LIGHT_MODELS if m != default_model]
-    models, pre = {}, {}
     users = sorted(set(shop.customers) | set(shop.interactions.events["user"].unique()))
+    arrays: dict[str, np.ndarray] = {}
     for name in names:
-        path = art / f"{name}.pkl"
-        if path.exists():
-            with open(path, "rb") as f:
-                models[name], pre[name] = pickle.load(f)
-            continue
-        t = time.time()
+        say(f"fitting {name} (or loading it from the model cache)")
         m = fit_recommender(shop, name, cache_dir=ws)
-        p = _precompute(m, users, k_precomputed)
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                pickle.dump((m, p), f, protocol=5)
-        models[name], pre[name] = m, p
-        log.info("built %s in %.1fs", name, time.time() - t)
-        if progress:
-            print(f"built {name} and precomputed {len(users)} customers in {time.time() - t:.1f}s", flush=True)
+        m.save(art / "models" / f"{name}.npz")
+        say(f"precomputing top-{k_precomputed} of {len(users):,} customers with {name}")
+        arrays.update(Precomputed.build(m, users, k_precomputed, progress).arrays(f"pre.{name}"))
+    say("building the vector index over catalog photos")
     feats = shop.image_features
     if index_kind == "auto" and len(feats.ids) >= 10_000:
         # Serving answers many concurrent single queries: HNSW (~0.2 ms) beats exact search (~3 ms at 20k x 256-d)
@@ -225,41 +466,102 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
     meta = shop.catalog.metadata
     cats = meta["product_group_name"].reindex(feats.ids).tolist() if "product_group_name" in meta.columns else None
     index.add(feats.ids, feats.vectors, categories=[None if (c is None or c != c) else c for c in cats] if cats else None)
-    backbone = create_backbone(shop.backbone_name, input_size=shop.input_size)
-    state = ServingState(shop, models, default_model, index, pre, _train_taggers(shop), backbone, ws,
-                         k_precomputed=k_precomputed, data_root=Path(data_dir).resolve())
+    index.save(art / "index.npz")
+    say("fitting the upload taggers (logistic regression on image features)")
+    taggers = _train_taggers(shop, progress)
+    for t in taggers:
+        arrays.update({f"tag.{t.column}.{k}": np.asarray(getattr(t, k)) for k in ("classes", "mean", "scale", "coef", "intercept")})
+    if shop.projection is not None:
+        arrays["proj.mean"] = shop.projection.mean_.astype(np.float32)
+        arrays["proj.components"] = shop.projection.components_.astype(np.float32)
+    config = {"models": names, "taggers": [t.column for t in taggers], "k_precomputed": k_precomputed,
+              "fingerprint": shop.fingerprint(), "backbone": backbone, "input_size": input_size, "dim": int(feats.vectors.shape[1])}
+    save_arrays(art / "tables", TABLES_KIND, TABLES_VERSION, arrays, config)  # written last: it marks a complete set
+    say("serving artifacts written")
+
+
+def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bool):
+    """(precomputed, taggers, projection, models, base index, config); ArtifactFormatError when anything is
+    missing, of an older format, or built for other settings."""
+    from fashionrec.index import load_index
+    from fashionrec.recommend import load_recommender
+
+    arrays, cfg = load_arrays(art / "tables", TABLES_KIND, TABLES_VERSION, mmap=mmap)
+    missing = [n for n in names if n not in cfg.get("models", [])]
+    if missing or cfg.get("k_precomputed") != k_precomputed:
+        raise ArtifactFormatError(f"{art / 'tables'}: built for models {cfg.get('models')} with top-"
+                                  f"{cfg.get('k_precomputed')}, not {names} with top-{k_precomputed}")
+    pre = {n: Precomputed.from_arrays(arrays, f"pre.{n}") for n in names}
+    taggers = [Tagger(c, *(arrays[f"tag.{c}.{k}"] for k in ("classes", "mean", "scale", "coef", "intercept")))
+               for c in cfg.get("taggers", [])]
+    proj = Projection(arrays.get("proj.mean"), arrays.get("proj.components"))
+    try:
+        models = {n: load_recommender(art / "models" / f"{n}.npz") for n in names}
+        index = load_index(art / "index.npz")
+    except ArtifactFormatError:
+        raise
+    except Exception as e:  # a model or index file of an older fashionrec (pickle, other layout): rebuild
+        raise ArtifactFormatError(f"{art}: unreadable model or index ({type(e).__name__}: {e})") from None
+    return pre, taggers, proj, models, index, cfg
+
+
+def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
+                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
+                max_arrivals: int | None = None, max_arrival_bytes: int | None = None, mmap: bool = False,
+                build: bool = True, writes_allowed: bool = True, backbone: str | None = None,
+                input_size: int | None = None) -> ServingState:
+    """Load the serving artifacts for `data_dir` from the workspace (seconds), building any that are missing or of
+    an older format first (minutes, with progress). `build=False` (a worker of a multi-worker server) refuses to
+    build; `mmap=True` maps the tables read-only so that workers share them."""
+    from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
+    from fashionrec.data.catalog import load_catalog
+
+    data_dir = Path(data_dir)
+    backbone = backbone or DEFAULT_BACKBONE
+    input_size = input_size or DEFAULT_INPUT_SIZE
+    ws = Path(workspace) if workspace else default_workspace()
+    catalog = load_catalog(data_dir)
+    if not catalog.image_paths:
+        raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
+    fp = _light_shop(data_dir, catalog, backbone, input_size).fingerprint()
+    art = ws / "serving" / fp
+    names = _model_names(default_model)
+    try:
+        pre, taggers, proj, models, index, cfg = _load_artifacts(art, names, k_precomputed, mmap=mmap)
+    except ArtifactFormatError as e:
+        if not build:
+            raise
+        if (art / "tables").exists():
+            log.warning("rebuilding the serving artifacts: %s", e)
+            if progress:
+                print(f"rebuilding the serving artifacts: {e}", flush=True)
+        _build_artifacts(art, data_dir, ws, names, progress=progress, index_kind=index_kind,
+                         k_precomputed=k_precomputed, backbone=backbone, input_size=input_size)
+        pre, taggers, proj, models, index, cfg = _load_artifacts(art, names, k_precomputed, mmap=mmap)
+    snap = Snapshot(models, LayeredIndex(index), {})
+    state = ServingState(catalog, data_dir.resolve(), ws, default_model, pre, taggers, proj, snap, backbone,
+                         input_size, fp, k_precomputed=k_precomputed, writes_allowed=writes_allowed)
     if max_arrivals is not None:
         state.max_arrivals = max_arrivals
     if max_arrival_bytes is not None:
         state.max_arrival_bytes = max_arrival_bytes
-    replay_arrivals(state)
+    replay_arrivals(state, dim=int(cfg.get("dim", 0)))
     return state
 
 
-# ------------------------------------------------------------------ new arrivals
-class ArrivalConflict(FashionrecError):
-    """The id exists, is being added by another request, or was deleted in this run (answered 409)."""
-
-
-class ArrivalLimit(FashionrecError):
-    """The arrivals' count or storage cap is reached (answered 507)."""
-
-
+# ------------------------------------------------------------------------------------------- new arrivals
 def arrivals_dir(state: ServingState) -> Path:
     """Arrivals belong to the data folder, not to one version of its files: keyed by the folder's path, so a new
     customers.csv or transactions file (a new fingerprint, refitted models) keeps the items added through the API."""
-    import hashlib
-
-    root = state.data_root or Path(state.shop.data_dir).resolve()
-    return state.workspace / "arrivals" / hashlib.sha1(str(root).encode()).hexdigest()[:12]
+    return state.workspace / "arrivals" / hashlib.sha1(str(state.data_root).encode()).hexdigest()[:12]
 
 
 def embed_image(state: ServingState, img) -> tuple[np.ndarray, np.ndarray]:
     """(raw backbone vector, projected vector) for a decoded PIL image."""
     from fashionrec.features import embed_pil
 
-    raw = embed_pil(state.backbone, [img])[0]
-    return raw, state.shop.project(raw)[0]
+    raw = embed_pil(state.backbone(), [img])[0]
+    return raw, state.projection(raw)[0]
 
 
 def embed_upload(state: ServingState, data: bytes, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -273,16 +575,17 @@ def reserve_arrival(state: ServingState, item_id: str, n_bytes: int) -> None:
     """Claim `item_id` for one POST before any slow work: a second POST of the same id gets 409 at once, so exactly
     one of N concurrent duplicates is added (first come, first served; nothing is ever replaced)."""
     with state.lock:
-        if item_id in state.removed:
-            raise ArrivalConflict(f"item '{item_id}' was deleted in this run; its id can be reused after a restart")
-        if state.known_item(item_id) or item_id in state.pending:
-            raise ArrivalConflict(f"item '{item_id}' already exists")
-        if len(state.arrivals) + len(state.pending) >= state.max_arrivals:
-            raise ArrivalLimit(f"the server holds {state.max_arrivals:,} new arrivals, its limit; delete some first")
-        used = sum(int(a.get("bytes", 0)) for a in state.arrivals.values()) + state.pending_bytes
+        snap = state.snapshot
+        if item_id in snap.removed:
+            raise Conflict(f"item '{item_id}' was deleted in this run; its id can be reused after a restart")
+        if state.known_item(item_id, snap) or item_id in state.pending:
+            raise Conflict(f"item '{item_id}' already exists")
+        if len(snap.arrivals) + len(state.pending) >= state.max_arrivals:
+            raise LimitReached(f"the server holds {state.max_arrivals:,} new arrivals, its limit; delete some first")
+        used = sum(int(a.get("bytes", 0)) for a in snap.arrivals.values()) + state.pending_bytes
         if used + n_bytes > state.max_arrival_bytes:
-            raise ArrivalLimit(f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
-                               f"({used:,} bytes used); delete some arrivals first")
+            raise StorageFull(f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
+                              f"({used:,} bytes used); delete some arrivals first")
         state.pending.add(item_id)
         state.pending_bytes += n_bytes
 
@@ -303,69 +606,110 @@ def create_arrival(state: ServingState, item_id: str, data: bytes, metadata: dic
         release_arrival(state, item_id, len(data))
 
 
+def _commit_arrivals(state: ServingState, new: dict[str, dict]) -> None:
+    """Swap in a snapshot with `new` arrivals (id -> record with "vector"): every model and the index at once.
+    Caller holds state.lock."""
+    snap = state.snapshot
+    memo: dict = {}
+    models = {n: _cow_copy(m, memo) for n, m in snap.models.items()}
+    ids = list(new)
+    vecs = np.stack([new[i]["vector"] for i in ids]).astype(np.float32)
+    metas = [new[i]["metadata"] for i in ids]
+    meta_df = (pd.DataFrame(metas, index=pd.Index(ids, name="article_id"))
+               if any(metas) else None)
+    for m in models.values():
+        m.add_items(ids, vectors=vecs, metadata=meta_df)
+    arrivals = {**snap.arrivals, **new}
+    index = LayeredIndex(snap.index.base, _arrivals_index(vecs.shape[1], arrivals))
+    state.snapshot = Snapshot(models, index, arrivals, snap.removed, snap.version + 1)
+
+
 def add_arrival(state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True,
                 image=None) -> dict:
     """Make a new item recommendable at once: every model, the index; persisted (atomically) for restarts.
     `image`: `data` already decoded (the server decodes an upload once, with its limits)."""
     raw, vec = (embed_image(state, image) if image is not None
                 else embed_upload(state, data, source=f"upload for {item_id}"))
-    meta_df = pd.DataFrame([metadata], index=pd.Index([item_id], name="article_id")) if metadata else None
-    folder = arrivals_dir(state)
-    img_path = folder / f"{item_id}.img"
+    img_path = arrivals_dir(state) / f"{item_id}.img"
     if persist:  # the id is reserved, so no other request writes this file; written before the commit
         with atomic_path(img_path) as tmp:
             tmp.write_bytes(data)
+    rec = {"image": str(img_path), "metadata": dict(metadata), "bytes": len(data), "vector": vec}
     with state.lock:
-        for m in state.models.values():
-            m.add_items([item_id], vectors=vec[None], metadata=meta_df)
-        state.index.add([item_id], vec[None], categories=[metadata.get("product_group_name")])
-        state.arrivals[item_id] = {"image": str(img_path), "metadata": metadata, "bytes": len(data)}
-        state.forget_info(item_id)
+        _commit_arrivals(state, {item_id: rec})
+        snap = state.snapshot
     if persist:
         _save_registry(state)
-    return state.item_info(item_id)
+    return state.item_info(item_id, snap)
 
 
 def _save_registry(state: ServingState) -> None:
-    # The snapshot is taken under persist_lock, so the last file written always holds every committed arrival.
+    # The snapshot is read under persist_lock, so the last files written always hold every committed arrival.
+    # Vectors are saved beside the registry (keyed by the artifacts' fingerprint): a restart replays arrivals
+    # without the backbone.
     with state.persist_lock:
-        with state.lock:
-            snapshot = {k: dict(v) for k, v in state.arrivals.items()}
-        write_json(arrivals_dir(state) / "arrivals.json", snapshot)
+        snap = state.snapshot
+        folder = arrivals_dir(state)
+        ids = list(snap.arrivals)
+        if ids:
+            save_arrays(folder / "vectors", ARRIVALS_KIND, 1,
+                        {"ids": np.array(ids, dtype=str),
+                         "vectors": np.stack([snap.arrivals[i]["vector"] for i in ids]).astype(np.float32)},
+                        {"fingerprint": state.fingerprint})
+        write_json(folder / "arrivals.json",
+                   {k: {kk: vv for kk, vv in v.items() if kk != "vector"} for k, v in snap.arrivals.items()})
 
 
 def remove_arrival(state: ServingState, item_id: str) -> None:
     """DELETE /items/{id}: an arrival leaves the index, every answer and the registry (its image file is deleted).
     The fitted models keep a column for it until a restart, so its id is not reusable before then."""
     with state.lock:
-        if item_id not in state.arrivals:
-            if state.known_item(item_id):
-                raise ArrivalConflict(f"item '{item_id}' is a catalog item; only arrivals added through the API "
-                                      f"can be deleted")
-            raise KeyError(item_id)
-        rec = state.arrivals.pop(item_id)
-        state.removed.add(item_id)
-        state.index.remove([item_id])
-        state.forget_info(item_id)
+        snap = state.snapshot
+        if item_id not in snap.arrivals:
+            if state.known_item(item_id, snap):
+                raise Conflict(f"item '{item_id}' is a catalog item; only arrivals added through the API can be deleted")
+            raise NotFound(f"unknown item '{item_id}'")
+        rec = snap.arrivals[item_id]
+        arrivals = {k: v for k, v in snap.arrivals.items() if k != item_id}
+        index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
+        state.snapshot = replace(snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id},
+                                 version=snap.version + 1)
     _save_registry(state)
     Path(rec["image"]).unlink(missing_ok=True)
 
 
-def replay_arrivals(state: ServingState) -> None:
-    registry = arrivals_dir(state) / "arrivals.json"
+def replay_arrivals(state: ServingState, dim: int = 0) -> None:
+    """Restore the arrivals posted in earlier runs, in one snapshot. Their vectors come from the saved vectors
+    when those were computed for these artifacts; otherwise the images are embedded again (needs the backbone)."""
+    folder = arrivals_dir(state)
+    registry = folder / "arrivals.json"
     if not registry.exists():
-        legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != registry.parent]
+        legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != folder]
         if legacy:  # before issue 14 the folder was keyed by the data's fingerprint, which has changed since
             log.warning("arrivals registered by an older fashionrec are not replayed: %s; post them again "
                         "(their images are kept there)", ", ".join(str(p) for p in legacy[:3]))
         return
     saved = json.loads(registry.read_text())
+    vectors = {}
+    try:
+        arrays, cfg = load_arrays(folder / "vectors", ARRIVALS_KIND, 1)
+        if cfg.get("fingerprint") == state.fingerprint:
+            vectors = {str(i): v for i, v in zip(arrays["ids"], arrays["vectors"])}
+    except ArtifactFormatError as e:
+        log.info("arrival vectors not reused (%s); embedding the images again", e)
+    new = {}
     for item_id, rec in saved.items():
         try:
             if state.known_item(item_id):
                 log.warning("new arrival %s is now in the catalog; the catalog's row is used", item_id)
                 continue
-            data = Path(rec["image"]).read_bytes()
-            add_arrival(state, item_id, data, rec.get("metadata") or {}, persist=False)
+            vec = vectors.get(item_id)
+            if vec is None or (dim and len(vec) != dim):
+                vec = embed_upload(state, Path(rec["image"]).read_bytes(), source=rec["image"])[1]
+            new[item_id] = {"image": rec["image"], "metadata": rec.get("metadata") or {},
+                            "bytes": int(rec.get("bytes", 0)), "vector": np.asarray(vec, np.float32)}
         except Exception as e:  # one bad arrival must not stop the server
             log.warning("could not restore new arrival %s: %s", item_id, e)
+    if new:
+        with state.lock:
+            _commit_arrivals(state, new)
