@@ -190,19 +190,19 @@ def test_images_plus_labels_csv_folder_trains(tmp_path):
 
 
 def test_predict_pads_like_training(tiny_hm, tmp_path, monkeypatch, capsys):
-    from fashionrec.training import checkpoint
+    from fashionrec.training.classifier import Classifier
 
     out = tmp_path / "run"
     assert main(["-q", "train", "--dataset", str(tiny_hm), "--label-column", "colour_group_name", "--out", str(out),
                  "--input-size", "32", "--backbone", "tiny_cnn"]) == 0
     seen = []
-    orig = checkpoint.LoadedClassifier.predict_proba
+    orig = Classifier.predict_proba
 
-    def spy(self, images):
+    def spy(self, images, *a, **k):
         seen.append(images)
-        return orig(self, images)
+        return orig(self, images, *a, **k)
 
-    monkeypatch.setattr(checkpoint.LoadedClassifier, "predict_proba", spy)
+    monkeypatch.setattr(Classifier, "predict_proba", spy)
     wide = tmp_path / "wide.png"
     Image.new("RGB", (60, 20), (200, 0, 0)).save(wide)
     assert main(["predict", "--model", str(out / "model.pt"), str(wide)]) == 0

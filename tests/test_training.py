@@ -42,14 +42,44 @@ def test_schedule_unfreezes_last_blocks_with_smaller_rates():
         FinetuneConfig(stages=(("middle", 1),))
 
 
-def test_finetune_learns_known_task_and_keeps_best():
+def _val_accuracy(model, x, y, pre):
+    from fashionrec.training.finetune import predict_logits
+
+    return float((predict_logits(model, x, pre).argmax(1) == y).mean())
+
+
+def test_finetune_learns_known_task():
     x, y = _bars(160)
     pre = Preprocess(28, (0.5,) * 3, (0.5,) * 3)
     cfg = FinetuneConfig(stages=(("head", 2), ("all", 6)), lr=5e-3, batch_size=32, seed=0, hflip=False)
     res = finetune(create_backbone("tiny_cnn"), x[:120], y[:120], x[120:], y[120:], 2, pre, cfg, progress=False)
     assert res.best_val_accuracy >= 0.9
     assert [h["stage"] for h in res.history][:2] == ["head", "head"]
-    assert max(h["val_accuracy"] for h in res.history) == res.best_val_accuracy
+    assert _val_accuracy(res.model, x[120:], y[120:], pre) == res.best_val_accuracy  # the returned weights score it
+
+
+def test_finetune_restores_the_best_weights_not_the_last():
+    """Validation labels are the opposite of training's and the head starts from a probe fitted on those opposite
+    labels: the more the model learns, the worse it validates, so the best epoch is an early one and the returned
+    model must hold that epoch's weights, not the last ones."""
+    from sklearn.linear_model import LogisticRegression
+
+    from fashionrec.features import embed_arrays
+
+    x, y = _bars(160)
+    pre = Preprocess(28, (0.5,) * 3, (0.5,) * 3)
+    f = embed_arrays(create_backbone("tiny_cnn"), x[:120], preprocess=pre, progress=False)
+    lr = LogisticRegression(C=100, max_iter=5000).fit(f, 1 - y[:120])
+    c, b = lr.coef_[0], lr.intercept_[0]
+    init = (np.stack([-c / 2, c / 2]), np.array([-b / 2, b / 2]))
+    cfg = FinetuneConfig(stages=(("all", 4),), lr=1e-3, batch_size=32, seed=0, hflip=False, augment=False, patience=10)
+    x_val, y_val_flipped = x[120:], 1 - y[120:]
+    res = finetune(create_backbone("tiny_cnn"), x[:120], y[:120], x_val, y_val_flipped, 2, pre, cfg, init_head=init,
+                   progress=False)
+    accs = [h["val_accuracy"] for h in res.history]
+    assert len(accs) == 4 and accs[-1] < max(accs), accs  # the set-up works: the last epoch is not the best
+    assert res.best_val_accuracy == max(accs)
+    assert _val_accuracy(res.model, x_val, y_val_flipped, pre) == max(accs)  # best weights restored
 
 
 def test_adabn_changes_only_statistics():
@@ -80,8 +110,18 @@ def test_checkpoint_roundtrip(method, tmp_path):
     back = load_classifier(tmp_path / "m.pt")
     assert back.classes == ["vertical", "horizontal"]
     assert np.allclose(back.predict_proba(x[60:]), p1, atol=1e-4)
+    assert type(back) is type(tr)  # one classifier type: trained and loaded predict through the same code
     metrics = evaluate_classifier(tr, x[60:], y[60:])
-    assert 0 <= metrics["test_accuracy"] <= 1 and len(metrics["confusion_matrix"]) == 2
+    # the metrics are those of the predictions, computed independently (sklearn as the reference)
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    pred = p1.argmax(1)
+    assert metrics["n_test"] == 20 and np.array_equal(metrics["_pred"], pred)
+    assert metrics["test_accuracy"] == pytest.approx(float((pred == y[60:]).mean()))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y[60:], pred, average="macro", labels=[0, 1], zero_division=0))
+    assert metrics["confusion_matrix"] == confusion_matrix(y[60:], pred, labels=[0, 1]).tolist()
+    if method == "linear-probe":  # bars are linearly separable in any CNN's features
+        assert metrics["test_accuracy"] >= 0.9
 
 
 def test_probe_probabilities_align_with_class_ids_when_a_class_is_unseen(tmp_path):
@@ -143,3 +183,22 @@ def test_finetune_head_probe_never_sees_the_validation_split(monkeypatch):
                            finetune=FinetuneConfig(stages=(("head", 1),), batch_size=16))
     train_image_classifier(x, y, ["v", "h"], cfg, progress=False)
     assert seen == [40]  # 50 images, 10 held out for early stopping
+
+
+def test_label_efficiency_gets_the_prepared_backbone_directly():
+    """prepare_backbone is the backbone a trained classifier embeds with (inversion, taps, AdaBN): same identity,
+    same features; the label-efficiency experiment uses it instead of training on fake labels."""
+    from fashionrec.training.tasks import prepare_backbone
+
+    x, y = _bars(40)
+    unl, _ = _bars(64, seed=1)
+    cfg = ClassifierConfig(backbone="tiny_cnn", input_size=28, adapt_bn=True, bn_images=64)
+    prep = prepare_backbone(cfg, x, unlabelled=unl, progress=False)
+    tr = train_image_classifier(x, y, ["v", "h"], cfg, unlabelled=unl, progress=False)
+    assert prep.config.invert is True and prep.preprocess == tr.preprocess and "+adabn:" in prep.backbone.weights_id
+    assert prep.backbone.feature_key() == tr.backbone.feature_key()
+    from fashionrec.features import embed_arrays
+
+    a = embed_arrays(prep.backbone, x[:8], preprocess=prep.preprocess, progress=False)
+    b = embed_arrays(tr.backbone, x[:8], preprocess=tr.preprocess, progress=False)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

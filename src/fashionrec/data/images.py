@@ -15,7 +15,8 @@ from fashionrec.errors import DataError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-# Decompression-bomb guard: a 128 MiB-pixel image is far beyond any product photo.
+# Decompression-bomb guard: 64 million pixels (8000 x 8000; ~190 MB once decoded as RGB) is far beyond any product
+# photo. Checked from the header before any pixel is decoded (PIL itself only raises at twice its own limit).
 MAX_IMAGE_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 

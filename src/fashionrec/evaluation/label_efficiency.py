@@ -126,7 +126,8 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
     only pays for what is new). The saved setup (data, backbone, preprocessing) must match, or it refuses.
     """
     from fashionrec.evaluation.plots import plot_label_efficiency
-    from fashionrec.training.tasks import train_image_classifier
+    from fashionrec.training import tasks  # torch/timm: imported when an experiment runs, not with the CLI
+    from fashionrec.training.probe import fit_linear_probe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,15 +143,14 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
 
     feats = None
     if "probe" in methods and pending("probe"):
-        # One backbone with adapted BN for the whole pool; features computed once, probes per (k, seed).
+        # One prepared backbone (domain handling, adapted BN) for the whole pool; features computed once, probes per
+        # (k, seed).
         from fashionrec.features import embed_arrays
-        from fashionrec.training.probe import fit_linear_probe
 
-        helper = train_image_classifier(x_pool[: n_classes * 2], np.arange(n_classes * 2) % n_classes, classes,
-                                        replace(classifier_cfg, method="linear-probe"),
-                                        unlabelled=unlabelled if unlabelled is not None else x_pool, cache=None, progress=progress)
-        f_pool = embed_arrays(helper.backbone, x_pool, preprocess=helper.preprocess, cache=cache, desc="embed pool", progress=progress)
-        f_test = embed_arrays(helper.backbone, x_test, preprocess=helper.preprocess, cache=cache, desc="embed test", progress=progress)
+        prep = tasks.prepare_backbone(classifier_cfg, x_pool, progress=progress,
+                                      unlabelled=unlabelled if unlabelled is not None else x_pool)
+        f_pool = embed_arrays(prep.backbone, x_pool, preprocess=prep.preprocess, cache=cache, desc="embed pool", progress=progress)
+        f_test = embed_arrays(prep.backbone, x_test, preprocess=prep.preprocess, cache=cache, desc="embed test", progress=progress)
         feats = (f_pool, f_test)
     for k in ks:
         kk = None if k == "all" else int(k)
@@ -171,7 +171,7 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
                     pred = clf.predict(feats[1])
                 elif m == "finetune":
                     cfg = replace(classifier_cfg, method="finetune", seed=seed)
-                    tr = train_image_classifier(x_pool[idx], y_pool[idx], classes, cfg,
+                    tr = tasks.train_image_classifier(x_pool[idx], y_pool[idx], classes, cfg,
                                                 unlabelled=unlabelled if unlabelled is not None else x_pool,
                                                 cache=cache, progress=False)
                     pred = tr.predict_proba(x_test).argmax(1)

@@ -18,6 +18,13 @@ from fashionrec.backbones.base import Backbone
 from fashionrec.features import Preprocess
 
 
+def memory_format_of(model: nn.Module) -> torch.memory_format:
+    """channels_last when the model's convolutions are stored NHWC (inputs must match, or each conv converts)."""
+    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return torch.channels_last if w is not None and w.is_contiguous(memory_format=torch.channels_last) \
+        and not w.is_contiguous() else torch.contiguous_format
+
+
 def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, *, batch_size: int = 256,
                     max_images: int = 10_000, seed: int = 0, progress: bool = True, only: list | None = None) -> Backbone:
     """Reset every BN layer's running statistics and re-estimate them on `images` (uint8, unlabelled).
@@ -35,8 +42,6 @@ def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preproce
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: every batch counts equally
         m.train()
-    from fashionrec.training.finetune import memory_format_of
-
     fmt = memory_format_of(backbone)
     with torch.no_grad():
         for s in tqdm(range(0, len(idx), batch_size), desc="re-estimate BN", unit="batch", disable=not progress):

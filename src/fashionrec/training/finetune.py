@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from fashionrec.backbones.base import Backbone
 from fashionrec.features import Preprocess
+from fashionrec.training.domain import adapt_batchnorm, memory_format_of
 
 log = logging.getLogger(__name__)
 
@@ -114,12 +115,6 @@ def _set_frozen_bn_eval(model: ImageClassifier, all_bn: bool = False) -> None:
                 m.eval()
 
 
-def memory_format_of(model: nn.Module) -> torch.memory_format:
-    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return torch.channels_last if w is not None and w.is_contiguous(memory_format=torch.channels_last) \
-        and not w.is_contiguous() else torch.contiguous_format
-
-
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, pre: Preprocess, batch_size: int = 256) -> np.ndarray:
     model.eval()
@@ -193,8 +188,6 @@ def finetune(backbone: Backbone, x_train: np.ndarray, y_train: np.ndarray, x_val
             if what != "head" and cfg.bn == "train":
                 # Precise BN: with few labels there are too few steps for the running averages (momentum 0.1) to
                 # follow the changing weights; re-estimate them with the current weights on the training images.
-                from fashionrec.training.domain import adapt_batchnorm
-
                 trainable_bn = [m for m in model.backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
                                 and any(p.requires_grad for p in m.parameters())]
                 if trainable_bn:

@@ -1,25 +1,28 @@
 """End-to-end classification tasks used by the CLI, the experiments and the Python API.
 
-`train_image_classifier` is the one recipe: backbone -> domain handling -> cached features -> linear probe
--> (optionally) staged fine-tuning -> metrics, plots and a checkpoint in `out_dir`.
+`train_image_classifier` is the one recipe: `prepare_backbone` (backbone + domain handling) -> cached features ->
+linear probe -> (optionally) staged fine-tuning, giving a `Classifier` (training/classifier.py: the one classifier
+type, with its predict path and checkpoint); `write_run` puts metrics, plots and the checkpoint in `out_dir`.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from fashionrec.backbones import create_backbone
-from fashionrec.backbones.base import DEFAULT_BACKBONE
+from fashionrec.backbones.base import DEFAULT_BACKBONE, Backbone
 from fashionrec.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from fashionrec.features import FeatureCache, Preprocess, embed_arrays
 from fashionrec.io import write_json
-from fashionrec.training.finetune import FinetuneConfig, finetune, predict_logits
+from fashionrec.training import probe as probe_module
+from fashionrec.training.classifier import Classifier, ProbeHead, expand_proba, softmax  # noqa: F401  (public here)
+from fashionrec.training.domain import adapt_batchnorm
+from fashionrec.training.finetune import FinetuneConfig, finetune
 
 log = logging.getLogger(__name__)
 
@@ -54,19 +57,6 @@ def is_light_on_dark(images: np.ndarray, sample: int = 500) -> bool:
     return float(border.mean()) < 64.0
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(1, keepdims=True)
-
-
-def expand_proba(p: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray:
-    """A probe only knows the classes it saw in training: put its columns at their class ids (others get 0)."""
-    out = np.zeros((len(p), n_classes), dtype=np.float64)
-    out[:, np.asarray(present, dtype=int)] = p
-    return out
-
-
 def default_taps(backbone_name: str, shifted: bool) -> tuple:
     """Which layers to pool, as measured with EfficientNet-Lite0:
     - strongly shifted inputs (28 px greyscale, light on dark): blocks 4+5; +6 points over pre-logits at 10 labels;
@@ -76,52 +66,44 @@ def default_taps(backbone_name: str, shifted: bool) -> tuple:
     return (4, 5) if shifted else (5, "final")
 
 
+TrainedClassifier = Classifier  # compatible alias: trained and loaded classifiers are one type
+
+
 @dataclass
-class TrainedClassifier:
-    classes: list[str]
-    config: ClassifierConfig
+class PreparedBackbone:
+    """A backbone ready to embed a task's images: domain handling applied (inversion, taps, AdaBN)."""
+
+    backbone: Backbone
     preprocess: Preprocess
-    backbone: object
-    probe: object = None
-    model: object = None
-    metrics: dict = field(default_factory=dict)
-
-    def predict_proba(self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool = True) -> np.ndarray:
-        if self.model is not None:
-            return softmax(predict_logits(self.model, images, self.preprocess))
-        f = embed_arrays(self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress)
-        return expand_proba(self.probe.predict_proba(f), self.probe.classes_, len(self.classes))
-
-    def save(self, path: str | Path) -> Path:
-        from fashionrec.training.checkpoint import save_classifier
-
-        return save_classifier(path, kind=self.config.method, classes=self.classes, backbone_name=self.config.backbone,
-                               taps=self.config.taps,
-                               preprocess=self.preprocess, model=self.model, probe=self.probe,
-                               backbone_state=self.backbone.state_dict() if self.model is None else None,
-                               extra={"config": asdict(self.config)})
+    config: ClassifierConfig  # with invert and taps resolved
 
 
-def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: list[str], cfg: ClassifierConfig, *,
-                           unlabelled: np.ndarray | None = None, cache: FeatureCache | None = None,
-                           progress: bool = True) -> TrainedClassifier:
-    """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels."""
-    from fashionrec.training.domain import adapt_batchnorm
-    from fashionrec.training.probe import fit_linear_probe
-
-    shifted = x_train.ndim == 3 and is_light_on_dark(x_train)
+def prepare_backbone(cfg: ClassifierConfig, images: np.ndarray, *, unlabelled: np.ndarray | None = None,
+                     progress: bool = True) -> PreparedBackbone:
+    """The backbone and preprocessing a classifier for `images` would use (what the label-efficiency experiment
+    embeds its whole pool with): light-on-dark inputs inverted and pooled from mid-level blocks (auto), BN statistics
+    re-estimated on `unlabelled` (else `images`) when `cfg.adapt_bn`."""
+    shifted = images.ndim == 3 and is_light_on_dark(images)
     invert = cfg.invert if cfg.invert is not None else shifted
     taps = cfg.taps if cfg.taps is not None else default_taps(cfg.backbone, shifted)
     backbone = create_backbone(cfg.backbone, input_size=cfg.input_size, taps=taps)
     pre = Preprocess.for_backbone(backbone, invert=bool(invert))
     cfg = replace(cfg, invert=bool(invert), taps=tuple(taps))
     if cfg.adapt_bn:
-        pool = unlabelled if unlabelled is not None else x_train
+        pool = unlabelled if unlabelled is not None else images
         adapt_batchnorm(backbone, pool, pre, max_images=cfg.bn_images, seed=cfg.seed, progress=progress)
         # The adapted statistics are part of the model: the cache key must differ from the ImageNet-BN one.
-        import hashlib
         bn_hash = hashlib.sha1(np.ascontiguousarray(pool[:64]).tobytes() + str((len(pool), cfg.bn_images, cfg.seed)).encode()).hexdigest()[:8]
         backbone.weights_id += f"+adabn:{bn_hash}"
+    return PreparedBackbone(backbone, pre, cfg)
+
+
+def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: list[str], cfg: ClassifierConfig, *,
+                           unlabelled: np.ndarray | None = None, cache: FeatureCache | None = None,
+                           progress: bool = True) -> Classifier:
+    """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels."""
+    prepared = prepare_backbone(cfg, x_train, unlabelled=unlabelled, progress=progress)
+    backbone, pre, cfg = prepared.backbone, prepared.preprocess, prepared.config
     # Fine-tuning holds out a validation split for early stopping. The probe that starts its head is fitted on the
     # training part only: a head that has seen the validation images scores them perfectly, and early stopping
     # would then always pick the untouched probe.
@@ -134,8 +116,9 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
     else:  # no copy of the (possibly large) training set when nothing is held out
         x_val, y_val, x_tr, y_tr = x_train[:0], y_train[:0], x_train, y_train
     feats = embed_arrays(backbone, x_tr, preprocess=pre, cache=cache, desc="embed train", progress=progress)
-    probe = fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
-    trained = TrainedClassifier(classes, cfg, pre, backbone, probe=probe)
+    probe = probe_module.fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
+    trained = Classifier(classes, pre, backbone, kind=cfg.method, probe=ProbeHead.from_sklearn(probe), config=cfg,
+                         progress=progress)
     if cfg.method == "finetune":
         lr = probe.steps[-1][1]
         scaler = probe.steps[0][1]
@@ -153,7 +136,7 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
     return trained
 
 
-def evaluate_classifier(trained: TrainedClassifier, x_test: np.ndarray, y_test: np.ndarray, *, cache=None) -> dict:
+def evaluate_classifier(trained: Classifier, x_test: np.ndarray, y_test: np.ndarray, *, cache=None) -> dict:
     proba = trained.predict_proba(x_test, cache=cache)
     pred = proba.argmax(1)
     n = len(trained.classes)
@@ -161,7 +144,7 @@ def evaluate_classifier(trained: TrainedClassifier, x_test: np.ndarray, y_test: 
             "confusion_matrix": confusion_matrix(y_test, pred, n).tolist(), "_pred": pred, "_proba": proba}
 
 
-def write_run(out_dir: str | Path, trained: TrainedClassifier, result: dict, extra: dict | None = None) -> dict:
+def write_run(out_dir: str | Path, trained: Classifier, result: dict, extra: dict | None = None) -> dict:
     """metrics.json, config.json, confusion.png and model.pt, each written atomically."""
     from fashionrec.evaluation.plots import plot_confusion
 
