@@ -1,0 +1,471 @@
+"""How `fashionrec recommend` (hybrid, default settings) grows with the shop: a synthetic purchase log and catalog
+grown from the H&M sample's own statistics, then every stage timed, with its peak memory, at several sizes.
+
+    .venv/bin/python benchmarks/recommend_scale.py --customers 20000 --items 4000 --sizes 5000 10000 20000
+    .venv/bin/python benchmarks/recommend_scale.py --customers 1000000 --items 100000      # the retailer size
+
+The generator (`generate`) copies from `../shared/data/hm`: customers' basket sizes and how many distinct days
+they shop on (resampled pairs), the share of purchases that repeat an item (13%) or buy another colour of a product
+the customer bought before (8%), the item popularity curve (Zipf exponent fitted on the sample's item counts),
+the number of colours per product (7-digit product code + 3-digit colour, as H&M's article_id), purchase dates,
+prices, sales channels, customers' ages and the catalog's tag columns. Items have a launch date and sell for 180
+days after it. Image vectors are drawn near real ones: the PCA (256 dims) of the sample's cached image features
+(`$FASHIONREC_HOME/features/*.npz`, written by `fashionrec recommend`/`embed`), one real vector per product plus
+Gaussian noise, a little more noise per colour; without the cache, a Gaussian with a decaying spectrum.
+
+Stages (each size runs in a fresh process, so memory figures do not mix): load (the project's own CSV loader,
+`load_transactions`, plus customers, catalog and vectors), features (`RecData`: ids, user x item matrix,
+histories), fit (`Hybrid().fit`), candidates (candidate sources + features for every customer), ranking (ranker
+scores, top-k with the places kept for new arrivals, fill), write (the CSV). Peak memory is the kernel's
+high-water mark of the process's resident set (VmHWM in /proc/self/status), reset at the start of every stage by
+writing 5 to /proc/self/clear_refs: "peak" is the largest RSS reached during that stage (whole process, so it
+includes what earlier stages left in memory). With --workers > 1 (Ray), the workers' own high-water marks are
+added to the driver's.
+
+--path customer measures the per-customer loop `Hybrid.recommend_many` (blocks of 256 customers, candidates and
+features one customer at a time), --path block the batch job `fashionrec.recommend.batch.recommend_all`.
+The growth exponent of a stage is the slope of log(seconds) against log(customers) over the sizes run
+(items and purchases grow in proportion). The last line is the contract read by an outside harness:
+`N customers x M items: T.T min, peak P.P GiB, ms/customer C.CC` for the largest size (N, M as given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+STAGES = ["load", "features", "fit", "candidates", "ranking", "write"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------------------------- sample statistics
+def sample_stats(data_dir: Path, features_npz: str | None, dim: int = 256, seed: int = 0) -> dict:
+    """Everything the generator copies from the real sample (read once, small)."""
+    from fashionrec.recommend.attributes import TAG_COLUMNS
+
+    tr = pd.read_csv(data_dir / "transactions.csv", dtype={"article_id": str, "customer_id": str})
+    tr = tr.sort_values("t_dat", kind="stable")
+    tr["code"] = tr["article_id"].str[:7]
+    g = tr.groupby("customer_id")
+    per_cust = pd.DataFrame({"n": g.size(), "days": g["t_dat"].nunique()})
+    rep = tr.duplicated(["customer_id", "article_id"])
+    same = tr.duplicated(["customer_id", "code"]) & ~rep
+    pop = np.sort(tr["article_id"].value_counts().to_numpy())[::-1]
+    r = np.arange(1, len(pop) + 1)
+    zipf = -np.polyfit(np.log(r), np.log(pop), 1)[0]
+    img_ids = [p.stem for p in (data_dir / "images").glob("*.jpg")] if (data_dir / "images").is_dir() else tr["article_id"].unique().tolist()
+    colours = pd.Series([i[:7] for i in img_ids]).value_counts().to_numpy()
+    days = pd.to_datetime(tr["t_dat"])
+    arts = pd.read_csv(data_dir / "articles.csv", dtype={"article_id": str}) if (data_dir / "articles.csv").exists() else None
+    tags = arts[[c for c in TAG_COLUMNS if c in arts.columns]].dropna().reset_index(drop=True) if arts is not None else None
+    cust = pd.read_csv(data_dir / "customers.csv", dtype={"customer_id": str}) if (data_dir / "customers.csv").exists() else None
+    ages = pd.to_numeric(cust["age"], errors="coerce").dropna().to_numpy() if cust is not None and "age" in cust else np.array([30.0])
+    vecs, source = None, "gaussian"
+    path = features_npz or _find_features()
+    if path:
+        raw = np.load(path)["features"].astype(np.float32)
+        raw = raw[np.linalg.norm(raw, axis=1) > 0]
+        mu = raw.mean(0)
+        _, s, vt = np.linalg.svd(raw[np.random.default_rng(seed).choice(len(raw), min(len(raw), 5000), replace=False)] - mu,
+                                 full_matrices=False)
+        vecs = (raw - mu) @ vt[:dim].T
+        vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        source = f"PCA({dim}) of {len(raw)} real image vectors ({os.path.basename(path)})"
+    return {"per_cust": per_cust[["n", "days"]].to_numpy(), "p_repeat": float(rep.mean()), "p_same": float(same.mean()),
+            "zipf": float(zipf), "colours": colours, "day0": days.min(), "day_offsets": (days - days.min()).dt.days.to_numpy(),
+            "prices": tr["price"].to_numpy(), "channel2": float((tr["sales_channel_id"] == 2).mean()), "tags": tags,
+            "ages": ages, "vecs": vecs, "vec_source": source, "dim": dim}
+
+
+def _find_features() -> str | None:
+    homes = [os.environ.get("FASHIONREC_HOME", ""), "/tmp/ws_shared", os.path.expanduser("~/.fashionrec")]
+    for h in homes:
+        if h:
+            files = sorted(glob.glob(os.path.join(h, "features", "*.npz")), key=os.path.getsize, reverse=True)
+            if files:
+                return files[0]
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- generator
+def generate(stats: dict, n_customers: int, n_items: int, n_purchases: int, out: Path, seed: int = 0,
+             life_days: int = 180) -> dict:
+    """Write transactions.csv, customers.csv, articles.csv and vectors.npz (ids + L2-normalised vectors) to `out`."""
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    # products and colours: colours per product resampled from the sample's photos
+    cols = []
+    total = 0
+    while total < n_items:
+        c = rng.choice(stats["colours"], size=max(1024, (n_items - total) // 1))
+        cum = np.cumsum(c)
+        k = int(np.searchsorted(cum, n_items - total, side="left")) + 1
+        c = c[:k]
+        c[-1] -= max(0, int(c.sum()) - (n_items - total))
+        cols.append(c[c > 0])
+        total += int(c[c > 0].sum())
+    cols = np.concatenate(cols)
+    n_prod = len(cols)
+    prod_of = np.repeat(np.arange(n_prod), cols)
+    colour_no = np.arange(n_items) - np.repeat(np.cumsum(cols) - cols, cols)
+    codes = np.char.zfill((100000 + np.arange(n_prod)).astype(str), 7)
+    item_ids = np.char.add(codes[prod_of], np.char.zfill((colour_no + 1).astype(str), 3))
+    # launch dates: products launch over the sample's period (from `life_days` before its start); items sell for life_days
+    span = int(stats["day_offsets"].max()) + 1
+    launch_p = rng.integers(-life_days // 2, span, size=n_prod)
+    launch = launch_p[prod_of] + rng.integers(0, 15, size=n_items)
+    # popularity: Zipf over a random order of products, colours share their product's weight unevenly
+    w_p = np.power(np.arange(1, n_prod + 1, dtype=np.float64), -stats["zipf"])[rng.permutation(n_prod)]
+    w = w_p[prod_of] * rng.gamma(1.0, 1.0, size=n_items)
+    order = np.argsort(launch, kind="stable")  # items in launch order, for "active at day d" windows
+    launch_sorted = launch[order]
+    cw = np.concatenate([[0.0], np.cumsum(w[order])])
+    # customers: (purchases, distinct days) resampled, purchases rescaled to the total asked for
+    pc = stats["per_cust"][rng.integers(0, len(stats["per_cust"]), size=n_customers)].astype(np.float64)
+    n_u = rng.multinomial(n_purchases, pc[:, 0] / pc[:, 0].sum()) if n_customers else np.zeros(0, dtype=np.int64)
+    n_u = np.maximum(n_u, 1)
+    d_u = np.clip(np.round(n_u * pc[:, 1] / pc[:, 0]), 1, n_u).astype(np.int64)
+    cust_ids = np.array([hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n_customers)])
+    # each customer's shopping days (from the empirical date distribution), each purchase on one of them
+    day_pool = stats["day_offsets"]
+    T = int(n_u.sum())
+    owner = np.repeat(np.arange(n_customers), n_u)
+    day_start = np.concatenate([[0], np.cumsum(d_u)[:-1]])
+    days = day_pool[rng.integers(0, len(day_pool), size=int(d_u.sum()))]
+    pick = (rng.random(T) * d_u[owner]).astype(np.int64)
+    t_day = days[day_start[owner] + pick]
+    srt = np.lexsort((t_day, owner))
+    owner, t_day = owner[srt], t_day[srt]
+    # a fresh purchase: popularity among the items on sale that day (launched within life_days)
+    lo = np.searchsorted(launch_sorted, t_day - life_days, side="left")
+    hi = np.searchsorted(launch_sorted, t_day, side="right")
+    empty = hi <= lo
+    lo[empty], hi[empty] = 0, np.maximum(hi[empty], 1)
+    u = cw[lo] + rng.random(T) * (cw[hi] - cw[lo])
+    item = order[np.clip(np.searchsorted(cw, u, side="right") - 1, 0, n_items - 1)]
+    # repeats (the same item again) and other colours of a product bought before, from earlier purchases of the customer
+    start = np.concatenate([[0], np.cumsum(n_u)[:-1]])[owner]
+    pos = np.arange(T) - start
+    r = rng.random(T)
+    has_prev = pos > 0
+    prev = start + (rng.random(T) * np.maximum(pos, 1)).astype(np.int64)
+    rep = has_prev & (r < stats["p_repeat"])
+    same = has_prev & ~rep & (r < stats["p_repeat"] + stats["p_same"])
+    base = item.copy()
+    item[rep] = base[prev[rep]]
+    p_first = np.concatenate([[0], np.cumsum(cols)[:-1]])
+    sp_ = prod_of[base[prev[same]]]
+    item[same] = p_first[sp_] + (rng.random(int(same.sum())) * cols[sp_]).astype(np.int64)
+    price = rng.choice(stats["prices"], size=n_items)[item]
+    channel = np.where(rng.random(T) < stats["channel2"], 2, 1)
+    dates = (stats["day0"] + pd.to_timedelta(t_day, unit="D")).strftime("%Y-%m-%d")
+    tx = pd.DataFrame({"t_dat": dates, "customer_id": cust_ids[owner], "article_id": item_ids[item], "price": price,
+                       "sales_channel_id": channel})
+    tx = tx.sort_values("t_dat", kind="stable")
+    tx.to_csv(out / "transactions.csv", index=False, chunksize=1_000_000)
+    del tx
+    pd.DataFrame({"customer_id": cust_ids, "age": rng.choice(stats["ages"], size=n_customers)}).to_csv(out / "customers.csv", index=False)
+    arts = pd.DataFrame({"article_id": item_ids, "product_code": codes[prod_of]})
+    if stats["tags"] is not None and len(stats["tags"]):
+        t = stats["tags"].iloc[rng.integers(0, len(stats["tags"]), size=n_prod)].reset_index(drop=True)
+        for c in t.columns:
+            arts[c] = t[c].to_numpy()[prod_of]
+        if "colour_group_name" in t.columns:  # colours differ within a product
+            arts["colour_group_name"] = stats["tags"]["colour_group_name"].to_numpy()[rng.integers(0, len(stats["tags"]), size=n_items)]
+    arts.to_csv(out / "articles.csv", index=False)
+    dim = stats["dim"]
+    if stats["vecs"] is not None:
+        base_v = stats["vecs"][rng.integers(0, len(stats["vecs"]), size=n_prod)]
+    else:
+        base_v = rng.standard_normal((n_prod, dim)).astype(np.float32) * np.power(np.arange(1, dim + 1), -0.5).astype(np.float32)
+        base_v /= np.linalg.norm(base_v, axis=1, keepdims=True)
+    vec = np.empty((n_items, dim), dtype=np.float32)
+    for a in range(0, n_items, 200_000):  # bounded temporaries
+        b = min(n_items, a + 200_000)
+        p = prod_of[a:b]
+        v = base_v[p] + 0.15 / np.sqrt(dim) * rng.standard_normal((b - a, dim)).astype(np.float32)  # per colour
+        vec[a:b] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    # product-level noise must be shared by the colours: add it per product, once
+    noise_p = 0.25 / np.sqrt(dim) * rng.standard_normal((n_prod, dim)).astype(np.float32)
+    vec += noise_p[prod_of]
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+    np.savez(out / "vectors.npz", ids=item_ids, vectors=vec)
+    return {"customers": n_customers, "items": n_items, "purchases": T, "products": n_prod}
+
+
+# ----------------------------------------------------------------------------------------------- one size
+class _Peak:
+    """Peak resident memory of this process during a stage: VmHWM, reset at the start (Linux clear_refs 5)."""
+
+    def __init__(self):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass
+
+    @staticmethod
+    def read(key: str = "VmHWM") -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024 / 2**30
+        return float("nan")
+
+
+def run_one(args) -> dict:
+    """Generate one size, run every stage, return {stage: [seconds, peak GiB]} (printed as JSON by --one)."""
+    import threadpoolctl  # noqa: F401  (imported before the timers)
+
+    from fashionrec.data.interactions import load_transactions
+    from fashionrec.pipeline import load_customer_table
+    from fashionrec.recommend.base import ItemFeatures, RecData
+    from fashionrec.recommend.hybrid import Hybrid
+    from fashionrec.recommend.attributes import TAG_COLUMNS
+
+    stats = sample_stats(Path(args.data), args.features_npz, seed=args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="recscale-", dir=args.tmp_dir))
+    t = time.time()
+    info = generate(stats, args.customers, args.items, args.purchases, tmp, seed=args.seed)
+    info["generate_s"] = time.time() - t
+    info["vectors"] = stats["vec_source"]
+    del stats
+    res: dict = {}
+    out_csv = tmp / "recommendations.csv"
+
+    def stage(name, fn):
+        pk = _Peak()
+        t0 = time.time()
+        v = fn()
+        res[name] = [time.time() - t0, pk.read()]
+        print(f"  {name:10s} {res[name][0]:8.1f}s  peak {res[name][1]:.2f} GiB", file=sys.stderr, flush=True)
+        return v
+
+    def load():
+        z = np.load(tmp / "vectors.npz")
+        ids = z["ids"].tolist()
+        ev = load_transactions(tmp / "transactions.csv", catalog_ids=set(ids)).events
+        meta = pd.read_csv(tmp / "articles.csv", dtype={"article_id": str, "product_code": str}).set_index("article_id")
+        return ids, z["vectors"], ev, meta, load_customer_table(tmp)
+
+    ids, V, ev, meta, users = stage("load", load)
+
+    def features():
+        pred = meta[[c for c in TAG_COLUMNS if c in meta.columns]]  # stands for the tags predicted from photos
+        bought = meta[meta.index.isin(set(ev["item"].unique()))]
+        return RecData(ev, ids, image_features=ItemFeatures(ids, V), metadata=bought, predicted=pred, users=users)
+
+    data = stage("features", features)
+    del ev, meta
+    model = stage("fit", lambda: Hybrid().fit(data))
+    customers = users.index.tolist()
+    if args.path == "customer":
+        _per_customer(model, customers, args.k, out_csv, stage)
+    else:
+        _block_path(model, customers, args, out_csv, stage, res)
+    info["rows"] = sum(1 for _ in open(out_csv)) - 1
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        info["dir"] = str(tmp)
+    return {"info": info, "stages": res}
+
+
+def _per_customer(model, customers, k, out_csv, stage):
+    """Today's path, timed by part: `Hybrid.recommend_many`'s loop (candidates + features per customer, one ranker
+    call per 256 customers), the CLI's fill, then one CSV write."""
+    from fashionrec.recommend.baselines import Popularity
+
+    st = model.state
+    fill = [model.data.item_ids[j] for j in st.list_month] + [model.data.item_ids[j] for j in st.list_week]
+    fallback = [r.item for r in Popularity().fit(model.data).recommend(None, 2 * k, explain=False)]
+    parts_all = []
+
+    def cands():
+        for u in customers:
+            h, ts, pr = model._history(st, u)
+            cand, X, _ = model._features(st, h, ts, pr, u)
+            parts_all.append((u, cand, X))
+
+    stage("candidates", cands)
+    rows = []
+
+    def rank():
+        for b in range(0, len(parts_all), 256):
+            parts = parts_all[b : b + 256]
+            s = model._predict(np.vstack([p[2] for p in parts]))
+            o = 0
+            for u, cand, X in parts:
+                sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
+                o += len(cand)
+                items = [model.data.item_ids[j] for j in model._with_arrivals(cand, sc, k)]
+                for src in (fill, fallback):
+                    if len(items) < k:
+                        seen = set(items)
+                        items += [i for i in src if i not in seen and not seen.add(i)][: k - len(items)]
+                rows.append((u, " ".join(items[:k])))
+        parts_all.clear()
+
+    stage("ranking", rank)
+
+    def write():
+        from fashionrec.io import atomic_path
+
+        with atomic_path(out_csv, suffix=".tmp.csv") as tmpf:
+            pd.DataFrame(rows, columns=["customer_id", "prediction"]).to_csv(tmpf, index=False)
+
+    stage("write", write)
+
+
+def _block_path(model, customers, args, out_csv, stage, res):
+    from fashionrec.recommend.batch import recommend_all
+
+    timings: dict = {}
+    pk = _Peak()
+    t0 = time.time()
+    recommend_all(model, customers, args.k, out_csv, block_size=args.block_size, progress=False, timings=timings,
+                  workers=args.workers)
+    total, peak = time.time() - t0, pk.read() + timings.get("worker_peak_gib", 0.0)
+    for name in ("candidates", "ranking", "write"):
+        res[name] = [timings.get(name, 0.0), peak]
+    res["candidates"][0] += max(0.0, total - sum(timings.get(n, 0.0) for n in ("candidates", "ranking", "write")))
+    print(f"  recommend  {total:8.1f}s  peak {peak:.2f} GiB ({timings})", file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def exponents(rows: list[dict]) -> dict:
+    n = np.array([r["info"]["customers"] for r in rows], dtype=float)
+    out = {}
+    for s in STAGES + ["total"]:
+        t = np.array([r["stages"][s][0] if s != "total" else sum(v[0] for v in r["stages"].values()) for r in rows])
+        ok = t > 0
+        out[s] = float(np.polyfit(np.log(n[ok]), np.log(t[ok]), 1)[0]) if ok.sum() >= 2 else float("nan")
+    return out
+
+
+def report(rows, exps, args, path_png: Path | None, path_md: Path | None, label: str):
+    lines = [f"| customers | items | purchases | " + " | ".join(f"{s} s (GiB)" for s in STAGES) + " | total min | peak GiB | ms/customer |",
+             "|---" * (len(STAGES) + 6) + "|"]
+    for r in rows:
+        i, s = r["info"], r["stages"]
+        tot = sum(v[0] for v in s.values())
+        peak = max(v[1] for v in s.values())
+        lines.append(f"| {i['customers']:,} | {i['items']:,} | {i['purchases']:,} | "
+                     + " | ".join(f"{s[k][0]:.1f} ({s[k][1]:.2f})" for k in STAGES)
+                     + f" | {tot / 60:.2f} | {peak:.2f} | {1000 * tot / max(1, i['customers']):.2f} |")
+    lines.append("")
+    lines.append("growth exponent (slope of log seconds vs log customers): "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in exps.items()))
+    text = "\n".join(lines)
+    print(text)
+    if path_md:
+        path_md.parent.mkdir(parents=True, exist_ok=True)
+        with open(path_md, "a") as f:
+            f.write(f"\n## {label}\n\n{text}\n\ncommand: `{' '.join(sys.argv)}`\n")
+    if path_png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+        n = [r["info"]["customers"] for r in rows]
+        for s in STAGES:
+            ax[0].loglog(n, [max(r["stages"][s][0], 1e-3) for r in rows], "o-", label=f"{s} ({exps[s]:.2f})")
+        ax[0].loglog(n, [sum(v[0] for v in r["stages"].values()) for r in rows], "k--", label=f"total ({exps['total']:.2f})")
+        ax[0].set_xlabel("customers (items and purchases in proportion)")
+        ax[0].set_ylabel("seconds")
+        ax[0].legend(fontsize=7)
+        ax[0].set_title(f"time per stage ({label})", fontsize=9)
+        ax[1].loglog(n, [max(v[1] for v in r["stages"].values()) for r in rows], "o-")
+        ax[1].set_xlabel("customers")
+        ax[1].set_ylabel("peak RSS, GiB")
+        ax[1].set_title("peak memory", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path_png, dpi=110)
+        plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--customers", type=int, required=True, help="N: customers at the largest size")
+    ap.add_argument("--items", type=int, required=True, help="M: catalog items at the largest size")
+    ap.add_argument("--purchases", type=int, default=None, help="T: purchases at the largest size (default 30 x N)")
+    ap.add_argument("--sizes", type=int, nargs="*", default=None,
+                    help="customer counts to run (items, purchases in proportion); default N/9, N/3, N; the last is N")
+    ap.add_argument("--workers", type=int, default=1, help="Ray workers for the batch job (1 = in this process)")
+    ap.add_argument("--path", choices=["block", "customer"], default="block")
+    ap.add_argument("--block-size", type=int, default=2048)
+    ap.add_argument("--k", type=int, default=12)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hm"))
+    ap.add_argument("--features-npz", default=None, help="real image features to draw vectors near (default: workspace cache)")
+    ap.add_argument("--tmp-dir", default=None, help="where the generated shop is written (needs ~2 GiB per 10M purchases)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", action="store_true", help="keep the generated shop")
+    ap.add_argument("--out-md", default=str(ROOT / "docs" / "results" / "recommend_scale.md"))
+    ap.add_argument("--out-png", default=str(ROOT / "docs" / "results" / "recommend_scale.png"))
+    ap.add_argument("--no-report", action="store_true", help="do not write the .md/.png")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.purchases is None:
+        args.purchases = 30 * args.customers
+    if not (Path(args.data) / "transactions.csv").exists():
+        print(f"skipped: {args.data}/transactions.csv not found (the generator copies its statistics)")
+        return 0
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args), default=str), flush=True)
+        return 0
+    N, M, T = args.customers, args.items, args.purchases
+    sizes = sorted(set(args.sizes)) if args.sizes else sorted({max(100, N // 9), max(100, N // 3), N})
+    if sizes[-1] != N:
+        sizes.append(N)
+    rows = []
+    for n in sizes:
+        m, t = max(50, round(M * n / N)), max(n, round(T * n / N))
+        print(f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {args.workers} worker(s))",
+              file=sys.stderr, flush=True)
+        cmd = [sys.executable, __file__, "--one", "--customers", str(n), "--items", str(m), "--purchases", str(t),
+               "--path", args.path, "--workers", str(args.workers), "--block-size", str(args.block_size),
+               "--k", str(args.k), "--data", args.data, "--seed", str(args.seed)]
+        for flag, v in (("--features-npz", args.features_npz), ("--tmp-dir", args.tmp_dir)):
+            if v:
+                cmd += [flag, v]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        res = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if p.returncode != 0 or not res:
+            print(f"size {n:,} failed (exit {p.returncode}; killed for memory if -9): larger sizes not run",
+                  file=sys.stderr, flush=True)
+            break
+        rows.append(json.loads(res[-1][len("RESULT "):]))
+    if not rows:
+        return 1
+    exps = exponents(rows)
+    label = f"{args.path} path, {args.workers} worker(s), {time.strftime('%Y-%m-%d %H:%M')}"
+    report(rows, exps, args, None if args.no_report else Path(args.out_png), None if args.no_report else Path(args.out_md),
+           label)
+    last = rows[-1]
+    tot = sum(v[0] for v in last["stages"].values())
+    peak = max(v[1] for v in last["stages"].values())
+    n_done = last["info"]["customers"]
+    if n_done != N:
+        print(f"stopped at {n_done:,} customers: the size {N:,} did not finish")
+        return 1
+    print(f"{N} customers x {M} items: {tot / 60:.1f} min, peak {peak:.1f} GiB, ms/customer {1000 * tot / N:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
