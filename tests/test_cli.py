@@ -120,3 +120,38 @@ def test_tag_several_columns_with_probe(tiny_hm, tmp_path):
     assert list(df.columns) == ["product_group_name", "product_group_name_confidence", "colour_group_name",
                                 "colour_group_name_confidence"]
     assert df.loc["0400000001", "colour_group_name"] == "Blue" and df.loc["0300000001", "colour_group_name"] == "Red"
+
+
+def _fashionrec_imports(path) -> set[str]:
+    import ast
+
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fashionrec"):
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith(("fashionrec", "argparse"))}
+    return names
+
+
+def test_command_modules_import_only_common_and_workflows():
+    """One module per command group: none imports another (only cli.common), and workflows never import the CLI."""
+    import fashionrec.cli as cli_pkg
+    import fashionrec.workflows as wf_pkg
+
+    cli_dir, wf_dir = Path(cli_pkg.__file__).parent, Path(wf_pkg.__file__).parent
+    commands = [p for p in cli_dir.glob("*.py") if p.stem not in {"__init__", "__main__", "main", "common"}]
+    assert {p.stem for p in commands} >= {"train", "recommend", "serve"}
+    for p in commands:
+        bad = {n for n in _fashionrec_imports(p) if n.startswith("fashionrec.cli") and n != "fashionrec.cli.common"}
+        assert not bad, f"{p.name} imports {bad}"
+    for p in wf_dir.glob("*.py"):
+        assert not any(n.startswith(("fashionrec.cli", "argparse")) for n in _fashionrec_imports(p)), p.name
+
+
+def test_every_command_module_is_registered():
+    from fashionrec.cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert list(sub.choices) == ["train", "predict", "tag", "adapt", "backbones", "demo", "experiment", "recommend",
+                                 "similar", "evaluate", "embed", "serve"]
