@@ -8,7 +8,7 @@ import pytest
 
 from fashionrec.data.catalog import Catalog
 from fashionrec.data.interactions import Interactions
-from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table, window_splits
+from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table, temporal_split, window_splits
 from fashionrec.pipeline import Shop, rec_data
 from fashionrec.recommend.base import ItemFeatures, RecData, Recommender
 
@@ -69,6 +69,66 @@ def test_known_answer_map_and_paired_difference():
     assert df.loc["ab", "recall_warm"] == pytest.approx(1.0)
     assert df.attrs["pairs"] == 3 and df.attrs["purchases"] == 4
     assert "| ab |" in format_windows_table(df)
+
+
+# A hand-built log whose every number below is computed by hand. H&M-style ids: 7-digit product + 3-digit colour.
+A, A2, B, C, E = "1000000001", "1000000002", "2000000001", "3000000001", "4000000001"  # A2: A's product, other colour
+HAND_LOG = [("z", A, "2019-12-20 00:00"),      # before both windows
+            ("x", A, "2020-01-02 00:00"),      # window 1 (Jan 1-7)
+            ("x", B, "2020-01-08 00:00"),      # window 2 (Jan 8-14), at its first minute
+            ("y", A2, "2020-01-10 00:00"),     # window 2: never bought before (cold), but a known product
+            ("n", E, "2020-01-12 18:00"),      # window 2: a new customer (no history), new product
+            ("y", C, "2020-01-14 23:59")]      # window 2, its last minute; the last event of the log
+
+
+def test_temporal_split_known_answer():
+    ev = _log(HAND_LOG)
+    s = temporal_split(ev, test_days=7)  # default: the last 7 days, from midnight: Jan 8 - Jan 14
+    assert s.split_date == pd.Timestamp("2020-01-08")
+    assert sorted(s.train["item"]) == [A, A] and sorted(s.test["user"]) == ["n", "x", "y", "y"]
+    assert s.truth == {"x": {B}, "y": {A2, C}, "n": {E}}
+    s = temporal_split(ev, "2020-01-02", test_days=6)  # [Jan 2, Jan 8): the Jan 8 purchase is outside
+    assert s.truth == {"x": {A}} and list(s.train["user"]) == ["z"]
+    with pytest.raises(ValueError, match="empty train"):
+        temporal_split(ev, "2019-12-01")
+    ws = window_splits(ev, n_windows=1, test_days=7, last="2020-01-07")  # windows end with the day `last`
+    assert [str(w.split_date.date()) for w in ws] == ["2020-01-01"] and ws[0].truth == {"x": {A}}
+    with pytest.raises(ValueError, match="split at 2019-12-25 leaves an empty train"):
+        window_splits(ev, n_windows=2, test_days=7, last="2020-01-07")  # [Dec 25, Jan 1) holds no purchase
+
+
+def test_evaluate_windows_known_answer_by_hand():
+    """k=2, two 7-day windows: w2 = Jan 8-14 (pairs n, x, y), w1 = Jan 1-7 (pair x). 'ab' recommends [A, B] to
+    everyone, 'ec' [E, C, A2] (A2 is cut by k=2).
+        pair     truth     ab: AP  recall hit    ec: AP  recall hit
+        n  w2    {E}           0    0     0          1     1      1
+        x  w2    {B}          1/2   1     1          0     0      0
+        y  w2    {A2, C}       0    0     0         1/4   1/2     1   (C at rank 2: (1/2) / min(2, k))
+        x  w1    {A}           1    1     1          0     0      0
+    Cold (never bought before the window): E, B, A2, C (4 of 5 purchases); warm: A in w1. New products (no colour
+    sold before): E, B, C (A2 is a colour of A, sold on Dec 20)."""
+    ev = _log(HAND_LOG)
+    items = [A, A2, B, C, E]
+    fac = {"ab": lambda: FixedList([A, B]), "ec": lambda: FixedList([E, C, A2])}
+    df, det = evaluate_windows(lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=2, baseline="ab",
+                               n_boot=200, progress=False)
+    assert det["ap"] == {"ab": [0, 0.5, 0, 1], "ec": [1, 0, 0.25, 0]}  # pairs in order: w2 (n, x, y), then w1 (x)
+    ab, ec = df.loc["ab"], df.loc["ec"]
+    assert ab["map@2"] == pytest.approx(1.5 / 4) and ec["map@2"] == pytest.approx(1.25 / 4)
+    assert ab["recall@2"] == pytest.approx(2 / 4) and ec["recall@2"] == pytest.approx(1.5 / 4)
+    assert ab["hitrate@2"] == pytest.approx(2 / 4) and ec["hitrate@2"] == pytest.approx(2 / 4)
+    assert ab["window_map"] == pytest.approx([0.5 / 3, 1.0]) and ec["window_map"] == pytest.approx([1.25 / 3, 0.0])
+    assert ab["recall_cold"] == pytest.approx(1 / 4) and ec["recall_cold"] == pytest.approx(2 / 4)
+    assert ab["recall_warm"] == pytest.approx(1.0) and ec["recall_warm"] == pytest.approx(0.0)
+    assert ab["recall_new_product"] == pytest.approx(1 / 3) and ec["recall_new_product"] == pytest.approx(2 / 3)
+    assert ab["coverage_items"] == 2 and ec["coverage_items"] == 2
+    assert ec["diff_vs_ab"] == pytest.approx((1 - 0.5 + 0.25 - 1) / 4)
+    assert ec["ratio_vs_baseline"] == pytest.approx(1.25 / 1.5)
+    assert ab["diff_vs_ab"] == 0 and ab["diff_ci"] == (0, 0)
+    assert df.attrs["pairs"] == 4 and df.attrs["purchases"] == 5
+    assert df.attrs["cold_share"] == pytest.approx(4 / 5) and df.attrs["newprod_share"] == pytest.approx(3 / 5)
+    assert det["windows"] == [{"split": "2020-01-08", "customers": 3, "purchases": 4, "cold_share": 1.0},
+                              {"split": "2020-01-01", "customers": 1, "purchases": 1, "cold_share": 0.0}]
 
 
 class CheatOnMissingRow(Recommender):
