@@ -57,6 +57,7 @@ BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [
            ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
            ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF])]
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
+BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
 
 
 def product_codes(item_ids: list[str], metadata: pd.DataFrame | None) -> np.ndarray:
@@ -94,6 +95,15 @@ def _top(score: np.ndarray, n: int, mask: np.ndarray | None = None) -> np.ndarra
     if len(pos) > n:
         pos = pos[np.argpartition(-s[pos], n - 1)[:n]]
     return pos[np.argsort(-s[pos], kind="stable")]
+
+
+def _top_sparse(idx: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
+    """`_top` of a dense score vector given by its positive entries (indices ascending): the same argpartition and
+    stable argsort on the same values, so ties come out in the same order."""
+    if len(idx) > n:
+        sel = np.argpartition(-val, n - 1)[:n]
+        idx, val = idx[sel], val[sel]
+    return idx[np.argsort(-val, kind="stable")]
 
 
 class _State:
@@ -656,6 +666,313 @@ class Hybrid(Recommender):
             return st.hist[user]
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]"), None
 
+    # ------------------------------------------------------------------ the same, for a block of customers at once
+    def _features_block(self, st: _State, users, want_sources: bool = False):
+        """Candidates and features of many customers at once: exactly the rows `_features` gives each of them (same
+        candidates in the same order, same float32 values), built with array operations over the whole block
+        (newest-first histories, other colours, bought-together sums as one sparse product, own/product/share
+        features by sorted keys); only what must stay per customer to give bit-identical results (small argsorts
+        whose tie order the per-customer path fixes, the new-arrival and visual dot products) runs in a loop.
+
+        Returns (cands: list of index arrays, X: (sum of lengths, len(FEATURES)) float32, sources) where sources is
+        (customer position, source number, item) of every source entry when `want_sources`, else None."""
+        import scipy.sparse as sp
+
+        users = list(users)
+        B, n = len(users), len(st.pop_all)
+        hists = [self._history(st, u) for u in users]
+        lens = np.fromiter((len(x[0]) for x in hists), dtype=np.int64, count=B)
+        ages = self._user_ages(st, users)
+        t64 = np.datetime64(st.t, "ns")
+        bh = np.repeat(np.arange(B), lens)
+        hh = np.concatenate([x[0] for x in hists]).astype(np.int64) if lens.sum() else np.zeros(0, dtype=np.int64)
+        th = np.concatenate([x[1] for x in hists]).astype("datetime64[ns]") if lens.sum() else np.zeros(0, dtype="datetime64[ns]")
+        hd = (t64 - th) / DAY
+        # newest-first unique history of every customer (argsort(ts, stable)[::-1], then first occurrences)
+        pos = np.arange(len(hh))
+        o = np.lexsort((-pos, -th.astype(np.int64), bh))
+        keys = bh[o] * n + hh[o]
+        _, first = np.unique(keys, return_index=True)
+        first = np.sort(first)
+        ru_b, ru_i = bh[o][first], hh[o][first]
+        ru_start = np.searchsorted(ru_b, np.arange(B))
+        ru_end = np.searchsorted(ru_b, np.arange(B), side="right")
+        ru_rank = np.arange(len(ru_b)) - ru_start[ru_b]
+        own_keys = ru_b * n + ru_i  # unique; sorted by (customer, item) below for look-ups
+        own_sorted = np.sort(own_keys)
+        # other colours of the products bought (product order = first purchase, newest first)
+        same_lists = self._same_product_block(st, B, n, ru_b, ru_i, own_sorted)
+        # bought together: sum of the pair rows of the recent items / of the whole history, one sparse product each
+        pair_rows = pair_hist = None
+        if st.pairs is not None and len(hh):
+            pairs = st.pairs.tocsr()
+            rec = ru_rank < self.recent_items
+            if self.n_pairs:
+                R = sp.csr_matrix((np.ones(int(rec.sum()), dtype=pairs.dtype), (ru_b[rec], ru_i[rec])), shape=(B, n))
+                pair_rows = R @ pairs
+                pair_rows.sort_indices()
+            Hc = sp.csr_matrix((np.ones(len(hh), dtype=pairs.dtype), (bh, hh)), shape=(B, n))
+            Hc.sum_duplicates()
+            pair_hist = (Hc @ pairs).tocsr()
+            pair_hist.sort_indices()
+        dep = st.attr.get("department_name")
+        pool = st.arrival_pool[st.arrival_pool < n] if len(st.arrival_pool) and self.n_new_arrival else None
+        Vpool = self.V[pool] if pool is not None and self.V is not None else None
+        band_of = np.searchsorted(AGE_BANDS, ages, side="right") - 1
+        cands, row_parts, src_parts, rank_parts, ucols, vis_m, vis_p, als_parts = [], [], [], [], [], [], [], []
+        src_num = {s: k for k, s in enumerate(SOURCES)}
+        offset = 0
+        for b in range(B):
+            h, ts, pr = hists[b]
+            ru = ru_i[ru_start[b]:ru_end[b]]
+            src: dict[str, np.ndarray] = {}
+            if len(h):
+                src["repurchase"] = ru[: self.n_repurchase]
+                src["same_product"] = same_lists[b]
+                recent = ru[: self.recent_items]
+                if pair_rows is not None:
+                    a, z = pair_rows.indptr[b], pair_rows.indptr[b + 1]
+                    idx, val = pair_rows.indices[a:z], pair_rows.data[a:z]
+                    keep = val > 0
+                    src["pairs"] = _top_sparse(idx[keep].astype(np.int64), val[keep], self.n_pairs)
+                if self.V is not None and self.n_visual:
+                    src["visual"] = self._visual_source(recent[:5])
+            src["pop_decay"] = st.list_decay
+            src["pop_week"] = st.list_week
+            src["pop_month"] = st.list_month
+            src["new_colour"] = st.list_new_colour
+            if not np.isnan(ages[b]) and int(band_of[b]) in st.age_lists:
+                src["age_pop"] = st.age_lists[int(band_of[b])]
+            if dep is not None and len(h) and st.dept_lists:
+                d = dep[h]
+                d = d[d >= 0]
+                if len(d):
+                    vals, cnt = np.unique(d, return_counts=True)
+                    lists = [st.dept_lists.get(int(v), np.zeros(0, dtype=np.int64)) for v in vals[np.argsort(-cnt)][:2]]
+                    src["dept_pop"] = np.array(list(dict.fromkeys(np.concatenate(lists).tolist())), dtype=np.int64)
+            prof = None
+            if pool is not None:
+                s = st.trend[pool].copy()
+                prof = self._profile_from(ru)
+                if prof is not None:
+                    s = s + Vpool @ prof
+                src["new_arrival"] = pool[np.argsort(-s, kind="stable")[: self.n_new_arrival]]
+            names = list(src)
+            parts = [np.asarray(src[s_], dtype=np.int64) for s_ in names]
+            concat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+            uq, fi, inv = np.unique(concat, return_index=True, return_inverse=True)
+            oo = np.argsort(fi, kind="stable")
+            cand = uq[oo]
+            where = np.empty(len(uq), dtype=np.int64)
+            where[oo] = np.arange(len(uq))
+            cands.append(cand)
+            m = len(cand)
+            row_parts.append(offset + where[inv.ravel()])
+            src_parts.append(np.repeat([src_num[s_] for s_ in names], [len(p) for p in parts]).astype(np.int64))
+            rank_parts.append(np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, dtype=np.int64))
+            # per-customer facts
+            if len(h):
+                up = np.nanmean(pr) if pr is not None and np.isfinite(pr).any() else np.nan
+                ucols.append((ages[b], len(h), len(ru), float(((t64 - ts.astype("datetime64[ns]")) / DAY).min()), up))
+            else:
+                up = np.nan
+                ucols.append((ages[b], 0, 0, np.nan, np.nan))
+            vm, vp = np.zeros(m), np.zeros(m)
+            if len(h) and self.V is not None:
+                recent = ru[: self.recent_items]
+                recent = recent[self.has_vec[recent]]
+                if len(recent):
+                    Vc = self.V[cand]
+                    vm = (Vc @ self.V[recent].T).max(1)
+                    p = self.V[recent].mean(0)
+                    vp = Vc @ (p / max(np.linalg.norm(p), 1e-12))
+            vis_m.append(vm)
+            vis_p.append(vp)
+            if st.als_items is not None and users[b] in st.als_user:
+                als_parts.append(st.als_items[cand] @ st.als_user[users[b]])
+            else:
+                als_parts.append(np.full(m, np.nan))
+            offset += m
+        M = offset
+        counts = np.fromiter((len(c) for c in cands), dtype=np.int64, count=B)
+        cand_all = np.concatenate(cands) if M else np.zeros(0, dtype=np.int64)
+        cb = np.repeat(np.arange(B), counts)
+        X = np.empty((M, len(FEATURES)), dtype=np.float64)
+        col = 0
+        ranks = np.full((M, len(SOURCES)), np.nan)
+        if M:
+            np.fmin.at(ranks, (np.concatenate(row_parts), np.concatenate(src_parts)), np.concatenate(rank_parts).astype(float))
+        X[:, : len(SOURCES)] = ranks
+        col = len(SOURCES)
+        for v in (st.pop_week, st.pop_month, st.pop_all, st.first_days, st.last_days, st.code_pop_week,
+                  st.code_pop_month, st.code_first, st.code_last, (~st.sold).astype(float), st.trend, st.buyer_age,
+                  st.item_price):
+            X[:, col] = v[cand_all]
+            col += 1
+        uc = np.array(ucols, dtype=float).reshape(B, 5)
+        X[:, col : col + 5] = uc[cb]
+        col += 5
+        # customer x item, by sorted keys over the whole block
+        ck = cb * n + cand_all
+        ck_order = np.argsort(ck, kind="stable")
+        ck_sorted = ck[ck_order]
+        n_own, own_w, own_days = np.zeros(M), np.zeros(M), np.full(M, np.nan)
+        n_code, code_days = np.zeros(M), np.full(M, np.nan)
+        shares = {c: np.zeros(M) for c in SHARE_COLUMNS}
+        if len(hh) and M:
+            p_ = np.clip(np.searchsorted(ck_sorted, bh * n + hh), 0, M - 1)
+            ok = ck_sorted[p_] == bh * n + hh
+            hi = ck_order[p_[ok]]
+            np.add.at(n_own, hi, 1.0)
+            np.add.at(own_w, hi, np.power(0.5, np.maximum(hd[ok], 0) / 30.0))
+            od = np.full(M, np.inf)
+            np.minimum.at(od, hi, hd[ok])
+            own_days = np.where(np.isfinite(od), od, np.nan)
+            n_users_h = lens[cb]
+            hc, cc = st.code_ids[hh], st.code_ids[cand_all]
+            NC = int(max(st.code_ids.max(initial=0), 0)) + 2
+            okc = hc >= 0
+            n_code, code_days = _group_lookup(bh[okc] * NC + hc[okc], hd[okc], np.where(cc >= 0, cb * NC + cc, -1))
+            for c in SHARE_COLUMNS:
+                a = st.attr[c]
+                ah = a[hh]
+                oka = ah >= 0
+                if oka.any():
+                    NA = int(a.max(initial=0)) + 2
+                    cnt, _ = _group_lookup(bh[oka] * NA + ah[oka], np.zeros(int(oka.sum())),
+                                           np.where(a[cand_all] >= 0, cb * NA + a[cand_all], -1))
+                    shares[c] = np.where(n_users_h > 0, cnt / np.maximum(n_users_h, 1), 0.0)
+        age_rows = ages[cb]
+        up_rows = uc[cb, 4]
+        age_diff = age_rows - st.buyer_age[cand_all]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            price_ratio = np.where((up_rows == up_rows) & (up_rows != 0), st.item_price[cand_all] / up_rows, np.nan)
+        pair = np.zeros(M)
+        if pair_hist is not None and M:
+            pk = np.repeat(np.arange(B), np.diff(pair_hist.indptr)) * n + pair_hist.indices
+            q = np.clip(np.searchsorted(pk, ck), 0, max(len(pk) - 1, 0))
+            if len(pk):
+                hit = (pk[q] == ck) & (lens[cb] > 0)
+                pair[hit] = pair_hist.data[q[hit]]
+        vis_max = np.concatenate(vis_m) if M else np.zeros(0)
+        vis_prof = np.concatenate(vis_p) if M else np.zeros(0)
+        als = np.concatenate(als_parts) if M else np.zeros(0)
+        for v in [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair] + \
+                 [shares[c] for c in SHARE_COLUMNS]:
+            X[:, col] = v
+            col += 1
+        sources = None
+        if want_sources:
+            rows = np.concatenate(row_parts) if M else np.zeros(0, dtype=np.int64)
+            sources = (cb[rows], np.concatenate(src_parts) if M else rows, cand_all[rows])
+        return cands, X.astype(np.float32), sources
+
+    def _user_ages(self, st: _State, users) -> np.ndarray:
+        out = np.full(len(users), np.nan)
+        if st.user_age is None:
+            return out
+        ua = st.user_age
+        if ua.index.is_unique:
+            ix = ua.index.get_indexer(pd.Index(list(users), dtype=object))
+            vals = pd.to_numeric(ua, errors="coerce").to_numpy(dtype=np.float64)
+            out[ix >= 0] = vals[ix[ix >= 0]]
+            return out
+        return np.array([self._user_age(st, u) for u in users], dtype=np.float64)
+
+    def _same_product_block(self, st: _State, B: int, n: int, ru_b, ru_i, own_sorted) -> list:
+        """Other colours of the products each customer bought: products in order of the newest purchase, all their
+        items except those bought, ordered by product + item sales of the month (stable), the first n_same_product."""
+        out = [np.zeros(0, dtype=np.int64)] * B
+        c = st.code_ids[ru_i]
+        ok = c >= 0
+        if not ok.any():
+            return out
+        cb, cc = ru_b[ok], c[ok]
+        NC = int(st.code_ids.max()) + 1
+        _, fi = np.unique(cb * NC + cc, return_index=True)
+        fi = np.sort(fi)
+        cb, cc = cb[fi], cc[fi]
+        crank = np.arange(len(cb)) - np.searchsorted(cb, cb)  # product's place among the customer's products
+        start, end = st.code_start[cc], st.code_end[cc]
+        cnt = end - start
+        within = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        items = st.code_order[np.repeat(start, cnt) + within]
+        ib = np.repeat(cb, cnt)
+        ir = np.repeat(crank, cnt)
+        k = ib * n + items
+        q = np.clip(np.searchsorted(own_sorted, k), 0, max(len(own_sorted) - 1, 0))
+        keep = own_sorted[q] != k if len(own_sorted) else np.ones(len(k), dtype=bool)
+        items, ib, ir, within = items[keep], ib[keep], ir[keep], within[keep]
+        score = -(st.code_pop_month[items] + st.pop_month[items] + 1e-3 * st.pop_all[items])
+        o = np.lexsort((within, ir, score, ib))
+        items, ib = items[o], ib[o]
+        s0 = np.searchsorted(ib, np.arange(B))
+        s1 = np.searchsorted(ib, np.arange(B), side="right")
+        for b in np.flatnonzero(s1 > s0):
+            out[b] = items[s0[b] : min(s1[b], s0[b] + self.n_same_product)]
+        return out
+
+    def _visual_source(self, recent5: np.ndarray) -> np.ndarray:
+        """Visual neighbours of the newest 5 items, best similarity per item, in the order pandas'
+        Series.sort_values(ascending=False) gives (its tie order, reproduced: argsort of the reversed values)."""
+        nb = [self._neighbours(int(j)) for j in recent5]
+        if not nb:
+            return np.zeros(0, dtype=np.int64)
+        ids = np.concatenate([x[0] for x in nb]).astype(np.int64)
+        sims = np.concatenate([x[1] for x in nb])
+        if not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        uq, inv = np.unique(ids, return_inverse=True)
+        best = np.full(len(uq), -np.inf, dtype=sims.dtype)
+        np.maximum.at(best, inv.ravel(), sims)
+        order = np.arange(len(uq))[::-1][best[::-1].argsort(kind="quicksort")][::-1]
+        return uq[order][: self.n_visual]
+
+    def _profile_from(self, ru: np.ndarray):
+        """`_profile` from the newest-first unique history."""
+        if self.V is None or not len(ru):
+            return None
+        recent = ru[: self.recent_items]
+        recent = recent[self.has_vec[recent]]
+        if not len(recent):
+            return None
+        p = self.V[recent].mean(0)
+        return p / max(np.linalg.norm(p), 1e-12)
+
+    def recommend_block(self, users, k: int = 12, timings: dict | None = None) -> list[list[str]]:
+        """Top-k item ids for a block of customers (the batch job's unit): the lists `recommend(u, k)` gives each
+        (with short lists filled from the month's and week's best sellers, as `recommend_many` does).
+        timings: if a dict, seconds in candidates (+features) and ranking are added to it."""
+        import time
+
+        self._check_fitted()
+        st = self.state
+        users = list(users)
+        t0 = time.perf_counter()
+        with _one_thread():  # small dot products: BLAS threads cost more than they give (results are the same)
+            cands, X, _ = self._features_block(st, users)
+        t1 = time.perf_counter()
+        s = self._predict(X) if len(X) else np.zeros(0)
+        out = self._rank_block(cands, s, k)
+        if timings is not None:
+            timings["candidates"] = timings.get("candidates", 0.0) + t1 - t0
+            timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - t1
+        return out
+
+    def _rank_block(self, cands, s, k) -> list[list[str]]:
+        st, ids = self.state, self.data.item_ids
+        fill = [ids[j] for j in st.list_month] + [ids[j] for j in st.list_week]
+        out, o = [], 0
+        for cand in cands:
+            sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
+            o += len(cand)
+            items = [ids[j] for j in self._with_arrivals(cand, sc, k)]
+            if len(items) < k:
+                seen = set(items)
+                items += [i for i in fill if i not in seen and not seen.add(i)][: k - len(items)]
+            out.append(items)
+        return out
+
     # ------------------------------------------------------------------ training
     def _candidate_key(self) -> tuple:
         return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_decay, self.n_pop_week,
@@ -688,19 +1005,26 @@ class Hybrid(Recommender):
             users = list(rng.choice(users, self.max_train_users, replace=False))
         Xs, ys, groups, n_true, src_hits = [], [], [], 0, {s: 0 for s in SOURCES}
         self._last_window_truth = []
-        for u in users:
-            h, ts, pr = self._history(st, u)
-            cand, X, src = self._features(st, h, ts, pr, u)
-            tr = truth[u]
-            y = np.fromiter((c in tr for c in cand), dtype=np.int8, count=len(cand))
-            n_true += len(tr)
-            for s, v in src.items():
-                src_hits[s] += len(tr & set(v.tolist()))
-            if len(cand):
-                Xs.append(X)
-                ys.append(y)
-                groups.append(len(cand))
-                self._last_window_truth.append(len(tr))
+        n = data.n_items
+        for b0 in range(0, len(users), BLOCK):  # the same rows as `_features` per customer, built a block at a time
+            part = users[b0 : b0 + BLOCK]
+            with _one_thread():
+                cands, Xb, (sb, ss, si) = self._features_block(st, part, want_sources=True)
+            tk = np.sort(np.array([b * n + j for b, u in enumerate(part) for j in truth[u]], dtype=np.int64))
+            hit = np.isin(sb * n + si, tk)
+            for k, c in zip(*np.unique(ss[hit], return_counts=True)):
+                src_hits[SOURCES[int(k)]] += int(c)
+            o = 0
+            for u, cand in zip(part, cands):
+                tr = truth[u]
+                n_true += len(tr)
+                X = Xb[o : o + len(cand)]
+                o += len(cand)
+                if len(cand):
+                    Xs.append(X)
+                    ys.append(np.fromiter((c in tr for c in cand), dtype=np.int8, count=len(cand)))
+                    groups.append(len(cand))
+                    self._last_window_truth.append(len(tr))
         return Xs, ys, groups, n_true, src_hits
 
     def fit(self, data: RecData):
@@ -819,27 +1143,26 @@ class Hybrid(Recommender):
     def recommend_many(self, users, k: int = 12) -> dict[str, list[str]]:
         """Batch top-k: features for a block of customers, one ranker call per block."""
         self._check_fitted()
+        users, out = list(users), {}
+        for b in range(0, len(users), BLOCK):
+            part = users[b : b + BLOCK]
+            out.update(zip(part, self.recommend_block(part, k)))
+        return out
+
+    def _recommend_many_per_customer(self, users, k: int = 12) -> dict[str, list[str]]:
+        """The reference the block path is tested against: candidates and features one customer at a time."""
+        self._check_fitted()
         st, out, block = self.state, {}, 256
-        fill = [self.data.item_ids[j] for j in st.list_month] + [self.data.item_ids[j] for j in st.list_week]
         users = list(users)
         for b in range(0, len(users), block):
             parts = []
             for u in users[b : b + block]:
                 h, ts, pr = self._history(st, u)
                 cand, X, _ = self._features(st, h, ts, pr, u)
-                parts.append((u, cand, X))
-            allX = np.vstack([p[2] for p in parts]) if parts else np.zeros((0, len(FEATURES)), np.float32)
+                parts.append((cand, X))
+            allX = np.vstack([p[1] for p in parts]) if parts else np.zeros((0, len(FEATURES)), np.float32)
             s = self._predict(allX) if len(allX) else np.zeros(0)
-            o = 0
-            for u, cand, X in parts:
-                sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
-                o += len(cand)
-                top = self._with_arrivals(cand, sc, k)
-                items = [self.data.item_ids[j] for j in top]
-                if len(items) < k:
-                    seen = set(items)
-                    items += [i for i in fill if i not in seen and not seen.add(i)][: k - len(items)]
-                out[u] = items
+            out.update(zip(users[b : b + block], self._rank_block([p[0] for p in parts], s, k)))
         return out
 
     def _with_arrivals(self, cand: np.ndarray, sc: np.ndarray, k: int) -> np.ndarray:

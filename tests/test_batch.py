@@ -1,0 +1,183 @@
+"""The batch job (fashionrec.recommend.batch) and the hybrid's block path: the same lists as the per-customer path,
+row for row, on a synthetic log built to produce ties (duplicate photos, equal pair counts, equal sales)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fashionrec.recommend.base import ItemFeatures, RecData
+
+
+def _log(seed=0, n_users=160, n_products=70):
+    """H&M-like: 10-digit ids, 1-4 colours per product, two taste groups, repeats and other colours, some
+    customers without age, some photos duplicated (equal similarities), unsold items with photos."""
+    rng = np.random.default_rng(seed)
+    items, vecs, meta = [], [], []
+    centres = rng.standard_normal((2, 16))
+    for p in range(n_products):
+        g = p % 2
+        base = centres[g] + 0.6 * rng.standard_normal(16)
+        for c in range(1 + p % 4):
+            iid = f"0{100000 + p:06d}{c + 1:03d}"
+            v = base + 0.2 * rng.standard_normal(16)
+            if p % 9 == 0 and c == 1:
+                v = vecs[-1].copy()  # a duplicate photo
+            items.append(iid)
+            vecs.append(v)
+            meta.append({"article_id": iid, "product_code": str(100000 + p), "product_type_name": ["Dress", "Shoe", "Top"][p % 3],
+                         "product_group_name": ["Garment", "Shoes"][g], "colour_group_name": ["Black", "White", "Red", "Blue"][c],
+                         "department_name": f"dept{p % 5}", "index_group_name": ["Ladies", "Men"][g],
+                         "garment_group_name": ["Jersey", "Knit"][p % 2], "graphical_appearance_name": "Solid"})
+    meta = pd.DataFrame(meta).set_index("article_id")
+    t0 = pd.Timestamp("2020-01-01")
+    rows = []
+    sold = [i for j, i in enumerate(items) if j % 7 != 3]  # every 7th item is never sold
+    for u in range(n_users):
+        g = u % 2
+        pool = [i for i in sold if int(i[1:7]) % 2 == g]
+        n = int(rng.integers(1, 14))
+        bought = []
+        for _ in range(n):
+            day = int(rng.integers(0, 120))
+            if bought and rng.random() < 0.2:
+                it = bought[int(rng.integers(len(bought)))]
+            else:
+                it = pool[int(min(len(pool) - 1, rng.zipf(1.3) - 1))] if rng.random() < 0.6 else pool[int(rng.integers(len(pool)))]
+            bought.append(it)
+            rows.append((f"c{u:04d}", it, t0 + pd.Timedelta(days=day), 1.0, float(rng.choice([0.01, 0.02, 0.03]))))
+    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight", "price"]).sort_values("timestamp", kind="stable")
+    ages = pd.DataFrame({"age": [np.nan if u % 11 == 0 else float(20 + (u * 7) % 45) for u in range(n_users)]},
+                        index=pd.Index([f"c{u:04d}" for u in range(n_users)], name="customer_id"))
+    feats = ItemFeatures(items, np.asarray(vecs, dtype=np.float32))
+    bought_meta = meta[meta.index.isin(set(ev["item"]))]
+    pred = meta.drop(columns=["product_code"])
+    return RecData(ev.reset_index(drop=True), items, image_features=feats, metadata=bought_meta, predicted=pred, users=ages)
+
+
+@pytest.fixture(scope="module")
+def hybrid():
+    from fashionrec.recommend import create_recommender
+
+    return create_recommender("hybrid").fit(_log())  # default settings: the ones the identity is promised for
+
+
+def _users(model):
+    return list(model.data.user_ids) + ["never-seen", "c0011"]
+
+
+def test_block_features_equal_per_customer_features(hybrid):
+    st = hybrid.state
+    users = _users(hybrid)
+    cands, X, _ = hybrid._features_block(st, users)
+    o = 0
+    for u, cb in zip(users, cands):
+        h, ts, pr = hybrid._history(st, u)
+        c, Xu, _ = hybrid._features(st, h, ts, pr, u)
+        assert np.array_equal(c, cb), u
+        Xb = X[o : o + len(c)]
+        o += len(c)
+        assert ((Xu == Xb) | (np.isnan(Xu) & np.isnan(Xb))).all(), u
+    assert o == len(X)
+
+
+def test_block_lists_equal_per_customer_lists(hybrid):
+    users = _users(hybrid)
+    ref = hybrid._recommend_many_per_customer(users, 12)
+    for bs in (1, 7, 500):
+        got = [lst for b in range(0, len(users), bs) for lst in hybrid.recommend_block(users[b : b + bs], 12)]
+        assert got == [ref[u] for u in users]
+    for u in users:  # and the single query the server answers
+        one = [r.item for r in hybrid.recommend(u, 12, explain=False)]
+        assert ref[u][: len(one)] == one
+
+
+def test_training_windows_are_the_same_with_blocks(hybrid):
+    """The ranker learns from block-built rows: they equal the per-customer rows, and so do the source hits."""
+    from fashionrec.recommend import hybrid as H
+
+    data = hybrid.data
+    t = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=hybrid.label_days)
+    Xs, ys, groups, n_true, hits = hybrid._window_uncached(data, t, np.random.default_rng(0))
+    st = hybrid._state(data, t)
+    lab = data.events[(data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=hybrid.label_days))]
+    truth = {}
+    for u, j in zip(lab["user"], lab["item"].map(data.item_index)):
+        truth.setdefault(u, set()).add(int(j))
+    ref_X, ref_hits = [], {s: 0 for s in H.SOURCES}
+    for u in sorted(truth):
+        c, X, src = hybrid._features(st, *hybrid._history(st, u), u)
+        for s, v in src.items():
+            ref_hits[s] += len(truth[u] & set(v.tolist()))
+        if len(c):
+            ref_X.append(X)
+    A, B = np.vstack(Xs), np.vstack(ref_X)
+    assert A.shape == B.shape and ((A == B) | (np.isnan(A) & np.isnan(B))).all()
+    assert hits == ref_hits and sum(hits.values()) > 0
+
+
+def test_visual_source_keeps_pandas_tie_order(hybrid):
+    """Equal similarities (duplicate photos) come out in the order pandas' sort_values gives."""
+    for j in range(hybrid.data.n_items):
+        recent = np.array([j, (j + 3) % hybrid.data.n_items, (j + 8) % hybrid.data.n_items])
+        nb = [hybrid._neighbours(int(x)) for x in recent]
+        ids = np.concatenate([x[0] for x in nb])
+        sims = np.concatenate([x[1] for x in nb])
+        ref = pd.Series(sims).groupby(ids).max().sort_values(ascending=False).index.to_numpy()[: hybrid.n_visual]
+        assert np.array_equal(hybrid._visual_source(recent), ref)
+
+
+def _read(path):
+    return pd.read_csv(path, dtype=str)
+
+
+def test_recommend_all_writes_every_customer_in_order(hybrid, tmp_path):
+    from fashionrec.recommend.batch import popular_fill, recommend_all
+
+    users = _users(hybrid)
+    out = tmp_path / "recs.csv"
+    timings = {}
+    recommend_all(hybrid, users, 12, out, block_size=13, progress=False, timings=timings)
+    df = _read(out)
+    assert df["customer_id"].tolist() == users
+    ref = hybrid._recommend_many_per_customer(users, 12)
+    fill = popular_fill(hybrid, 12)
+    for u, pred in zip(df["customer_id"], df["prediction"]):
+        items = pred.split()
+        assert len(items) == 12 == len(set(items))
+        short = ref[u]
+        assert items[: len(short)] == short[:12]
+        assert all(i in fill for i in items[len(short):])
+    assert set(timings) >= {"candidates", "ranking", "write"}
+    assert [p.name for p in tmp_path.iterdir()] == ["recs.csv"]  # no temporary file left
+    out2 = tmp_path / "recs2.csv"
+    recommend_all(hybrid, users, 12, out2, block_size=1000, progress=False)
+    assert out.read_bytes() == out2.read_bytes()
+
+
+def test_recommend_all_on_a_model_without_a_block_api(hybrid, tmp_path):
+    from fashionrec.recommend import create_recommender
+    from fashionrec.recommend.batch import recommend_all
+
+    rep = create_recommender("repurchase").fit(hybrid.data)
+    assert getattr(rep, "recommend_block", None) is None
+    users = _users(hybrid)[:20]
+    recommend_all(rep, users, 5, tmp_path / "r.csv", block_size=6, progress=False)
+    df = _read(tmp_path / "r.csv")
+    assert [p.split() for p in df["prediction"]] == [[r.item for r in rep.recommend(u, 5, explain=False)] for u in users]
+
+
+def test_a_failed_job_leaves_no_output(hybrid, tmp_path):
+    from fashionrec.recommend.batch import recommend_all
+
+    class Broken:
+        name = "broken"
+        data = hybrid.data
+
+        def recommend_block(self, users, k):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        recommend_all(Broken(), ["a", "b"], 3, tmp_path / "x.csv", fill=["i"], progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValueError):
+        recommend_all(hybrid, ["a"], 0, tmp_path / "x.csv")
