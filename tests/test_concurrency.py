@@ -148,3 +148,64 @@ def test_duplicate_posts_and_posts_during_reads(shop):
     with running_server(create_app(state2)) as url2:
         inconsistent = {i: p for i, (data, name) in winners.items() if (p := _consistent(url2, i, data, name))}
         assert inconsistent == {}
+
+
+def _lengths(snap) -> dict:
+    """Every per-item array a request may read from one snapshot, by name -> length."""
+    out = {}
+    for name, m in snap.models.items():
+        d = m.data
+        out[f"{name}.item_ids"], out[f"{name}.item_index"], out[f"{name}.matrix"] = (
+            len(d.item_ids), len(d.item_index), d.matrix.shape[1])
+        for attr in ("V", "has", "has_vec", "codes"):
+            if getattr(m, attr, None) is not None:
+                out[f"{name}.{attr}"] = len(getattr(m, attr))
+        if getattr(m, "state", None) is not None:
+            for attr in ("sold", "pop_week", "trend", "code_ids"):
+                out[f"{name}.state.{attr}"] = len(getattr(m.state, attr))
+    out["arrivals"] = len(snap.arrivals) + len(snap.removed)
+    return out
+
+
+def test_readers_during_writes_see_whole_snapshots(shop, monkeypatch):
+    """Writers swap copy-on-write snapshots: a reader's snapshot has equal lengths everywhere (every model knows
+    the same items, the index the same arrivals), and a snapshot once taken never changes under its reader."""
+    import fashionrec.serving.state as st
+
+    root, ids, users, _ = shop
+    state = build_state(root, workspace=shop[3].parent / "conc-inproc", progress=False)
+    n0 = _lengths(state.snapshot)["hybrid.item_ids"]
+    rng = np.random.default_rng(0)
+    dim = state.snapshot.index.vector(ids[0]).shape[0]
+    monkeypatch.setattr(st, "embed_image", lambda s, img: (None, rng.normal(size=dim).astype(np.float32)))
+    first = state.snapshot
+    first_lengths = _lengths(first)
+    n_writes, problems, done = 12, [], threading.Event()
+
+    def reader():
+        while not done.is_set():
+            snap = state.snapshot  # once per "request"
+            lengths = _lengths(snap)
+            n = lengths.pop("arrivals")
+            if set(lengths.values()) != {n0 + n}:
+                problems.append(lengths)
+            found = snap.index.search(snap.index.vector(ids[0]), 40)
+            if any(i not in snap.models["hybrid"].data.item_index for i, _ in found):
+                problems.append(f"index returned an item unknown to the snapshot's models: {found}")
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for n in range(n_writes):
+            st.add_arrival(state, f"0666000{n:03d}", b"", {"prod_name": f"a{n}"}, persist=False, image=object())
+            if n % 4 == 3:  # deletes swap snapshots too
+                st.remove_arrival(state, f"0666000{n - 1:03d}")
+    finally:
+        done.set()
+        for t in threads:
+            t.join(TIMEOUT)
+    assert problems == []
+    assert _lengths(first) == first_lengths  # the old snapshot was never written into
+    last = _lengths(state.snapshot)
+    assert last.pop("arrivals") == n_writes and set(last.values()) == {n0 + n_writes}

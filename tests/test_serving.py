@@ -154,3 +154,93 @@ def test_openapi_docs(server):
     for p in ["/health", "/items/{item_id}", "/items/{item_id}/similar", "/users/{user_id}/recommendations",
               "/recommendations", "/search/image", "/items"]:
         assert p in spec["paths"]
+
+
+# ----------------------------------------------------------------------------- warm start, artifact formats
+def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch):
+    """The module's server built the artifacts; a restart must only load them: every fitting step raises here."""
+    import fashionrec.pipeline as pipeline
+    import fashionrec.serving.state as st
+    from sklearn.linear_model import LogisticRegression
+
+    def refit(*a, **k):
+        raise AssertionError("a warm start refitted something")
+
+    for obj, name in [(st, "_build_artifacts"), (st, "_train_taggers"), (pipeline, "load_shop"),
+                      (pipeline, "fit_recommender"), (LogisticRegression, "fit")]:
+        monkeypatch.setattr(obj, name, refit)
+    monkeypatch.setattr(st.Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
+    url, ids, users = server
+    state = build_state(shop[0], workspace=workspace, progress=False)
+    with running_server(create_app(state)) as url2:
+        for path in [f"/users/{users[0]}/recommendations?k=10", f"/items/{ids[3]}/similar?k=8",
+                     f"/users/{users[1]}/recommendations?k=5&model=visual", f"/users/{users[2]}"]:
+            assert httpx.get(url2 + path).json() == httpx.get(url + path).json(), path
+        r = httpx.post(f"{url2}/search/image", files={"file": ("top.jpg", _jpeg(), "image/jpeg")}, params={"k": 3})
+        assert r.json()["tags"]["product_group_name"][0]["label"] == "Garment Upper body"
+
+
+def test_tagger_coefficients_match_sklearn():
+    """Taggers are kept as coefficients and applied in numpy: the same probabilities as the fitted pipeline."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from fashionrec.serving.state import Tagger
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 6))
+    for n_classes in (2, 3):
+        y = np.array(list("abc"[:n_classes]))[rng.integers(0, n_classes, 120)]
+        pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.5)).fit(x, y)
+        t = Tagger.from_pipeline("c", pipe)
+        assert np.allclose(t.probabilities(x), pipe.predict_proba(x), atol=1e-9)
+        assert t.predict(x[:1], top=1)[0]["label"] == pipe.predict(x[:1])[0]
+
+
+def test_older_artifact_format_is_a_clear_error_then_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    import fashionrec.serving.state as st
+    from fashionrec.artifacts import ArtifactFormatError
+
+    root, ids, users = make_shop(tmp_path / "hm", n_users=6)
+    ws = tmp_path / "ws"
+    first = build_state(root, workspace=ws, progress=False)
+    art = ws / "serving" / first.fingerprint
+    cfg = json.loads((art / "tables" / "config.json").read_text())
+    cfg["format_version"] = 0  # what an older fashionrec wrote
+    (art / "tables" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ArtifactFormatError, match="format version 0"):
+        build_state(root, workspace=ws, progress=False, build=False)
+    builds = []
+    real = st._build_artifacts
+    monkeypatch.setattr(st, "_build_artifacts", lambda *a, **k: (builds.append(1), real(*a, **k)))
+    again = build_state(root, workspace=ws, progress=False)
+    assert builds == [1] and again.precomputed["hybrid"].get(users[0], 5) == first.precomputed["hybrid"].get(users[0], 5)
+    # a model file from before the data format (a pickle) is refused by the loader and rebuilt, never unpickled
+    (art / "models" / "visual.npz").write_bytes(b"\x80\x05" + b"\x00" * 64)
+    with pytest.raises(ArtifactFormatError, match="old format|pickle|unreadable"):
+        build_state(root, workspace=ws, progress=False, build=False)
+    build_state(root, workspace=ws, progress=False)
+    assert builds == [1, 1]
+
+
+def test_typed_errors_map_to_status_codes():
+    """One exception handler: each ServingError class is answered with its own status, whatever its message."""
+    from fastapi.testclient import TestClient
+
+    from fashionrec.serving import errors as E
+
+    app = create_app(None)
+    cases = {E.InvalidInput: 422, E.NotFound: 404, E.Conflict: 409, E.LimitReached: 409, E.StorageFull: 413,
+             E.PayloadTooLarge: 413, E.UnsupportedMediaType: 415, E.WritesRefused: 403}
+    for cls in cases:
+        def boom(cls=cls):
+            raise cls("storage pixel limit not an image")  # words the old substring matching keyed on
+        app.add_api_route(f"/boom/{cls.__name__}", boom)
+    with TestClient(app) as c:
+        for cls, status in cases.items():
+            r = c.get(f"/boom/{cls.__name__}")
+            assert (r.status_code, r.json()["detail"]) == (status, "storage pixel limit not an image"), cls

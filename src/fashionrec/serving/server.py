@@ -1,0 +1,117 @@
+"""Run the server: `run(data_dir, workers=N, ...)`, and `python -m fashionrec.serving` for benchmarks and scripts.
+
+One worker: the artifacts are loaded (or built) in this process and served from it; writes (new arrivals) are
+possible with a write token.
+
+Several workers: this process builds whatever is missing once (with progress), then uvicorn starts N worker
+processes, each calling the factory `worker_app`, which loads the same artifacts without building anything: the
+tables (precomputed lists, taggers, PCA) memory-mapped read-only, so the workers share one copy of them in the page
+cache. Writes are refused (a new arrival would reach one worker's models and not the others', answers would depend
+on which worker a request lands on): `run` raises at start when given a write token, and the workers' apps answer
+POST/DELETE /items with 403.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fashionrec.errors import FashionrecError
+
+CONFIG_ENV = "FASHIONREC_SERVE_CONFIG"   # set by `run` for its workers: the path of a JSON file of build_state args
+
+
+def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb) -> dict:
+    from fashionrec.io import default_workspace
+
+    return {"data_dir": str(Path(data_dir).resolve()),
+            "workspace": str(Path(workspace).resolve()) if workspace else str(default_workspace()),
+            "default_model": default_model, "max_arrivals": max_arrivals,
+            "max_arrival_bytes": int(max_arrival_mb * 1024 * 1024) if max_arrival_mb else None}
+
+
+def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
+        workspace: str | Path | None = None, progress: bool = True, default_model: str = "hybrid",
+        write_token: str | None = None, max_arrivals: int | None = None, max_arrival_mb: float | None = None) -> None:
+    """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes)."""
+    import uvicorn
+
+    from fashionrec.serving.app import create_app
+    from fashionrec.serving.state import build_state
+
+    if workers < 1:
+        raise FashionrecError(f"workers must be a positive integer, not {workers}")
+    if workers > 1 and write_token:
+        raise FashionrecError("writes (a write token) need one worker: with several, a new arrival would reach only "
+                              "the worker that took the request; serve writes with --workers 1")
+    t0 = time.time()
+    args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb)
+    data = args.pop("data_dir")
+    state = build_state(data, progress=progress, **args)  # builds what is missing, once, here
+    url = f"http://{host}:{port}/"
+    if workers == 1:
+        app = create_app(state, write_token=write_token)
+        # Millions of long-lived objects: freezing them keeps later garbage collections from walking them again
+        # (full collections otherwise show up as latency spikes under load).
+        gc.collect()
+        gc.freeze()
+        print(f"fashionrec serving {data} at {url} (API docs {url}docs); start-up {time.time() - t0:.1f}s", flush=True)
+        # uvloop + httptools: the C event loop and HTTP parser, about twice the requests per core of the defaults
+        uvicorn.run(app, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")
+        return
+    del state
+    gc.collect()
+    fd, cfg_path = tempfile.mkstemp(prefix="fashionrec-serve-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"data": data, **args}, f)
+    os.environ[CONFIG_ENV] = cfg_path
+    try:
+        print(f"fashionrec serving {data} at {url} with {workers} workers (read-only; artifacts ready in "
+              f"{time.time() - t0:.1f}s)", flush=True)
+        uvicorn.run("fashionrec.serving.server:worker_app", factory=True, workers=workers, host=host, port=port,
+                    log_level="warning", loop="uvloop", http="httptools")
+    finally:
+        Path(cfg_path).unlink(missing_ok=True)
+
+
+def worker_app():
+    """The app of one worker process (uvicorn's `factory=True`): artifacts built by `run`, tables memory-mapped."""
+    from fashionrec.serving.app import create_app
+    from fashionrec.serving.state import build_state
+
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise FashionrecError(f"worker_app is started by fashionrec.serving.run (${CONFIG_ENV} is not set)")
+    cfg = json.loads(Path(path).read_text())
+    state = build_state(cfg.pop("data"), progress=False, mmap=True, build=False, writes_allowed=False, **cfg)
+    gc.collect()
+    gc.freeze()
+    return create_app(state, write_token=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m fashionrec.serving`: the same server as `fashionrec serve`, with --workers."""
+    ap = argparse.ArgumentParser(prog="python -m fashionrec.serving", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--workspace", default=None)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--model", default="hybrid")
+    ap.add_argument("--write-token", default=None)
+    ap.add_argument("-q", "--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        run(a.data, host=a.host, port=a.port, workers=a.workers, workspace=a.workspace, progress=not a.quiet,
+            default_model=a.model, write_token=a.write_token)
+    except FashionrecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
