@@ -62,7 +62,7 @@ def test_predict_with_missing_model_prints_one_line_no_traceback(tmp_path):
 def test_write_token_from_flag_or_environment(monkeypatch):
     from argparse import Namespace
 
-    from fashionrec.cli_serve import WRITE_TOKEN_ENV, write_token
+    from fashionrec.cli.serve import WRITE_TOKEN_ENV, write_token
 
     monkeypatch.delenv(WRITE_TOKEN_ENV, raising=False)
     assert write_token(Namespace(write_token=None)) is None  # writes disabled by default
