@@ -132,6 +132,12 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert cos.min() > 0.999  # adapt stored what a fresh pass computes (from float16 lower maps)
     plain = create_backbone("tiny_cnn", input_size=32)
     assert plain.feature_key() != bb.feature_key()
+    # backbones/ reads the folder's backbone itself: the same identity and embeddings as the full model's backbone
+    full = load_adapted(out).backbone
+    assert bb is not full and bb.weights_id == full.weights_id
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(bb(x), full.eval()(x), atol=1e-6)
 
     # embed CLI with the folder as --backbone
     f = tmp_path / "f.npz"

@@ -90,7 +90,7 @@ class _Encoder:
         if a.dtype.kind == "V":
             raise StateEncodeError(f"{path}: structured array (dtype {a.dtype}) is not supported")
         key = f"a{len(self.arrays)}"
-        self.arrays[key] = np.ascontiguousarray(a)
+        self.arrays[key] = a if a.flags.c_contiguous else a.copy(order="C")  # (ascontiguousarray makes 0-d 1-d)
         return {"$": "nd", "k": key}
 
     def object_array(self, a: np.ndarray, path: str) -> dict:

@@ -1,21 +1,97 @@
-"""A folder written by `fashionrec adapt` (weights.safetensors + fashionrec_model.json) used as a backbone.
+"""A folder written by `fashionrec adapt` used as a backbone: `create_backbone("runs/adapted")`.
 
-The folder format and its model classes belong to training/adapt.py; this plug-in only recognises the folder.
-training sits above backbones (it imports them), so its loader is imported when such a folder is actually asked
-for: importing fashionrec.backbones never imports training.
+The folder holds `weights.safetensors` and `fashionrec_model.json` (format: training/adapt.py, which writes it and
+adds the attribute heads). This plug-in owns the backbone part, `AdaptedBackbone` (a trunk plus a linear embedding
+layer), and reads only that part of the folder, so backbones never import training (training imports backbones).
 """
 
 from __future__ import annotations
 
-from fashionrec.backbones.base import Backbone, is_adapted_model_dir, register_backbone_source
+import json
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fashionrec.artifacts.keys import file_sha256
+from fashionrec.backbones.base import Backbone, DataConfig, create_backbone, is_adapted_model_dir, register_backbone_source
+from fashionrec.errors import FashionrecError
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fashionrec-adapted-model"
+FORMAT_VERSION = 1
+CONFIG_FILE = "fashionrec_model.json"
+WEIGHTS_FILE = "weights.safetensors"
 
 
-def adapted_backbone(path) -> Backbone:
-    # Its preprocessing is part of the model: an input_size different from the trained one is not applied
-    # (predictions must see what training saw).
-    from fashionrec.training.adapt import load_adapted
+class AdaptedBackbone(Backbone):
+    """A trunk plus a linear embedding layer; `forward` gives L2-normalised embeddings (cosine = dot product)."""
 
-    return load_adapted(path).backbone
+    def __init__(self, trunk: Backbone, embed_dim: int, weights_id: str, name: str | None = None):
+        super().__init__(name or f"adapted-{trunk.name}", trunk.model, embed_dim, trunk.data_config, weights_id,
+                         blocks=trunk._blocks)
+        self.prelogits_dim = trunk.embed_dim
+        self.embed = nn.Linear(trunk.embed_dim, embed_dim)
+
+    def prelogits(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_head(feats, pre_logits=True)
+
+    def forward_head(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
+        return F.normalize(self.embed(self.prelogits(feats)), dim=1)
+
+    def upper_outputs(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """From the lower part's map: (pre-logits, normalised embedding)."""
+        for b in self.blocks[k:]:
+            h = b(h)
+        z = self.prelogits(self.forward_tail(h))
+        return z, F.normalize(self.embed(z), dim=1)
+
+    def with_input_size(self, size: int) -> "Backbone":
+        if int(size) != self.data_config.input_size:
+            log.info("%s: trained at %d px; keeping that input size (asked %d)", self.name, self.data_config.input_size, size)
+        return self
 
 
-register_backbone_source(is_adapted_model_dir, adapted_backbone)
+def read_adapted_config(path: str | Path) -> tuple[dict, Path]:
+    """(config, weights file) of a model folder, checked: format, version, weights present."""
+    path = Path(path)
+    cfg_path = path / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FashionrecError(f"{path}: not an adapted model folder (no {CONFIG_FILE})")
+    cfg = json.loads(cfg_path.read_text())
+    if cfg.get("format") != FORMAT or int(cfg.get("format_version", 0)) > FORMAT_VERSION:
+        raise FashionrecError(f"{cfg_path}: unsupported model format {cfg.get('format')} v{cfg.get('format_version')}")
+    wpath = path / cfg.get("weights_file", WEIGHTS_FILE)
+    if not wpath.is_file():
+        raise FashionrecError(f"{wpath}: weights file missing")
+    return cfg, wpath
+
+
+def build_adapted_backbone(cfg: dict, weights_sha256: str) -> AdaptedBackbone:
+    """The (untrained) backbone a folder's config describes; its identity is the weights file's SHA-256, so features
+    of different weights never mix in a cache."""
+    trunk = create_backbone(cfg["base_backbone"], pretrained=False, **(cfg.get("trunk_kwargs") or {}))
+    pre = cfg["preprocess"]
+    trunk.data_config = DataConfig(int(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"]))
+    return AdaptedBackbone(trunk, int(cfg["embed_dim"]), weights_id=f"adapted:sha256:{weights_sha256[:24]}",
+                           name=f"adapted-{cfg['base_backbone']}")
+
+
+def load_adapted_backbone(path: str | Path) -> AdaptedBackbone:
+    """Only the backbone of a model folder (the `backbone.` tensors; heads are left out), from safetensors."""
+    from safetensors.torch import load_file  # lazy: only model folders need it
+
+    cfg, wpath = read_adapted_config(path)
+    bb = build_adapted_backbone(cfg, file_sha256(wpath))
+    try:
+        sd = load_file(str(wpath))
+        bb.load_state_dict({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}, strict=True)
+    except Exception as e:  # safetensors' own errors (a damaged file) and shape/key mismatches alike
+        raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
+    return bb.eval()
+
+
+register_backbone_source(is_adapted_model_dir, load_adapted_backbone)

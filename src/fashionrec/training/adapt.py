@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone, DataConfig
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
@@ -51,34 +52,6 @@ DEFAULT_LABEL_COLUMNS = ("product_type_name", "product_group_name", "colour_grou
 
 
 # ---------------------------------------------------------------- the model
-class AdaptedBackbone(Backbone):
-    """A trunk plus a linear embedding layer; `forward` gives L2-normalised embeddings (cosine = dot product)."""
-
-    def __init__(self, trunk: Backbone, embed_dim: int, weights_id: str, name: str | None = None):
-        super().__init__(name or f"adapted-{trunk.name}", trunk.model, embed_dim, trunk.data_config, weights_id,
-                         blocks=trunk._blocks)
-        self.prelogits_dim = trunk.embed_dim
-        self.embed = nn.Linear(trunk.embed_dim, embed_dim)
-
-    def prelogits(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_head(feats, pre_logits=True)
-
-    def forward_head(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
-        return F.normalize(self.embed(self.prelogits(feats)), dim=1)
-
-    def upper_outputs(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the lower part's map: (pre-logits, normalised embedding)."""
-        for b in self.blocks[k:]:
-            h = b(h)
-        z = self.prelogits(self.forward_tail(h))
-        return z, F.normalize(self.embed(z), dim=1)
-
-    def with_input_size(self, size: int) -> "Backbone":
-        if int(size) != self.data_config.input_size:
-            log.info("%s: trained at %d px; keeping that input size (asked %d)", self.name, self.data_config.input_size, size)
-        return self
-
-
 class AdaptedModel(nn.Module):
     """Backbone + one linear head per attribute (on the pre-logits, so colour survives the metric loss)."""
 
