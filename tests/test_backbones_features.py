@@ -250,3 +250,25 @@ def test_feature_cache_key_follows_numbers_not_speed():
         FT._model_key(bb, pre, InferencePath.auto())
     with pytest.raises(ValueError, match="resolve"):
         FT._forward(bb, torch.zeros(1, 3, 28, 28), InferencePath.auto())
+
+
+def test_int8_is_opt_in_and_its_cache_key_names_recipe_and_calibration(tmp_path, caplog):
+    import logging
+
+    assert "onnx-int8" not in FT.auto_candidates()
+    bb = create_backbone("tiny_cnn")
+    p = InferencePath.parse("onnx-int8")
+    a = FT._int8_calibration(bb, p, lambda n: torch.zeros(2, 3, 8, 8))
+    b = FT._int8_calibration(bb, p, lambda n: torch.ones(2, 3, 8, 8))
+    assert a.startswith("-cal") and b.startswith("-cal") and a != b  # other calibration photos, other features
+    assert FT._int8_calibration(bb, InferencePath(), lambda n: 1 / 0) == ""
+    assert FT.Int8Recipe(calibrate_method="MinMax").key() != FT.INT8_RECIPE.key()
+    # the explicit opt-in really runs (quantised with INT8_RECIPE) and warns that its features are not fp32's
+    x = np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8)
+    FT._INT8_WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="fashionrec.features"):
+        f = embed_arrays(bb, x, progress=False, path=p, cache=FeatureCache(tmp_path))
+    assert f.shape == (12, bb.embed_dim) and np.isfinite(f).all()
+    assert any("onnx-int8" in r.message for r in caplog.records)
+    (entry,) = (tmp_path / "features").glob("arr-*.npz")
+    assert "-cal" in entry.name
