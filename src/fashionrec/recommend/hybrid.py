@@ -185,10 +185,12 @@ class _State:
         self.item_price = np.where(c_p > 0, s_p / np.maximum(c_p, 1), np.nan)
         # histories at t
         users = ev["user"].to_numpy()
+        # integer codes in sorted-id order: the same grouping as sorting the id strings, without string compares
+        ucode, _ = pd.factorize(ev["user"], sort=True)
         self.hist = {}
         if len(ev):
-            order_u = np.argsort(users, kind="stable")
-            bounds = np.flatnonzero(users[order_u][1:] != users[order_u][:-1]) + 1
+            order_u = np.argsort(ucode, kind="stable")
+            bounds = np.flatnonzero(ucode[order_u][1:] != ucode[order_u][:-1]) + 1
             ts = ev["timestamp"].to_numpy()
             for grp in np.split(order_u, bounds):
                 self.hist[users[grp[0]]] = (idx[grp], ts[grp], price[grp])
@@ -216,7 +218,7 @@ class _State:
         # bought together: items bought by the same customer within `pair_days` of each other (sparse counts)
         self.pairs = None
         if len(idx) and cfg.n_pairs:
-            self.pairs = _co_purchases(users, idx, ev["timestamp"].to_numpy(), n, cfg.pair_days)
+            self.pairs = _co_purchases(ucode, idx, ev["timestamp"].to_numpy(), n, cfg.pair_days)
         # what sells now, in pictures: popularity-weighted mean of the month's best sellers' image vectors
         self.trend = np.zeros(n)
         self.arrival_pool = np.zeros(0, dtype=np.int64)
@@ -230,7 +232,7 @@ class _State:
         # ALS factors (collaborative signal as a feature)
         self.als_user, self.als_items = {}, None
         if cfg.use_als and len(idx) >= 50:
-            self._fit_als(users, idx, n, cfg.seed)
+            self._fit_als(ev["user"], idx, n, cfg.seed)
 
     def _sells_now(self, vectors: np.ndarray, has_vec: np.ndarray) -> np.ndarray | None:
         """What sells now, in pictures: the popularity-weighted mean of the month's 200 best sellers' image vectors."""
@@ -246,7 +248,8 @@ class _State:
         import scipy.sparse as sp
         from implicit.cpu.als import AlternatingLeastSquares
 
-        uid, u_codes = np.unique(users, return_inverse=True)
+        u_codes, uid = pd.factorize(users, sort=True)  # = np.unique(ids, return_inverse=True), without sorting strings
+        uid = np.asarray(uid, dtype=object)
         x = sp.csr_matrix((np.ones(len(idx), dtype=np.float32), (u_codes, idx)), shape=(len(uid), n))
         x.sum_duplicates()
         x.data = 1.0 + np.log1p(x.data)
@@ -394,8 +397,25 @@ def _group_lookup(keys: np.ndarray, vals: np.ndarray, query: np.ndarray) -> tupl
     return cnt, mn
 
 
+def _ann_neighbours(x: np.ndarray, k: int, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """k nearest rows of every row of x (inner product; -1 where fewer) through `fashionrec.index.create_index`."""
+    from fashionrec.index import create_index
+
+    index = create_index("auto", dim=x.shape[1], n_items=len(x))
+    index.add([str(r) for r in range(len(x))], x)
+    sims = np.zeros((len(x), k), dtype=np.float32)
+    nb = np.full((len(x), k), -1, dtype=np.int64)
+    for a in range(0, len(x), batch):
+        ids, sc = index.search(x[a : a + batch], k)
+        ok = ids != ""
+        nb[a : a + batch][ok] = ids[ok].astype(np.int64)
+        sims[a : a + batch][ok] = sc[ok]
+    return sims, nb
+
+
 def _co_purchases(users, idx, ts, n, days):
-    """Sparse item x item counts of pairs bought by one customer within `days` of each other."""
+    """Sparse item x item counts of pairs bought by one customer within `days` of each other (`users`: any ids,
+    integer codes are fastest)."""
     import scipy.sparse as sp
 
     df = pd.DataFrame({"u": users, "i": idx, "d": ts.astype("datetime64[D]").astype(np.int64)}).drop_duplicates()
@@ -464,7 +484,8 @@ class Hybrid(Recommender):
         return st
 
     def _all_neighbours(self) -> None:
-        """Visual neighbours of every item with a photo, in one exact FAISS search (time-independent)."""
+        """Visual neighbours of every item with a photo (time-independent): one exact FAISS search below 100k photos,
+        the approximate `VectorIndex` (HNSW) above, where the exact all-pairs search grows as n^2."""
         self._nb_ids = self._nb_sims = None
         if self.V is None or not self.n_visual or self.has_vec.sum() < 2:
             return
@@ -479,11 +500,16 @@ class Hybrid(Recommender):
         faiss.omp_set_num_threads(1)  # one thread: measured 10x faster than OpenMP on 2 busy cores
         rows = np.flatnonzero(self.has_vec)
         x = np.ascontiguousarray(self.V[rows], dtype=np.float32)
-        index = faiss.IndexFlatIP(x.shape[1])
-        index.add(x)
         kk = min(self.n_visual + 1, len(rows))
-        sims, nb = index.search(x, kk)
-        ids = rows[nb]
+        from fashionrec.index.base import choose_index_kind
+
+        if choose_index_kind(len(rows)) == "exact":  # exact all-pairs search: O(n^2), seconds below 100k photos
+            index = faiss.IndexFlatIP(x.shape[1])
+            index.add(x)
+            sims, nb = index.search(x, kk)
+        else:  # a big catalog: the project's approximate index (HNSW, IVF-PQ above 3M), built once, searched in batches
+            sims, nb = _ann_neighbours(x, kk)
+        ids = np.where(nb >= 0, rows[np.maximum(nb, 0)], -1)
         self._nb_ids = np.full((len(self.has_vec), kk - 1), -1, dtype=np.int64)
         self._nb_sims = np.zeros((len(self.has_vec), kk - 1), dtype=np.float32)
         for r in range(len(rows)):  # drop the item itself (wherever it landed among equal scores)
