@@ -272,3 +272,15 @@ def test_int8_is_opt_in_and_its_cache_key_names_recipe_and_calibration(tmp_path,
     assert any("onnx-int8" in r.message for r in caplog.records)
     (entry,) = (tmp_path / "features").glob("arr-*.npz")
     assert "-cal" in entry.name
+
+
+def test_reprobe_replaces_cached_choice(tmp_path):
+    bb = create_backbone("tiny_cnn")
+    pre = Preprocess.for_backbone(bb)
+    table = {"fp32": (1.0, 0.0), "fp32-cl": (0.5, 0.0)}
+    kw = dict(sample=lambda: torch.zeros(2, 3, 28, 28), workspace=tmp_path, candidates=list(table))
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32-cl"
+    table["fp32-cl"] = (2.0, 0.0)
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32-cl"  # cached
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), reprobe=True, **kw).name == "fp32"
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32"  # the new record
