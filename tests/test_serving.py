@@ -244,3 +244,45 @@ def test_typed_errors_map_to_status_codes():
         for cls, status in cases.items():
             r = c.get(f"/boom/{cls.__name__}")
             assert (r.status_code, r.json()["detail"]) == (status, "storage pixel limit not an image"), cls
+
+
+def test_two_workers_answer_like_one(shop, workspace, server):
+    """`python -m fashionrec.serving --workers 2` (uvicorn workers loading memory-mapped artifacts) answers every
+    read exactly as the in-process single-worker server does, and refuses writes with a reason."""
+    import subprocess
+    import sys
+    import time
+
+    from serving_helpers import free_port
+
+    url, ids, users = server
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "fashionrec.serving", "-q", "--data", str(shop[0]), "--workspace",
+                             str(workspace), "--port", str(port), "--workers", "2"])
+    url2 = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            assert proc.poll() is None and time.time() < deadline, "the 2-worker server did not start"
+            try:
+                if httpx.get(f"{url2}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        paths = [f"/users/{users[0]}/recommendations?k=10", f"/users/{users[3]}/recommendations?k=60",
+                 f"/items/{ids[3]}/similar?k=8", f"/items/{ids[3]}/similar?k=8&category=Shoes", f"/items/{ids[20]}",
+                 f"/users/{users[1]}", "/customers?limit=5", "/search/items?q=red"]
+        for path in paths * 3:  # new connections: both workers answer some
+            assert httpx.get(url2 + path, timeout=60).json() == httpx.get(url + path, timeout=60).json(), path
+        body = {"history": ids[:3], "k": 7}
+        assert (httpx.post(f"{url2}/recommendations", json=body, timeout=60).json()
+                == httpx.post(f"{url}/recommendations", json=body, timeout=60).json())
+        r = httpx.post(f"{url2}/items", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, data={"id": "0111"},
+                       headers=AUTH, timeout=60)
+        assert r.status_code == 403 and "disabled" in r.json()["detail"]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
