@@ -202,3 +202,21 @@ def test_vector_models_block_path(name, hybrid, tmp_path):
     assert all(has[i] for a in ann for i in a)
     recommend_all(model, users, 12, tmp_path / "v.csv", block_size=9, progress=False)
     assert _read(tmp_path / "v.csv")["prediction"].str.split().str.len().eq(12).all()
+
+
+def test_streamed_bucket_counts_give_the_same_ranker(hybrid):
+    """The default ranker learned window by window from counts equals the one learned from all rows at once."""
+    from fashionrec.recommend import hybrid as H
+
+    rng = np.random.default_rng(1)
+    X = np.full((400, len(H.FEATURES)), np.nan, dtype=np.float32)
+    X[:, H.FEATURES.index("own_days")] = rng.choice([np.nan, 3, 20, 100], 400)
+    X[:, H.FEATURES.index("n_own")] = np.where(np.isnan(X[:, H.FEATURES.index("own_days")]), 0, 1)
+    X[:, H.FEATURES.index("rank_pop_week")] = rng.integers(0, 30, 400)
+    X[:, H.FEATURES.index("vis_max")] = rng.random(400)
+    y = (rng.random(400) < 0.1).astype(np.int8)
+    counts = {}
+    H._count_buckets(X[:150], y[:150], counts)
+    H._count_buckets(X[150:], y[150:], counts)
+    assert H._buckets_from_counts(counts, 400, int(y.sum())) == H._fit_buckets(X, y, combine="noisy_or")
+    assert hybrid.buckets is not None and "_lr" not in hybrid.buckets

@@ -57,6 +57,7 @@ BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [
            ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
            ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF])]
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
+WINDOW_CACHE_ROWS = 5_000_000  # training windows bigger than this are not kept for reuse (memory)
 BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
 
 
@@ -344,6 +345,24 @@ def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0, combine: st
         from sklearn.linear_model import LogisticRegression
 
         out["_lr"] = LogisticRegression(C=0.1, max_iter=1000).fit(_bucket_matrix(X), y)
+    return out
+
+
+def _count_buckets(X: np.ndarray, y: np.ndarray, counts: dict) -> None:
+    """Add each bucket's (rows, purchases) in X, y to counts (the streaming form of `_fit_buckets`)."""
+    for name, k, m in _bucket_masks(X):
+        n, h = counts.get((name, k), (0, 0))
+        counts[(name, k)] = (n + int(m.sum()), h + int(y[m].sum()))
+
+
+def _buckets_from_counts(counts: dict, rows: int, pos: int, prior: float = 200.0, combine: str = "noisy_or") -> dict:
+    """`_fit_buckets` from counts: the same rates (the overall rate is positives / rows, as y.mean() computes it)."""
+    r0 = pos / rows if rows else 0.0
+    out = {"_base": r0, "_combine": combine}
+    for name, edges in BUCKETS:
+        for k in range(len(edges) - 1):
+            n, h = counts.get((name, k), (0, 0))
+            out[(name, k)] = (h + prior * r0) / (n + prior)
     return out
 
 
@@ -1014,7 +1033,10 @@ class Hybrid(Recommender):
             _WINDOW_CACHE.clear()
             _WINDOW_CACHE["data"] = data
         if key not in _WINDOW_CACHE:
-            _WINDOW_CACHE[key] = self._window_uncached(data, t, rng) + (list(self._last_window_truth),)
+            res = self._window_uncached(data, t, rng)
+            if sum(len(y) for y in res[1]) > WINDOW_CACHE_ROWS:  # a big log: memory first, windows are rebuilt
+                return res
+            _WINDOW_CACHE[key] = res + (list(self._last_window_truth),)
         *res, truth = _WINDOW_CACHE[key]
         self._last_window_truth = truth
         return tuple(res)
@@ -1059,6 +1081,10 @@ class Hybrid(Recommender):
         rng = np.random.default_rng(self.seed)
         now = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1)
         sets = []
+        # The default ranker needs only each bucket's rows and purchases: counted window by window, so that the
+        # training rows of all windows are never in memory at once (6 windows x 50k customers x ~200 candidates).
+        stream = self.ranker_kind == "buckets" and self.bucket_combine != "logistic"
+        counts: dict = {}
         stats = {"windows": [], "sources": {s: {"hits": 0} for s in SOURCES}}
         n_true_all, rows, pos = 0, 0, 0
         for w in range(self.n_windows):
@@ -1069,7 +1095,11 @@ class Hybrid(Recommender):
             if not Xs:
                 continue
             X, y = np.vstack(Xs), np.concatenate(ys)
-            sets.append((X, y, np.array(groups), np.array(self._last_window_truth)))
+            del Xs
+            if stream:
+                _count_buckets(X, y, counts)
+            else:
+                sets.append((X, y, np.array(groups), np.array(self._last_window_truth)))
             n_true_all += n_true
             rows += len(y)
             pos += int(y.sum())
@@ -1085,9 +1115,12 @@ class Hybrid(Recommender):
         self.booster, self.best_iteration = None, 0
         self.buckets = None
         if pos >= 5 and self.ranker_kind == "buckets":
-            X = np.vstack([x[0] for x in sets])
-            y = np.concatenate([x[1] for x in sets])
-            self.buckets = _fit_buckets(X, y, combine=self.bucket_combine)
+            if stream:
+                self.buckets = _buckets_from_counts(counts, rows, pos, combine=self.bucket_combine)
+            else:
+                X = np.vstack([x[0] for x in sets])
+                y = np.concatenate([x[1] for x in sets])
+                self.buckets = _fit_buckets(X, y, combine=self.bucket_combine)
             stats["buckets"] = {f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)}
         if pos >= 5 and rows - pos >= 5 and self.ranker_kind in {"binary", "lambdarank"}:
             import lightgbm as lgb
