@@ -99,7 +99,7 @@ def test_state_round_trip_of_every_supported_type():
     h.t, h.nat, h.td = pd.Timestamp("2020-01-01 12:00"), pd.NaT, pd.Timedelta(days=2)
     h.scalars = [np.int64(3), np.float32(0.5), np.datetime64("2020-01-01", "ns"), float("inf"), None, True]
     h.dtype, h.nptype = np.dtype("float32"), np.float64
-    h.strs = np.array(["a", None, np.nan], dtype=object)
+    h.strs = np.array(["a", None, np.nan, "", "Ünïcödé 日本 \x00x"], dtype=object)
     rng = np.random.default_rng(0)
     x = rng.random((30, 3))
     h.lr = LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int))
@@ -118,7 +118,7 @@ def test_state_round_trip_of_every_supported_type():
     assert b.scalars[:3] == h.scalars[:3] and [type(v) for v in b.scalars] == [type(v) for v in h.scalars]
     assert b.scalars[3:] == [float("inf"), None, True]
     assert b.dtype == np.float32 and b.nptype is np.float64
-    assert b.strs[0] == "a" and b.strs[1] is None and np.isnan(b.strs[2])
+    assert b.strs[0] == "a" and b.strs[1] is None and np.isnan(b.strs[2]) and list(b.strs[3:]) == list(h.strs[3:])
     np.testing.assert_array_equal(b.lr.predict_proba(x), h.lr.predict_proba(x))
 
 

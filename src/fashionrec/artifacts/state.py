@@ -114,7 +114,12 @@ class _Encoder:
                 raise StateEncodeError(f"{path}: object array holds a {type(v).__name__} ({v!r:.40}); only str and "
                                        "missing values can be saved")
             text.append("")
-        out = {"$": "obj_nd", "shape": list(a.shape), "text": self.array(np.array(text, dtype=str), path)}
+        # UTF-8 bytes + lengths: a fixed-width unicode array would take 4 bytes x the longest string for every item
+        # (24 MB instead of a few for the H&M article descriptions).
+        raw = [t.encode("utf-8", "surrogatepass") for t in text]
+        out = {"$": "obj_nd", "shape": list(a.shape),
+               "utf8": self.array(np.frombuffer(b"".join(raw), dtype=np.uint8), path),
+               "lengths": self.array(np.fromiter(map(len, raw), dtype=np.int64, count=len(raw)), path)}
         if nulls.any():
             out["nulls"] = self.array(nulls, path)
         return out
@@ -244,8 +249,12 @@ class _Decoder:
 
     def array(self, node: dict) -> np.ndarray:
         if node.get("$") == "obj_nd":
-            text = self.arrays[node["text"]["k"]]
-            out = text.astype(object).reshape(node["shape"])
+            buf = self.arrays[node["utf8"]["k"]].tobytes()
+            ends = np.cumsum(self.arrays[node["lengths"]["k"]]).tolist()
+            starts = [0] + ends[:-1]
+            out = np.empty(len(ends), dtype=object)
+            out[:] = [buf[s:e].decode("utf-8", "surrogatepass") for s, e in zip(starts, ends)]
+            out = out.reshape(node["shape"])
             if "nulls" in node:
                 nulls = self.arrays[node["nulls"]["k"]].reshape(node["shape"])
                 import pandas as pd
