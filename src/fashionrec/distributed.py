@@ -142,7 +142,8 @@ def recommend_all_ray(model, users: list[str], k: int, out_path, *, workers: int
     parts_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.parts-", dir=out_path.parent))
     t = timings if timings is not None else {}
     try:
-        model_ref = ray.put(model)  # once: every actor maps the same serialized model
+        # once: every actor maps the same serialized model (without the training log where the model can drop it)
+        model_ref = ray.put(model.batch_copy() if hasattr(model, "batch_copy") else model)
         actor_cls = ray.remote(num_cpus=1)(_Recommender)
         actors = [actor_cls.remote(model_ref, fill, k) for _ in range(max(1, workers))]
         step = block_size * max(1, chunk_blocks)

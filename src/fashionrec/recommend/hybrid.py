@@ -1004,6 +1004,25 @@ class Hybrid(Recommender):
             timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - t1
         return out
 
+    def batch_copy(self) -> "Hybrid":
+        """A shallow copy holding only what `recommend_block` reads (the fitted state, vectors, neighbours, ranker,
+        item ids), without the training log, the user x item matrix and the log's histories (the state keeps its
+        own): what the batch job ships to Ray workers (at 30M purchases the log alone is several GB)."""
+        import copy
+
+        import scipy.sparse as sp
+
+        self._check_fitted()
+        slim = copy.copy(self)
+        d = RecData.__new__(RecData)
+        d.item_ids, d.item_index, d.now = self.data.item_ids, self.data.item_index, self.data.now
+        d.events = self.data.events.iloc[:0]
+        d.user_ids, d.user_index, d._hist = [], {}, {}
+        d.matrix = sp.csr_matrix((0, self.data.n_items), dtype=np.float32)
+        d.image_features, d.metadata, d.predicted, d.users = None, pd.DataFrame(), None, None
+        slim.data = d
+        return slim
+
     def _rank_block(self, cands, s, k) -> list[list[str]]:
         st, ids = self.state, self.data.item_ids
         fill = [ids[j] for j in st.list_month] + [ids[j] for j in st.list_week]
