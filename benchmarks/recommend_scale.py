@@ -136,7 +136,7 @@ def generate(stats: dict, n_customers: int, n_items: int, n_purchases: int, out:
     n_u = rng.multinomial(n_purchases, pc[:, 0] / pc[:, 0].sum()) if n_customers else np.zeros(0, dtype=np.int64)
     n_u = np.maximum(n_u, 1)
     d_u = np.clip(np.round(n_u * pc[:, 1] / pc[:, 0]), 1, n_u).astype(np.int64)
-    cust_ids = np.array([hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n_customers)])
+    cust_ids = np.array([hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n_customers)], dtype=object)
     # each customer's shopping days (from the empirical date distribution), each purchase on one of them
     day_pool = stats["day_offsets"]
     T = int(n_u.sum())
@@ -167,14 +167,18 @@ def generate(stats: dict, n_customers: int, n_items: int, n_purchases: int, out:
     p_first = np.concatenate([[0], np.cumsum(cols)[:-1]])
     sp_ = prod_of[base[prev[same]]]
     item[same] = p_first[sp_] + (rng.random(int(same.sum())) * cols[sp_]).astype(np.int64)
-    price = rng.choice(stats["prices"], size=n_items)[item]
-    channel = np.where(rng.random(T) < stats["channel2"], 2, 1)
-    dates = (stats["day0"] + pd.to_timedelta(t_day, unit="D")).strftime("%Y-%m-%d")
-    tx = pd.DataFrame({"t_dat": dates, "customer_id": cust_ids[owner], "article_id": item_ids[item], "price": price,
-                       "sales_channel_id": channel})
-    tx = tx.sort_values("t_dat", kind="stable")
-    tx.to_csv(out / "transactions.csv", index=False, chunksize=1_000_000)
-    del tx
+    item_price = rng.choice(stats["prices"], size=n_items)
+    channel = np.where(rng.random(T) < stats["channel2"], 2, 1).astype(np.int8)
+    day_str = np.array((stats["day0"] + pd.to_timedelta(np.arange(int(t_day.max()) + 1), unit="D")).strftime("%Y-%m-%d"),
+                       dtype=object)
+    item_obj = np.array(item_ids.tolist(), dtype=object)
+    by_day = np.argsort(t_day, kind="stable")  # the file is in date order, like H&M's
+    with open(out / "transactions.csv", "w", newline="") as f:
+        f.write("t_dat,customer_id,article_id,price,sales_channel_id\n")
+        for a in range(0, T, 1_000_000):  # bounded memory: 1M rows of strings at a time
+            o = by_day[a : a + 1_000_000]
+            pd.DataFrame({"t_dat": day_str[t_day[o]], "customer_id": cust_ids[owner[o]], "article_id": item_obj[item[o]],
+                          "price": item_price[item[o]], "sales_channel_id": channel[o]}).to_csv(f, header=False, index=False)
     pd.DataFrame({"customer_id": cust_ids, "age": rng.choice(stats["ages"], size=n_customers)}).to_csv(out / "customers.csv", index=False)
     arts = pd.DataFrame({"article_id": item_ids, "product_code": codes[prod_of]})
     if stats["tags"] is not None and len(stats["tags"]):
@@ -356,7 +360,7 @@ def exponents(rows: list[dict]) -> dict:
     return out
 
 
-def report(rows, exps, args, path_png: Path | None, path_md: Path | None, label: str):
+def table(rows, exps) -> str:
     lines = [f"| customers | items | purchases | " + " | ".join(f"{s} s (GiB)" for s in STAGES) + " | total min | peak GiB | ms/customer |",
              "|---" * (len(STAGES) + 6) + "|"]
     for r in rows:
@@ -369,34 +373,50 @@ def report(rows, exps, args, path_png: Path | None, path_md: Path | None, label:
     lines.append("")
     lines.append("growth exponent (slope of log seconds vs log customers): "
                  + ", ".join(f"{k} {v:.2f}" for k, v in exps.items()))
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def report(rows, exps, path_png: Path | None, path_md: Path | None, label: str):
+    """Print the table; append it to the .md, the run to the .json beside it, and redraw the PNG from every run."""
+    text = table(rows, exps)
     print(text)
     if path_md:
         path_md.parent.mkdir(parents=True, exist_ok=True)
         with open(path_md, "a") as f:
             f.write(f"\n## {label}\n\n{text}\n\ncommand: `{' '.join(sys.argv)}`\n")
-    if path_png:
-        import matplotlib
+        js = path_md.with_suffix(".json")
+        runs = json.loads(js.read_text()) if js.exists() else []
+        runs.append({"label": label, "rows": rows, "exponents": exps})
+        js.write_text(json.dumps(runs, indent=1, default=str))
+        if path_png:
+            plot(runs, path_png)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4.2))
+def plot(runs: list[dict], path_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(16, 4.8))
+    colours = dict(zip(STAGES + ["total"], ["C0", "C1", "C2", "C3", "C4", "C5", "k"]))
+    styles = ["o--", "s-", "^-.", "v:"]
+    for r_i, run in enumerate(runs[-4:]):
+        rows, exps, st = run["rows"], run["exponents"], styles[r_i % len(styles)]
         n = [r["info"]["customers"] for r in rows]
-        for s in STAGES:
-            ax[0].loglog(n, [max(r["stages"][s][0], 1e-3) for r in rows], "o-", label=f"{s} ({exps[s]:.2f})")
-        ax[0].loglog(n, [sum(v[0] for v in r["stages"].values()) for r in rows], "k--", label=f"total ({exps['total']:.2f})")
-        ax[0].set_xlabel("customers (items and purchases in proportion)")
-        ax[0].set_ylabel("seconds")
-        ax[0].legend(fontsize=7)
-        ax[0].set_title(f"time per stage ({label})", fontsize=9)
-        ax[1].loglog(n, [max(v[1] for v in r["stages"].values()) for r in rows], "o-")
-        ax[1].set_xlabel("customers")
-        ax[1].set_ylabel("peak RSS, GiB")
-        ax[1].set_title("peak memory", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path_png, dpi=110)
-        plt.close(fig)
+        for s in STAGES + ["total"]:
+            t = [max(sum(v[0] for v in r["stages"].values()) if s == "total" else r["stages"][s][0], 1e-2) for r in rows]
+            ax[0 if s in ("load", "features", "fit", "total") else 1].loglog(
+                n, t, st, color=colours[s], label=f"{s} ({exps[s]:.2f}) {run['label'][:22]}", markersize=4)
+        ax[2].loglog(n, [max(v[1] for v in r["stages"].values()) for r in rows], st, color="k", label=run["label"][:40])
+    for a, title in zip(ax, ["load, features, fit, total: seconds", "candidates, ranking, write: seconds", "peak RSS, GiB"]):
+        a.set_xlabel("customers (items and purchases in proportion)")
+        a.set_title(title, fontsize=9)
+        a.legend(fontsize=6)
+    fig.suptitle("fashionrec recommend (hybrid) vs shop size; (exponent) = log-log slope; 2 busy shared cores", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path_png, dpi=110)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -454,8 +474,7 @@ def main() -> int:
         return 1
     exps = exponents(rows)
     label = f"{args.path} path, {args.workers} worker(s), {time.strftime('%Y-%m-%d %H:%M')}"
-    report(rows, exps, args, None if args.no_report else Path(args.out_png), None if args.no_report else Path(args.out_md),
-           label)
+    report(rows, exps, None if args.no_report else Path(args.out_png), None if args.no_report else Path(args.out_md), label)
     last = rows[-1]
     tot = sum(v[0] for v in last["stages"].values())
     peak = max(v[1] for v in last["stages"].values())
