@@ -220,3 +220,11 @@ def test_streamed_bucket_counts_give_the_same_ranker(hybrid):
     H._count_buckets(X[150:], y[150:], counts)
     assert H._buckets_from_counts(counts, 400, int(y.sum())) == H._fit_buckets(X, y, combine="noisy_or")
     assert hybrid.buckets is not None and "_lr" not in hybrid.buckets
+
+
+def test_als_is_fitted_only_for_the_rankers_that_read_it(hybrid):
+    from fashionrec.recommend import create_recommender
+
+    assert not hybrid._needs_als() and hybrid.state.als_items is None  # buckets: the feature is never read
+    assert create_recommender("hybrid", ranker="binary")._needs_als()
+    assert not create_recommender("hybrid", ranker="binary", use_als=False)._needs_als()

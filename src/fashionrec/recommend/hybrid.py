@@ -232,7 +232,7 @@ class _State:
             self.arrival_pool = _top(self.trend + 1.0, cfg.arrival_pool, ~self.sold & has_vec)
         # ALS factors (collaborative signal as a feature)
         self.als_user, self.als_items = {}, None
-        if cfg.use_als and len(idx) >= 50:
+        if cfg._needs_als() and len(idx) >= 50:
             self._fit_als(ev["user"], idx, n, cfg.seed)
 
     def _sells_now(self, vectors: np.ndarray, has_vec: np.ndarray) -> np.ndarray | None:
@@ -1038,10 +1038,15 @@ class Hybrid(Recommender):
         return out
 
     # ------------------------------------------------------------------ training
+    def _needs_als(self) -> bool:
+        """The ALS score is a feature of the LightGBM rankers only: the bucket ranker (default) and the fixed order
+        never read it, so it is not fitted for them (7 ALS fits per `fit`: minutes at 1M customers)."""
+        return bool(self.use_als) and self.ranker_kind in {"binary", "lambdarank"}
+
     def _candidate_key(self) -> tuple:
         return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_decay, self.n_pop_week,
                 self.n_pop_month, self.n_age_pop, self.n_dept_pop, self.n_new_colour, self.n_visual,
-                self.n_new_arrival, self.arrival_pool, self.pair_days, self.recent_items, self.use_als,
+                self.n_new_arrival, self.arrival_pool, self.pair_days, self.recent_items, self._needs_als(),
                 self.max_train_users, self.seed)
 
     def _window(self, data: RecData, t: pd.Timestamp, rng):
