@@ -228,3 +228,23 @@ def test_als_is_fitted_only_for_the_rankers_that_read_it(hybrid):
     assert not hybrid._needs_als() and hybrid.state.als_items is None  # buckets: the feature is never read
     assert create_recommender("hybrid", ranker="binary")._needs_als()
     assert not create_recommender("hybrid", ranker="binary", use_als=False)._needs_als()
+
+
+def test_bought_together_band_join_equals_the_self_merge():
+    """The co-purchase counts equal those of the plain self-merge on the customer (the reference), ties and repeats
+    included."""
+    import scipy.sparse as sp
+
+    from fashionrec.recommend.hybrid import _co_purchases
+
+    rng = np.random.default_rng(5)
+    n, rows = 40, 3000
+    users = rng.choice([f"u{j}" for j in range(60)], rows)
+    idx = rng.integers(0, n, rows)
+    ts = (np.datetime64("2020-01-01") + rng.integers(0, 90, rows).astype("timedelta64[D]")).astype("datetime64[ns]")
+    got = _co_purchases(users, idx, ts, n, 14)
+    df = pd.DataFrame({"u": users, "i": idx, "d": ts.astype("datetime64[D]").astype(np.int64)}).drop_duplicates()
+    m = df.merge(df, on="u")
+    m = m[(m["i_x"] != m["i_y"]) & ((m["d_x"] - m["d_y"]).abs() <= 14)]
+    ref = sp.csr_matrix((np.ones(len(m), dtype=np.float32), (m["i_x"].to_numpy(), m["i_y"].to_numpy())), shape=(n, n))
+    assert ref.nnz > 0 and (got != ref).nnz == 0 and got.dtype == ref.dtype

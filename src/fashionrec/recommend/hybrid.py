@@ -440,9 +440,23 @@ def _co_purchases(users, idx, ts, n, days):
     df = pd.DataFrame({"u": users, "i": idx, "d": ts.astype("datetime64[D]").astype(np.int64)}).drop_duplicates()
     if len(df) > 2_000_000:  # keep memory bounded on big logs: the most recent pairs are the informative ones
         df = df.nlargest(2_000_000, "d")
-    m = df.merge(df, on="u")
-    m = m[(m["i_x"] != m["i_y"]) & ((m["d_x"] - m["d_y"]).abs() <= days)]
-    return sp.csr_matrix((np.ones(len(m), dtype=np.float32), (m["i_x"].to_numpy(), m["i_y"].to_numpy())), shape=(n, n))
+    # A band join instead of a self-merge on the customer: each purchase meets only that customer's purchases within
+    # `days` (sorted keys, searchsorted), so the work is the number of pairs kept, not the sum of squared basket
+    # sizes (a customer with 500 purchases made 250,000 merge rows). The same pairs as the merge, counted the same.
+    u = pd.factorize(df["u"])[0].astype(np.int64)
+    d = df["d"].to_numpy(dtype=np.int64)
+    i = df["i"].to_numpy(dtype=np.int64)
+    span = int(d.max() - d.min()) + 2 * int(days) + 2 if len(d) else 1
+    key = u * span + (d - (d.min() if len(d) else 0))
+    order = np.argsort(key, kind="stable")
+    key, i = key[order], i[order]
+    lo = np.searchsorted(key, key - days, side="left")
+    hi = np.searchsorted(key, key + days, side="right")
+    cnt = hi - lo
+    x = np.repeat(np.arange(len(key)), cnt)
+    y = np.repeat(lo, cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+    keep = i[x] != i[y]
+    return sp.csr_matrix((np.ones(int(keep.sum()), dtype=np.float32), (i[x][keep], i[y][keep])), shape=(n, n))
 
 
 @register_recommender("hybrid")
