@@ -234,3 +234,6 @@ def test_model_cache_key_follows_resolved_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(Popularity.__init__, "__defaults__", (14.0, 28.0))  # a new default half-life
     fit_recommender(shop, "popularity", cache_dir=ws)
     assert len(cached()) == 2
+    shop.image_features.vectors = shop.image_features.vectors[:, ::-1].copy()  # other weights: other image vectors
+    fit_recommender(shop, "popularity", cache_dir=ws)
+    assert len(cached()) == 3  # same files and settings, new features: refitted, not served stale

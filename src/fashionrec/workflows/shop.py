@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from fashionrec.recommend.base import ItemFeatures, RecData
 log = logging.getLogger(__name__)
 #: Recommenders that need image features (load_shop(..., with_images=True)).
 IMAGE_MODELS = frozenset({"visual", "hybrid"})
-MODEL_CACHE_VERSION = 2  # bump when a recommender's fitted state changes shape or meaning
+MODEL_CACHE_VERSION = 3  # bump when a recommender's fitted state changes shape or meaning
 
 
 @dataclass
@@ -172,18 +173,18 @@ def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame 
 
     cache = None
     if cache_dir is not None and events is None and now is None:
-        import hashlib
-        import json
-
-        import fashionrec
+        from fashionrec.artifacts import artifact_key
         from fashionrec.recommend import create_recommender as _create
 
-        # Every resolved hyperparameter (defaults included) and the package version: a changed default or an upgrade
-        # refits instead of serving a model built by other settings.
+        # One key from everything the fitted model depends on: the shop's files (log, catalog, customers, every
+        # image file: Shop.fingerprint), the image features themselves (a new backbone or replaced weights give other
+        # vectors), every resolved hyperparameter (defaults included), the cache format and the package version
+        # (artifact_key adds it): a changed default, new weights or an upgrade refit instead of serving a stale model.
         resolved = {k: v for k, v in vars(_create(name, **params)).items() if not k.startswith("_") and k != "data"}
-        key = hashlib.sha1(json.dumps([name, resolved, fashionrec.__version__, MODEL_CACHE_VERSION], sort_keys=True,
-                                      default=str).encode()).hexdigest()[:8]
-        cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key}.pkl"
+        feats = shop.image_features
+        key = artifact_key(shop=shop.fingerprint(), model=name, settings=json.loads(json.dumps(resolved, default=str)),
+                           features=None if feats is None else feats.vectors, cache_version=MODEL_CACHE_VERSION)
+        cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key[:12]}.npz"
         if cache.exists():
             try:
                 return load_recommender(cache)
