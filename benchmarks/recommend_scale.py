@@ -20,7 +20,8 @@ scores, top-k with the places kept for new arrivals, fill), write (the CSV). Pea
 high-water mark of the process's resident set (VmHWM in /proc/self/status), reset at the start of every stage by
 writing 5 to /proc/self/clear_refs: "peak" is the largest RSS reached during that stage (whole process, so it
 includes what earlier stages left in memory). With --workers > 1 (Ray), the workers' own high-water marks are
-added to the driver's.
+added to the driver's. Times are wall-clock seconds; the JSON also keeps this process's CPU seconds per stage
+(time.process_time), less inflated than wall time on a shared machine.
 
 --path customer measures the per-customer loop `Hybrid.recommend_many` (blocks of 256 customers, candidates and
 features one customer at a time), --path block the batch job `fashionrec.recommend.batch.recommend_all`.
@@ -250,10 +251,11 @@ def run_one(args) -> dict:
 
     def stage(name, fn):
         pk = _Peak()
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         v = fn()
-        res[name] = [time.time() - t0, pk.read()]
-        print(f"  {name:10s} {res[name][0]:8.1f}s  peak {res[name][1]:.2f} GiB", file=sys.stderr, flush=True)
+        res[name] = [time.time() - t0, pk.read(), time.process_time() - c0]
+        print(f"  {name:10s} {res[name][0]:8.1f}s  peak {res[name][1]:.2f} GiB  cpu {res[name][2]:.1f}s", file=sys.stderr,
+              flush=True)
         return v
 
     def load():
@@ -339,14 +341,16 @@ def _block_path(model, customers, args, out_csv, stage, res):
 
     timings: dict = {}
     pk = _Peak()
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
     recommend_all(model, customers, args.k, out_csv, block_size=args.block_size, progress=False, timings=timings,
                   workers=args.workers)
     total, peak = time.time() - t0, pk.read() + timings.get("worker_peak_gib", 0.0)
     for name in ("candidates", "ranking", "write"):
         res[name] = [timings.get(name, 0.0), peak]
     res["candidates"][0] += max(0.0, total - sum(timings.get(n, 0.0) for n in ("candidates", "ranking", "write")))
-    print(f"  recommend  {total:8.1f}s  peak {peak:.2f} GiB ({timings})", file=sys.stderr, flush=True)
+    res["candidates"].append(time.process_time() - c0)  # this process's CPU seconds for the whole recommend step
+    print(f"  recommend  {total:8.1f}s  peak {peak:.2f} GiB  cpu {res['candidates'][2]:.1f}s ({timings})", file=sys.stderr,
+          flush=True)
 
 
 # ----------------------------------------------------------------------------------------------- driver
