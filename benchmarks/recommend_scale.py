@@ -235,9 +235,9 @@ def run_one(args) -> dict:
 
     from fashionrec.data.interactions import load_transactions
     from fashionrec.pipeline import load_customer_table
+    from fashionrec.recommend.attributes import TAG_COLUMNS
     from fashionrec.recommend.base import ItemFeatures, RecData
     from fashionrec.recommend.hybrid import Hybrid
-    from fashionrec.recommend.attributes import TAG_COLUMNS
 
     stats = sample_stats(Path(args.data), args.features_npz, seed=args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="recscale-", dir=args.tmp_dir))
@@ -267,7 +267,7 @@ def run_one(args) -> dict:
 
     ids, V, ev, meta, users = stage("load", load)
 
-    def features():
+    def features(meta=meta, ev=ev):
         pred = meta[[c for c in TAG_COLUMNS if c in meta.columns]]  # stands for the tags predicted from photos
         bought = meta[meta.index.isin(set(ev["item"].unique()))]
         return RecData(ev, ids, image_features=ItemFeatures(ids, V), metadata=bought, predicted=pred, users=users)
@@ -314,7 +314,7 @@ def _per_customer(model, customers, k, out_csv, stage):
             parts = parts_all[b : b + 256]
             s = model._predict(np.vstack([p[2] for p in parts]))
             o = 0
-            for u, cand, X in parts:
+            for u, cand, _X in parts:
                 sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
                 o += len(cand)
                 items = [model.data.item_ids[j] for j in model._with_arrivals(cand, sc, k)]
@@ -365,7 +365,7 @@ def exponents(rows: list[dict]) -> dict:
 
 
 def table(rows, exps) -> str:
-    lines = [f"| customers | items | purchases | " + " | ".join(f"{s} s (GiB)" for s in STAGES) + " | total min | peak GiB | ms/customer |",
+    lines = ["| customers | items | purchases | " + " | ".join(f"{s} s (GiB)" for s in STAGES) + " | total min | peak GiB | ms/customer |",
              "|---" * (len(STAGES) + 6) + "|"]
     for r in rows:
         i, s = r["info"], r["stages"]

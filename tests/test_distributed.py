@@ -24,10 +24,9 @@ def test_ray_embedding_matches_local(tmp_path):
 def test_ray_batch_recommendation_equals_single_process(tmp_path):
     """Customers sharded over 2 Ray actors sharing the model through the object store: the same file, byte for byte."""
     pytest.importorskip("ray")
-    from test_batch import _log
-
     from fashionrec.recommend import create_recommender
     from fashionrec.recommend.batch import recommend_all
+    from test_batch import _log
 
     model = create_recommender("hybrid", n_windows=2).fit(_log(seed=3, n_users=90))
     users = list(model.data.user_ids)[::-1] + ["never-seen"]  # any order: the output keeps it

@@ -19,8 +19,8 @@ from __future__ import annotations
 import csv
 import inspect
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from fashionrec.io import atomic_path
 

@@ -20,7 +20,7 @@ CATEGORICAL = ["product_type_name", "product_group_name", "graphical_appearance_
                "perceived_colour_value_name", "perceived_colour_master_name", "department_name", "index_name",
                "index_group_name", "section_name", "garment_group_name"]
 TEXT = ["prod_name", "detail_desc"]
-_INDEXES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (catalog size, VectorIndex)
+_INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (catalog size, VectorIndex)
 
 
 class _VectorProfile(Recommender):

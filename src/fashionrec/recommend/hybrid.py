@@ -110,7 +110,7 @@ def _top_sparse(idx: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
 class _State:
     """Everything the features need, computed from the events before `t` (a day boundary)."""
 
-    def __init__(self, data: RecData, t: pd.Timestamp, cfg: "Hybrid", vectors: np.ndarray | None, has_vec: np.ndarray,
+    def __init__(self, data: RecData, t: pd.Timestamp, cfg: Hybrid, vectors: np.ndarray | None, has_vec: np.ndarray,
                  codes: np.ndarray):
         self.t = pd.Timestamp(t)
         ev = data.events[data.events["timestamp"] < self.t]
@@ -1018,7 +1018,7 @@ class Hybrid(Recommender):
             timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - t1
         return out
 
-    def batch_copy(self) -> "Hybrid":
+    def batch_copy(self) -> Hybrid:
         """A shallow copy holding only what `recommend_block` reads (the fitted state, vectors, neighbours, ranker,
         item ids), without the training log, the user x item matrix and the log's histories (the state keeps its
         own): what the batch job ships to Ray workers (at 30M purchases the log alone is several GB)."""
