@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from fashionrec.artifacts.keys import file_fingerprint
+from fashionrec.config import DEFAULT_BACKBONE  # noqa: F401  (re-exported; named once, in config)
 from fashionrec.errors import FashionrecError
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 _REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
 _SOURCES: list[tuple[Callable[[object], bool], Callable[..., "Backbone"]]] = []
 _FALLBACK: list[Callable[..., "Backbone"]] = []

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fashionrec.backbones.base import Backbone, DataConfig, register_backbone, weights_file_id
+from fashionrec.config import DEFAULT_MEAN, DEFAULT_STD
 
 
 class TinyCNN(nn.Module):
@@ -38,4 +39,4 @@ def tiny_cnn(pretrained: bool = False, weights=None, width: int = 32, embed_dim:
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         weights_id = weights_file_id(weights)
-    return Backbone("tiny_cnn", model, embed_dim, DataConfig(28, (0.5,) * 3, (0.5,) * 3), weights_id, blocks=list(model.blocks))
+    return Backbone("tiny_cnn", model, embed_dim, DataConfig(28, DEFAULT_MEAN, DEFAULT_STD), weights_id, blocks=list(model.blocks))

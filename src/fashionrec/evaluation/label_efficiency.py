@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fashionrec.config import DEFAULT_MEAN, DEFAULT_STD
 from fashionrec.data.fashion_mnist import sample_per_class
 from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.metrics import accuracy, macro_f1
@@ -63,7 +64,7 @@ def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=600):
 
     bb = create_backbone("tiny_cnn", seed=seed)
     size = min(x_tr.shape[1], SCRATCH_SIDE)
-    pre = Preprocess(size, (0.5,) * 3, (0.5,) * 3, invert=False)
+    pre = Preprocess(size, DEFAULT_MEAN, DEFAULT_STD, invert=False)
     steps_per_epoch = max(1, -(-len(x_tr) // 64))
     epochs = int(np.clip(epochs_budget // steps_per_epoch, 2, 40))
     rng = np.random.default_rng(seed)

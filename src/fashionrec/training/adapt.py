@@ -38,6 +38,7 @@ from torch import nn
 
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone, DataConfig
+from fashionrec.config import ADAPT_INPUT_SIZE, DEFAULT_BACKBONE
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
 
@@ -237,7 +238,7 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
     """The frozen lower part's output for every photo (and its mirror image), float16, cached in the workspace.
 
     Returns (maps, flipped maps or None, ok mask); undecodable photos are reported and left out (ok False)."""
-    from fashionrec.features import _ImageFiles, _collate
+    from fashionrec.features import _collate, _ImageFiles
 
     key = hashlib.sha1("|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), str(flips),
                                  _fingerprints(paths)]).encode()).hexdigest()[:16]
@@ -293,8 +294,8 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
 # ---------------------------------------------------------------- training
 @dataclass(frozen=True)
 class AdaptConfig:
-    backbone: str = "efficientnet_lite0"
-    input_size: int = 128
+    backbone: str = DEFAULT_BACKBONE
+    input_size: int = ADAPT_INPUT_SIZE
     label_columns: tuple[str, ...] = DEFAULT_LABEL_COLUMNS
     group_column: str = "auto"
     holdout: float = 0.15
@@ -337,7 +338,7 @@ def _batches(rng: np.random.Generator, multi: dict[str, np.ndarray], labelled: n
     keys = np.array(list(multi)) if multi else np.zeros(0, dtype=object)
     order, pos = rng.permutation(len(keys)), 0
     while True:
-        rows, groups = [], []
+        rows = []
         for _ in range(min(cfg.products_per_batch, len(keys))):
             if pos >= len(order):
                 order, pos = rng.permutation(len(keys)), 0
@@ -623,7 +624,8 @@ def _write_features_to_cache(model_dir: Path | None, ids: list[str], paths_by_id
     """The held-out evaluation already embedded every photo: store it under the key `embed_image_files` uses for
     this model folder (eager fp32), so `fashionrec embed --backbone MODEL_DIR` and the benchmark reuse it."""
     from fashionrec.backbones import create_backbone
-    from fashionrec.features import FeatureCache, InferencePath, Preprocess as P, _model_key, file_fingerprint
+    from fashionrec.features import FeatureCache, InferencePath, _model_key, file_fingerprint
+    from fashionrec.features import Preprocess as P
 
     bb = create_backbone(imagenet[0], input_size=imagenet[1]) if imagenet else create_backbone(str(model_dir))
     key = f"files-{_model_key(bb, P.for_backbone(bb), InferencePath())}"

@@ -16,6 +16,7 @@ import numpy as np
 
 from fashionrec.backbones import create_backbone
 from fashionrec.backbones.base import DEFAULT_BACKBONE, Backbone
+from fashionrec.config import DEFAULT_INPUT_SIZE
 from fashionrec.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from fashionrec.features import FeatureCache, Preprocess, embed_arrays
 from fashionrec.io import write_json
@@ -33,7 +34,7 @@ class ClassifierConfig:
 
     method: str = "linear-probe"          # linear-probe | finetune
     backbone: str = DEFAULT_BACKBONE
-    input_size: int = 96
+    input_size: int = DEFAULT_INPUT_SIZE
     invert: bool | None = None            # None: auto (invert light-on-dark greyscale inputs)
     adapt_bn: bool = False                # re-estimate BN statistics on unlabelled target images (AdaBN)
     bn_images: int = 4000
