@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
 LIGHT_MODELS = ("popularity", "repurchase", "visual")
 TABLES_KIND = "serving-tables"
-TABLES_VERSION = 1        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
+TABLES_VERSION = 2        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
 ARRIVALS_KIND = "serving-arrival-vectors"
 
 # Kept for callers of the names before typed errors (fashionrec < issue 10): same classes.
@@ -112,7 +112,7 @@ class Precomputed:
 
         item_ids = list(model.data.item_ids)
         pos = {i: j for j, i in enumerate(item_ids)}
-        users = sorted(users)
+        users = sorted(users, key=lambda u: u.encode())  # the order of the UTF-8 bytes searched at request time
         offsets, items, scores, b_off, b_items = [0], [], [], [0], []
         for u in tqdm(users, desc=f"precompute {model.name}", unit="customer", disable=not progress):
             for r in model.recommend(u, k):
@@ -121,25 +121,27 @@ class Precomputed:
                 b_items.extend(pos[b] for b in r.because)
                 b_off.append(len(b_items))
             offsets.append(len(items))
-        return cls(np.array(users, dtype=str), np.array(offsets, np.int64), np.array(items, np.int32),
-                   np.array(scores, np.float64), np.array(b_off, np.int64), np.array(b_items, np.int32),
-                   np.array(item_ids, dtype=str))
+        return cls(_utf8(users), np.array(offsets, np.int64), np.array(items, np.int32), np.array(scores, np.float64),
+                   np.array(b_off, np.int64), np.array(b_items, np.int32), _utf8(item_ids))
 
+    # Ids as UTF-8 bytes ('S'): a fixed-width unicode array takes 4 bytes per character of the longest id (H&M's
+    # customer ids are 64 characters: 350 MB at 1.37M customers, per model); the customers array is shared.
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {f"{prefix}.{k}": getattr(self, k) for k in
+        return {"users" if k == "users" else f"{prefix}.{k}": getattr(self, k) for k in
                 ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")}
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "Precomputed":
-        return cls(*(arrays[f"{prefix}.{k}"] for k in
+        return cls(*(arrays["users" if k == "users" else f"{prefix}.{k}"] for k in
                      ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")))
 
     def __len__(self) -> int:
         return len(self.users)
 
     def _row(self, user: str) -> int:
-        i = int(np.searchsorted(self.users, user))
-        return i if i < len(self.users) and self.users[i] == user else -1
+        key = user.encode("utf-8", "surrogatepass")
+        i = int(np.searchsorted(self.users, key))
+        return i if i < len(self.users) and self.users[i] == key else -1
 
     def __contains__(self, user: str) -> bool:
         return self._row(user) >= 0
@@ -151,9 +153,18 @@ class Precomputed:
             return None
         lo, hi = int(self.offsets[r]), int(self.offsets[r + 1])
         hi = min(hi, lo + k)
-        ids, b_off, b_items = self.item_ids, self.because_offsets, self.because_items
-        return [(str(ids[self.items[j]]), float(self.scores[j]),
-                 [str(ids[b]) for b in b_items[b_off[j]:b_off[j + 1]]]) for j in range(lo, hi)]
+        ids = self.item_ids
+        items = self.items[lo:hi].tolist()
+        scores = self.scores[lo:hi].tolist()
+        b_off = self.because_offsets[lo:hi + 1].tolist()
+        b_items = self.because_items[b_off[0]:b_off[-1]].tolist()
+        base = b_off[0]
+        return [(ids[i].decode(), s, [ids[b].decode() for b in b_items[b_off[n] - base:b_off[n + 1] - base]])
+                for n, (i, s) in enumerate(zip(items, scores))]
+
+
+def _utf8(ids: list[str]) -> np.ndarray:
+    return np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=bytes) if ids else np.zeros(0, "S1")
 
 
 # ------------------------------------------------------------------------------------------- the index
@@ -477,6 +488,8 @@ def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, p
     config = {"models": names, "taggers": [t.column for t in taggers], "k_precomputed": k_precomputed,
               "fingerprint": shop.fingerprint(), "backbone": backbone, "input_size": input_size, "dim": int(feats.vectors.shape[1])}
     save_arrays(art / "tables", TABLES_KIND, TABLES_VERSION, arrays, config)  # written last: it marks a complete set
+    for old in art.glob("*.pkl"):  # (model, precomputed) pickles of fashionrec before issue 10: never read again
+        old.unlink(missing_ok=True)
     say("serving artifacts written")
 
 
