@@ -248,3 +248,18 @@ def test_bought_together_band_join_equals_the_self_merge():
     m = m[(m["i_x"] != m["i_y"]) & ((m["d_x"] - m["d_y"]).abs() <= 14)]
     ref = sp.csr_matrix((np.ones(len(m), dtype=np.float32), (m["i_x"].to_numpy(), m["i_y"].to_numpy())), shape=(n, n))
     assert ref.nnz > 0 and (got != ref).nnz == 0 and got.dtype == ref.dtype
+
+
+def test_window_blocks_are_read_without_copies(hybrid):
+    from fashionrec.recommend.hybrid import _blocks_of
+
+    cands, X, _ = hybrid._features_block(hybrid.state, _users(hybrid)[:30])
+    views, o = [], 0
+    for c in cands:
+        views.append(X[o : o + len(c)])
+        o += len(c)
+    ys = [np.arange(len(v)) % 2 for v in views]
+    (Xb, yb), = list(_blocks_of(views, ys))
+    assert Xb is X and np.array_equal(yb, np.concatenate(ys))
+    parts = list(_blocks_of(views[:5] + [np.ones((3, X.shape[1]), np.float32)], ys[:5] + [np.zeros(3)]))
+    assert [len(p[0]) for p in parts] == [sum(len(v) for v in views[:5]), 3]

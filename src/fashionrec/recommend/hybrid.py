@@ -57,7 +57,7 @@ BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [
            ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
            ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF])]
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
-WINDOW_CACHE_ROWS = 5_000_000  # training windows bigger than this are not kept for reuse (memory)
+WINDOW_CACHE_ROWS = 2_000_000  # training rows kept for reuse across rankers (~0.4 GB); beyond, windows are rebuilt
 BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
 
 
@@ -346,6 +346,21 @@ def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0, combine: st
 
         out["_lr"] = LogisticRegression(C=0.1, max_iter=1000).fit(_bucket_matrix(X), y)
     return out
+
+
+def _blocks_of(Xs: list, ys: list):
+    """(rows, labels) of whole feature blocks from per-customer row views into them (`_features_block` output), so
+    that a window is read without stacking a copy of it; views of no common block are stacked."""
+    i = 0
+    while i < len(Xs):
+        base = Xs[i].base if Xs[i].base is not None else Xs[i]
+        j = i + 1
+        while j < len(Xs) and Xs[j].base is base:
+            j += 1
+        rows = sum(len(x) for x in Xs[i:j])
+        ok = base.ndim == 2 and base.shape[0] == rows and np.shares_memory(base[:1], Xs[i][:1])
+        yield (base if ok else np.vstack(Xs[i:j])), np.concatenate(ys[i:j])
+        i = j
 
 
 def _count_buckets(X: np.ndarray, y: np.ndarray, counts: dict) -> None:
@@ -1072,7 +1087,9 @@ class Hybrid(Recommender):
             _WINDOW_CACHE["data"] = data
         if key not in _WINDOW_CACHE:
             res = self._window_uncached(data, t, rng)
-            if sum(len(y) for y in res[1]) > WINDOW_CACHE_ROWS:  # a big log: memory first, windows are rebuilt
+            n_rows = sum(len(y) for y in res[1])
+            used = sum(sum(len(y) for y in v[1]) for k_, v in _WINDOW_CACHE.items() if k_ != "data")
+            if used + n_rows > WINDOW_CACHE_ROWS:  # a big log: memory first, windows are rebuilt when asked again
                 return res
             _WINDOW_CACHE[key] = res + (list(self._last_window_truth),)
         *res, truth = _WINDOW_CACHE[key]
@@ -1132,12 +1149,14 @@ class Hybrid(Recommender):
             Xs, ys, groups, n_true, src_hits = self._window(data, t, rng)
             if not Xs:
                 continue
-            X, y = np.vstack(Xs), np.concatenate(ys)
-            del Xs
-            if stream:
-                _count_buckets(X, y, counts)
+            if stream:  # no copy of the window's rows: counted block by block
+                for Xb, yb in _blocks_of(Xs, ys):
+                    _count_buckets(Xb, yb, counts)
+                y = np.concatenate(ys)
             else:
+                X, y = np.vstack(Xs), np.concatenate(ys)
                 sets.append((X, y, np.array(groups), np.array(self._last_window_truth)))
+            del Xs
             n_true_all += n_true
             rows += len(y)
             pos += int(y.sum())
