@@ -6,7 +6,7 @@ percentile, min), and the fraction of the machine's estimated peak FLOP/s. Then 
 on-machine probe (`fashionrec.features.resolve_path`, the `auto` path) picks here, with its own measurements.
 
 Data: real H&M photos (`--data hm`, default): the evaluation photos are disjoint from the int8 calibration photos.
-`--data fmnist` also reports linear-probe accuracy on Fashion-MNIST (100 labels per class, 2,000 test images).
+`--data fmnist` uses Fashion-MNIST test images (inverted) instead: no photos needed, but not what a shop embeds.
 `--sweep-int8` quantises with every recipe in INT8_SWEEP and prints the calibration table
 (docs/results/int8_calibration.md). Last line:
     best speedup N.NNx (PATH), mean cosine C.CCCC
@@ -169,9 +169,8 @@ def main() -> int:
 
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("onnxruntime", "root"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("fashionrec").setLevel(logging.INFO)
     from fashionrec.backbones import create_backbone
     from fashionrec import features as FT
     from fashionrec.features import InferencePath, Preprocess
@@ -228,6 +227,10 @@ def main() -> int:
         t = time.perf_counter()
         chosen = FT.resolve_path(InferencePath.auto(), create_backbone(args.backbone, input_size=args.size), pre,
                                  args.batch, sample=lambda: ev[: args.batch], workspace=ws)
+        import json
+
+        (rec,) = json.loads((Path(ws) / FT.PROBE_FILE).read_text()).values()
+        print(f"probe: {rec['summary']}")
         print(f"probe picks {chosen.name} in {time.perf_counter() - t:.1f} s (candidates here: "
               f"{', '.join(FT.auto_candidates())}; int8 is never a candidate)")
     exact = {k: v for k, v in results.items() if v[1] >= 0.99}

@@ -308,7 +308,7 @@ PROBE_VERSION = 1
 PROBE_FILE = "inference_probe.json"
 PROBE_MIN_MEAN_COSINE = 0.99   # a candidate's features vs eager fp32 on the probe batch: mean cosine at least this
 PROBE_MIN_COSINE = 0.95        # ... and no single image below this (bf16 on H&M photos: min 0.97, p5 0.99)
-PROBE_MAX_BATCH = 64           # the probe times one batch of min(batch_size, 64) images at the real input size
+PROBE_MAX_BATCH = 32           # the probe times one batch of min(batch_size, 32) images at the real input size
 PROBE_REPS = 3                 # timed runs per candidate after one warm-up; the fastest run counts (robust to load)
 
 
@@ -456,7 +456,7 @@ def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Prep
                  sample=None, workspace: str | Path | None = None, candidates: Sequence[str] | None = None,
                  measure=_measure, reprobe: bool = False) -> InferencePath:
     """An explicit path is returned as is. `auto` (or None) is resolved by a probe: each candidate path runs one
-    batch of min(batch_size, 64) real inputs at the real input size; the fastest whose features match eager fp32
+    batch of min(batch_size, 32) real inputs at the real input size; the fastest whose features match eager fp32
     (mean cosine >= 0.99, min >= 0.95) wins. The choice and the measured times are cached in
     `<workspace>/inference_probe.json` under `probe_key` (machine, versions, weights, input size, batch size), so
     later runs reuse it without probing; change any of those and it is probed again.
