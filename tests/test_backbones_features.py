@@ -284,3 +284,25 @@ def test_reprobe_replaces_cached_choice(tmp_path):
     assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32-cl"  # cached
     assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), reprobe=True, **kw).name == "fp32"
     assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32"  # the new record
+
+
+def test_auto_on_image_files_probes_once_and_keeps_fp32_cache_key(tmp_path, monkeypatch):
+    """`fastest_path()` (what the shop passes) on files: probed for real on the first photos, features cached under
+    the key of the numbers the chosen path computes; a second run neither probes nor embeds."""
+    bb = create_backbone("tiny_cnn")
+    items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 40, 20, 200 - i * 30)) for i in range(5)}
+    cache = FeatureCache(tmp_path / "ws")
+    monkeypatch.setattr(FT, "auto_candidates", lambda: ["fp32", "fp32-cl"])  # both exact: the key cannot depend on it
+    r = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
+    (rec,) = json.loads((tmp_path / "ws" / FT.PROBE_FILE).read_text()).values()
+    assert rec["chosen"] in ("fp32", "fp32-cl") and rec["key"]["batch_size"] == 64
+    (entry,) = (tmp_path / "ws" / "features").glob("files-*.npz")
+    assert entry.stem == f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    ref = embed_image_files(bb, items, progress=False, num_workers=0)
+    assert r.ids == list(items) and np.allclose(r.features, ref.features, atol=1e-4)
+    seen = []
+    monkeypatch.setattr(FT, "probe_paths", lambda *a, **k: seen.append("probe"))
+    real = FT._forward
+    monkeypatch.setattr(FT, "_forward", lambda *a, **k: seen.append("embed") or real(*a, **k))
+    r2 = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
+    assert seen == [] and np.array_equal(r2.features, r.features)
