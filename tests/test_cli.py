@@ -155,3 +155,24 @@ def test_every_command_module_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert list(sub.choices) == ["train", "predict", "tag", "adapt", "backbones", "demo", "experiment", "recommend",
                                  "similar", "evaluate", "embed", "serve"]
+
+
+@pytest.mark.parametrize("name", ["fp32-cl", "auto"])
+def test_inference_flag_reaches_the_embedder(tmp_path, monkeypatch, name):
+    """`--inference` is passed to the catalog embedder as that path (auto is resolved there by the probe)."""
+    import fashionrec.features as F
+
+    seen = []
+    real = F.embed_image_files
+
+    def spy(*a, path=None, **k):
+        seen.append(path.name)
+        return real(*a, path=F.InferencePath(), **k)  # eager fp32: fast and deterministic in the test
+
+    monkeypatch.setattr(F, "embed_image_files", spy)
+    data = make_shape_catalog(tmp_path / "shop", per_class=2)
+    assert main(["--workspace", str(tmp_path / "ws"), "-q", "embed", "--data", str(data), "--out",
+                 str(tmp_path / "f.npz"), "--backbone", "tiny_cnn", "--input-size", "32", "--inference", name]) == 0
+    assert seen == [name]
+    with np.load(tmp_path / "f.npz") as z:
+        assert len(z["ids"]) == 6

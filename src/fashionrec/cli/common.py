@@ -38,12 +38,19 @@ def args_dict(args: argparse.Namespace) -> dict:
 
 # ---------------------------------------------------------------- shared options
 BACKBONE_HELP = "a backbone name or a `fashionrec adapt` folder"
+INFERENCE_PATHS = ["auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "onnx-fp32", "onnx-int8"]
 
 
-def add_backbone_args(p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE) -> None:
-    """--backbone and --input-size for commands that embed photos with a backbone."""
+def add_backbone_args(p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE,
+                      inference: bool = True) -> None:
+    """--backbone and --input-size for commands that embed photos with a backbone (and --inference where the
+    command embeds a catalog through the feature cache)."""
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--input-size", type=int, default=input_size)
+    if inference:
+        p.add_argument("--inference", default="auto", choices=INFERENCE_PATHS,
+                       help="how the backbone runs on CPU (default auto: a short probe picks the fastest path whose "
+                            "features match eager fp32, cached per machine in the workspace; onnx-int8 is opt-in only)")
 
 
 def add_classifier_args(p: argparse.ArgumentParser) -> None:

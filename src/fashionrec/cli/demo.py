@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = sub.add_parser("demo", help="offline end-to-end demo on Fashion-MNIST; writes a report folder")
     d.add_argument("--out", default="fashionrec-demo")
     d.add_argument("--data-dir", help="Fashion-MNIST IDX folder")
-    common.add_backbone_args(d)
+    common.add_backbone_args(d, inference=False)
     d.add_argument("--labels-per-class", type=int, default=10)
     d.add_argument("--pool", type=int, default=3000, help="train images available (labelled subset drawn from them)")
     d.add_argument("--test-size", type=int, default=2000)

@@ -16,7 +16,7 @@ def cmd_recommend(args) -> int:
     from fashionrec.workflows.recommend import read_users, recommend_all
 
     sub = recommend_all(args.data, model=args.model, k=args.k, users=read_users(args.users) if args.users else None,
-                        backbone=args.backbone, input_size=args.input_size, workspace=common.workspace(args),
+                        backbone=args.backbone, input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
                         progress=common.progress(args))
     write_csv(sub.table, args.out)
     print(f"wrote {len(sub.table)} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
@@ -29,7 +29,7 @@ def cmd_similar(args) -> int:
     from fashionrec.workflows.recommend import similar_items
 
     for r in similar_items(args.data, args.item, model=args.model, k=args.k, backbone=args.backbone,
-                           input_size=args.input_size, workspace=common.workspace(args), progress=common.progress(args)):
+                           input_size=args.input_size, inference=args.inference, workspace=common.workspace(args), progress=common.progress(args)):
         print(f"{r.item}\t{r.score:.4f}\t{r.name}")
     return 0
 
@@ -39,7 +39,7 @@ def cmd_evaluate(args) -> int:
 
     c = evaluate_recommenders(args.data, [m for m in args.models.split(",") if m], windows=args.windows,
                               split_date=args.split_date, test_days=args.test_days, k=args.k, baseline=args.baseline,
-                              backbone=args.backbone, input_size=args.input_size, workspace=common.workspace(args),
+                              backbone=args.backbone, input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
                               progress=common.progress(args))
     print(c.markdown)
     if args.out:

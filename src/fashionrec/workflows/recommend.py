@@ -66,7 +66,7 @@ class Submission:
 
 
 def recommend_all(data_dir: str | Path, *, model: str | None = None, k: int = 12, users: list[str] | None = None,
-                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
                   progress: bool = True, block: int = 512) -> Submission:
     """Top-k for `users` (default: everyone), every row filled to k from popularity."""
     from tqdm.auto import tqdm
@@ -75,7 +75,7 @@ def recommend_all(data_dir: str | Path, *, model: str | None = None, k: int = 12
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
     shop = load_shop(data_dir, with_images=name in IMAGE_MODELS, workspace=workspace, progress=progress,
-                     backbone=backbone, input_size=input_size)
+                     backbone=backbone, input_size=input_size, inference=inference)
     t_load = time.time() - t0
     fitted = fit_recommender(shop, name, cache_dir=workspace)
     t_fit = time.time() - t0 - t_load
@@ -105,12 +105,12 @@ class Similar:
 
 
 def similar_items(data_dir: str | Path, item: str, *, model: str = "visual", k: int = 12,
-                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
                   progress: bool = True) -> list[Similar]:
     """The k items nearest to `item` by `model` (a content model by default: works for never-sold items)."""
     workspace = _workspace(workspace)
     shop = load_shop(data_dir, with_images=model in IMAGE_MODELS, workspace=workspace, progress=progress,
-                     backbone=backbone, input_size=input_size)
+                     backbone=backbone, input_size=input_size, inference=inference)
     fitted = fit_recommender(shop, model, cache_dir=workspace)
     meta = shop.catalog.metadata
     has_name = "prod_name" in meta.columns
@@ -127,7 +127,7 @@ class Comparison:
 
 def evaluate_recommenders(data_dir: str | Path, models: list[str], *, windows: int = 4, split_date: str | None = None,
                           test_days: int = 28, k: int = 12, baseline: str | None = "repurchase",
-                          backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
+                          backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
                           progress: bool = True) -> Comparison:
     """Leak-free comparison on `windows` consecutive test windows ending at the last date (or one window starting
     at `split_date`), against `baseline` (paired bootstrap) when it is one of `models`."""
@@ -135,7 +135,7 @@ def evaluate_recommenders(data_dir: str | Path, models: list[str], *, windows: i
     from fashionrec.recommend import create_recommender
 
     shop = load_shop(data_dir, with_images=any(m in EVALUATION_IMAGE_MODELS for m in models), workspace=workspace,
-                     progress=progress, backbone=backbone, input_size=input_size)
+                     progress=progress, backbone=backbone, input_size=input_size, inference=inference)
     events = shop.interactions.events
     n_windows = windows
     if split_date:  # one window starting at the given date
@@ -173,6 +173,7 @@ class Embeddings:
 
 def embed_catalog_images(data_dir: str | Path, *, engine: str = "local", backbone: str = DEFAULT_BACKBONE,
                          input_size: int = DEFAULT_INPUT_SIZE, batch_size: int = 64, num_actors: int = 2,
+                         inference: str = "auto",
                          ray_address: str | None = None, workspace=None, progress: bool = True) -> Embeddings:
     """Every catalog image's backbone embedding, locally (cached in the workspace) or on Ray actors."""
     from fashionrec.data.catalog import load_catalog
@@ -187,10 +188,11 @@ def embed_catalog_images(data_dir: str | Path, *, engine: str = "local", backbon
                                     batch_size=batch_size, address=ray_address)
         return Embeddings(ids, feats, {}, time.time() - t0)
     from fashionrec.backbones import create_backbone
-    from fashionrec.features import FeatureCache, embed_image_files
+    from fashionrec.features import FeatureCache, InferencePath, embed_image_files
 
     res = embed_image_files(create_backbone(backbone, input_size=input_size), cat.image_paths,
-                            cache=FeatureCache(workspace), progress=progress, batch_size=batch_size)
+                            cache=FeatureCache(workspace), progress=progress, batch_size=batch_size,
+                            path=InferencePath.parse(inference))
     return Embeddings(res.ids, res.features, res.failures, time.time() - t0)
 
 

@@ -97,16 +97,19 @@ class Shop:
 
 
 def embed_catalog(catalog: Catalog, *, backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
-                  progress: bool = True, fast: bool = True) -> tuple[ItemFeatures, dict[str, str], float]:
-    """Raw backbone embeddings of every catalog image, cached per file in the workspace."""
+                  progress: bool = True, fast: bool = True, inference: str = "auto") -> tuple[ItemFeatures, dict[str, str], float]:
+    """Raw backbone embeddings of every catalog image, cached per file in the workspace.
+
+    `inference`: 'auto' (a short probe on this machine picks the fastest path whose features match eager fp32; the
+    choice is cached in the workspace) or an explicit path name (see `InferencePath.parse`). `fast=False` = eager fp32."""
     import time
 
     from fashionrec.backbones import create_backbone
-    from fashionrec.features import FeatureCache, InferencePath, embed_image_files, fastest_path
+    from fashionrec.features import FeatureCache, InferencePath, embed_image_files
 
     t0 = time.time()
     bb = create_backbone(backbone, input_size=input_size)
-    path = fastest_path() if fast else InferencePath()
+    path = InferencePath.parse(inference) if fast else InferencePath()
     res = embed_image_files(bb, catalog.image_paths, cache=FeatureCache(workspace), progress=progress, path=path,
                             desc="embed catalog")
     return ItemFeatures(res.ids, res.features), res.failures, time.time() - t0
@@ -122,7 +125,8 @@ def fit_projection(x: np.ndarray, dim: int):
 
 
 def load_shop(data_dir: str | Path, *, with_images: bool = True, backbone: str = DEFAULT_BACKBONE,
-              input_size: int = DEFAULT_INPUT_SIZE, workspace=None, progress: bool = True, on_bad: str = "skip", dim: int = 256) -> Shop:
+              input_size: int = DEFAULT_INPUT_SIZE, workspace=None, progress: bool = True, on_bad: str = "skip", dim: int = 256,
+              inference: str = "auto") -> Shop:
     data_dir = Path(data_dir)
     catalog = load_catalog(data_dir)
     inter = load_hm_transactions(data_dir, on_bad=on_bad)
@@ -130,7 +134,8 @@ def load_shop(data_dir: str | Path, *, with_images: bool = True, backbone: str =
                 input_size=input_size)
     if with_images and catalog.image_paths:
         raw, shop.failures, shop.embed_seconds = embed_catalog(catalog, backbone=backbone, input_size=input_size,
-                                                               workspace=workspace, progress=progress)
+                                                               workspace=workspace, progress=progress,
+                                                               inference=inference)
         shop.raw_features = raw
         shop.projection = fit_projection(raw.vectors, dim)
         shop.image_features = ItemFeatures(raw.ids, shop.project(raw.vectors))
