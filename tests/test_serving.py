@@ -286,3 +286,18 @@ def test_two_workers_answer_like_one(shop, workspace, server):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_precomputed_neighbours_are_the_index_answers(shop, workspace, server):
+    """GET /items/{id}/similar without a category is a table lookup: the scores of a live search, each id the item
+    with that similarity (the toy photos have exact ties, whose order a k=50 and a k=8 search may break apart)."""
+    import numpy as np
+
+    state = build_state(shop[0], workspace=workspace, progress=False)
+    snap = state.snapshot
+    for item in shop[1]:
+        v = snap.index.vector(item)
+        live = snap.index.base.search(v[None], 8, exclude=[item])
+        table = state.neighbours.get(item, 8)
+        assert np.allclose([s for _, s in table], live[1][0], atol=1e-6), item
+        assert all(i != item and abs(float(snap.index.vector(i) @ v) - s) < 1e-5 for i, s in table), item

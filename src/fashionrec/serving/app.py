@@ -397,8 +397,15 @@ async def get_similar(item_id: str, state: State, k: int = Query(12, ge=1, le=10
     snap = state.snapshot
     if item_id not in snap.index or item_id in snap.removed:
         raise NotFound(f"unknown item '{item_id}' (or it has no image)")
-    return json_response(items_json(state, snap, similar(snap, snap.index.vector(item_id), k, category,
-                                                         exclude=[item_id])))
+    nb = state.neighbours
+    found = nb.get(item_id, k) if (nb is not None and category is None and k <= nb.k) else None
+    if found is None:
+        return json_response(items_json(state, snap, similar(snap, snap.index.vector(item_id), k, category,
+                                                             exclude=[item_id])))
+    if snap.index.arrivals is not None and len(snap.index.arrivals):  # the snapshot's arrivals compete on score
+        ids, scores = snap.index.arrivals.search(snap.index.vector(item_id)[None], k)
+        found = sorted(found + [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i], key=lambda t: -t[1])[:k]
+    return json_response(items_json(state, snap, [(i, s, []) for i, s in found]))
 
 
 @router.get("/users/{user_id}", response_model=UserOut, responses=_responses(404, 422))

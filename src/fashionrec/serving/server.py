@@ -43,7 +43,7 @@ def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
     import uvicorn
 
     from fashionrec.serving.app import create_app
-    from fashionrec.serving.state import build_state
+    from fashionrec.serving.state import build_state, ensure_artifacts
 
     if workers < 1:
         raise FashionrecError(f"workers must be a positive integer, not {workers}")
@@ -53,9 +53,9 @@ def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
     t0 = time.time()
     args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb)
     data = args.pop("data_dir")
-    state = build_state(data, progress=progress, **args)  # builds what is missing, once, here
     url = f"http://{host}:{port}/"
     if workers == 1:
+        state = build_state(data, progress=progress, **args)  # loads, building what is missing first
         app = create_app(state, write_token=write_token)
         # Millions of long-lived objects: freezing them keeps later garbage collections from walking them again
         # (full collections otherwise show up as latency spikes under load).
@@ -65,8 +65,7 @@ def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
         # uvloop + httptools: the C event loop and HTTP parser, about twice the requests per core of the defaults
         uvicorn.run(app, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")
         return
-    del state
-    gc.collect()
+    ensure_artifacts(data, progress=progress, **args)  # built once here; the workers only load them
     fd, cfg_path = tempfile.mkstemp(prefix="fashionrec-serve-", suffix=".json")
     with os.fdopen(fd, "w") as f:
         json.dump({"data": data, **args}, f)

@@ -37,13 +37,13 @@ from fashionrec.artifacts import ArtifactFormatError
 from fashionrec.errors import FashionrecError
 from fashionrec.io import atomic_path, default_workspace, write_json
 from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageFull
-from fashionrec.serving.store import load_arrays, save_arrays
+from fashionrec.serving.store import load_arrays, read_config, save_arrays
 
 log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
 LIGHT_MODELS = ("popularity", "repurchase", "visual")
 TABLES_KIND = "serving-tables"
-TABLES_VERSION = 2        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
+TABLES_VERSION = 3        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
 ARRIVALS_KIND = "serving-arrival-vectors"
 
 # Kept for callers of the names before typed errors (fashionrec < issue 10): same classes.
@@ -163,6 +163,51 @@ class Precomputed:
                 for n, (i, s) in enumerate(zip(items, scores))]
 
 
+class Neighbours:
+    """The k nearest catalog photos of every catalog photo, as the catalog index answers them (one search per item
+    at build time): GET /items/{id}/similar without a category is then a lookup. Rows sorted by id bytes."""
+
+    def __init__(self, ids, rows, scores, row_ids):
+        self.ids, self.rows, self.scores, self.row_ids = ids, rows, scores, row_ids
+
+    @classmethod
+    def build(cls, index, ids: list[str], k: int, progress: bool = False) -> "Neighbours":
+        from tqdm.auto import tqdm
+
+        order = sorted(ids, key=lambda i: i.encode())
+        pos = {i: j for j, i in enumerate(order)}
+        rows = np.full((len(order), k), -1, dtype=np.int32)
+        scores = np.zeros((len(order), k), dtype=np.float32)
+        for j, item in enumerate(tqdm(order, desc="nearest photos", unit="item", disable=not progress)):
+            found, sc = index.search(index.vector(item)[None], k, exclude=[item])
+            hits = [(pos[i], s) for i, s in zip(found[0], sc[0]) if i]
+            rows[j, :len(hits)] = [h[0] for h in hits]
+            scores[j, :len(hits)] = [h[1] for h in hits]
+        return cls(_utf8(order), rows, scores, _utf8(order))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"nb.ids": self.ids, "nb.rows": self.rows, "nb.scores": self.scores}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Neighbours | None":
+        if "nb.ids" not in arrays:
+            return None
+        return cls(arrays["nb.ids"], arrays["nb.rows"], arrays["nb.scores"], arrays["nb.ids"])
+
+    @property
+    def k(self) -> int:
+        return self.rows.shape[1]
+
+    def get(self, item: str, k: int) -> list[tuple[str, float]] | None:
+        """[(id, score)] of the k nearest (k <= self.k), or None for an item not in the table."""
+        key = item.encode("utf-8", "surrogatepass")
+        r = int(np.searchsorted(self.ids, key))
+        if r >= len(self.ids) or self.ids[r] != key:
+            return None
+        rows, scores = self.rows[r, :k].tolist(), self.scores[r, :k].tolist()
+        return [(self.ids[j].decode(), s) for j, s in zip(rows, scores) if j >= 0]
+
+
 def _utf8(ids: list[str]) -> np.ndarray:
     return np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=bytes) if ids else np.zeros(0, "S1")
 
@@ -194,7 +239,10 @@ class LayeredIndex:
         for idx in (self.base, self.arrivals):
             if idx is None or len(idx) == 0:
                 continue
-            ids, scores = idx.search(q[None], k, category=category, exclude=list(exclude))
+            # Ask each layer for as many as one index holding both would fetch (k + every excluded id): an exact
+            # search breaks score ties differently for another k, and answers must not depend on the layering.
+            kk = k + sum(1 for e in exclude if e not in idx)
+            ids, scores = idx.search(q[None], kk, category=category, exclude=list(exclude))
             found += [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i]
         found.sort(key=lambda t: -t[1])
         return found[:k]
@@ -265,6 +313,7 @@ class ServingState:
     fingerprint: str
     k_precomputed: int = 50
     writes_allowed: bool = True           # False with several workers: a write in one would not reach the others
+    neighbours: "Neighbours | None" = None  # precomputed nearest photos of every catalog item
     started: float = field(default_factory=time.time)
     lock: threading.RLock = field(default_factory=threading.RLock)        # one writer at a time
     persist_lock: threading.Lock = field(default_factory=threading.Lock)  # one arrivals.json writer at a time
@@ -478,6 +527,8 @@ def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, p
     cats = meta["product_group_name"].reindex(feats.ids).tolist() if "product_group_name" in meta.columns else None
     index.add(feats.ids, feats.vectors, categories=[None if (c is None or c != c) else c for c in cats] if cats else None)
     index.save(art / "index.npz")
+    say(f"precomputing the {k_precomputed} nearest photos of every item")
+    arrays.update(Neighbours.build(index, feats.ids, k_precomputed, progress).arrays())
     say("fitting the upload taggers (logistic regression on image features)")
     taggers = _train_taggers(shop, progress)
     for t in taggers:
@@ -508,6 +559,7 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
     taggers = [Tagger(c, *(arrays[f"tag.{c}.{k}"] for k in ("classes", "mean", "scale", "coef", "intercept")))
                for c in cfg.get("taggers", [])]
     proj = Projection(arrays.get("proj.mean"), arrays.get("proj.components"))
+    neighbours = Neighbours.from_arrays(arrays)
     try:
         models = {n: load_recommender(art / "models" / f"{n}.npz") for n in names}
         index = load_index(art / "index.npz")
@@ -515,17 +567,11 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
         raise
     except Exception as e:  # a model or index file of an older fashionrec (pickle, other layout): rebuild
         raise ArtifactFormatError(f"{art}: unreadable model or index ({type(e).__name__}: {e})") from None
-    return pre, taggers, proj, models, index, cfg
+    return pre, taggers, proj, models, index, cfg, neighbours
 
 
-def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
-                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
-                max_arrivals: int | None = None, max_arrival_bytes: int | None = None, mmap: bool = False,
-                build: bool = True, writes_allowed: bool = True, backbone: str | None = None,
-                input_size: int | None = None) -> ServingState:
-    """Load the serving artifacts for `data_dir` from the workspace (seconds), building any that are missing or of
-    an older format first (minutes, with progress). `build=False` (a worker of a multi-worker server) refuses to
-    build; `mmap=True` maps the tables read-only so that workers share them."""
+def _locate(data_dir, workspace, backbone, input_size):
+    """(data_dir, workspace, catalog, fingerprint, artifacts folder, backbone, input size) of a data folder."""
     from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
     from fashionrec.data.catalog import load_catalog
 
@@ -537,10 +583,42 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
     if not catalog.image_paths:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
     fp = _light_shop(data_dir, catalog, backbone, input_size).fingerprint()
-    art = ws / "serving" / fp
+    return data_dir, ws, catalog, fp, ws / "serving" / fp, backbone, input_size
+
+
+def ensure_artifacts(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
+                     progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
+                     backbone: str | None = None, input_size: int | None = None, **_ignored) -> Path:
+    """Build the serving artifacts unless a complete set of this format exists (only its config is read): what the
+    parent of a multi-worker server does before its workers load them. Returns the artifacts' folder."""
+    data_dir, ws, _, _, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
     names = _model_names(default_model)
     try:
-        pre, taggers, proj, models, index, cfg = _load_artifacts(art, names, k_precomputed, mmap=mmap)
+        cfg = read_config(art / "tables", TABLES_KIND, TABLES_VERSION)["config"]
+        files = [art / "index.npz", *(art / "models" / f"{n}.npz" for n in names)]
+        if [n for n in names if n not in cfg.get("models", [])] or cfg.get("k_precomputed") != k_precomputed or \
+                not all(f.is_file() for f in files):
+            raise ArtifactFormatError(f"{art}: incomplete for models {names} with top-{k_precomputed}")
+    except ArtifactFormatError as e:
+        if progress and (art / "tables").exists():
+            print(f"rebuilding the serving artifacts: {e}", flush=True)
+        _build_artifacts(art, data_dir, ws, names, progress=progress, index_kind=index_kind,
+                         k_precomputed=k_precomputed, backbone=backbone, input_size=input_size)
+    return art
+
+
+def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
+                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
+                max_arrivals: int | None = None, max_arrival_bytes: int | None = None, mmap: bool = False,
+                build: bool = True, writes_allowed: bool = True, backbone: str | None = None,
+                input_size: int | None = None) -> ServingState:
+    """Load the serving artifacts for `data_dir` from the workspace (seconds), building any that are missing or of
+    an older format first (minutes, with progress). `build=False` (a worker of a multi-worker server) refuses to
+    build; `mmap=True` maps the tables read-only so that workers share them."""
+    data_dir, ws, catalog, fp, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
+    names = _model_names(default_model)
+    try:
+        pre, taggers, proj, models, index, cfg, nb = _load_artifacts(art, names, k_precomputed, mmap=mmap)
     except ArtifactFormatError as e:
         if not build:
             raise
@@ -550,10 +628,10 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
                 print(f"rebuilding the serving artifacts: {e}", flush=True)
         _build_artifacts(art, data_dir, ws, names, progress=progress, index_kind=index_kind,
                          k_precomputed=k_precomputed, backbone=backbone, input_size=input_size)
-        pre, taggers, proj, models, index, cfg = _load_artifacts(art, names, k_precomputed, mmap=mmap)
+        pre, taggers, proj, models, index, cfg, nb = _load_artifacts(art, names, k_precomputed, mmap=mmap)
     snap = Snapshot(models, LayeredIndex(index), {})
     state = ServingState(catalog, data_dir.resolve(), ws, default_model, pre, taggers, proj, snap, backbone,
-                         input_size, fp, k_precomputed=k_precomputed, writes_allowed=writes_allowed)
+                         input_size, fp, k_precomputed=k_precomputed, writes_allowed=writes_allowed, neighbours=nb)
     if max_arrivals is not None:
         state.max_arrivals = max_arrivals
     if max_arrival_bytes is not None:
