@@ -208,6 +208,13 @@ class Neighbours:
         return [(self.ids[j].decode(), s) for j, s in zip(rows, scores) if j >= 0]
 
 
+def _missing(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # arrays and other containers are not "missing"
+        return False
+
+
 def _utf8(ids: list[str]) -> np.ndarray:
     return np.array([i.encode("utf-8", "surrogatepass") for i in ids], dtype=bytes) if ids else np.zeros(0, "S1")
 
@@ -411,13 +418,30 @@ class ServingState:
             return self._describe(item, dict(snap.arrivals[item].get("metadata", {})), snap)
         info = self._info.get(item)
         if info is None:
-            meta = self.catalog.metadata
-            row = {}
-            if item in meta.index:
-                row = {k: (None if pd.isna(v) else v) for k, v in meta.loc[item].items()
-                       if not isinstance(v, (list, dict))}
+            row = {k: (None if _missing(v) else v) for k, v in self.rows().get(item, {}).items()
+                   if not isinstance(v, (list, dict))}
             info = self._info[item] = self._describe(item, row, snap)
         return info
+
+    def rows(self) -> dict:
+        """Catalog rows as plain dicts, built once for the whole table (a pandas row lookup per item cost
+        milliseconds on the event loop, and a request of 12 unseen items stalled every other client)."""
+        rows = self.__dict__.get("_rows")
+        if rows is None:
+            meta = self.catalog.metadata
+            meta = meta[~meta.index.duplicated(keep="first")]
+            rows = self.__dict__["_rows"] = meta.to_dict("index") if not meta.empty else {}
+        return rows
+
+    def predicted_rows(self, snap: Snapshot) -> dict:
+        model = snap.models[self.default_model]
+        pred = getattr(model.data, "predicted", None)
+        key = id(pred)
+        memo = self.__dict__.get("_pred_rows")
+        if memo is None or memo[0] != key:
+            rows = {} if pred is None else pred[~pred.index.duplicated(keep="first")].to_dict("index")
+            memo = self.__dict__["_pred_rows"] = (key, rows)
+        return memo[1]
 
     def _describe(self, item: str, row: dict, snap: Snapshot) -> dict:
         def text(v):  # display fields are strings even where a column was read as numbers
@@ -442,12 +466,11 @@ class ServingState:
                 "metadata": meta}
 
     def _predicted_tags(self, item: str, snap: Snapshot) -> dict:
-        pred = getattr(snap.models[self.default_model].data, "predicted", None)  # fitted with the model: no work here
-        if pred is None or item not in pred.index:
+        r = self.predicted_rows(snap).get(item)  # tags fitted with the model: no work here
+        if r is None:
             return {}
-        r = pred.loc[item]
         return {c: {"value": str(r[c]), "confidence": round(float(r[f"{c}_confidence"]), 3)}
-                for c in pred.columns if not c.endswith("_confidence") and r[c] != "?"}
+                for c in r if not c.endswith("_confidence") and r[c] != "?"}
 
     def category_of(self, item: str) -> str | None:
         return self.item_info(item)["category"]
@@ -505,7 +528,10 @@ def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, p
             print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
 
     say("cold start: loading the shop (catalog, log, image features)")
-    shop = load_shop(data_dir, workspace=ws, progress=progress, backbone=backbone, input_size=input_size)
+    # Catalog photos through the same inference path as uploads (embed_pil: eager fp32): an upload of a catalog
+    # photo must land on that photo's vector, not 0.999 beside it (a faster path would reorder near ties).
+    shop = load_shop(data_dir, workspace=ws, progress=progress, backbone=backbone, input_size=input_size,
+                     inference="fp32")
     if shop.image_features is None:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
     users = sorted(set(shop.customers) | set(shop.interactions.events["user"].unique()))
@@ -637,6 +663,8 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
     if max_arrival_bytes is not None:
         state.max_arrival_bytes = max_arrival_bytes
     replay_arrivals(state, dim=int(cfg.get("dim", 0)))
+    state.rows()
+    state.predicted_rows(state.snapshot)
     return state
 
 
