@@ -176,3 +176,27 @@ def test_inference_flag_reaches_the_embedder(tmp_path, monkeypatch, name):
     assert seen == [name]
     with np.load(tmp_path / "f.npz") as z:
         assert len(z["ids"]) == 6
+
+
+def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
+    """`--workers 3` hands the batch job to the Ray path with 3 workers (Ray's output equals the single-process
+    file byte for byte: tests/test_distributed.py); here a spy stands in for Ray and writes the local output."""
+    import fashionrec.distributed as D
+    from fashionrec.recommend import batch
+
+    calls = []
+
+    def spy(model, users, k, out_path, *, workers, **kw):
+        calls.append(workers)
+        kw.pop("address", None)
+        return batch.recommend_all(model, users, k, out_path, **kw)
+
+    monkeypatch.setattr(D, "recommend_all_ray", spy)
+    root, _, users = make_shop(tmp_path / "shop")
+    outs = []
+    for workers in ("1", "3"):
+        outs.append(tmp_path / f"recs{workers}.csv")
+        assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "4",
+                     "--model", "popularity", "--out", str(outs[-1]), "--workers", workers]) == 0
+    assert calls == [3]
+    assert outs[0].read_bytes() == outs[1].read_bytes()

@@ -84,7 +84,6 @@ def test_train_and_experiment_hold_out_the_same_articles(tmp_path, monkeypatch):
 def test_shape_classifier_pads_never_stretches(tmp_path):
     """Known answer: the label is the aspect ratio, so only a pad-to-square path gets every held-out photo and a
     new photo right (stretching makes the classes identical)."""
-    from fashionrec.io import default_workspace
     from fashionrec.features import FeatureCache
     from fashionrec.training.tasks import ClassifierConfig
 
@@ -92,9 +91,10 @@ def test_shape_classifier_pads_never_stretches(tmp_path):
     cfg = ClassifierConfig(input_size=64, seed=0)
     ts = classify.training_set(str(data), cfg=cfg, label_column="product_group_name", progress=False)
     assert len(ts.y_test) == 9 and len(set(ts.y_test.tolist())) == 3
-    m = classify.train_and_evaluate(ts, cfg, tmp_path / "run", cache=FeatureCache(default_workspace()), progress=False)
+    m = classify.train_and_evaluate(ts, cfg, tmp_path / "run", cache=FeatureCache(tmp_path / "ws"), progress=False)
     assert m["test_accuracy"] == 1.0 and m["n_test"] == 9
-    new = [shape_photo(tmp_path / "new" / f"{s}.png", s) for s in SHAPES]
+    for s in SHAPES:
+        shape_photo(tmp_path / "new" / f"{s}.png", s)
     skipped = []
     (tmp_path / "new" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     pred = classify.predict_images(tmp_path / "run" / "model.pt", [tmp_path / "new"], top_k=1, on_skip=skipped.append)
@@ -122,10 +122,11 @@ def test_recommend_all_fills_every_row_from_popularity(tmp_path):
     from fashionrec.workflows.recommend import recommend_all
 
     root, ids, users = make_shop(tmp_path / "shop")
-    sub = recommend_all(root, model="popularity", k=4, users=["nobody", users[0]], workspace=tmp_path / "ws",
-                        progress=False)
-    assert sub.table["customer_id"].tolist() == ["nobody", users[0]]
-    preds = sub.table["prediction"].str.split()
+    sub = recommend_all(root, tmp_path / "recs.csv", model="popularity", k=4, users=["nobody", users[0]],
+                        workspace=tmp_path / "ws", progress=False)
+    table = pd.read_csv(sub.path, dtype=str)
+    assert sub.n_rows == 2 and table["customer_id"].tolist() == ["nobody", users[0]]
+    preds = table["prediction"].str.split()
     assert preds.str.len().eq(4).all()
     # popularity gives the same list to everyone, known or not: the most-bought items, in order
     ev = pd.read_csv(root / "transactions.csv", dtype=str)

@@ -12,16 +12,18 @@ ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,hybrid"
 
 
 def cmd_recommend(args) -> int:
-    from fashionrec.io import write_csv
     from fashionrec.workflows.recommend import read_users, recommend_all
 
-    sub = recommend_all(args.data, model=args.model, k=args.k, users=read_users(args.users) if args.users else None,
-                        backbone=args.backbone, input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
-                        progress=common.progress(args))
-    write_csv(sub.table, args.out)
-    print(f"wrote {len(sub.table)} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
+    sub = recommend_all(args.data, args.out, model=args.model, k=args.k,
+                        users=read_users(args.users) if args.users else None, backbone=args.backbone,
+                        input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
+                        progress=common.progress(args), block_size=args.block_size, workers=args.workers,
+                        ray_address=args.ray_address)
+    print(f"wrote {sub.n_rows} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
           f"{sub.load_seconds:.1f}s (embedding {sub.embed_seconds:.1f}s, {sub.n_unreadable} unreadable images skipped), "
-          f"fit {sub.fit_seconds:.1f}s, total {sub.seconds:.1f}s", file=sys.stderr)
+          f"fit {sub.fit_seconds:.1f}s, recommend {sub.recommend_seconds:.1f}s "
+          f"({1000 * sub.recommend_seconds / max(sub.n_rows, 1):.2f} ms/customer), total {sub.seconds:.1f}s",
+          file=sys.stderr)
     return 0
 
 
@@ -56,6 +58,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
     r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
     common.add_backbone_args(r)
+    r.add_argument("--block-size", type=int, default=2048,
+                   help="customers whose candidates and features are built at once (memory grows with it)")
+    r.add_argument("--workers", type=int, default=1,
+                   help="above 1: shard the customers over this many Ray workers (same output, row for row)")
+    r.add_argument("--ray-address", default=None, help="with --workers: existing Ray cluster (default: a local one)")
     r.set_defaults(func=cmd_recommend)
 
     s = sub.add_parser("similar", help="items similar to one item")

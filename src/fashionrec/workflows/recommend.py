@@ -45,31 +45,29 @@ def everyone(shop: Shop) -> list[str]:
     return list(shop.customers) + sorted(u for u in buyers if u not in known)
 
 
-def popular_items(model, n: int) -> list[str]:
-    """The n most popular items of the data `model` was fitted on: what anyone, known or not, is shown."""
-    from fashionrec.recommend.baselines import Popularity
-
-    return [r.item for r in Popularity().fit(model.data).recommend(None, n, explain=False)]
-
-
 @dataclass
 class Submission:
-    """One row per customer: the H&M Kaggle submission format, plus the timings for the report line."""
+    """The H&M Kaggle submission file written for every customer, plus the timings for the report line."""
 
-    table: pd.DataFrame                     # customer_id, prediction (k space-separated item ids)
+    path: Path                              # customer_id, prediction (k space-separated item ids)
+    n_rows: int
     model: str
     load_seconds: float
     fit_seconds: float
     embed_seconds: float
     n_unreadable: int
     seconds: float = 0.0
+    recommend_seconds: float = 0.0
 
 
-def recommend_all(data_dir: str | Path, *, model: str | None = None, k: int = 12, users: list[str] | None = None,
-                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
-                  progress: bool = True, block: int = 512) -> Submission:
-    """Top-k for `users` (default: everyone), every row filled to k from popularity."""
-    from tqdm.auto import tqdm
+def recommend_all(data_dir: str | Path, out: str | Path, *, model: str | None = None, k: int = 12,
+                  users: list[str] | None = None, backbone: str = DEFAULT_BACKBONE,
+                  input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
+                  progress: bool = True, block_size: int = 2048, workers: int = 1,
+                  ray_address: str | None = None) -> Submission:
+    """Top-k for `users` (default: everyone) streamed to `out` in blocks (`fashionrec.recommend.batch`), every row
+    filled to k from popularity; `workers` > 1 shards the customers over Ray actors (identical output)."""
+    from fashionrec.recommend.batch import recommend_all as batch_recommend_all
 
     t0 = time.time()
     workspace = _workspace(workspace)
@@ -80,21 +78,11 @@ def recommend_all(data_dir: str | Path, *, model: str | None = None, k: int = 12
     fitted = fit_recommender(shop, name, cache_dir=workspace)
     t_fit = time.time() - t0 - t_load
     users = everyone(shop) if users is None else users
-    fallback = popular_items(fitted, k * 2)
-    rows = []
-    with tqdm(total=len(users), desc=f"recommend ({name})", unit="user", disable=not progress) as bar:
-        for b in range(0, len(users), block):
-            part = users[b : b + block]
-            recs = fitted.recommend_many(part, k)
-            for u in part:
-                items = list(recs.get(u, []))[:k]
-                if len(items) < k:  # every row gets k items: fill from popularity
-                    seen = set(items)
-                    items += [i for i in fallback if i not in seen and not seen.add(i)][: k - len(items)]
-                rows.append((u, " ".join(items[:k])))
-            bar.update(len(part))
-    table = pd.DataFrame(rows, columns=["customer_id", "prediction"])
-    return Submission(table, name, t_load, t_fit, shop.embed_seconds, len(shop.failures), time.time() - t0)
+    t1 = time.time()
+    path = batch_recommend_all(fitted, users, k, out, block_size=block_size, progress=progress, workers=workers,
+                               address=ray_address)
+    return Submission(path, len(users), name, t_load, t_fit, shop.embed_seconds, len(shop.failures),
+                      time.time() - t0, time.time() - t1)
 
 
 @dataclass
