@@ -1,6 +1,6 @@
 """Bounded load test on loopback: N concurrent clients against /items/{id}/similar and /users/{id}/recommendations.
 
-Starts the server in its own process (`python -m fashionrec.serving`, the server of `fashionrec serve`, with
+Starts the server in its own process (`fashionrec serve`, with
 `--workers`), from `--workspace`: if its artifacts are not built yet, a first (cold) start builds them and is timed
 and stopped; then a second start is timed until /health answers (`warm start-up S.S s`). Then it sends a fixed number
 of requests per endpoint from `--clients` concurrent connections and prints p50/p95/p99 latency, throughput, errors
@@ -104,10 +104,8 @@ def _cpus(text: str) -> set[int]:
 
 def start_server(args, url: str) -> tuple[subprocess.Popen, float]:
     """Start the server on its cores; (process, seconds until /health answered)."""
-    cmd = [sys.executable, "-m", "fashionrec.serving", "-q", "--data", args.data, "--port", str(args.port),
-           "--workers", str(args.workers)]
-    if args.workspace:
-        cmd += ["--workspace", args.workspace]
+    cmd = [sys.executable, "-m", "fashionrec.cli", "-q"] + (["--workspace", args.workspace] if args.workspace else [])
+    cmd += ["serve", "--data", args.data, "--port", str(args.port), "--workers", str(args.workers)]
     cpus = _cpus(args.server_cpus) or None
     t0 = time.time()
     # the affinity is set in the child before exec: uvicorn's worker processes inherit it

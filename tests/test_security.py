@@ -72,3 +72,16 @@ def test_write_token_from_flag_or_environment(monkeypatch):
     for bad in ("short", "has a space in it 12345"):
         with pytest.raises(FashionrecError, match="at least 16 printable characters"):
             write_token(Namespace(write_token=bad))
+
+
+def test_serve_refuses_writes_with_several_workers(monkeypatch):
+    """A write token with --workers 2 is refused before anything is loaded (a new arrival would reach one worker)."""
+    import fashionrec.serving.server as server
+    from fashionrec.errors import FashionrecError
+    from fashionrec.workflows.serve import serve_shop
+
+    monkeypatch.setattr(server, "run", lambda *a, **k: pytest.fail("the server started"))
+    with pytest.raises(FashionrecError, match="one worker"):
+        serve_shop("unused", workers=2, write_token="a-long-enough-token-123")
+    with pytest.raises(FashionrecError, match="positive"):
+        serve_shop("unused", workers=0)

@@ -247,7 +247,7 @@ def test_typed_errors_map_to_status_codes():
 
 
 def test_two_workers_answer_like_one(shop, workspace, server):
-    """`python -m fashionrec.serving --workers 2` (uvicorn workers loading memory-mapped artifacts) answers every
+    """`fashionrec serve --workers 2` (uvicorn workers loading memory-mapped artifacts) answers every
     read exactly as the in-process single-worker server does, and refuses writes with a reason."""
     import subprocess
     import sys
@@ -257,8 +257,8 @@ def test_two_workers_answer_like_one(shop, workspace, server):
 
     url, ids, users = server
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fashionrec.serving", "-q", "--data", str(shop[0]), "--workspace",
-                             str(workspace), "--port", str(port), "--workers", "2"])
+    proc = subprocess.Popen([sys.executable, "-m", "fashionrec.cli", "-q", "--workspace", str(workspace), "serve",
+                             "--data", str(shop[0]), "--port", str(port), "--workers", "2"])
     url2 = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300

@@ -1,4 +1,4 @@
-"""Run the server: `run(data_dir, workers=N, ...)`, and `python -m fashionrec.serving` for benchmarks and scripts.
+"""Run the server: `run(data_dir, workers=N, ...)`, what `fashionrec serve [--workers N]` calls.
 
 One worker: the artifacts are loaded (or built) in this process and served from it; writes (new arrivals) are
 possible with a write token.
@@ -13,11 +13,9 @@ POST/DELETE /items with 403.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +34,15 @@ def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb
             "max_arrival_bytes": int(max_arrival_mb * 1024 * 1024) if max_arrival_mb else None}
 
 
+def check_workers(workers: int, write_token: str | None) -> None:
+    """A positive worker count, and writes only with one worker."""
+    if workers < 1:
+        raise FashionrecError(f"workers must be a positive integer, not {workers}")
+    if workers > 1 and write_token:
+        raise FashionrecError("writes (a write token) need one worker: with several, a new arrival would reach only "
+                              "the worker that took the request; serve writes with --workers 1")
+
+
 def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
         workspace: str | Path | None = None, progress: bool = True, default_model: str = "hybrid",
         write_token: str | None = None, max_arrivals: int | None = None, max_arrival_mb: float | None = None) -> None:
@@ -45,11 +52,7 @@ def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
     from fashionrec.serving.app import create_app
     from fashionrec.serving.state import build_state, ensure_artifacts
 
-    if workers < 1:
-        raise FashionrecError(f"workers must be a positive integer, not {workers}")
-    if workers > 1 and write_token:
-        raise FashionrecError("writes (a write token) need one worker: with several, a new arrival would reach only "
-                              "the worker that took the request; serve writes with --workers 1")
+    check_workers(workers, write_token)
     t0 = time.time()
     args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb)
     data = args.pop("data_dir")
@@ -92,25 +95,3 @@ def worker_app():
     gc.collect()
     gc.freeze()
     return create_app(state, write_token=None)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m fashionrec.serving`: the same server as `fashionrec serve`, with --workers."""
-    ap = argparse.ArgumentParser(prog="python -m fashionrec.serving", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--workspace", default=None)
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--model", default="hybrid")
-    ap.add_argument("--write-token", default=None)
-    ap.add_argument("-q", "--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    try:
-        run(a.data, host=a.host, port=a.port, workers=a.workers, workspace=a.workspace, progress=not a.quiet,
-            default_model=a.model, write_token=a.write_token)
-    except FashionrecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
