@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from fashionrec.artifacts import (ArtifactFormatError, StateEncodeError, artifact_key, decode_state, encode_state,
                                   load_artifact, save_artifact)
-from fashionrec.artifacts.store import HEADER
+from fashionrec.artifacts.store import HEADER, VERSION
 from fashionrec.errors import FashionrecError
 
 
@@ -24,7 +24,7 @@ def test_save_load_roundtrip_and_format(tmp_path):
         assert sorted(z.namelist()) == sorted([f"{HEADER}.npy", "v.npy", "ids.npy", "t.npy"])
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z[HEADER][()]))
-    assert header["format"] == "fashionrec-artifact" and header["version"] == 1 and header["kind"] == "test"
+    assert header["format"] == "fashionrec-artifact" and header["version"] == VERSION and header["kind"] == "test"
     cfg, back, kind, version = load_artifact(path, kind="test")
     assert cfg["k"] == 50 and np.isnan(cfg["nan"]) and cfg["names"] == ["a"] and kind == "test"
     for k, a in arrays.items():
@@ -72,7 +72,7 @@ def test_npz_holding_a_pickled_object_array_is_not_unpickled(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    header = {"format": "fashionrec-artifact", "version": 1, "kind": "x", "config": {}}
+    header = {"format": "fashionrec-artifact", "version": VERSION, "kind": "x", "config": {}}
     np.savez(tmp_path / "evil.npz", **{HEADER: np.array(json.dumps(header))},
              evil=np.array([Payload()], dtype=object))
     with pytest.raises(FashionrecError, match="evil.npz: unreadable artifact"):

@@ -22,7 +22,7 @@ from fashionrec.errors import FashionrecError
 from fashionrec.io import atomic_path
 
 FORMAT = "fashionrec-artifact"
-VERSION = 1
+VERSION = 2  # 2: str/object arrays stored as UTF-8 bytes + lengths (1: fixed-width unicode)
 HEADER = "__artifact__"
 
 
