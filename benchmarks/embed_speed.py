@@ -37,12 +37,28 @@ INT8_SWEEP = [
     dict(calibrate_method="MinMax", calib_images=512, activation_type="QUInt8", exclude_first_last=False),
     dict(calibrate_method="Percentile", calib_images=512, activation_type="QUInt8", exclude_first_last=False),
     dict(calibrate_method="Entropy", calib_images=256, activation_type="QUInt8", exclude_first_last=False),
-    dict(calibrate_method="MinMax", calib_images=256, activation_type="QUInt8", exclude_first_last=False, reduce_range=True),
+    dict(
+        calibrate_method="MinMax",
+        calib_images=256,
+        activation_type="QUInt8",
+        exclude_first_last=False,
+        reduce_range=True,
+    ),
     dict(calibrate_method="Percentile", calib_images=512, activation_type="QUInt8", exclude_first_last=True),
-    dict(calibrate_method="Percentile", calib_images=512, activation_type="QUInt8", exclude_first_last=True,
-         quant_format="QOperator"),
-    dict(calibrate_method="Percentile", calib_images=512, activation_type="QUInt8", exclude_first_last=False,
-         quant_format="QOperator"),
+    dict(
+        calibrate_method="Percentile",
+        calib_images=512,
+        activation_type="QUInt8",
+        exclude_first_last=True,
+        quant_format="QOperator",
+    ),
+    dict(
+        calibrate_method="Percentile",
+        calib_images=512,
+        activation_type="QUInt8",
+        exclude_first_last=False,
+        quant_format="QOperator",
+    ),
     dict(calibrate_method="MinMax", calib_images=256, activation_type="QInt8", exclude_first_last=False),
     dict(calibrate_method="Percentile", calib_images=512, activation_type="QInt8", exclude_first_last=False),
     dict(calibrate_method="Percentile", calib_images=512, activation_type="QInt8", exclude_first_last=True),
@@ -54,7 +70,7 @@ def peak_flops() -> tuple[float, str]:
     flags, ghz = "", 2.0
     try:
         info = open("/proc/cpuinfo").read()
-        flags = next(l for l in info.splitlines() if l.startswith("flags"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
         m = re.search(r"@ ([0-9.]+)GHz", info) or re.search(r"cpu MHz\s*:\s*([0-9.]+)", info)
         if m:
             ghz = float(m.group(1)) / (1000 if "MHz" in m.group(0) else 1)
@@ -121,8 +137,10 @@ def sweep_int8(bb, cal: torch.Tensor, ev: torch.Tensor, ref: np.ndarray, eager, 
     tmp = Path(tempfile.mkdtemp(prefix="embed-speed-int8-"))
     fp32 = export_onnx(bb, ev[:2], tmp / "model.onnx")
     print(f"\nint8 calibration sweep: {len(cal)} calibration photos available, {len(ev)} held-out photos")
-    print(f"{'method':11s} {'calib':>5s} {'act':>6s} {'fp32 1st/last':>13s} {'format':>9s} {'rr':>3s} "
-          f"{'cos mean':>9s} {'cos p5':>7s} {'cos min':>8s} {'speedup':>8s}")
+    print(
+        f"{'method':11s} {'calib':>5s} {'act':>6s} {'fp32 1st/last':>13s} {'format':>9s} {'rr':>3s} "
+        f"{'cos mean':>9s} {'cos p5':>7s} {'cos min':>8s} {'speedup':>8s}"
+    )
     for i, kw in enumerate(INT8_SWEEP):
         if args.sweep_only and i not in args.sweep_only:
             continue
@@ -130,23 +148,33 @@ def sweep_int8(bb, cal: torch.Tensor, ev: torch.Tensor, ref: np.ndarray, eager, 
         try:
             q = quantize_int8(fp32, tmp / f"q{i}.onnx", cal[: r.calib_images].numpy(), r)
         except Exception as e:  # an onnxruntime.quantization failure is a row of the table too
-            print(f"{r.calibrate_method:11s} {min(r.calib_images, len(cal)):5d} {r.activation_type:>6s} "
-                  f"{'yes' if r.exclude_first_last else 'no':>13s} {r.quant_format:>9s} "
-                  f"{'yes' if r.reduce_range else 'no':>3s}  failed: {type(e).__name__}: {e}", flush=True)
+            print(
+                f"{r.calibrate_method:11s} {min(r.calib_images, len(cal)):5d} {r.activation_type:>6s} "
+                f"{'yes' if r.exclude_first_last else 'no':>13s} {r.quant_format:>9s} "
+                f"{'yes' if r.reduce_range else 'no':>3s}  failed: {type(e).__name__}: {e}",
+                flush=True,
+            )
             continue
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = torch.get_num_threads()
         sess = ort.InferenceSession(str(q), opts, providers=["CPUExecutionProvider"])
-        fn = lambda x: sess.run(None, {"x": x.numpy()})[0]
+        fn = lambda x, sess=sess: sess.run(None, {"x": x.numpy()})[0]
         f = run_batches(fn, ev, args.batch)
         c = cosines(f, ref)
         ips, ref_ips = speed_vs_ref(fn, eager, ev, args.batch, args.repeat)
-        row = dataclasses.asdict(r) | {"cos_mean": float(c.mean()), "cos_p5": float(np.percentile(c, 5)),
-                                       "cos_min": float(c.min()), "speedup": ips / ref_ips}
+        row = dataclasses.asdict(r) | {
+            "cos_mean": float(c.mean()),
+            "cos_p5": float(np.percentile(c, 5)),
+            "cos_min": float(c.min()),
+            "speedup": ips / ref_ips,
+        }
         rows.append(row)
-        print(f"{r.calibrate_method:11s} {min(r.calib_images, len(cal)):5d} {r.activation_type:>6s} "
-              f"{'yes' if r.exclude_first_last else 'no':>13s} {r.quant_format:>9s} {'yes' if r.reduce_range else 'no':>3s} "
-              f"{row['cos_mean']:9.4f} {row['cos_p5']:7.4f} {row['cos_min']:8.4f} {row['speedup']:7.2f}x", flush=True)
+        print(
+            f"{r.calibrate_method:11s} {min(r.calib_images, len(cal)):5d} {r.activation_type:>6s} "
+            f"{'yes' if r.exclude_first_last else 'no':>13s} {r.quant_format:>9s} {'yes' if r.reduce_range else 'no':>3s} "
+            f"{row['cos_mean']:9.4f} {row['cos_p5']:7.4f} {row['cos_min']:8.4f} {row['speedup']:7.2f}x",
+            flush=True,
+        )
     good = [r for r in rows if r["cos_mean"] >= 0.99 and r["speedup"] >= 4.0]
     print("int8 recipes with mean cosine >= 0.99 and >= 4x eager: " + (str(len(good)) if good else "none"))
     return rows
@@ -163,16 +191,20 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="timed runs per path (best counts)")
     ap.add_argument("--paths", default="fp32-cl,bf16-cl,onnx-fp32,onnx-int8")
     ap.add_argument("--sweep-int8", action="store_true")
-    ap.add_argument("--sweep-only", type=lambda v: {int(i) for i in v.split(",")}, default=None,
-                    help="rows of INT8_SWEEP to run (0-based, comma-separated)")
+    ap.add_argument(
+        "--sweep-only",
+        type=lambda v: {int(i) for i in v.split(",")},
+        default=None,
+        help="rows of INT8_SWEEP to run (0-based, comma-separated)",
+    )
     args = ap.parse_args()
 
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("fashionrec").setLevel(logging.INFO)
-    from fashionrec.backbones import create_backbone
     from fashionrec import features as FT
+    from fashionrec.backbones import create_backbone
     from fashionrec.features import InferencePath, Preprocess
 
     torch.manual_seed(0)
@@ -192,9 +224,11 @@ def main() -> int:
     peak, how = peak_flops()
     flops = model_flops(bb, args.size)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{args.backbone} at {args.size}px, batch {args.batch}, {torch.get_num_threads()} threads, {len(ev)} "
-          f"{'H&M photos' if args.data == 'hm' else 'Fashion-MNIST images'}, {flops / 1e9:.3f} GFLOP/image; peak "
-          f"estimate {peak / 1e9:.0f} GFLOP/s ({how}); load average {load:.1f} at start")
+    print(
+        f"{args.backbone} at {args.size}px, batch {args.batch}, {torch.get_num_threads()} threads, {len(ev)} "
+        f"{'H&M photos' if args.data == 'hm' else 'Fashion-MNIST images'}, {flops / 1e9:.3f} GFLOP/image; peak "
+        f"estimate {peak / 1e9:.0f} GFLOP/s ({how}); load average {load:.1f} at start"
+    )
 
     def runner(b, path):
         FT._prepare(b, path)
@@ -215,8 +249,11 @@ def main() -> int:
         ips, ref_ips = speed_vs_ref(fn, eager, ev, args.batch, args.repeat)
         c = cosines(f, ref)
         results[name] = (ips / ref_ips, float(c.mean()))
-        print(f"{name:10s} {ips:8.1f} {ips / ref_ips:7.2f}x {c.mean():9.4f} {np.percentile(c, 5):7.4f} {c.min():8.4f} "
-              f"{100 * ips * flops / peak:6.1f}%", flush=True)
+        print(
+            f"{name:10s} {ips:8.1f} {ips / ref_ips:7.2f}x {c.mean():9.4f} {np.percentile(c, 5):7.4f} {c.min():8.4f} "
+            f"{100 * ips * flops / peak:6.1f}%",
+            flush=True,
+        )
     if args.data == "fmnist":
         print("(Fashion-MNIST cosines: features of inverted 28 px digits-style images, not the shop's photos)")
 
@@ -225,14 +262,22 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as ws:  # a fresh probe, not this machine's cached choice
         t = time.perf_counter()
-        chosen = FT.resolve_path(InferencePath.auto(), create_backbone(args.backbone, input_size=args.size), pre,
-                                 args.batch, sample=lambda: ev[: args.batch], workspace=ws)
+        chosen = FT.resolve_path(
+            InferencePath.auto(),
+            create_backbone(args.backbone, input_size=args.size),
+            pre,
+            args.batch,
+            sample=lambda: ev[: args.batch],
+            workspace=ws,
+        )
         import json
 
         (rec,) = json.loads((Path(ws) / FT.PROBE_FILE).read_text()).values()
         print(f"probe: {rec['summary']}")
-        print(f"probe picks {chosen.name} in {time.perf_counter() - t:.1f} s (candidates here: "
-              f"{', '.join(FT.auto_candidates())}; int8 is never a candidate)")
+        print(
+            f"probe picks {chosen.name} in {time.perf_counter() - t:.1f} s (candidates here: "
+            f"{', '.join(FT.auto_candidates())}; int8 is never a candidate)"
+        )
     exact = {k: v for k, v in results.items() if v[1] >= 0.99}
     e = max(exact, key=lambda k: exact[k][0])
     print(f"best speedup {exact[e][0]:.2f}x ({e}), mean cosine {exact[e][1]:.4f}")

@@ -53,8 +53,15 @@ def bench(kind: str, x: np.ndarray, q: np.ndarray, truth: np.ndarray, **params) 
     faiss.omp_set_num_threads(2)
     mem = idx._x.nbytes if kind == "exact" else len(faiss.serialize_index(idx._index))
     ms = np.array(lat) * 1000
-    return {"kind": kind, "params": {k: v for k, v in idx.config().items() if k not in ("kind", "dim")}, "build_s": build,
-            "mem_mb": mem / 2**20, "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99), "recall": hits / (10 * len(q))}
+    return {
+        "kind": kind,
+        "params": {k: v for k, v in idx.config().items() if k not in ("kind", "dim")},
+        "build_s": build,
+        "mem_mb": mem / 2**20,
+        "p50": np.percentile(ms, 50),
+        "p99": np.percentile(ms, 99),
+        "recall": hits / (10 * len(q)),
+    }
 
 
 def exact_truth(x: np.ndarray, q: np.ndarray, k: int = 10) -> np.ndarray:
@@ -77,7 +84,10 @@ def run(x: np.ndarray, q: np.ndarray, label: str, configs: list) -> dict:
     for kind, params in configs:
         r = bench(kind, x, q, truth, **params)
         first.setdefault(kind, r)
-        print(f"{kind:8s} {str(r['params'])[:44]:44s} {r['build_s']:8.1f} {r['mem_mb']:8.1f} {r['p50']:7.3f} {r['p99']:7.3f} {r['recall']:9.3f}", flush=True)
+        print(
+            f"{kind:8s} {str(r['params'])[:44]:44s} {r['build_s']:8.1f} {r['mem_mb']:8.1f} {r['p50']:7.3f} {r['p99']:7.3f} {r['recall']:9.3f}",
+            flush=True,
+        )
     if auto not in first:
         first[auto] = bench(auto, x, q, truth)
     return first[auto] | {"auto": auto}

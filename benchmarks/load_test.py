@@ -83,7 +83,7 @@ async def run_endpoint(url: str, paths: list[str], clients: int, time_limit: flo
                     lat.append(time.perf_counter() - t)
                     five_hundreds += status >= 500
                     errors += status != 200
-                except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
                     errors += 1
                     writer.close()
                     reader, writer = await asyncio.open_connection(host, int(port))
@@ -94,8 +94,15 @@ async def run_endpoint(url: str, paths: list[str], clients: int, time_limit: flo
     await asyncio.gather(*[worker() for _ in range(clients)])
     wall = time.perf_counter() - t0
     ms = np.array(lat) * 1000
-    return {"n": len(lat), "errors": errors, "5xx": five_hundreds, "rps": len(lat) / wall,
-            "p50": np.percentile(ms, 50), "p95": np.percentile(ms, 95), "p99": np.percentile(ms, 99)}
+    return {
+        "n": len(lat),
+        "errors": errors,
+        "5xx": five_hundreds,
+        "rps": len(lat) / wall,
+        "p50": np.percentile(ms, 50),
+        "p95": np.percentile(ms, 95),
+        "p99": np.percentile(ms, 99),
+    }
 
 
 def _cpus(text: str) -> set[int]:
@@ -136,7 +143,9 @@ def memory_lines(root_pid: int) -> list[str]:
                 what = "worker" if "multiprocessing" in f.read() else "server"
         except OSError:
             continue
-        out.append(f"  pid {pid} ({what}): RSS {fields.get('Rss', 0) / 1024:.0f} MiB, PSS {fields.get('Pss', 0) / 1024:.0f} MiB")
+        out.append(
+            f"  pid {pid} ({what}): RSS {fields.get('Rss', 0) / 1024:.0f} MiB, PSS {fields.get('Pss', 0) / 1024:.0f} MiB"
+        )
     return out
 
 
@@ -161,8 +170,10 @@ def main() -> int:
     stop(proc)
     print(f"first start-up {cold:.1f} s (cold if the workspace had no serving artifacts)")
     proc, warm = start_server(args, url)
-    print(f"warm start-up {warm:.1f} s (process start until /health answers; {args.workers} worker(s), "
-          f"server on cpus {args.server_cpus or 'any'})")
+    print(
+        f"warm start-up {warm:.1f} s (process start until /health answers; {args.workers} worker(s), "
+        f"server on cpus {args.server_cpus or 'any'})"
+    )
     client_cpus = _cpus(args.client_cpus)
     if client_cpus:
         os.sched_setaffinity(0, client_cpus)
@@ -171,22 +182,30 @@ def main() -> int:
         while httpx.get(url + "/health", timeout=10).json().get("image_search") == "loading" and time.time() - t0 < 600:
             time.sleep(0.5)  # torch loads beside the server after start-up; measure latency once it is done
         print(f"image search ready {time.time() - t0 + warm:.1f} s after the start")
-        items = [c["id"] for c in httpx.get(url + "/search/items", params={"q": "0", "limit": 100}).json() if c["image_url"]]
+        items = [
+            c["id"] for c in httpx.get(url + "/search/items", params={"q": "0", "limit": 100}).json() if c["image_url"]
+        ]
         users = [c["id"] for c in httpx.get(url + "/customers", params={"limit": 1000}).json()]
         rng = random.Random(0)
         endpoints = {
             "GET /items/{id}/similar": [f"/items/{rng.choice(items)}/similar?k=12" for _ in range(args.requests)],
-            "GET /users/{id}/recommendations": [f"/users/{rng.choice(users)}/recommendations?k=12" for _ in range(args.requests)],
+            "GET /users/{id}/recommendations": [
+                f"/users/{rng.choice(users)}/recommendations?k=12" for _ in range(args.requests)
+            ],
         }
         print(f"{args.clients} concurrent clients, {args.requests} requests per endpoint, loopback only")
-        print(f"{'endpoint':34s} {'n':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>7s} {'5xx':>5s}")
+        print(
+            f"{'endpoint':34s} {'n':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'p99 ms':>8s} {'req/s':>8s} {'errors':>7s} {'5xx':>5s}"
+        )
         worst = 0.0
         total_err = 0
         for name, paths in endpoints.items():
             r = asyncio.run(run_endpoint(url, paths, args.clients, args.time_limit))
             worst = max(worst, r["p99"])
             total_err += r["errors"] + r["5xx"]
-            print(f"{name:34s} {r['n']:6d} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rps']:8.1f} {r['errors']:7d} {r['5xx']:5d}")
+            print(
+                f"{name:34s} {r['n']:6d} {r['p50']:8.2f} {r['p95']:8.2f} {r['p99']:8.2f} {r['rps']:8.1f} {r['errors']:7d} {r['5xx']:5d}"
+            )
         print("server memory after the load:")
         print("\n".join(memory_lines(proc.pid)))
         print(f"worst p99 {worst:.2f} ms, errors {total_err}")

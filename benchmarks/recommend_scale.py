@@ -65,28 +65,62 @@ def sample_stats(data_dir: Path, features_npz: str | None, dim: int = 256, seed:
     pop = np.sort(tr["article_id"].value_counts().to_numpy())[::-1]
     r = np.arange(1, len(pop) + 1)
     zipf = -np.polyfit(np.log(r), np.log(pop), 1)[0]
-    img_ids = [p.stem for p in (data_dir / "images").glob("*.jpg")] if (data_dir / "images").is_dir() else tr["article_id"].unique().tolist()
+    img_ids = (
+        [p.stem for p in (data_dir / "images").glob("*.jpg")]
+        if (data_dir / "images").is_dir()
+        else tr["article_id"].unique().tolist()
+    )
     colours = pd.Series([i[:7] for i in img_ids]).value_counts().to_numpy()
     days = pd.to_datetime(tr["t_dat"])
-    arts = pd.read_csv(data_dir / "articles.csv", dtype={"article_id": str}) if (data_dir / "articles.csv").exists() else None
-    tags = arts[[c for c in TAG_COLUMNS if c in arts.columns]].dropna().reset_index(drop=True) if arts is not None else None
-    cust = pd.read_csv(data_dir / "customers.csv", dtype={"customer_id": str}) if (data_dir / "customers.csv").exists() else None
-    ages = pd.to_numeric(cust["age"], errors="coerce").dropna().to_numpy() if cust is not None and "age" in cust else np.array([30.0])
+    arts = (
+        pd.read_csv(data_dir / "articles.csv", dtype={"article_id": str})
+        if (data_dir / "articles.csv").exists()
+        else None
+    )
+    tags = (
+        arts[[c for c in TAG_COLUMNS if c in arts.columns]].dropna().reset_index(drop=True)
+        if arts is not None
+        else None
+    )
+    cust = (
+        pd.read_csv(data_dir / "customers.csv", dtype={"customer_id": str})
+        if (data_dir / "customers.csv").exists()
+        else None
+    )
+    ages = (
+        pd.to_numeric(cust["age"], errors="coerce").dropna().to_numpy()
+        if cust is not None and "age" in cust
+        else np.array([30.0])
+    )
     vecs, source = None, "gaussian"
     path = features_npz or _find_features()
     if path:
         raw = np.load(path)["features"].astype(np.float32)
         raw = raw[np.linalg.norm(raw, axis=1) > 0]
         mu = raw.mean(0)
-        _, s, vt = np.linalg.svd(raw[np.random.default_rng(seed).choice(len(raw), min(len(raw), 5000), replace=False)] - mu,
-                                 full_matrices=False)
+        _, s, vt = np.linalg.svd(
+            raw[np.random.default_rng(seed).choice(len(raw), min(len(raw), 5000), replace=False)] - mu,
+            full_matrices=False,
+        )
         vecs = (raw - mu) @ vt[:dim].T
         vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         source = f"PCA({dim}) of {len(raw)} real image vectors ({os.path.basename(path)})"
-    return {"per_cust": per_cust[["n", "days"]].to_numpy(), "p_repeat": float(rep.mean()), "p_same": float(same.mean()),
-            "zipf": float(zipf), "colours": colours, "day0": days.min(), "day_offsets": (days - days.min()).dt.days.to_numpy(),
-            "prices": tr["price"].to_numpy(), "channel2": float((tr["sales_channel_id"] == 2).mean()), "tags": tags,
-            "ages": ages, "vecs": vecs, "vec_source": source, "dim": dim}
+    return {
+        "per_cust": per_cust[["n", "days"]].to_numpy(),
+        "p_repeat": float(rep.mean()),
+        "p_same": float(same.mean()),
+        "zipf": float(zipf),
+        "colours": colours,
+        "day0": days.min(),
+        "day_offsets": (days - days.min()).dt.days.to_numpy(),
+        "prices": tr["price"].to_numpy(),
+        "channel2": float((tr["sales_channel_id"] == 2).mean()),
+        "tags": tags,
+        "ages": ages,
+        "vecs": vecs,
+        "vec_source": source,
+        "dim": dim,
+    }
 
 
 def _find_features() -> str | None:
@@ -100,8 +134,9 @@ def _find_features() -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- generator
-def generate(stats: dict, n_customers: int, n_items: int, n_purchases: int, out: Path, seed: int = 0,
-             life_days: int = 180) -> dict:
+def generate(
+    stats: dict, n_customers: int, n_items: int, n_purchases: int, out: Path, seed: int = 0, life_days: int = 180
+) -> dict:
     """Write transactions.csv, customers.csv, articles.csv and vectors.npz (ids + L2-normalised vectors) to `out`."""
     rng = np.random.default_rng(seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,30 +205,44 @@ def generate(stats: dict, n_customers: int, n_items: int, n_purchases: int, out:
     item[same] = p_first[sp_] + (rng.random(int(same.sum())) * cols[sp_]).astype(np.int64)
     item_price = rng.choice(stats["prices"], size=n_items)
     channel = np.where(rng.random(T) < stats["channel2"], 2, 1).astype(np.int8)
-    day_str = np.array((stats["day0"] + pd.to_timedelta(np.arange(int(t_day.max()) + 1), unit="D")).strftime("%Y-%m-%d"),
-                       dtype=object)
+    day_str = np.array(
+        (stats["day0"] + pd.to_timedelta(np.arange(int(t_day.max()) + 1), unit="D")).strftime("%Y-%m-%d"), dtype=object
+    )
     item_obj = np.array(item_ids.tolist(), dtype=object)
     by_day = np.argsort(t_day, kind="stable")  # the file is in date order, like H&M's
     with open(out / "transactions.csv", "w", newline="") as f:
         f.write("t_dat,customer_id,article_id,price,sales_channel_id\n")
         for a in range(0, T, 1_000_000):  # bounded memory: 1M rows of strings at a time
             o = by_day[a : a + 1_000_000]
-            pd.DataFrame({"t_dat": day_str[t_day[o]], "customer_id": cust_ids[owner[o]], "article_id": item_obj[item[o]],
-                          "price": item_price[item[o]], "sales_channel_id": channel[o]}).to_csv(f, header=False, index=False)
-    pd.DataFrame({"customer_id": cust_ids, "age": rng.choice(stats["ages"], size=n_customers)}).to_csv(out / "customers.csv", index=False)
+            pd.DataFrame(
+                {
+                    "t_dat": day_str[t_day[o]],
+                    "customer_id": cust_ids[owner[o]],
+                    "article_id": item_obj[item[o]],
+                    "price": item_price[item[o]],
+                    "sales_channel_id": channel[o],
+                }
+            ).to_csv(f, header=False, index=False)
+    pd.DataFrame({"customer_id": cust_ids, "age": rng.choice(stats["ages"], size=n_customers)}).to_csv(
+        out / "customers.csv", index=False
+    )
     arts = pd.DataFrame({"article_id": item_ids, "product_code": codes[prod_of]})
     if stats["tags"] is not None and len(stats["tags"]):
         t = stats["tags"].iloc[rng.integers(0, len(stats["tags"]), size=n_prod)].reset_index(drop=True)
         for c in t.columns:
             arts[c] = t[c].to_numpy()[prod_of]
         if "colour_group_name" in t.columns:  # colours differ within a product
-            arts["colour_group_name"] = stats["tags"]["colour_group_name"].to_numpy()[rng.integers(0, len(stats["tags"]), size=n_items)]
+            arts["colour_group_name"] = stats["tags"]["colour_group_name"].to_numpy()[
+                rng.integers(0, len(stats["tags"]), size=n_items)
+            ]
     arts.to_csv(out / "articles.csv", index=False)
     dim = stats["dim"]
     if stats["vecs"] is not None:
         base_v = stats["vecs"][rng.integers(0, len(stats["vecs"]), size=n_prod)]
     else:
-        base_v = rng.standard_normal((n_prod, dim)).astype(np.float32) * np.power(np.arange(1, dim + 1), -0.5).astype(np.float32)
+        base_v = rng.standard_normal((n_prod, dim)).astype(np.float32) * np.power(np.arange(1, dim + 1), -0.5).astype(
+            np.float32
+        )
         base_v /= np.linalg.norm(base_v, axis=1, keepdims=True)
     vec = np.empty((n_items, dim), dtype=np.float32)
     for a in range(0, n_items, 200_000):  # bounded temporaries
@@ -254,8 +303,11 @@ def run_one(args) -> dict:
         t0, c0 = time.time(), time.process_time()
         v = fn()
         res[name] = [time.time() - t0, pk.read(), time.process_time() - c0]
-        print(f"  {name:10s} {res[name][0]:8.1f}s  peak {res[name][1]:.2f} GiB  cpu {res[name][2]:.1f}s", file=sys.stderr,
-              flush=True)
+        print(
+            f"  {name:10s} {res[name][0]:8.1f}s  peak {res[name][1]:.2f} GiB  cpu {res[name][2]:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
         return v
 
     def load():
@@ -342,15 +394,26 @@ def _block_path(model, customers, args, out_csv, stage, res):
     timings: dict = {}
     pk = _Peak()
     t0, c0 = time.time(), time.process_time()
-    recommend_all(model, customers, args.k, out_csv, block_size=args.block_size, progress=False, timings=timings,
-                  workers=args.workers)
+    recommend_all(
+        model,
+        customers,
+        args.k,
+        out_csv,
+        block_size=args.block_size,
+        progress=False,
+        timings=timings,
+        workers=args.workers,
+    )
     total, peak = time.time() - t0, pk.read() + timings.get("worker_peak_gib", 0.0)
     for name in ("candidates", "ranking", "write"):
         res[name] = [timings.get(name, 0.0), peak]
     res["candidates"][0] += max(0.0, total - sum(timings.get(n, 0.0) for n in ("candidates", "ranking", "write")))
     res["candidates"].append(time.process_time() - c0)  # this process's CPU seconds for the whole recommend step
-    print(f"  recommend  {total:8.1f}s  peak {peak:.2f} GiB  cpu {res['candidates'][2]:.1f}s ({timings})", file=sys.stderr,
-          flush=True)
+    print(
+        f"  recommend  {total:8.1f}s  peak {peak:.2f} GiB  cpu {res['candidates'][2]:.1f}s ({timings})",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- driver
@@ -365,18 +428,25 @@ def exponents(rows: list[dict]) -> dict:
 
 
 def table(rows, exps) -> str:
-    lines = ["| customers | items | purchases | " + " | ".join(f"{s} s (GiB)" for s in STAGES) + " | total min | peak GiB | ms/customer |",
-             "|---" * (len(STAGES) + 6) + "|"]
+    lines = [
+        "| customers | items | purchases | "
+        + " | ".join(f"{s} s (GiB)" for s in STAGES)
+        + " | total min | peak GiB | ms/customer |",
+        "|---" * (len(STAGES) + 6) + "|",
+    ]
     for r in rows:
         i, s = r["info"], r["stages"]
         tot = sum(v[0] for v in s.values())
         peak = max(v[1] for v in s.values())
-        lines.append(f"| {i['customers']:,} | {i['items']:,} | {i['purchases']:,} | "
-                     + " | ".join(f"{s[k][0]:.1f} ({s[k][1]:.2f})" for k in STAGES)
-                     + f" | {tot / 60:.2f} | {peak:.2f} | {1000 * tot / max(1, i['customers']):.2f} |")
+        lines.append(
+            f"| {i['customers']:,} | {i['items']:,} | {i['purchases']:,} | "
+            + " | ".join(f"{s[k][0]:.1f} ({s[k][1]:.2f})" for k in STAGES)
+            + f" | {tot / 60:.2f} | {peak:.2f} | {1000 * tot / max(1, i['customers']):.2f} |"
+        )
     lines.append("")
-    lines.append("growth exponent (slope of log seconds vs log customers): "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in exps.items()))
+    lines.append(
+        "growth exponent (slope of log seconds vs log customers): " + ", ".join(f"{k} {v:.2f}" for k, v in exps.items())
+    )
     return "\n".join(lines)
 
 
@@ -409,15 +479,22 @@ def plot(runs: list[dict], path_png: Path) -> None:
         rows, exps, st = run["rows"], run["exponents"], styles[r_i % len(styles)]
         n = [r["info"]["customers"] for r in rows]
         for s in STAGES + ["total"]:
-            t = [max(sum(v[0] for v in r["stages"].values()) if s == "total" else r["stages"][s][0], 1e-2) for r in rows]
+            t = [
+                max(sum(v[0] for v in r["stages"].values()) if s == "total" else r["stages"][s][0], 1e-2) for r in rows
+            ]
             ax[0 if s in ("load", "features", "fit", "total") else 1].loglog(
-                n, t, st, color=colours[s], label=f"{s} ({exps[s]:.2f}) {run['label'][:22]}", markersize=4)
+                n, t, st, color=colours[s], label=f"{s} ({exps[s]:.2f}) {run['label'][:22]}", markersize=4
+            )
         ax[2].loglog(n, [max(v[1] for v in r["stages"].values()) for r in rows], st, color="k", label=run["label"][:40])
-    for a, title in zip(ax, ["load, features, fit, total: seconds", "candidates, ranking, write: seconds", "peak RSS, GiB"]):
+    for a, title in zip(
+        ax, ["load, features, fit, total: seconds", "candidates, ranking, write: seconds", "peak RSS, GiB"]
+    ):
         a.set_xlabel("customers (items and purchases in proportion)")
         a.set_title(title, fontsize=9)
         a.legend(fontsize=6)
-    fig.suptitle("fashionrec recommend (hybrid) vs shop size; (exponent) = log-log slope; 2 busy shared cores", fontsize=9)
+    fig.suptitle(
+        "fashionrec recommend (hybrid) vs shop size; (exponent) = log-log slope; 2 busy shared cores", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path_png, dpi=110)
     plt.close(fig)
@@ -428,15 +505,24 @@ def main() -> int:
     ap.add_argument("--customers", type=int, required=True, help="N: customers at the largest size")
     ap.add_argument("--items", type=int, required=True, help="M: catalog items at the largest size")
     ap.add_argument("--purchases", type=int, default=None, help="T: purchases at the largest size (default 30 x N)")
-    ap.add_argument("--sizes", type=int, nargs="*", default=None,
-                    help="customer counts to run (items, purchases in proportion); default N/9, N/3, N; the last is N")
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="customer counts to run (items, purchases in proportion); default N/9, N/3, N; the last is N",
+    )
     ap.add_argument("--workers", type=int, default=1, help="Ray workers for the batch job (1 = in this process)")
     ap.add_argument("--path", choices=["block", "customer"], default="block")
     ap.add_argument("--block-size", type=int, default=2048)
     ap.add_argument("--k", type=int, default=12)
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "hm"))
-    ap.add_argument("--features-npz", default=None, help="real image features to draw vectors near (default: workspace cache)")
-    ap.add_argument("--tmp-dir", default=None, help="where the generated shop is written (needs ~2 GiB per 10M purchases)")
+    ap.add_argument(
+        "--features-npz", default=None, help="real image features to draw vectors near (default: workspace cache)"
+    )
+    ap.add_argument(
+        "--tmp-dir", default=None, help="where the generated shop is written (needs ~2 GiB per 10M purchases)"
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the generated shop")
     ap.add_argument("--out-md", default=str(ROOT / "docs" / "results" / "recommend_scale.md"))
@@ -459,26 +545,54 @@ def main() -> int:
     rows = []
     for n in sizes:
         m, t = max(50, round(M * n / N)), max(n, round(T * n / N))
-        print(f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {args.workers} worker(s))",
-              file=sys.stderr, flush=True)
-        cmd = [sys.executable, __file__, "--one", "--customers", str(n), "--items", str(m), "--purchases", str(t),
-               "--path", args.path, "--workers", str(args.workers), "--block-size", str(args.block_size),
-               "--k", str(args.k), "--data", args.data, "--seed", str(args.seed)]
+        print(
+            f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {args.workers} worker(s))",
+            file=sys.stderr,
+            flush=True,
+        )
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            "--customers",
+            str(n),
+            "--items",
+            str(m),
+            "--purchases",
+            str(t),
+            "--path",
+            args.path,
+            "--workers",
+            str(args.workers),
+            "--block-size",
+            str(args.block_size),
+            "--k",
+            str(args.k),
+            "--data",
+            args.data,
+            "--seed",
+            str(args.seed),
+        ]
         for flag, v in (("--features-npz", args.features_npz), ("--tmp-dir", args.tmp_dir)):
             if v:
                 cmd += [flag, v]
         p = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         res = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode != 0 or not res:
-            print(f"size {n:,} failed (exit {p.returncode}; killed for memory if -9): larger sizes not run",
-                  file=sys.stderr, flush=True)
+            print(
+                f"size {n:,} failed (exit {p.returncode}; killed for memory if -9): larger sizes not run",
+                file=sys.stderr,
+                flush=True,
+            )
             break
-        rows.append(json.loads(res[-1][len("RESULT "):]))
+        rows.append(json.loads(res[-1][len("RESULT ") :]))
     if not rows:
         return 1
     exps = exponents(rows)
     label = f"{args.path} path, {args.workers} worker(s), {time.strftime('%Y-%m-%d %H:%M')}"
-    report(rows, exps, None if args.no_report else Path(args.out_png), None if args.no_report else Path(args.out_md), label)
+    report(
+        rows, exps, None if args.no_report else Path(args.out_png), None if args.no_report else Path(args.out_md), label
+    )
     last = rows[-1]
     tot = sum(v[0] for v in last["stages"].values())
     peak = max(v[1] for v in last["stages"].values())

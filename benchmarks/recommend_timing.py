@@ -41,7 +41,9 @@ def main() -> int:
         customers = pd.read_csv(os.path.join(args.data, "customers.csv"), dtype=str)["customer_id"]
         assert set(df["customer_id"]) == set(customers), "a customer is missing"
         assert df["prediction"].str.split().str.len().eq(args.k).all(), "a row has fewer than k items"
-        print(f"recommend ({args.model or 'default'}) on {len(df)} customers: cold {times['cold']:.1f}s, warm {times['warm']:.1f}s")
+        print(
+            f"recommend ({args.model or 'default'}) on {len(df)} customers: cold {times['cold']:.1f}s, warm {times['warm']:.1f}s"
+        )
     return 0
 
 

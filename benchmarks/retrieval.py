@@ -32,8 +32,9 @@ def _features(spec: str, ids: list[str], paths: dict, ws: str, path_name: str):
         bb = create_backbone(spec)
     path = fastest_path() if path_name == "auto" else InferencePath.parse(path_name)
     t0 = time.time()
-    res = embed_image_files(bb, {i: paths[i] for i in ids}, path=path, cache=FeatureCache(ws), progress=True,
-                            desc=f"embed {spec}")
+    res = embed_image_files(
+        bb, {i: paths[i] for i in ids}, path=path, cache=FeatureCache(ws), progress=True, desc=f"embed {spec}"
+    )
     row = {i: j for j, i in enumerate(res.ids)}
     f = np.zeros((len(ids), res.features.shape[1]), dtype=np.float32)
     for j, i in enumerate(ids):
@@ -42,8 +43,17 @@ def _features(spec: str, ids: list[str], paths: dict, ws: str, path_name: str):
     return f, bb, time.time() - t0
 
 
-def _grid(out_png: Path, ids, paths, groups, queries, neighbours: dict[str, np.ndarray], n_queries: int = 6, k: int = 5,
-          seed: int = 0) -> None:
+def _grid(
+    out_png: Path,
+    ids,
+    paths,
+    groups,
+    queries,
+    neighbours: dict[str, np.ndarray],
+    n_queries: int = 6,
+    k: int = 5,
+    seed: int = 0,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -84,8 +94,12 @@ def _grid(out_png: Path, ids, paths, groups, queries, neighbours: dict[str, np.n
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/hm")
-    ap.add_argument("--model", action="append", required=True, help="adapted model folder(s) (the first defines the split)")
-    ap.add_argument("--imagenet", action="append", default=None, help="NAME@SIZE baselines (default efficientnet_lite0@128)")
+    ap.add_argument(
+        "--model", action="append", required=True, help="adapted model folder(s) (the first defines the split)"
+    )
+    ap.add_argument(
+        "--imagenet", action="append", default=None, help="NAME@SIZE baselines (default efficientnet_lite0@128)"
+    )
     ap.add_argument("--imagenet-path", default="auto", help="inference path for the baselines (auto: fastest here)")
     ap.add_argument("--workspace", default=None)
     ap.add_argument("--threads", type=int, default=None)
@@ -111,40 +125,70 @@ def main(argv=None) -> int:
     uniq, counts = np.unique(groups, return_counts=True)
     multi = set(uniq[counts >= 2].tolist())
     queries = np.flatnonzero(held & np.array([g in multi for g in groups]))
-    types = np.array([str(meta.at[i, "product_type_name"]) if i in meta.index and "product_type_name" in meta.columns
-                      and isinstance(meta.at[i, "product_type_name"], str) else "" for i in ids], dtype=object)
+    types = np.array(
+        [
+            str(meta.at[i, "product_type_name"])
+            if i in meta.index
+            and "product_type_name" in meta.columns
+            and isinstance(meta.at[i, "product_type_name"], str)
+            else ""
+            for i in ids
+        ],
+        dtype=object,
+    )
     print(f"{len(ids)} photos, {len(queries)} queries (held-out photos of products with 2+ photos)", file=sys.stderr)
 
     rows, neighbours = [], {}
-    specs = [("imagenet", s) for s in (args.imagenet or ["efficientnet_lite0@128"])] + [("adapted", m) for m in args.model]
+    specs = [("imagenet", s) for s in (args.imagenet or ["efficientnet_lite0@128"])] + [
+        ("adapted", m) for m in args.model
+    ]
     for kind, spec in specs:
         f, bb, secs = _features(spec, ids, cat.image_paths, ws, args.imagenet_path if kind == "imagenet" else "fp32")
         m = retrieval_metrics(f, groups, queries, types)
-        label = (f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d)" if kind == "imagenet"
-                 else f"adapted {bb.name} @ {bb.data_config.input_size} px ({Path(spec).name}, {f.shape[1]}-d)")
+        label = (
+            f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d)"
+            if kind == "imagenet"
+            else f"adapted {bb.name} @ {bb.data_config.input_size} px ({Path(spec).name}, {f.shape[1]}-d)"
+        )
         rows.append((label, m, secs))
         short = ("ImageNet " if kind == "imagenet" else "adapted ") + f"{bb.data_config.input_size}px"
-        neighbours[short if short not in neighbours else f"{short} {len(neighbours)}"] = nearest_neighbours(f, queries, 10)
-        print(f"{label}: R@1 {m['recall@1']:.3f} R@10 {m['recall@10']:.3f} type P@10 {m['type_precision@10']:.3f} "
-              f"(features {secs:.0f}s)", file=sys.stderr)
+        neighbours[short if short not in neighbours else f"{short} {len(neighbours)}"] = nearest_neighbours(
+            f, queries, 10
+        )
+        print(
+            f"{label}: R@1 {m['recall@1']:.3f} R@10 {m['recall@10']:.3f} type P@10 {m['type_precision@10']:.3f} "
+            f"(features {secs:.0f}s)",
+            file=sys.stderr,
+        )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cmd = "python benchmarks/retrieval.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = [f"# Same-product retrieval on held-out H&M products", "",
-          f"`{cmd}`", "",
-          f"{len(queries)} queries: photos of the {len(held_products)} products held out from fine-tuning that have "
-          f"2+ photos (other colours); gallery: all {len(ids)} photos, query excluded; cosine.", "",
-          "| features | Recall@1 | Recall@10 | same-type P@10 |", "|---|---|---|---|"]
+    md = [
+        "# Same-product retrieval on held-out H&M products",
+        "",
+        f"`{cmd}`",
+        "",
+        f"{len(queries)} queries: photos of the {len(held_products)} products held out from fine-tuning that have "
+        f"2+ photos (other colours); gallery: all {len(ids)} photos, query excluded; cosine.",
+        "",
+        "| features | Recall@1 | Recall@10 | same-type P@10 |",
+        "|---|---|---|---|",
+    ]
     for label, m, _ in rows:
         md.append(f"| {label} | {m['recall@1']:.3f} | {m['recall@10']:.3f} | {m['type_precision@10']:.3f} |")
     for spec in args.model:
         mp = Path(spec) / "metrics.json"
         if mp.exists():
             mm = json.loads(mp.read_text())
-            md += ["", f"Held-out tagging with {Path(spec).name}'s heads (photos of held-out products that have the "
-                       f"label; from its metrics.json; adapt took {mm['wall_seconds'] / 60:.1f} min):", "",
-                   "| attribute | classes | n | accuracy | macro-F1 |", "|---|---|---|---|---|"]
+            md += [
+                "",
+                f"Held-out tagging with {Path(spec).name}'s heads (photos of held-out products that have the "
+                f"label; from its metrics.json; adapt took {mm['wall_seconds'] / 60:.1f} min):",
+                "",
+                "| attribute | classes | n | accuracy | macro-F1 |",
+                "|---|---|---|---|---|",
+            ]
             for a, t in mm["tagging_heldout"].items():
                 md.append(f"| {a} | {t['n_classes']} | {t['n']} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} |")
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")

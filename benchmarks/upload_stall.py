@@ -31,6 +31,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
 from load_test import stop, wait_ready  # benchmarks/ is on sys.path when a script in it runs
 
 
@@ -85,8 +86,12 @@ def one_round(url: str, port: int, uploads: list[bytes]) -> dict:
     def post(i):
         t = time.perf_counter()
         try:
-            r = httpx.post(f"{url}/search/image", files={"file": (f"big{i}.png", uploads[i], "image/png")},
-                           params={"k": 5}, timeout=120)
+            r = httpx.post(
+                f"{url}/search/image",
+                files={"file": (f"big{i}.png", uploads[i], "image/png")},
+                params={"k": 5},
+                timeout=120,
+            )
             results[i] = (r.status_code, time.perf_counter() - t)
         except httpx.HTTPError as e:
             results[i] = (type(e).__name__, time.perf_counter() - t)
@@ -100,8 +105,13 @@ def one_round(url: str, port: int, uploads: list[bytes]) -> dict:
     stop.set()
     poller.join(60)
     ms = np.array(lat) * 1000
-    return {"n": len(ms), "p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99), "max": ms.max(),
-            "uploads": results}
+    return {
+        "n": len(ms),
+        "p50": np.percentile(ms, 50),
+        "p99": np.percentile(ms, 99),
+        "max": ms.max(),
+        "uploads": results,
+    }
 
 
 def main() -> None:
@@ -133,13 +143,17 @@ def main() -> None:
         for kind in args.kinds.split(","):
             w, h = kinds[kind]
             body = png(w, h)
-            print(f"\n{kind}: {args.uploads} concurrent uploads of a {w}x{h} PNG ({w * h / 1e6:.1f} Mpx, "
-                  f"{len(body):,} bytes) to POST /search/image")
+            print(
+                f"\n{kind}: {args.uploads} concurrent uploads of a {w}x{h} PNG ({w * h / 1e6:.1f} Mpx, "
+                f"{len(body):,} bytes) to POST /search/image"
+            )
             for r in range(args.rounds):
                 res = one_round(url, port, [body] * args.uploads)
                 ups = ", ".join(f"{s} in {t:.2f}s" for s, t in res["uploads"])
-                print(f"  round {r + 1}: /health n={res['n']} p50={res['p50']:.1f} ms p99={res['p99']:.1f} ms "
-                      f"max={res['max']:.1f} ms | uploads: {ups}")
+                print(
+                    f"  round {r + 1}: /health n={res['n']} p50={res['p50']:.1f} ms p99={res['p99']:.1f} ms "
+                    f"max={res['max']:.1f} ms | uploads: {ups}"
+                )
     finally:
         stop(proc)
         tmp.cleanup()

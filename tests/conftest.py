@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -43,9 +42,16 @@ def make_image(path: Path, color=(200, 30, 30), size=(24, 32)) -> Path:
 def tiny_hm(tmp_path) -> Path:
     """A 10-line H&M-layout folder with known answers: two colour families, one corrupt image, Kaggle subfolders."""
     d = tmp_path / "hm"
-    colors = {"0100000001": (220, 20, 20), "0100000002": (200, 40, 30), "0100000003": (230, 10, 40),
-              "0200000001": (20, 20, 220), "0200000002": (30, 40, 200), "0200000003": (10, 30, 230),
-              "0300000001": (215, 25, 25), "0400000001": (25, 25, 215)}
+    colors = {
+        "0100000001": (220, 20, 20),
+        "0100000002": (200, 40, 30),
+        "0100000003": (230, 10, 40),
+        "0200000001": (20, 20, 220),
+        "0200000002": (30, 40, 200),
+        "0200000003": (10, 30, 230),
+        "0300000001": (215, 25, 25),
+        "0400000001": (25, 25, 215),
+    }
     for aid, c in colors.items():
         make_image(d / "images" / aid[:3] / f"{aid}.jpg", c)
     (d / "images" / "050" / "0500000001.jpg").parent.mkdir(parents=True)
@@ -54,10 +60,12 @@ def tiny_hm(tmp_path) -> Path:
         "article_id,product_group_name,colour_group_name,prod_name\n"
         "0100000001,Garment Upper body,Red,red top\n0100000002,Garment Upper body,Red,red shirt\n"
         "0100000003,Garment Upper body,Red,red blouse\n0200000001,Shoes,Blue,blue shoe\n"
-        "0200000002,Shoes,Blue,blue sneaker\n0200000003,Shoes,Blue,blue boot\n")
+        "0200000002,Shoes,Blue,blue sneaker\n0200000003,Shoes,Blue,blue boot\n"
+    )
     (d / "customers.csv").write_text("customer_id,age\nu1,30\nu2,40\nu3,25\n")
     (d / "transactions.csv").write_text(
         "t_dat,customer_id,article_id,price,sales_channel_id\n"
         "2020-01-01,u1,0100000001,0.01,2\n2020-01-02,u1,0100000002,0.01,2\n2020-01-02,u1,0100000002,0.01,2\n"
-        "2020-01-01,u2,0200000001,0.02,1\n2020-01-03,u2,0200000002,0.02,1\n2020-01-05,u1,0100000003,0.01,2\n")
+        "2020-01-01,u2,0200000001,0.02,1\n2020-01-03,u2,0200000002,0.02,1\n2020-01-05,u1,0100000003,0.01,2\n"
+    )
     return d

@@ -56,16 +56,23 @@ def make_shop(root, n_users: int = 24, seed: int = 0):
         else:
             d.ellipse([8, 50, 56, 80], fill=color)
         img.save(root / "images" / f"{aid}.jpg", quality=90)
-        rows.append(f"{aid},{aid[1:7]},{'red top' if red else 'blue shoe'} {j},{'Garment Upper body' if red else 'Shoes'},"
-                    f"{'Red' if red else 'Blue'},{'Top' if red else 'Sneakers'}")
-    (root / "articles.csv").write_text("article_id,product_code,prod_name,product_group_name,colour_group_name,product_type_name\n"
-                                       + "\n".join(rows) + "\n")
+        rows.append(
+            f"{aid},{aid[1:7]},{'red top' if red else 'blue shoe'} {j},{'Garment Upper body' if red else 'Shoes'},"
+            f"{'Red' if red else 'Blue'},{'Top' if red else 'Sneakers'}"
+        )
+    (root / "articles.csv").write_text(
+        "article_id,product_code,prod_name,product_group_name,colour_group_name,product_type_name\n"
+        + "\n".join(rows)
+        + "\n"
+    )
     tx = ["t_dat,customer_id,article_id,price,sales_channel_id"]
     users = [f"cust{u:03d}" for u in range(n_users)]
     for u, cid in enumerate(users):
         group = ids[:15] if u % 2 == 0 else ids[15:]
         for n in range(6):
-            tx.append(f"2020-0{1 + n % 6}-{10 + int(rng.integers(0, 15))},{cid},{group[int(rng.integers(0, 15))]},0.02,2")
+            tx.append(
+                f"2020-0{1 + n % 6}-{10 + int(rng.integers(0, 15))},{cid},{group[int(rng.integers(0, 15))]},0.02,2"
+            )
     (root / "transactions.csv").write_text("\n".join(tx) + "\n")
     (root / "customers.csv").write_text("customer_id\n" + "\n".join(users + ["newcust"]) + "\n")
     return root, ids, users

@@ -12,10 +12,17 @@ from PIL import Image, ImageDraw
 
 from fashionrec.backbones import create_backbone
 from fashionrec.cli import main
+from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
-from fashionrec.training.adapt import (AdaptConfig, adapt_catalog, catalog_for_training, load_adapted, product_groups,
-                                       split_products)
+from fashionrec.training.adapt import (
+    AdaptConfig,
+    adapt_catalog,
+    catalog_for_training,
+    load_adapted,
+    product_groups,
+    split_products,
+)
 
 COLOURS = {"1": ((220, 30, 30), "Red"), "2": ((30, 30, 220), "Blue"), "3": ((30, 170, 30), "Green")}
 SHAPES = ["rect", "ellipse", "tri", "cross", "hbar", "vbar"]
@@ -64,7 +71,9 @@ def test_retrieval_metrics_known_answer():
     groups = np.array(["a", "a", "b", "c", "c"])
     nn = nearest_neighbours(f, np.arange(5), k=2)
     assert nn[0, 0] == 1 and nn[2, 0] == 3
-    m = retrieval_metrics(f, groups, np.array([0, 2, 3]), types=np.array(["t", "t", "u", "u", ""], dtype=object), ks=(1, 2))
+    m = retrieval_metrics(
+        f, groups, np.array([0, 2, 3]), types=np.array(["t", "t", "u", "u", ""], dtype=object), ks=(1, 2)
+    )
     # query 0 -> 1 (same product); query 2 -> 3 (other product), then 4 (same as 3) -> no hit; query 3 -> 2, 4 (hit at 2)
     assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(2 / 3)
     r = classification_report(["x", "x", "y"], ["x", "y", "y"], ["x", "y"])
@@ -97,8 +106,8 @@ def test_auto_input_size(tmp_path):
         Image.new("RGB", (128, 192), "white").save(p)
     big = tmp_path / "big.jpg"
     Image.new("RGB", (800, 1200), "white").save(big)
-    assert auto_input_size(small, native=224) == 192   # H&M sample: the photos' own size, no upsampling
-    assert auto_input_size([big], native=224) == 224   # large photos: the backbone's native size
+    assert auto_input_size(small, native=224) == 192  # H&M sample: the photos' own size, no upsampling
+    assert auto_input_size([big], native=224) == 224  # large photos: the backbone's native size
     assert auto_input_size([big], native=260) == 260
     assert auto_input_size([tmp_path / "x.jpg"], native=224) == 224
 
@@ -106,9 +115,20 @@ def test_auto_input_size(tmp_path):
 def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     out = tmp_path / "model"
     ws = tmp_path / "ws"
-    cfg = AdaptConfig(backbone="tiny_cnn", input_size=32, holdout=0.34, train_blocks=2, max_steps=60, lr=3e-3,
-                      trunk_lr=3e-3, products_per_batch=8, labelled_per_batch=16, embed_dim=32, seed=0)
-    res = adapt_catalog(shapes_shop, out, cfg, workspace=ws, progress=False)
+    cfg = AdaptConfig(
+        backbone="tiny_cnn",
+        input_size=32,
+        holdout=0.34,
+        train_blocks=2,
+        max_steps=60,
+        lr=3e-3,
+        trunk_lr=3e-3,
+        products_per_batch=8,
+        labelled_per_batch=16,
+        embed_dim=32,
+        seed=0,
+    )
+    adapt_catalog(shapes_shop, out, cfg, workspace=ws, progress=False)
     conf = json.loads((out / "fashionrec_model.json").read_text())
     assert (out / "weights.safetensors").exists() and conf["format_version"] == 1
     assert conf["heads"]["colour_group_name"] == ["Blue", "Green", "Red"]
@@ -141,27 +161,71 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
 
     # embed CLI with the folder as --backbone
     f = tmp_path / "f.npz"
-    assert main(["-q", "--workspace", str(ws), "embed", "--data", str(shapes_shop), "--backbone", str(out),
-                 "--out", str(f)]) == 0
+    assert (
+        main(
+            ["-q", "--workspace", str(ws), "embed", "--data", str(shapes_shop), "--backbone", str(out), "--out", str(f)]
+        )
+        == 0
+    )
     z = np.load(f)
     assert z["features"].shape == (54, 32) and len(z["ids"]) == 54
 
     # tag with its heads: items without a row (products 15-17, colours 2 and 3)
     tags = tmp_path / "tags.csv"
-    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column",
-                 "colour_group_name,product_group_name", "--out", str(tags)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tag",
+                "--data",
+                str(shapes_shop),
+                "--model",
+                str(out),
+                "--label-column",
+                "colour_group_name,product_group_name",
+                "--out",
+                str(tags),
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(tags, dtype=str).set_index("article_id")
-    assert list(df.columns) == ["colour_group_name", "colour_group_name_confidence", "product_group_name",
-                                "product_group_name_confidence"]
+    assert list(df.columns) == [
+        "colour_group_name",
+        "colour_group_name_confidence",
+        "product_group_name",
+        "product_group_name_confidence",
+    ]
     assert len(df) == 6
     truth = {"2": "Blue", "3": "Green"}
     right = sum(df.loc[i, "colour_group_name"] == truth[i[-1]] for i in df.index)
     assert right >= 5
-    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "colour_group_name",
-                 "--min-confidence", "1.01", "--out", str(tags)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tag",
+                "--data",
+                str(shapes_shop),
+                "--model",
+                str(out),
+                "--label-column",
+                "colour_group_name",
+                "--min-confidence",
+                "1.01",
+                "--out",
+                str(tags),
+            ]
+        )
+        == 0
+    )
     assert set(pd.read_csv(tags, dtype=str)["colour_group_name"]) == {"unsure"}
-    assert main(["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "nope",
-                 "--out", str(tags)]) == 2
+    assert (
+        main(
+            ["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "nope", "--out", str(tags)]
+        )
+        == 2
+    )
 
     # predict with the folder: per-attribute top-k, same preprocessing
     capsys.readouterr()
@@ -172,7 +236,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
 
     # a tampered weights file is refused, not half-loaded
     (out / "weights.safetensors").write_bytes(b"garbage")
-    with pytest.raises(Exception):
+    with pytest.raises(FashionrecError, match="weights"):
         load_adapted(out)
 
 
@@ -188,8 +252,25 @@ def test_images_plus_labels_csv_folder_trains(tmp_path):
     cat = catalog_for_training(d)
     assert len(cat.item_ids) == 12 and cat.metadata.loc["p1", "label"] == "red"
     out = tmp_path / "run"
-    assert main(["-q", "--workspace", str(tmp_path / "ws"), "train", "--dataset", str(d), "--label-column", "label",
-                 "--backbone", "tiny_cnn", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "--workspace",
+                str(tmp_path / "ws"),
+                "train",
+                "--dataset",
+                str(d),
+                "--label-column",
+                "label",
+                "--backbone",
+                "tiny_cnn",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["test_accuracy"] == 1.0
     assert json.loads((out / "config.json").read_text())["input_size"] == 64  # auto: 60 px photos -> 64
@@ -199,8 +280,25 @@ def test_predict_pads_like_training(tiny_hm, tmp_path, monkeypatch, capsys):
     from fashionrec.training.classifier import Classifier
 
     out = tmp_path / "run"
-    assert main(["-q", "train", "--dataset", str(tiny_hm), "--label-column", "colour_group_name", "--out", str(out),
-                 "--input-size", "32", "--backbone", "tiny_cnn"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--dataset",
+                str(tiny_hm),
+                "--label-column",
+                "colour_group_name",
+                "--out",
+                str(out),
+                "--input-size",
+                "32",
+                "--backbone",
+                "tiny_cnn",
+            ]
+        )
+        == 0
+    )
     seen = []
     orig = Classifier.predict_proba
 

@@ -10,15 +10,25 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from fashionrec.artifacts import (ArtifactFormatError, StateEncodeError, artifact_key, decode_state, encode_state,
-                                  load_artifact, save_artifact)
+from fashionrec.artifacts import (
+    ArtifactFormatError,
+    StateEncodeError,
+    artifact_key,
+    decode_state,
+    encode_state,
+    load_artifact,
+    save_artifact,
+)
 from fashionrec.artifacts.store import HEADER, VERSION
 from fashionrec.errors import FashionrecError
 
 
 def test_save_load_roundtrip_and_format(tmp_path):
-    arrays = {"v": np.arange(6, dtype=np.float32).reshape(2, 3), "ids": np.array(["a", "bb"]),
-              "t": np.array(["2020-01-01"], dtype="datetime64[ns]")}
+    arrays = {
+        "v": np.arange(6, dtype=np.float32).reshape(2, 3),
+        "ids": np.array(["a", "bb"]),
+        "t": np.array(["2020-01-01"], dtype="datetime64[ns]"),
+    }
     path = save_artifact(tmp_path / "x.npz", {"k": 50, "nan": float("nan"), "names": ["a"]}, arrays, kind="test")
     with zipfile.ZipFile(path) as z:  # a plain npz: one .npy per array plus the JSON header
         assert sorted(z.namelist()) == sorted([f"{HEADER}.npy", "v.npy", "ids.npy", "t.npy"])
@@ -38,12 +48,15 @@ def test_object_arrays_are_refused_at_save(tmp_path):
     assert not (tmp_path / "x.npz").exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "x.npz: artifact not found"),
-    (pickle.dumps({"a": 1}, protocol=5), "x.npz: old format .*refit / rebuild"),
-    (pickle.dumps({"a": 1}, protocol=2), "x.npz: old format"),
-    (b"hello", "x.npz: not a fashionrec artifact"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "x.npz: artifact not found"),
+        (pickle.dumps({"a": 1}, protocol=5), "x.npz: old format .*refit / rebuild"),
+        (pickle.dumps({"a": 1}, protocol=2), "x.npz: old format"),
+        (b"hello", "x.npz: not a fashionrec artifact"),
+    ],
+)
 def test_unreadable_files_are_clear_errors_naming_the_file(tmp_path, content, message):
     p = tmp_path / "x.npz"
     if content is not None:
@@ -73,8 +86,7 @@ def test_npz_holding_a_pickled_object_array_is_not_unpickled(tmp_path):
             return (open, (str(marker), "w"))
 
     header = {"format": "fashionrec-artifact", "version": VERSION, "kind": "x", "config": {}}
-    np.savez(tmp_path / "evil.npz", **{HEADER: np.array(json.dumps(header))},
-             evil=np.array([Payload()], dtype=object))
+    np.savez(tmp_path / "evil.npz", **{HEADER: np.array(json.dumps(header))}, evil=np.array([Payload()], dtype=object))
     with pytest.raises(FashionrecError, match="evil.npz: unreadable artifact"):
         load_artifact(tmp_path / "evil.npz")
     assert not marker.exists()
@@ -88,10 +100,17 @@ def test_state_round_trip_of_every_supported_type():
     from sklearn.linear_model import LogisticRegression
 
     h = Holder()
-    h.df = pd.DataFrame({"user": pd.Series(["a", "b"], dtype="str"), "item": pd.Series(["x", None], dtype=object, index=["r1", "r2"]),
-                         "ts": pd.to_datetime(["2020-01-01", "2020-02-01"]), "w": [1.0, np.nan],
-                         "cat": pd.Categorical(["p", "q"])}, index=pd.Index(["r1", "r2"], name="id"))
-    h.same_df = h.df                      # shared: comes back as the same object
+    h.df = pd.DataFrame(
+        {
+            "user": pd.Series(["a", "b"], dtype="str"),
+            "item": pd.Series(["x", None], dtype=object, index=["r1", "r2"]),
+            "ts": pd.to_datetime(["2020-01-01", "2020-02-01"]),
+            "w": [1.0, np.nan],
+            "cat": pd.Categorical(["p", "q"]),
+        },
+        index=pd.Index(["r1", "r2"], name="id"),
+    )
+    h.same_df = h.df  # shared: comes back as the same object
     h.series = pd.Series([1, 2], index=pd.RangeIndex(5, 7), name="s")
     h.m = sp.csr_matrix(np.array([[0, 1.5], [2, 0]]))
     h.coo = sp.coo_matrix(np.eye(2))
@@ -103,7 +122,7 @@ def test_state_round_trip_of_every_supported_type():
     rng = np.random.default_rng(0)
     x = rng.random((30, 3))
     h.lr = LogisticRegression().fit(x, (x[:, 0] > 0.5).astype(int))
-    h.self_ref = h                        # a cycle
+    h.self_ref = h  # a cycle
     tree, arrays = encode_state(h, {"Holder": Holder})
     json.dumps(tree)  # the tree is plain JSON
     assert all(not a.dtype.hasobject for a in arrays.values())

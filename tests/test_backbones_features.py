@@ -4,12 +4,22 @@ import numpy as np
 import pytest
 import torch
 
+import fashionrec.features as FT
+from conftest import make_image
 from fashionrec.backbones import create_backbone, list_backbones
 from fashionrec.backbones.offline import rename_by_position
 from fashionrec.errors import FashionrecError
-from fashionrec.features import FeatureCache, InferencePath, Preprocess, embed_arrays, embed_image_files
-
-from conftest import make_image
+from fashionrec.features import (
+    FeatureCache,
+    InferencePath,
+    Preprocess,
+    ProbeResult,
+    choose_path,
+    embed_arrays,
+    embed_image_files,
+    probe_paths,
+    resolve_path,
+)
 
 
 def test_registry_lists_offline_backbones():
@@ -91,7 +101,9 @@ def test_image_files_incremental_cache_and_corrupt_skip(tmp_path, monkeypatch):
     monkeypatch.setattr(F, "_forward", lambda bb_, x, p: seen.append(len(x)) or real(bb_, x, p))
     r2 = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
     assert seen == [] and np.allclose(r1.features, r2.features)
-    import os, time
+    import os
+    import time
+
     make_image(items["i2"], (250, 250, 0))  # a changed image is recomputed, the others reused
     os.utime(items["i2"], ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))
     r3 = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
@@ -113,8 +125,9 @@ def test_exact_fast_paths_match_reference(name):
     bb = create_backbone("efficientnet_lite0", input_size=64)
     x = np.random.default_rng(1).integers(0, 255, (6, 28, 28), dtype=np.uint8)
     ref = embed_arrays(bb, x, progress=False)
-    fast = embed_arrays(create_backbone("efficientnet_lite0", input_size=64), x, progress=False,
-                        path=InferencePath.parse(name))
+    fast = embed_arrays(
+        create_backbone("efficientnet_lite0", input_size=64), x, progress=False, path=InferencePath.parse(name)
+    )
     assert np.allclose(ref, fast, atol=1e-3), np.abs(ref - fast).max()
 
 
@@ -126,9 +139,6 @@ def test_inference_path_validation():
 
 
 # ---- the automatic inference path: probe, cache, explicit override, cosine gate ---------------------------------
-
-import fashionrec.features as FT
-from fashionrec.features import ProbeResult, choose_path, probe_paths, resolve_path
 
 
 def _fake_measure(table, calls=None):
@@ -151,30 +161,48 @@ def _fake_measure(table, calls=None):
 def _resolve(tmp_path, table, calls, batch_size=8, path=None):
     bb = create_backbone("tiny_cnn")
     pre = Preprocess.for_backbone(bb)
-    return resolve_path(path if path is not None else InferencePath.auto(), bb, pre, batch_size,
-                        sample=lambda: torch.zeros(4, 3, 28, 28), workspace=tmp_path,
-                        candidates=list(table), measure=_fake_measure(table, calls))
+    return resolve_path(
+        path if path is not None else InferencePath.auto(),
+        bb,
+        pre,
+        batch_size,
+        sample=lambda: torch.zeros(4, 3, 28, 28),
+        workspace=tmp_path,
+        candidates=list(table),
+        measure=_fake_measure(table, calls),
+    )
 
 
 def test_probe_picks_fastest_path_that_passes_cosine():
     bb = create_backbone("tiny_cnn")
-    table = {"fp32": (1.0, 0.0), "fp32-cl": (0.6, 0.0), "bf16-cl": (0.3, 0.02), "onnx-fp32": (0.4, 0.0),
-             "onnx-int8": (0.1, 5.0)}  # int8: fastest but its features are far from fp32's
+    table = {
+        "fp32": (1.0, 0.0),
+        "fp32-cl": (0.6, 0.0),
+        "bf16-cl": (0.3, 0.02),
+        "onnx-fp32": (0.4, 0.0),
+        "onnx-int8": (0.1, 5.0),
+    }  # int8: fastest but its features are far from fp32's
     res = probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table))
     assert res["fp32"].cos_mean == pytest.approx(1.0) and res["bf16-cl"].cos_mean > 0.99
     assert res["onnx-int8"].cos_mean < 0.9 and not res["onnx-int8"].passed
     assert choose_path(res) == "bf16-cl"
     # make bf16 distort too: the next fastest passing path wins, never the failing faster ones
     table["bf16-cl"] = (0.3, 5.0)
-    assert choose_path(probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table))) == "onnx-fp32"
+    assert (
+        choose_path(probe_paths(bb, torch.zeros(2, 3, 28, 28), list(table), measure=_fake_measure(table)))
+        == "onnx-fp32"
+    )
 
 
 def test_failing_or_broken_paths_are_never_chosen():
     # mean cosine fine but one image far off: fails the per-image floor
     assert not ProbeResult(0.1, cos_mean=0.995, cos_min=0.5).passed
     assert ProbeResult(0.1, cos_mean=0.995, cos_min=0.98).passed
-    res = {"fp32": ProbeResult(1.0, 1.0, 1.0), "onnx-int8": ProbeResult(0.01, 0.77, 0.46),
-           "onnx-fp32": ProbeResult(None, error="RuntimeError: export failed")}
+    res = {
+        "fp32": ProbeResult(1.0, 1.0, 1.0),
+        "onnx-int8": ProbeResult(0.01, 0.77, 0.46),
+        "onnx-fp32": ProbeResult(None, error="RuntimeError: export failed"),
+    }
     assert choose_path(res) == "fp32"
     table = {"fp32": (1.0, 0.0), "onnx-fp32": (0.1, None), "fp32-cl": (0.5, 0.0)}  # onnx raises
     bb = create_backbone("tiny_cnn")
@@ -241,7 +269,10 @@ def test_auto_end_to_end_on_real_paths(tmp_path, caplog):
 def test_feature_cache_key_follows_numbers_not_speed():
     bb = create_backbone("tiny_cnn")
     pre = Preprocess.for_backbone(bb)
-    k = {n: FT._model_key(bb, pre, InferencePath.parse(n)) for n in ["fp32", "fp32-cl", "onnx-fp32", "bf16-cl", "onnx-int8"]}
+    k = {
+        n: FT._model_key(bb, pre, InferencePath.parse(n))
+        for n in ["fp32", "fp32-cl", "onnx-fp32", "bf16-cl", "onnx-int8"]
+    }
     # the fp32 paths compute the same features: one cache entry, whichever the probe picks
     assert k["fp32"] == k["fp32-cl"] == k["onnx-fp32"]
     # bf16 and int8 change the numbers: their own entries

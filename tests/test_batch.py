@@ -24,10 +24,19 @@ def _log(seed=0, n_users=160, n_products=70):
                 v = vecs[-1].copy()  # a duplicate photo
             items.append(iid)
             vecs.append(v)
-            meta.append({"article_id": iid, "product_code": str(100000 + p), "product_type_name": ["Dress", "Shoe", "Top"][p % 3],
-                         "product_group_name": ["Garment", "Shoes"][g], "colour_group_name": ["Black", "White", "Red", "Blue"][c],
-                         "department_name": f"dept{p % 5}", "index_group_name": ["Ladies", "Men"][g],
-                         "garment_group_name": ["Jersey", "Knit"][p % 2], "graphical_appearance_name": "Solid"})
+            meta.append(
+                {
+                    "article_id": iid,
+                    "product_code": str(100000 + p),
+                    "product_type_name": ["Dress", "Shoe", "Top"][p % 3],
+                    "product_group_name": ["Garment", "Shoes"][g],
+                    "colour_group_name": ["Black", "White", "Red", "Blue"][c],
+                    "department_name": f"dept{p % 5}",
+                    "index_group_name": ["Ladies", "Men"][g],
+                    "garment_group_name": ["Jersey", "Knit"][p % 2],
+                    "graphical_appearance_name": "Solid",
+                }
+            )
     meta = pd.DataFrame(meta).set_index("article_id")
     t0 = pd.Timestamp("2020-01-01")
     rows = []
@@ -42,16 +51,26 @@ def _log(seed=0, n_users=160, n_products=70):
             if bought and rng.random() < 0.2:
                 it = bought[int(rng.integers(len(bought)))]
             else:
-                it = pool[int(min(len(pool) - 1, rng.zipf(1.3) - 1))] if rng.random() < 0.6 else pool[int(rng.integers(len(pool)))]
+                it = (
+                    pool[int(min(len(pool) - 1, rng.zipf(1.3) - 1))]
+                    if rng.random() < 0.6
+                    else pool[int(rng.integers(len(pool)))]
+                )
             bought.append(it)
             rows.append((f"c{u:04d}", it, t0 + pd.Timedelta(days=day), 1.0, float(rng.choice([0.01, 0.02, 0.03]))))
-    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight", "price"]).sort_values("timestamp", kind="stable")
-    ages = pd.DataFrame({"age": [np.nan if u % 11 == 0 else float(20 + (u * 7) % 45) for u in range(n_users)]},
-                        index=pd.Index([f"c{u:04d}" for u in range(n_users)], name="customer_id"))
+    ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight", "price"]).sort_values(
+        "timestamp", kind="stable"
+    )
+    ages = pd.DataFrame(
+        {"age": [np.nan if u % 11 == 0 else float(20 + (u * 7) % 45) for u in range(n_users)]},
+        index=pd.Index([f"c{u:04d}" for u in range(n_users)], name="customer_id"),
+    )
     feats = ItemFeatures(items, np.asarray(vecs, dtype=np.float32))
     bought_meta = meta[meta.index.isin(set(ev["item"]))]
     pred = meta.drop(columns=["product_code"])
-    return RecData(ev.reset_index(drop=True), items, image_features=feats, metadata=bought_meta, predicted=pred, users=ages)
+    return RecData(
+        ev.reset_index(drop=True), items, image_features=feats, metadata=bought_meta, predicted=pred, users=ages
+    )
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +118,9 @@ def test_training_windows_are_the_same_with_blocks(hybrid):
     t = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=hybrid.label_days)
     Xs, ys, groups, n_true, hits = hybrid._window_uncached(data, t, np.random.default_rng(0))
     st = hybrid._state(data, t)
-    lab = data.events[(data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=hybrid.label_days))]
+    lab = data.events[
+        (data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=hybrid.label_days))
+    ]
     truth = {}
     for u, j in zip(lab["user"], lab["item"].map(data.item_index)):
         truth.setdefault(u, set()).add(int(j))
@@ -146,7 +167,7 @@ def test_recommend_all_writes_every_customer_in_order(hybrid, tmp_path):
         assert len(items) == 12 == len(set(items))
         short = ref[u]
         assert items[: len(short)] == short[:12]
-        assert all(i in fill for i in items[len(short):])
+        assert all(i in fill for i in items[len(short) :])
     assert set(timings) >= {"candidates", "ranking", "write"}
     assert [p.name for p in tmp_path.iterdir()] == ["recs.csv"]  # no temporary file left
     out2 = tmp_path / "recs2.csv"
@@ -163,7 +184,9 @@ def test_recommend_all_on_a_model_without_a_block_api(hybrid, tmp_path):
     users = _users(hybrid)[:20]
     recommend_all(rep, users, 5, tmp_path / "r.csv", block_size=6, progress=False)
     df = _read(tmp_path / "r.csv")
-    assert [p.split() for p in df["prediction"]] == [[r.item for r in rep.recommend(u, 5, explain=False)] for u in users]
+    assert [p.split() for p in df["prediction"]] == [
+        [r.item for r in rep.recommend(u, 5, explain=False)] for u in users
+    ]
 
 
 def test_a_failed_job_leaves_no_output(hybrid, tmp_path):
@@ -259,7 +282,7 @@ def test_window_blocks_are_read_without_copies(hybrid):
         views.append(X[o : o + len(c)])
         o += len(c)
     ys = [np.arange(len(v)) % 2 for v in views]
-    (Xb, yb), = list(_blocks_of(views, ys))
+    ((Xb, yb),) = list(_blocks_of(views, ys))
     assert Xb is X and np.array_equal(yb, np.concatenate(ys))
     parts = list(_blocks_of(views[:5] + [np.ones((3, X.shape[1]), np.float32)], ys[:5] + [np.zeros(3)]))
     assert [len(p[0]) for p in parts] == [sum(len(v) for v in views[:5]), 3]

@@ -60,14 +60,27 @@ def test_page_shows_item_customer_and_upload(page_server):
     url, real, data = page_server
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1280, "height": 1600})
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         # the Content-Security-Policy forbids inline script and style: anything it blocks shows up here
-        page.on("console", lambda m: errors.append(m.text) if m.type == "error" or "Content Security Policy" in m.text else None)
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if m.type == "error" or "Content Security Policy" in m.text else None,
+        )
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         resp = page.goto(url + "/")
         assert "script-src 'self'" in resp.headers["content-security-policy"]

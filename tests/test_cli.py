@@ -16,8 +16,20 @@ from test_workflows import SHAPES, make_shape_catalog, shape_photo
 
 def test_tag_known_answer(tiny_hm, tmp_path, capsys):
     out = tmp_path / "tags.csv"
-    rc = main(["-q", "tag", "--data", str(tiny_hm), "--label-column", "product_group_name", "--out", str(out),
-               "--input-size", "64"])
+    rc = main(
+        [
+            "-q",
+            "tag",
+            "--data",
+            str(tiny_hm),
+            "--label-column",
+            "product_group_name",
+            "--out",
+            str(out),
+            "--input-size",
+            "64",
+        ]
+    )
     assert rc == 0
     df = pd.read_csv(out, dtype=str).set_index("article_id")
     # the two unlabelled images: a red one (like the tops) and a blue one (like the shoes); the corrupt one skipped
@@ -32,8 +44,23 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
     a square, in training or in predict, makes the classes identical (accuracy 1/3, wrong predictions)."""
     data = make_shape_catalog(tmp_path / "shapes")
     out = tmp_path / "run"
-    assert main(["-q", "train", "--dataset", str(data), "--label-column", "product_group_name", "--out", str(out),
-                 "--input-size", "64"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--dataset",
+                str(data),
+                "--label-column",
+                "product_group_name",
+                "--out",
+                str(out),
+                "--input-size",
+                "64",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45
     assert m["test_accuracy"] == 1.0 and m["macro_f1"] == 1.0
@@ -52,8 +79,29 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
 
 def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):
     out = tmp_path / "fm"
-    assert main(["-q", "train", "--dataset", "fashion-mnist", "--labels-per-class", "5", "--method", "linear-probe",
-                 "--seed", "0", "--out", str(out), "--input-size", "32", "--test-size", "500"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--dataset",
+                "fashion-mnist",
+                "--labels-per-class",
+                "5",
+                "--method",
+                "linear-probe",
+                "--seed",
+                "0",
+                "--out",
+                str(out),
+                "--input-size",
+                "32",
+                "--test-size",
+                "500",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text())
     assert 0.4 < m["test_accuracy"] <= 1.0 and 0 < m["macro_f1"] <= 1.0 and m["n_train"] == 50
 
@@ -61,8 +109,12 @@ def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):
 def test_recommend_contract(tmp_path, capsys):
     root, ids, users = make_shop(tmp_path / "shop")
     out = tmp_path / "recs.csv"
-    assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "5",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "5", "--out", str(out)]
+        )
+        == 0
+    )
     df = pd.read_csv(out, dtype=str)
     assert list(df.columns) == ["customer_id", "prediction"]
     assert set(df["customer_id"]) == set(users) | {"newcust"}  # every customer, including one with no purchases
@@ -71,22 +123,60 @@ def test_recommend_contract(tmp_path, capsys):
     assert all(p[0].startswith("0") and len(p[0]) == 10 for p in preds)  # ids keep their leading zero
     users_file = tmp_path / "u.txt"
     users_file.write_text("cust001\nnobody\n")
-    assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "3",
-                 "--out", str(out), "--model", "popularity", "--users", str(users_file)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "--workspace",
+                str(tmp_path / "ws"),
+                "recommend",
+                "--data",
+                str(root),
+                "--k",
+                "3",
+                "--out",
+                str(out),
+                "--model",
+                "popularity",
+                "--users",
+                str(users_file),
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out)["customer_id"].tolist() == ["cust001", "nobody"]
 
 
 def test_evaluate_prints_table(tmp_path, capsys):
     root, _, _ = make_shop(tmp_path / "shop")
-    assert main(["-q", "--workspace", str(tmp_path / "ws"), "evaluate", "--data", str(root), "--split-date", "2020-05-01",
-                 "--models", "popularity,repurchase,visual", "--out", str(tmp_path / "ev")]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "--workspace",
+                str(tmp_path / "ws"),
+                "evaluate",
+                "--data",
+                str(root),
+                "--split-date",
+                "2020-05-01",
+                "--models",
+                "popularity,repurchase,visual",
+                "--out",
+                str(tmp_path / "ev"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "| repurchase |" in out and "MAP@12" in out
     assert (tmp_path / "ev" / "comparison.png").exists()
 
 
 def test_errors_are_clear(tmp_path, capsys):
-    assert main(["train", "--dataset", str(tmp_path / "nope"), "--label-column", "x", "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["train", "--dataset", str(tmp_path / "nope"), "--label-column", "x", "--out", str(tmp_path / "o")]) == 2
+    )
     assert "does not exist" in capsys.readouterr().err
     assert main(["recommend", "--data", str(tmp_path), "--out", str(tmp_path / "r.csv")]) == 2
     assert "error" in capsys.readouterr().err
@@ -95,8 +185,14 @@ def test_errors_are_clear(tmp_path, capsys):
 def test_demo_writes_report(tmp_path, fmnist_dir, capsys):
     out = tmp_path / "demo"
     assert main(["-q", "demo", "--out", str(out), "--pool", "300", "--test-size", "200", "--input-size", "32"]) == 0
-    for f in ["metrics.json", "confusion.png", "predictions.png", "label_efficiency/curve.png",
-              "label_efficiency/table.md", "config.json"]:
+    for f in [
+        "metrics.json",
+        "confusion.png",
+        "predictions.png",
+        "label_efficiency/curve.png",
+        "label_efficiency/table.md",
+        "config.json",
+    ]:
         assert (out / f).exists(), f
     m = json.loads((out / "metrics.json").read_text())
     assert m["labels_per_class"] == 10 and m["n_test"] == 200 and m["test_accuracy"] > 0.3
@@ -114,11 +210,32 @@ def test_config_file_sets_defaults_and_cli_overrides(tmp_path, fmnist_dir):
 
 def test_tag_several_columns_with_probe(tiny_hm, tmp_path):
     out = tmp_path / "tags.csv"
-    assert main(["-q", "tag", "--data", str(tiny_hm), "--label-column", "product_group_name,colour_group_name",
-                 "--out", str(out), "--input-size", "32", "--backbone", "tiny_cnn"]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "tag",
+                "--data",
+                str(tiny_hm),
+                "--label-column",
+                "product_group_name,colour_group_name",
+                "--out",
+                str(out),
+                "--input-size",
+                "32",
+                "--backbone",
+                "tiny_cnn",
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(out, dtype=str).set_index("article_id")
-    assert list(df.columns) == ["product_group_name", "product_group_name_confidence", "colour_group_name",
-                                "colour_group_name_confidence"]
+    assert list(df.columns) == [
+        "product_group_name",
+        "product_group_name_confidence",
+        "colour_group_name",
+        "colour_group_name_confidence",
+    ]
     assert df.loc["0400000001", "colour_group_name"] == "Blue" and df.loc["0300000001", "colour_group_name"] == "Red"
 
 
@@ -153,8 +270,20 @@ def test_every_command_module_is_registered():
     from fashionrec.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert list(sub.choices) == ["train", "predict", "tag", "adapt", "backbones", "demo", "experiment", "recommend",
-                                 "similar", "evaluate", "embed", "serve"]
+    assert list(sub.choices) == [
+        "train",
+        "predict",
+        "tag",
+        "adapt",
+        "backbones",
+        "demo",
+        "experiment",
+        "recommend",
+        "similar",
+        "evaluate",
+        "embed",
+        "serve",
+    ]
 
 
 @pytest.mark.parametrize("name", ["fp32-cl", "auto"])
@@ -171,8 +300,27 @@ def test_inference_flag_reaches_the_embedder(tmp_path, monkeypatch, name):
 
     monkeypatch.setattr(F, "embed_image_files", spy)
     data = make_shape_catalog(tmp_path / "shop", per_class=2)
-    assert main(["--workspace", str(tmp_path / "ws"), "-q", "embed", "--data", str(data), "--out",
-                 str(tmp_path / "f.npz"), "--backbone", "tiny_cnn", "--input-size", "32", "--inference", name]) == 0
+    assert (
+        main(
+            [
+                "--workspace",
+                str(tmp_path / "ws"),
+                "-q",
+                "embed",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "f.npz"),
+                "--backbone",
+                "tiny_cnn",
+                "--input-size",
+                "32",
+                "--inference",
+                name,
+            ]
+        )
+        == 0
+    )
     assert seen == [name]
     with np.load(tmp_path / "f.npz") as z:
         assert len(z["ids"]) == 6
@@ -196,7 +344,26 @@ def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
     outs = []
     for workers in ("1", "3"):
         outs.append(tmp_path / f"recs{workers}.csv")
-        assert main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--k", "4",
-                     "--model", "popularity", "--out", str(outs[-1]), "--workers", workers]) == 0
+        assert (
+            main(
+                [
+                    "-q",
+                    "--workspace",
+                    str(tmp_path / "ws"),
+                    "recommend",
+                    "--data",
+                    str(root),
+                    "--k",
+                    "4",
+                    "--model",
+                    "popularity",
+                    "--out",
+                    str(outs[-1]),
+                    "--workers",
+                    workers,
+                ]
+            )
+            == 0
+        )
     assert calls == [3]
     assert outs[0].read_bytes() == outs[1].read_bytes()

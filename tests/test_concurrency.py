@@ -37,7 +37,7 @@ def _photo(seed: int, big: bool = False) -> bytes:
     h, w = (1200, 800) if big else (96, 64)
     a = np.full((h, w, 3), 245, np.uint8)
     color = (220, 20 + 10 * seed, 30) if seed % 2 == 0 else (20, 30 + 10 * seed, 220)
-    a[h // 10: h // 2, w // 5: 4 * w // 5] = color
+    a[h // 10 : h // 2, w // 5 : 4 * w // 5] = color
     a = np.clip(a.astype(int) + rng.integers(-12, 12, a.shape), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, "PNG" if big else "JPEG", quality=92)
@@ -45,9 +45,13 @@ def _photo(seed: int, big: bool = False) -> bytes:
 
 
 def _post(url, item_id, data, name):
-    return httpx.post(f"{url}/items", files={"file": ("p.png", data, "image/png")},
-                      data={"id": item_id, "name": name, "category": "Garment Upper body"}, headers=AUTH,
-                      timeout=TIMEOUT)
+    return httpx.post(
+        f"{url}/items",
+        files={"file": ("p.png", data, "image/png")},
+        data={"id": item_id, "name": name, "category": "Garment Upper body"},
+        headers=AUTH,
+        timeout=TIMEOUT,
+    )
 
 
 def _consistent(url: str, item_id: str, data: bytes, name: str) -> list[str]:
@@ -61,16 +65,18 @@ def _consistent(url: str, item_id: str, data: bytes, name: str) -> list[str]:
         problems.append(f"image: {img.status_code}, {len(img.content)} bytes vs {len(data)} uploaded")
     # the indexed vector is the upload's: its neighbours are the neighbours of the same photo searched afresh
     sims = [s["id"] for s in httpx.get(f"{url}/items/{item_id}/similar", params={"k": 5}, timeout=TIMEOUT).json()]
-    fresh = httpx.post(f"{url}/search/image", files={"file": ("p.png", data, "image/png")}, params={"k": 6},
-                       timeout=TIMEOUT).json()["similar"]
+    fresh = httpx.post(
+        f"{url}/search/image", files={"file": ("p.png", data, "image/png")}, params={"k": 6}, timeout=TIMEOUT
+    ).json()["similar"]
     fresh_ids = [s["id"] for s in fresh if s["id"] != item_id][:5]
     if fresh[0]["id"] != item_id:  # the photo itself must be the nearest item to itself
         problems.append(f"search by its own photo finds {fresh[0]['id']} first")
     if sims != fresh_ids:
         problems.append(f"similar {sims} != neighbours of its photo {fresh_ids}")
     # the recommenders hold the same vector: a history of just this item recommends its neighbours
-    recs = httpx.post(f"{url}/recommendations", json={"history": [item_id], "k": 6, "model": "visual"},
-                      timeout=TIMEOUT).json()
+    recs = httpx.post(
+        f"{url}/recommendations", json={"history": [item_id], "k": 6, "model": "visual"}, timeout=TIMEOUT
+    ).json()
     rec_ids = [r["id"] for r in recs["items"] if r["id"] != item_id][:5]
     if set(rec_ids) != set(fresh_ids):
         problems.append(f"visual recommendations {rec_ids} != neighbours {fresh_ids}")
@@ -107,14 +113,19 @@ def test_duplicate_posts_and_posts_during_reads(shop):
         stop = threading.Event()
 
         def reader(k: int):
-            paths = [f"/items/{ids[k]}/similar?k=10", f"/users/{users[k]}/recommendations?k=60",
-                     "/health", f"/items/{ids[k + 3]}", f"/items/{ids[k]}/similar?k=10&category=Shoes"]
+            paths = [
+                f"/items/{ids[k]}/similar?k=10",
+                f"/users/{users[k]}/recommendations?k=60",
+                "/health",
+                f"/items/{ids[k + 3]}",
+                f"/items/{ids[k]}/similar?k=10&category=Shoes",
+            ]
             with httpx.Client(base_url=url, timeout=TIMEOUT) as c:
                 for j in range(N_READS_PER_READER):
                     r = c.get(paths[j % len(paths)])
                     if r.status_code != 200:
                         errors.append(f"GET {paths[j % len(paths)]} -> {r.status_code} {r.text[:100]}")
-                    hist = c.post("/recommendations", json={"history": ids[k: k + 2], "k": 8})
+                    hist = c.post("/recommendations", json={"history": ids[k : k + 2], "k": 8})
                     if hist.status_code != 200:
                         errors.append(f"POST /recommendations -> {hist.status_code} {hist.text[:100]}")
                     if stop.is_set() and j >= N_READS_PER_READER // 2:
@@ -156,7 +167,10 @@ def _lengths(snap) -> dict:
     for name, m in snap.models.items():
         d = m.data
         out[f"{name}.item_ids"], out[f"{name}.item_index"], out[f"{name}.matrix"] = (
-            len(d.item_ids), len(d.item_index), d.matrix.shape[1])
+            len(d.item_ids),
+            len(d.item_index),
+            d.matrix.shape[1],
+        )
         for attr in ("V", "has", "has_vec", "codes"):
             if getattr(m, attr, None) is not None:
                 out[f"{name}.{attr}"] = len(getattr(m, attr))

@@ -4,13 +4,12 @@ import struct
 import numpy as np
 import pytest
 
+from conftest import make_image
 from fashionrec.data.catalog import load_catalog, load_image_folder
 from fashionrec.data.fashion_mnist import load_fashion_mnist, read_idx, sample_per_class
 from fashionrec.data.images import ImageDecodeError, decode_image, load_image
 from fashionrec.data.interactions import load_hm_transactions, load_transactions
 from fashionrec.errors import DataError
-
-from conftest import make_image
 
 
 def _write_idx(path, arr):
@@ -118,8 +117,14 @@ def test_transactions_bad_rows(tmp_path):
 def test_generic_event_log_weights_and_parquet(tmp_path):
     import pandas as pd
 
-    df = pd.DataFrame({"user": ["a", "a", "b"], "item": ["x", "y", "x"],
-                       "timestamp": ["2021-01-01", "2021-01-02", "2021-01-03"], "event": ["view", "purchase", "cart"]})
+    df = pd.DataFrame(
+        {
+            "user": ["a", "a", "b"],
+            "item": ["x", "y", "x"],
+            "timestamp": ["2021-01-01", "2021-01-02", "2021-01-03"],
+            "event": ["view", "purchase", "cart"],
+        }
+    )
     df.to_parquet(tmp_path / "ev.parquet")
     inter = load_transactions(tmp_path / "ev.parquet")
     m = inter.to_matrix(["a", "b"], ["x", "y"])
@@ -217,8 +222,8 @@ def test_article_ids_without_leading_zero_are_restored_with_a_warning(tiny_hm, c
 
     tx = tiny_hm / "transactions.csv"
     lines = tx.read_text().splitlines()
-    lines[1] = lines[1].replace(",0100000001,", ",100000001,")      # lost its zero
-    lines[4] = lines[4].replace(",0200000001,", ",200000001.0,")    # and written as a float
+    lines[1] = lines[1].replace(",0100000001,", ",100000001,")  # lost its zero
+    lines[4] = lines[4].replace(",0200000001,", ",200000001.0,")  # and written as a float
     tx.write_text("\n".join(lines) + "\n")
     with caplog.at_level(logging.WARNING):
         inter = load_hm_transactions(tiny_hm)
@@ -250,13 +255,20 @@ def test_unknown_article_ids_are_counted(tiny_hm, caplog):
     assert "2 rows (1 distinct item ids, e.g. '0999999999') name items that are not in the catalog" in caplog.text
 
 
-@pytest.mark.parametrize("body,match", [
-    ("", r"transactions.csv: no rows \(only a header\)"),
-    ("2020-13-01,u1,0100000001,0.01,2\nnot a date,u2,0200000001,0.01,2\n",
-     r"transactions.csv: no valid rows left: all 2 rows were skipped \(2 with missing or unparseable date"),
-    ("2020-01-01,u1,0777777777,0.01,2\n2020-01-02,u2,abc,0.01,2\n",
-     r"transactions.csv, field 'item': none of the 2 rows names an item of the catalog"),
-])
+@pytest.mark.parametrize(
+    "body,match",
+    [
+        ("", r"transactions.csv: no rows \(only a header\)"),
+        (
+            "2020-13-01,u1,0100000001,0.01,2\nnot a date,u2,0200000001,0.01,2\n",
+            r"transactions.csv: no valid rows left: all 2 rows were skipped \(2 with missing or unparseable date",
+        ),
+        (
+            "2020-01-01,u1,0777777777,0.01,2\n2020-01-02,u2,abc,0.01,2\n",
+            r"transactions.csv, field 'item': none of the 2 rows names an item of the catalog",
+        ),
+    ],
+)
 def test_nothing_valid_left_is_a_clear_error(tiny_hm, body, match):
     (tiny_hm / "transactions.csv").write_text("t_dat,customer_id,article_id,price,sales_channel_id\n" + body)
     with pytest.raises(DataError, match=match):

@@ -32,7 +32,9 @@ def test_ray_batch_recommendation_equals_single_process(tmp_path):
     users = list(model.data.user_ids)[::-1] + ["never-seen"]  # any order: the output keeps it
     local = recommend_all(model, users, 12, tmp_path / "local.csv", block_size=8, progress=False)
     timings = {}
-    dist = recommend_all(model, users, 12, tmp_path / "ray.csv", block_size=8, progress=False, workers=2, timings=timings)
+    dist = recommend_all(
+        model, users, 12, tmp_path / "ray.csv", block_size=8, progress=False, workers=2, timings=timings
+    )
     assert dist.read_bytes() == local.read_bytes()
     assert dist.read_text().count("\n") == len(users) + 1
     assert timings["worker_peak_gib"] > 0

@@ -44,7 +44,9 @@ def test_resume_runs_only_what_is_missing_and_checks_setup(tmp_path):
     with pytest.raises(FashionrecError, match="different setup.*test"):
         run_label_efficiency(x_pool, y_pool, x_te[:20], y_te[:20], ks=[5], seeds=[0], **kw)
     with pytest.raises(FashionrecError, match="probe_C"):
-        run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=[5], seeds=[0], **{**kw, "classifier_cfg": replace(cfg, probe_C=1.0)})
+        run_label_efficiency(
+            x_pool, y_pool, x_te, y_te, ks=[5], seeds=[0], **{**kw, "classifier_cfg": replace(cfg, probe_C=1.0)}
+        )
     run_label_efficiency(x_pool, y_pool, x_te[:20], y_te[:20], ks=[5], seeds=[0], resume=False, **kw)
     assert len(json.loads((tmp_path / "results.json").read_text())["runs"]) == 1
 
@@ -52,8 +54,10 @@ def test_resume_runs_only_what_is_missing_and_checks_setup(tmp_path):
 def test_curve_axis_is_shared_and_ordered(tmp_path):
     from fashionrec.evaluation.plots import label_efficiency_axis, plot_label_efficiency
 
-    table = {"probe": {"1": (0.5, 0.0), "10": (0.7, 0.0), "500": (0.8, 0.0), "all": (0.9, 0.0)},
-             "finetune": {"1": (0.4, 0.0), "5": (0.6, 0.0), "10": (0.7, 0.0)}}
+    table = {
+        "probe": {"1": (0.5, 0.0), "10": (0.7, 0.0), "500": (0.8, 0.0), "all": (0.9, 0.0)},
+        "finetune": {"1": (0.4, 0.0), "5": (0.6, 0.0), "10": (0.7, 0.0)},
+    }
     assert label_efficiency_axis(table) == ["1", "5", "10", "500", "all"]
     assert plot_label_efficiency(table, tmp_path / "c.png", "t").stat().st_size > 1000
 
@@ -74,7 +78,11 @@ def test_finetune_max_k_counts_all_as_the_pool_size(tmp_path, monkeypatch):
     x_pool, y_pool = _blobs(60, 0)
     x_te, y_te = _blobs(10, 1)
     kw = dict(classes=["left", "right"], methods=["finetune"], classifier_cfg=ClassifierConfig(), progress=False)
-    run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=[5, "all"], seeds=[0], out_dir=tmp_path / "a", finetune_max_k=10, **kw)
+    run_label_efficiency(
+        x_pool, y_pool, x_te, y_te, ks=[5, "all"], seeds=[0], out_dir=tmp_path / "a", finetune_max_k=10, **kw
+    )
     assert calls == [10]  # k=5 (2 classes x 5); "all" = 60 images > 10: skipped
-    run_label_efficiency(x_pool, y_pool, x_te, y_te, ks=["all"], seeds=[0], out_dir=tmp_path / "b", finetune_max_k=100, **kw)
+    run_label_efficiency(
+        x_pool, y_pool, x_te, y_te, ks=["all"], seeds=[0], out_dir=tmp_path / "b", finetune_max_k=100, **kw
+    )
     assert calls == [10, 60]

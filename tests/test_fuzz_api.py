@@ -55,8 +55,13 @@ class CountingApp:
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     root, ids, users = make_shop(tmp_path_factory.mktemp("fuzz") / "hm", n_users=12)
-    state = build_state(root, workspace=tmp_path_factory.mktemp("fuzz-ws"), progress=False,
-                        max_arrivals=200, max_arrival_bytes=32 * 1024 * 1024)
+    state = build_state(
+        root,
+        workspace=tmp_path_factory.mktemp("fuzz-ws"),
+        progress=False,
+        max_arrivals=200,
+        max_arrival_bytes=32 * 1024 * 1024,
+    )
     with running_server(CountingApp(create_app(state, write_token=TOKEN))) as url:
         yield url
 
@@ -68,22 +73,24 @@ schema = schemathesis.openapi.from_dict(create_app(None).openapi())
 
 
 @schema.parametrize()
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
+)
 def test_api_conforms_to_its_schema_and_never_answers_5xx(case, fuzz_server):
     # Every built-in check but one: `positive_data_acceptance` wants 2xx/404 for any schema-valid request, but a
     # schema cannot say "an id that exists" or "the bytes of a decodable photo", and the API's contract answers
     # those with 422 (unknown ids in a history, an empty or truncated upload) or 415 (not an image).
-    case.call_and_validate(base_url=fuzz_server, headers=AUTH, timeout=60,
-                           excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(base_url=fuzz_server, headers=AUTH, timeout=60, excluded_checks=[positive_data_acceptance])
 
 
 def test_fuzz_totals():
     """Runs after the fuzz items above (file order): the server-side figures for the whole run."""
     if not COUNTS:
         pytest.skip("the fuzz tests did not run")
-    print(f"\nfuzz: {COUNTS['requests']} requests at the server; status classes "
-          f"{ {k: v for k, v in COUNTS.items() if k.endswith('xx')} }")
+    print(
+        f"\nfuzz: {COUNTS['requests']} requests at the server; status classes "
+        f"{ {k: v for k, v in COUNTS.items() if k.endswith('xx')} }"
+    )
     assert COUNTS["5xx"] == 0, COUNTS.get("examples_5xx")
     if EXAMPLES >= 120:
         assert COUNTS["requests"] >= MIN_REQUESTS

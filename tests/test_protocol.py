@@ -35,7 +35,8 @@ class FixedList(Recommender):
 
 def _log(rows):
     return pd.DataFrame(rows, columns=["user", "item", "timestamp"]).assign(
-        timestamp=lambda d: pd.to_datetime(d["timestamp"]), weight=1.0)
+        timestamp=lambda d: pd.to_datetime(d["timestamp"]), weight=1.0
+    )
 
 
 def test_windows_are_consecutive_and_train_on_the_past():
@@ -50,12 +51,20 @@ def test_windows_are_consecutive_and_train_on_the_past():
 def test_known_answer_map_and_paired_difference():
     # Two 7-day windows ending 2020-01-14. Window 2 (Jan 8-14): x buys b; y buys c, d.
     # Window 1 (Jan 1-7): x buys a. Training logs: everything before each window (one early purchase).
-    ev = _log([("z", "a", "2019-12-20"), ("x", "a", "2020-01-02"), ("x", "b", "2020-01-09"),
-               ("y", "c", "2020-01-10"), ("y", "d", "2020-01-11")])
+    ev = _log(
+        [
+            ("z", "a", "2019-12-20"),
+            ("x", "a", "2020-01-02"),
+            ("x", "b", "2020-01-09"),
+            ("y", "c", "2020-01-10"),
+            ("y", "d", "2020-01-11"),
+        ]
+    )
     items = ["a", "b", "c", "d", "e"]
     fac = {"ab": lambda: FixedList(["a", "b"]), "cd": lambda: FixedList(["e", "c"])}
-    df, det = evaluate_windows(lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=12,
-                               baseline="ab", progress=False)
+    df, det = evaluate_windows(
+        lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=12, baseline="ab", progress=False
+    )
     # pairs: (x, w2) (y, w2) (x, w1). "ab": AP = 1/2 (b at rank 2), 0, 1 -> mean 0.5
     # "cd": 0, (c at rank 2: 1/2) / min(2, 12) = 0.25, 0 -> mean 1/12
     assert df.loc["ab", "map@12"] == pytest.approx(0.5)
@@ -73,12 +82,14 @@ def test_known_answer_map_and_paired_difference():
 
 # A hand-built log whose every number below is computed by hand. H&M-style ids: 7-digit product + 3-digit colour.
 A, A2, B, C, E = "1000000001", "1000000002", "2000000001", "3000000001", "4000000001"  # A2: A's product, other colour
-HAND_LOG = [("z", A, "2019-12-20 00:00"),      # before both windows
-            ("x", A, "2020-01-02 00:00"),      # window 1 (Jan 1-7)
-            ("x", B, "2020-01-08 00:00"),      # window 2 (Jan 8-14), at its first minute
-            ("y", A2, "2020-01-10 00:00"),     # window 2: never bought before (cold), but a known product
-            ("n", E, "2020-01-12 18:00"),      # window 2: a new customer (no history), new product
-            ("y", C, "2020-01-14 23:59")]      # window 2, its last minute; the last event of the log
+HAND_LOG = [
+    ("z", A, "2019-12-20 00:00"),  # before both windows
+    ("x", A, "2020-01-02 00:00"),  # window 1 (Jan 1-7)
+    ("x", B, "2020-01-08 00:00"),  # window 2 (Jan 8-14), at its first minute
+    ("y", A2, "2020-01-10 00:00"),  # window 2: never bought before (cold), but a known product
+    ("n", E, "2020-01-12 18:00"),  # window 2: a new customer (no history), new product
+    ("y", C, "2020-01-14 23:59"),
+]  # window 2, its last minute; the last event of the log
 
 
 def test_temporal_split_known_answer():
@@ -110,8 +121,9 @@ def test_evaluate_windows_known_answer_by_hand():
     ev = _log(HAND_LOG)
     items = [A, A2, B, C, E]
     fac = {"ab": lambda: FixedList([A, B]), "ec": lambda: FixedList([E, C, A2])}
-    df, det = evaluate_windows(lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=2, baseline="ab",
-                               n_boot=200, progress=False)
+    df, det = evaluate_windows(
+        lambda e: RecData(e, items), fac, ev, n_windows=2, test_days=7, k=2, baseline="ab", n_boot=200, progress=False
+    )
     assert det["ap"] == {"ab": [0, 0.5, 0, 1], "ec": [1, 0, 0.25, 0]}  # pairs in order: w2 (n, x, y), then w1 (x)
     ab, ec = df.loc["ab"], df.loc["ec"]
     assert ab["map@2"] == pytest.approx(1.5 / 4) and ec["map@2"] == pytest.approx(1.25 / 4)
@@ -127,8 +139,10 @@ def test_evaluate_windows_known_answer_by_hand():
     assert ab["diff_vs_ab"] == 0 and ab["diff_ci"] == (0, 0)
     assert df.attrs["pairs"] == 4 and df.attrs["purchases"] == 5
     assert df.attrs["cold_share"] == pytest.approx(4 / 5) and df.attrs["newprod_share"] == pytest.approx(3 / 5)
-    assert det["windows"] == [{"split": "2020-01-08", "customers": 3, "purchases": 4, "cold_share": 1.0},
-                              {"split": "2020-01-01", "customers": 1, "purchases": 1, "cold_share": 0.0}]
+    assert det["windows"] == [
+        {"split": "2020-01-08", "customers": 3, "purchases": 4, "cold_share": 1.0},
+        {"split": "2020-01-01", "customers": 1, "purchases": 1, "cold_share": 0.0},
+    ]
 
 
 class CheatOnMissingRow(Recommender):
@@ -160,11 +174,21 @@ def _trap_shop(tmp_path):
     rows = []
     for u in range(80):
         for _ in range(3):
-            rows.append((f"c{u}", old[rng.integers(30)], pd.Timestamp("2020-01-01") + pd.Timedelta(days=int(rng.integers(0, 50)))))
-        rows.append((f"c{u}", later[rng.integers(20)], pd.Timestamp("2020-02-25") + pd.Timedelta(days=int(rng.integers(0, 7)))))
+            rows.append(
+                (
+                    f"c{u}",
+                    old[rng.integers(30)],
+                    pd.Timestamp("2020-01-01") + pd.Timedelta(days=int(rng.integers(0, 50))),
+                )
+            )
+        rows.append(
+            (f"c{u}", later[rng.integers(20)], pd.Timestamp("2020-02-25") + pd.Timedelta(days=int(rng.integers(0, 7))))
+        )
     ev = pd.DataFrame(rows, columns=["user", "item", "timestamp"]).assign(weight=1.0)
-    meta = pd.DataFrame({"product_group_name": rng.choice(["Top", "Shoe"], len(old) + len(catalog_only))},
-                        index=pd.Index(old + catalog_only, name="article_id"))
+    meta = pd.DataFrame(
+        {"product_group_name": rng.choice(["Top", "Shoe"], len(old) + len(catalog_only))},
+        index=pd.Index(old + catalog_only, name="article_id"),
+    )
     vecs = rng.normal(size=(len(items), 8)).astype(np.float32)
     cat = Catalog(item_ids=items, image_paths={i: tmp_path / f"{i}.jpg" for i in items}, metadata=meta)
     return Shop(tmp_path, cat, Interactions(ev), [f"c{u}" for u in range(80)], ItemFeatures(items, vecs), {})
@@ -176,8 +200,9 @@ def test_has_a_row_predicts_nothing_in_the_leak_free_view(tmp_path):
     fac = {"cheat": CheatOnMissingRow}
     leaky = lambda e: RecData(e, shop.candidates, image_features=shop.image_features, metadata=shop.catalog.metadata)
     df_leak, _ = evaluate_windows(leaky, fac, ev, n_windows=1, test_days=7, baseline=None, progress=False)
-    df_safe, _ = evaluate_windows(lambda e: rec_data(shop, e), fac, ev, n_windows=1, test_days=7, baseline=None,
-                                  progress=False)
+    df_safe, _ = evaluate_windows(
+        lambda e: rec_data(shop, e), fac, ev, n_windows=1, test_days=7, baseline=None, progress=False
+    )
     # With every row handed over, the cheat finds the future (12 slots, 20 row-less items)...
     assert df_leak.loc["cheat", "recall_cold"] > 0.5
     # ...in the leak-free view all 220 never-bought items look alike: chance is 12 / 220 = 0.055.

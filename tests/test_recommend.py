@@ -28,16 +28,20 @@ def _world(seed=0):
     start = pd.Timestamp("2020-01-01")
     for u in range(60):
         g = 0 if u % 2 == 0 else 10
-        for n in range(6):
+        for _ in range(6):
             day = int(rng.integers(0, 120))
             rows.append((f"u{u}", ITEMS[g + int(rng.integers(0, 10))], start + pd.Timedelta(days=day), 1.0))
     ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight"]).sort_values("timestamp")
     centers = {"A": np.eye(16)[0], "B": np.eye(16)[1]}
     vecs = np.stack([centers[GROUP[i]] + 0.05 * rng.normal(size=16) for i in ITEMS]).astype(np.float32)
-    meta = pd.DataFrame({"product_group_name": [GROUP[i] for i in ITEMS],
-                         "prod_name": [f"{'red top' if GROUP[i] == 'A' else 'blue shoe'} {j}" for j, i in enumerate(ITEMS)],
-                         "detail_desc": ["soft cotton top" if GROUP[i] == "A" else "leather shoe sole" for i in ITEMS]},
-                        index=pd.Index(ITEMS, name="article_id"))
+    meta = pd.DataFrame(
+        {
+            "product_group_name": [GROUP[i] for i in ITEMS],
+            "prod_name": [f"{'red top' if GROUP[i] == 'A' else 'blue shoe'} {j}" for j, i in enumerate(ITEMS)],
+            "detail_desc": ["soft cotton top" if GROUP[i] == "A" else "leather shoe sole" for i in ITEMS],
+        },
+        index=pd.Index(ITEMS, name="article_id"),
+    )
     return RecData(ev, ITEMS, image_features=ItemFeatures(ITEMS, vecs), metadata=meta)
 
 
@@ -47,8 +51,11 @@ def world():
 
 
 def _fit(name, data):
-    params = {"hybrid": {"val_days": 14, "n_windows": 3}, "als": {"factors": 4, "iterations": 30},
-              "bpr": {"factors": 8, "iterations": 200, "learning_rate": 0.1}}.get(name, {})
+    params = {
+        "hybrid": {"val_days": 14, "n_windows": 3},
+        "als": {"factors": 4, "iterations": 30},
+        "bpr": {"factors": 8, "iterations": 200, "learning_rate": 0.1},
+    }.get(name, {})
     return create_recommender(name, **params).fit(data)
 
 
@@ -110,11 +117,19 @@ def test_repurchase_puts_own_items_first(world):
 
 
 def test_popularity_is_time_decayed():
-    ev = pd.DataFrame({"user": ["a", "b", "c", "d"], "item": ["old", "old", "old", "new"],
-                       "timestamp": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-03-01"]),
-                       "weight": 1.0})
+    ev = pd.DataFrame(
+        {
+            "user": ["a", "b", "c", "d"],
+            "item": ["old", "old", "old", "new"],
+            "timestamp": pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03", "2020-03-01"]),
+            "weight": 1.0,
+        }
+    )
     data = RecData(ev, ["old", "new"])
-    assert [r.item for r in create_recommender("popularity", window_days=None).fit(data).recommend("x", 2)] == ["new", "old"]
+    assert [r.item for r in create_recommender("popularity", window_days=None).fit(data).recommend("x", 2)] == [
+        "new",
+        "old",
+    ]
 
 
 @pytest.mark.parametrize("name", ["visual", "hybrid"])
@@ -139,7 +154,9 @@ def test_cf_cannot_reach_never_bought_items():
 
 def _answers(model, new_history=(ITEMS[0], ITEMS[12])):
     out = {u: [(r.item, round(r.score, 9), r.because) for r in model.recommend(u, 8)] for u in ("u0", "u1", "nobody")}
-    out["history"] = [(r.item, round(r.score, 9), r.because) for r in model.recommend_from_history(list(new_history), 8)]
+    out["history"] = [
+        (r.item, round(r.score, 9), r.because) for r in model.recommend_from_history(list(new_history), 8)
+    ]
     out["similar"] = [(r.item, round(r.score, 9)) for r in model.similar_items(ITEMS[3], 5)]
     out["many"] = model.recommend_many(["u0", "u3"], 8)
     return out
@@ -216,7 +233,9 @@ def _shop_world(seed=0, n_items=120, n_unsold=40):
         g = u % 2
         mine = [i for i, gg in zip(sold, group) if gg == g]
         for _ in range(8):
-            rows.append((f"u{u}", mine[int(rng.integers(len(mine)))], start + pd.Timedelta(days=int(rng.integers(0, 150))), 1.0))
+            rows.append(
+                (f"u{u}", mine[int(rng.integers(len(mine)))], start + pd.Timedelta(days=int(rng.integers(0, 150))), 1.0)
+            )
     ev = pd.DataFrame(rows, columns=["user", "item", "timestamp", "weight"]).sort_values("timestamp")
     vecs = np.stack([np.eye(16)[g] + 0.1 * rng.normal(size=16) for g in group]).astype(np.float32)
     return RecData(ev, items, image_features=ItemFeatures(items, vecs)), items, group

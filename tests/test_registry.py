@@ -42,11 +42,14 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("base, allowed", [
-    ("backbones/base.py", {"fashionrec.errors", "fashionrec.artifacts.keys", "fashionrec.config"}),
-    ("recommend/base.py", {"fashionrec.errors", "fashionrec.artifacts", "fashionrec.recommend.attributes"}),
-    ("index/base.py", {"fashionrec.errors", "fashionrec.artifacts"}),
-])
+@pytest.mark.parametrize(
+    "base, allowed",
+    [
+        ("backbones/base.py", {"fashionrec.errors", "fashionrec.artifacts.keys", "fashionrec.config"}),
+        ("recommend/base.py", {"fashionrec.errors", "fashionrec.artifacts", "fashionrec.recommend.attributes"}),
+        ("index/base.py", {"fashionrec.errors", "fashionrec.artifacts"}),
+    ],
+)
 def test_registry_base_imports_no_plug_in(base, allowed):
     assert _imports(SRC / base) <= allowed
 
@@ -58,7 +61,7 @@ def test_no_import_circles_in_these_packages():
 
     def visit(node, stack):
         if node in stack:
-            cycles.append(stack[stack.index(node):] + [node])
+            cycles.append(stack[stack.index(node) :] + [node])
             return
         for nxt in graph.get(node, ()):
             if nxt in graph and len(cycles) < 5:
@@ -70,8 +73,10 @@ def test_no_import_circles_in_these_packages():
 
 
 def test_index_and_artifacts_import_neither_torch_nor_timm():
-    code = ("import sys, fashionrec.index, fashionrec.artifacts, fashionrec.evaluation.metrics; "
-            "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))")
+    code = (
+        "import sys, fashionrec.index, fashionrec.artifacts, fashionrec.evaluation.metrics; "
+        "print(sorted(m for m in ('torch', 'timm') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -87,7 +92,16 @@ def test_public_factories_keep_working():
     assert create_backbone("resnet18", pretrained=False).embed_dim == 512  # any timm name: the fallback factory
     with pytest.raises(FashionrecError, match="unknown backbone 'no_such_net'"):
         create_backbone("no_such_net", pretrained=False)
-    assert set(list_recommenders()) >= {"popularity", "repurchase", "itemknn", "als", "bpr", "content", "visual", "hybrid"}
+    assert set(list_recommenders()) >= {
+        "popularity",
+        "repurchase",
+        "itemknn",
+        "als",
+        "bpr",
+        "content",
+        "visual",
+        "hybrid",
+    }
     for name in list_recommenders():
         assert create_recommender(name).name == name  # every registered name builds with its defaults
     assert {"exact", "flat", "hnsw", "ivf", "pq"} <= set(list_indexes())

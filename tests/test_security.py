@@ -51,8 +51,12 @@ def test_predict_with_missing_model_prints_one_line_no_traceback(tmp_path):
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(img)
-    r = subprocess.run([sys.executable, "-m", "fashionrec.cli", "predict", "--model", str(tmp_path / "nope.pt"), str(img)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "fashionrec.cli", "predict", "--model", str(tmp_path / "nope.pt"), str(img)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -32,8 +32,8 @@ def hostile(tmp_path_factory):
     outside = tmp_path_factory.mktemp("outside")
     secret = outside / "secret.txt"
     secret.write_text("root:x:0:0:root:/root:/bin/bash\n")
-    os.symlink(secret, root / "images" / "0999000001.jpg")                 # symlink to a non-image outside
-    (root / "images" / "0999000002.jpg").write_bytes(HTML)                 # HTML named .jpg
+    os.symlink(secret, root / "images" / "0999000001.jpg")  # symlink to a non-image outside
+    (root / "images" / "0999000002.jpg").write_bytes(HTML)  # HTML named .jpg
     Image.new("RGB", (32, 48), (10, 200, 10)).save(outside / "elsewhere.jpg")
     os.symlink(outside / "elsewhere.jpg", root / "images" / "0999000003.jpg")  # a real photo, but outside
     Image.new("RGB", (32, 48), (10, 10, 200)).save(root / "images" / "0999000004.jpg", format="PNG")  # PNG as .jpg
@@ -48,7 +48,7 @@ def hostile(tmp_path_factory):
 
 def _portrait() -> Image.Image:
     img = Image.new("RGB", (80, 160), (250, 250, 250))
-    img.paste(Image.new("RGB", (80, 40), (20, 20, 20)), (0, 0))      # dark band at the top
+    img.paste(Image.new("RGB", (80, 40), (20, 20, 20)), (0, 0))  # dark band at the top
     img.paste(Image.new("RGB", (20, 100), (200, 150, 20)), (10, 50))  # an ochre stripe on the left
     return img
 
@@ -62,8 +62,13 @@ def _jpeg(color=(210, 20, 30), size=(64, 96)) -> bytes:
 
 
 def _post_item(url, item_id, headers=AUTH, data=None, image=None, **fields):
-    return httpx.post(f"{url}/items", files={"file": ("a.jpg", image or _jpeg(), "image/jpeg")},
-                      data={"id": item_id, **fields} if data is None else data, headers=headers, timeout=60)
+    return httpx.post(
+        f"{url}/items",
+        files={"file": ("a.jpg", image or _jpeg(), "image/jpeg")},
+        data={"id": item_id, **fields} if data is None else data,
+        headers=headers,
+        timeout=60,
+    )
 
 
 # ----------------------------------------------------------------------------- 1. GET /images/{id}
@@ -108,13 +113,16 @@ def test_writes_disabled_without_a_configured_token(hostile):
     assert httpx.get(f"{hostile['ro_url']}/health").json()["writes_enabled"] is False
 
 
-@pytest.mark.parametrize("headers,status", [
-    ({}, 401),
-    ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
-    ({"Authorization": "Bearer"}, 401),
-    ({"Authorization": f"Bearer {TOKEN}x"}, 403),
-    ({"Authorization": "Bearer wrong-token-wrong-token"}, 403),
-])
+@pytest.mark.parametrize(
+    "headers,status",
+    [
+        ({}, 401),
+        ({"Authorization": "Basic dXNlcjpwYXNz"}, 401),
+        ({"Authorization": "Bearer"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}x"}, 403),
+        ({"Authorization": "Bearer wrong-token-wrong-token"}, 403),
+    ],
+)
 def test_writes_need_the_right_bearer_token(hostile, headers, status):
     r = _post_item(hostile["url"], "0888000002", headers=headers)
     assert r.status_code == status, r.text
@@ -142,9 +150,15 @@ def _raw(url: str, head: bytes, body_chunks=(), timeout: float = 20.0) -> tuple[
             data += got
         head_end = data.index(b"\r\n\r\n")
         status = int(data.split(b" ", 2)[1])
-        length = next((int(ln.split(b":")[1]) for ln in data[:head_end].split(b"\r\n")
-                       if ln.lower().startswith(b"content-length:")), 0)
-        body = data[head_end + 4:]
+        length = next(
+            (
+                int(ln.split(b":")[1])
+                for ln in data[:head_end].split(b"\r\n")
+                if ln.lower().startswith(b"content-length:")
+            ),
+            0,
+        )
+        body = data[head_end + 4 :]
         while len(body) < length:
             got = s.recv(65536)
             if not got:
@@ -154,25 +168,30 @@ def _raw(url: str, head: bytes, body_chunks=(), timeout: float = 20.0) -> tuple[
 
 
 def test_unauthorised_write_is_refused_before_its_body_is_read(hostile):
-    head = (b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 209715200\r\n\r\n")  # 200 MiB declared, none sent
+    head = (
+        b"POST /items HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 209715200\r\n\r\n"
+    )  # 200 MiB declared, none sent
     status, body = _raw(hostile["url"], head)
     assert status == 401 and b"Bearer" in body
 
 
 # ----------------------------------------------------------------------------- 5. body caps before reading
 def test_declared_oversized_upload_is_refused_at_once(hostile):
-    head = (b"POST /search/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Content-Length: 209715200\r\n\r\n")
+    head = (
+        b"POST /search/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Content-Length: 209715200\r\n\r\n"
+    )
     status, body = _raw(hostile["url"], head)  # the old server waited for the 200 MiB that never came
     assert status == 413 and b"209,715,200 bytes" in body
 
 
 def test_chunked_upload_is_cut_off_while_streaming(hostile):
-    head = (b"POST /search/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n")
-    part = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\n'
-            b"Content-Type: image/jpeg\r\n\r\n")
+    head = (
+        b"POST /search/image HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.jpg"\r\nContent-Type: image/jpeg\r\n\r\n'
     piece = b"\xff" * 65536
 
     def chunk(data):
@@ -193,18 +212,23 @@ def test_json_body_cap(hostile):
 def test_upload_pixel_cap_is_checked_from_the_header(hostile):
     buf = io.BytesIO()
     Image.new("L", (7000, 6500)).save(buf, "PNG")  # 45.5 Mpx in ~45 KB: under the old 64 Mpx cap
-    r = httpx.post(f"{hostile['url']}/search/image", files={"file": ("big.png", buf.getvalue(), "image/png")}, timeout=60)
+    r = httpx.post(
+        f"{hostile['url']}/search/image", files={"file": ("big.png", buf.getvalue(), "image/png")}, timeout=60
+    )
     assert r.status_code == 413 and "pixel limit" in r.json()["detail"]
 
 
 # ----------------------------------------------------------------------------- 11. NaN / ids / fields
-@pytest.mark.parametrize("body", [
-    '{"history": ["0100000000"], "k": NaN}',
-    '{"history": ["0100000000"], "k": Infinity}',
-    '{"history": [NaN]}',
-    '{"history": ["0100000000"], "exclude_bought": -Infinity}',
-    'NaN',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"history": ["0100000000"], "k": NaN}',
+        '{"history": ["0100000000"], "k": Infinity}',
+        '{"history": [NaN]}',
+        '{"history": ["0100000000"], "exclude_bought": -Infinity}',
+        "NaN",
+    ],
+)
 def test_nan_and_infinity_in_json_are_422_not_500(hostile, body):
     r = httpx.post(f"{hostile['url']}/recommendations", content=body, headers={"content-type": "application/json"})
     assert r.status_code == 422, r.text
@@ -219,13 +243,16 @@ def test_bad_ids_are_refused(hostile, item_id):
     assert not any(p.name in ("..img", "...img", "x\n.img") for p in Path(hostile["ws"]).rglob("*.img"))
 
 
-@pytest.mark.parametrize("fields,match", [
-    ({"name": "n" * 300}, "name is 300 characters; at most 200"),
-    ({"name": "n" * 5000}, ""),
-    ({"category": "c" * 101}, "category is 101 characters; at most 100"),
-    ({"colour": "red\x00"}, "colour contains control characters"),
-    ({"name": "line\nbreak"}, "name contains control characters"),
-])
+@pytest.mark.parametrize(
+    "fields,match",
+    [
+        ({"name": "n" * 300}, "name is 300 characters; at most 200"),
+        ({"name": "n" * 5000}, ""),
+        ({"category": "c" * 101}, "category is 101 characters; at most 100"),
+        ({"colour": "red\x00"}, "colour contains control characters"),
+        ({"name": "line\nbreak"}, "name contains control characters"),
+    ],
+)
 def test_field_limits(hostile, fields, match):
     r = _post_item(hostile["url"], "0888000003", **fields)
     assert r.status_code == 422 and match in r.text
@@ -250,8 +277,12 @@ def test_storage_and_count_caps(hostile):
 # ----------------------------------------------------------------------------- DELETE /items/{id}
 def test_delete_an_arrival(hostile):
     url, ids = hostile["url"], hostile["ids"]
-    assert _post_item(url, "0888000005", name="to delete", category="Garment Upper body",
-                      image=_jpeg((231, 11, 21))).status_code == 201
+    assert (
+        _post_item(
+            url, "0888000005", name="to delete", category="Garment Upper body", image=_jpeg((231, 11, 21))
+        ).status_code
+        == 201
+    )
     sims = [s["id"] for s in httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 20}).json()]
     assert "0888000005" in sims
     assert httpx.delete(f"{url}/items/0888000005", headers=AUTH).status_code == 204
@@ -286,8 +317,12 @@ def test_health_answers_while_an_upload_is_being_embedded(hostile, monkeypatch):
 
     monkeypatch.setattr(app_module, "embed_image", slow_embed)
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
-        f"{hostile['url']}/search/image", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, timeout=60)))
+    t = threading.Thread(
+        target=lambda: result.setdefault(
+            "r",
+            httpx.post(f"{hostile['url']}/search/image", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, timeout=60),
+        )
+    )
     t.start()
     try:
         assert entered.wait(30)
@@ -308,8 +343,12 @@ def test_rotated_copy_of_a_catalog_photo_finds_it(hostile):
     exif[0x0112] = 8  # 'rotate 90 CCW to view'
     buf = io.BytesIO()
     _portrait().transpose(Image.Transpose.ROTATE_270).save(buf, "JPEG", quality=98, exif=exif)
-    r = httpx.post(f"{hostile['url']}/search/image", files={"file": ("phone.jpg", buf.getvalue(), "image/jpeg")},
-                   params={"k": 3}, timeout=60)
+    r = httpx.post(
+        f"{hostile['url']}/search/image",
+        files={"file": ("phone.jpg", buf.getvalue(), "image/jpeg")},
+        params={"k": 3},
+        timeout=60,
+    )
     top = r.json()["similar"][0]
     assert top["id"] == "0999000005", r.json()["similar"]
 

@@ -80,18 +80,27 @@ def test_image_search_tags_and_similar(server):
     assert sum(s["category"] == "Garment Upper body" for s in body["similar"]) >= 4
 
 
-@pytest.mark.parametrize("method,path,kw,status,match", [
-    ("get", "/items/nope", {}, 404, "unknown item"),
-    ("get", "/items/nope/similar", {}, 404, "unknown item"),
-    ("get", "/users/nobody/recommendations", {}, 404, "unknown customer"),
-    ("get", "/users/cust000/recommendations?k=0", {}, 422, ""),
-    ("get", "/users/cust000/recommendations?k=abc", {}, 422, ""),
-    ("get", "/users/cust000/recommendations?model=magic", {}, 422, "unknown model"),
-    ("post", "/recommendations", {"json": {"history": []}}, 422, ""),
-    ("post", "/recommendations", {"json": {"history": ["nope"]}}, 422, "unknown item"),
-    ("post", "/recommendations", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, ""),
-    ("get", "/images/nope", {}, 404, "no image"),
-])
+@pytest.mark.parametrize(
+    "method,path,kw,status,match",
+    [
+        ("get", "/items/nope", {}, 404, "unknown item"),
+        ("get", "/items/nope/similar", {}, 404, "unknown item"),
+        ("get", "/users/nobody/recommendations", {}, 404, "unknown customer"),
+        ("get", "/users/cust000/recommendations?k=0", {}, 422, ""),
+        ("get", "/users/cust000/recommendations?k=abc", {}, 422, ""),
+        ("get", "/users/cust000/recommendations?model=magic", {}, 422, "unknown model"),
+        ("post", "/recommendations", {"json": {"history": []}}, 422, ""),
+        ("post", "/recommendations", {"json": {"history": ["nope"]}}, 422, "unknown item"),
+        (
+            "post",
+            "/recommendations",
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            422,
+            "",
+        ),
+        ("get", "/images/nope", {}, 404, "no image"),
+    ],
+)
 def test_bad_requests_are_answered(server, method, path, kw, status, match):
     url, _, _ = server
     r = getattr(httpx, method)(f"{url}{path}", **kw)
@@ -105,14 +114,17 @@ def _bomb() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("name,data,ctype,status,match", [
-    ("notes.txt", b"hello, not an image", "text/plain", 415, "not an image"),
-    ("fake.jpg", b"hello, not an image", "image/jpeg", 415, "not an image"),
-    ("empty.jpg", b"", "image/jpeg", 422, "empty file"),
-    ("cut.jpg", None, "image/jpeg", 422, "cannot decode"),
-    ("bomb.png", None, "image/png", 413, "pixel"),
-    ("huge.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 10), "image/jpeg", 413, "limit"),
-])
+@pytest.mark.parametrize(
+    "name,data,ctype,status,match",
+    [
+        ("notes.txt", b"hello, not an image", "text/plain", 415, "not an image"),
+        ("fake.jpg", b"hello, not an image", "image/jpeg", 415, "not an image"),
+        ("empty.jpg", b"", "image/jpeg", 422, "empty file"),
+        ("cut.jpg", None, "image/jpeg", 422, "cannot decode"),
+        ("bomb.png", None, "image/png", 413, "pixel"),
+        ("huge.jpg", b"\xff" * (MAX_UPLOAD_BYTES + 10), "image/jpeg", 413, "limit"),
+    ],
+)
 def test_hostile_uploads(server, name, data, ctype, status, match):
     url, _, _ = server
     if name == "cut.jpg":
@@ -129,16 +141,24 @@ def test_hostile_uploads(server, name, data, ctype, status, match):
 
 def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, server):
     url, ids, users = server
-    r = httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg((230, 10, 20)), "image/jpeg")},
-                   data={"id": "0999999001", "name": "new red top", "category": "Garment Upper body"}, headers=AUTH)
+    r = httpx.post(
+        f"{url}/items",
+        files={"file": ("new.jpg", _jpeg((230, 10, 20)), "image/jpeg")},
+        data={"id": "0999999001", "name": "new red top", "category": "Garment Upper body"},
+        headers=AUTH,
+    )
     assert r.status_code == 201, r.text
     assert httpx.get(f"{url}/items/0999999001").json()["name"] == "new red top"
     sims = [s["id"] for s in httpx.get(f"{url}/items/{ids[0]}/similar", params={"k": 15}).json()]
     assert "0999999001" in sims
     recs = httpx.post(f"{url}/recommendations", json={"history": ids[:3], "k": 15, "model": "visual"}).json()
     assert "0999999001" in [i["id"] for i in recs["items"]]
-    assert httpx.post(f"{url}/items", files={"file": ("new.jpg", _jpeg(), "image/jpeg")},
-                      data={"id": "0999999001"}, headers=AUTH).status_code == 409
+    assert (
+        httpx.post(
+            f"{url}/items", files={"file": ("new.jpg", _jpeg(), "image/jpeg")}, data={"id": "0999999001"}, headers=AUTH
+        ).status_code
+        == 409
+    )
     # restart: a new state from the same workspace still knows the arrival
     state2 = build_state(shop[0], workspace=workspace, progress=False)
     with running_server(create_app(state2, write_token=TOKEN)) as url2:
@@ -151,30 +171,47 @@ def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, se
 def test_openapi_docs(server):
     url, _, _ = server
     spec = httpx.get(f"{url}/openapi.json").json()
-    for p in ["/health", "/items/{item_id}", "/items/{item_id}/similar", "/users/{user_id}/recommendations",
-              "/recommendations", "/search/image", "/items"]:
+    for p in [
+        "/health",
+        "/items/{item_id}",
+        "/items/{item_id}/similar",
+        "/users/{user_id}/recommendations",
+        "/recommendations",
+        "/search/image",
+        "/items",
+    ]:
         assert p in spec["paths"]
 
 
 # ----------------------------------------------------------------------------- warm start, artifact formats
 def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch):
     """The module's server built the artifacts; a restart must only load them: every fitting step raises here."""
+    from sklearn.linear_model import LogisticRegression
+
     import fashionrec.pipeline as pipeline
     import fashionrec.serving.state as st
-    from sklearn.linear_model import LogisticRegression
 
     def refit(*a, **k):
         raise AssertionError("a warm start refitted something")
 
-    for obj, name in [(st, "_build_artifacts"), (st, "_train_taggers"), (pipeline, "load_shop"),
-                      (pipeline, "fit_recommender"), (LogisticRegression, "fit")]:
+    for obj, name in [
+        (st, "_build_artifacts"),
+        (st, "_train_taggers"),
+        (pipeline, "load_shop"),
+        (pipeline, "fit_recommender"),
+        (LogisticRegression, "fit"),
+    ]:
         monkeypatch.setattr(obj, name, refit)
     monkeypatch.setattr(st.Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
     url, ids, users = server
     state = build_state(shop[0], workspace=workspace, progress=False)
     with running_server(create_app(state)) as url2:
-        for path in [f"/users/{users[0]}/recommendations?k=10", f"/items/{ids[3]}/similar?k=8",
-                     f"/users/{users[1]}/recommendations?k=5&model=visual", f"/users/{users[2]}"]:
+        for path in [
+            f"/users/{users[0]}/recommendations?k=10",
+            f"/items/{ids[3]}/similar?k=8",
+            f"/users/{users[1]}/recommendations?k=5&model=visual",
+            f"/users/{users[2]}",
+        ]:
             assert httpx.get(url2 + path).json() == httpx.get(url + path).json(), path
         r = httpx.post(f"{url2}/search/image", files={"file": ("top.jpg", _jpeg(), "image/jpeg")}, params={"k": 3})
         assert r.json()["tags"]["product_group_name"][0]["label"] == "Garment Upper body"
@@ -218,7 +255,9 @@ def test_older_artifact_format_is_a_clear_error_then_rebuilt(tmp_path, monkeypat
     real = st._build_artifacts
     monkeypatch.setattr(st, "_build_artifacts", lambda *a, **k: (builds.append(1), real(*a, **k)))
     again = build_state(root, workspace=ws, progress=False)
-    assert builds == [1] and again.precomputed["hybrid"].get(users[0], 5) == first.precomputed["hybrid"].get(users[0], 5)
+    assert builds == [1] and again.precomputed["hybrid"].get(users[0], 5) == first.precomputed["hybrid"].get(
+        users[0], 5
+    )
     # a model file from before the data format (a pickle) is refused by the loader and rebuilt, never unpickled
     (art / "models" / "visual.npz").write_bytes(b"\x80\x05" + b"\x00" * 64)
     with pytest.raises(ArtifactFormatError, match="old format|pickle|unreadable"):
@@ -234,11 +273,21 @@ def test_typed_errors_map_to_status_codes():
     from fashionrec.serving import errors as E
 
     app = create_app(None)
-    cases = {E.InvalidInput: 422, E.NotFound: 404, E.Conflict: 409, E.LimitReached: 409, E.StorageFull: 413,
-             E.PayloadTooLarge: 413, E.UnsupportedMediaType: 415, E.WritesRefused: 403}
+    cases = {
+        E.InvalidInput: 422,
+        E.NotFound: 404,
+        E.Conflict: 409,
+        E.LimitReached: 409,
+        E.StorageFull: 413,
+        E.PayloadTooLarge: 413,
+        E.UnsupportedMediaType: 415,
+        E.WritesRefused: 403,
+    }
     for cls in cases:
+
         def boom(cls=cls):
             raise cls("storage pixel limit not an image")  # words the old substring matching keyed on
+
         app.add_api_route(f"/boom/{cls.__name__}", boom)
     with TestClient(app) as c:
         for cls, status in cases.items():
@@ -257,8 +306,23 @@ def test_two_workers_answer_like_one(shop, workspace, server):
 
     url, ids, users = server
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "fashionrec.cli", "-q", "--workspace", str(workspace), "serve",
-                             "--data", str(shop[0]), "--port", str(port), "--workers", "2"])
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fashionrec.cli",
+            "-q",
+            "--workspace",
+            str(workspace),
+            "serve",
+            "--data",
+            str(shop[0]),
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+        ]
+    )
     url2 = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 300
@@ -269,16 +333,30 @@ def test_two_workers_answer_like_one(shop, workspace, server):
                     break
             except httpx.HTTPError:
                 time.sleep(0.3)
-        paths = [f"/users/{users[0]}/recommendations?k=10", f"/users/{users[3]}/recommendations?k=60",
-                 f"/items/{ids[3]}/similar?k=8", f"/items/{ids[3]}/similar?k=8&category=Shoes", f"/items/{ids[20]}",
-                 f"/users/{users[1]}", "/customers?limit=5", "/search/items?q=red"]
+        paths = [
+            f"/users/{users[0]}/recommendations?k=10",
+            f"/users/{users[3]}/recommendations?k=60",
+            f"/items/{ids[3]}/similar?k=8",
+            f"/items/{ids[3]}/similar?k=8&category=Shoes",
+            f"/items/{ids[20]}",
+            f"/users/{users[1]}",
+            "/customers?limit=5",
+            "/search/items?q=red",
+        ]
         for path in paths * 3:  # new connections: both workers answer some
             assert httpx.get(url2 + path, timeout=60).json() == httpx.get(url + path, timeout=60).json(), path
         body = {"history": ids[:3], "k": 7}
-        assert (httpx.post(f"{url2}/recommendations", json=body, timeout=60).json()
-                == httpx.post(f"{url}/recommendations", json=body, timeout=60).json())
-        r = httpx.post(f"{url2}/items", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, data={"id": "0111"},
-                       headers=AUTH, timeout=60)
+        assert (
+            httpx.post(f"{url2}/recommendations", json=body, timeout=60).json()
+            == httpx.post(f"{url}/recommendations", json=body, timeout=60).json()
+        )
+        r = httpx.post(
+            f"{url2}/items",
+            files={"file": ("a.jpg", _jpeg(), "image/jpeg")},
+            data={"id": "0111"},
+            headers=AUTH,
+            timeout=60,
+        )
         assert r.status_code == 403 and "disabled" in r.json()["detail"]
     finally:
         proc.terminate()

@@ -74,8 +74,9 @@ def test_finetune_restores_the_best_weights_not_the_last():
     init = (np.stack([-c / 2, c / 2]), np.array([-b / 2, b / 2]))
     cfg = FinetuneConfig(stages=(("all", 4),), lr=1e-3, batch_size=32, seed=0, hflip=False, augment=False, patience=10)
     x_val, y_val_flipped = x[120:], 1 - y[120:]
-    res = finetune(create_backbone("tiny_cnn"), x[:120], y[:120], x_val, y_val_flipped, 2, pre, cfg, init_head=init,
-                   progress=False)
+    res = finetune(
+        create_backbone("tiny_cnn"), x[:120], y[:120], x_val, y_val_flipped, 2, pre, cfg, init_head=init, progress=False
+    )
     accs = [h["val_accuracy"] for h in res.history]
     assert len(accs) == 4 and accs[-1] < max(accs), accs  # the set-up works: the last epoch is not the best
     assert res.best_val_accuracy == max(accs)
@@ -102,8 +103,13 @@ def test_light_on_dark_detection():
 @pytest.mark.parametrize("method", ["linear-probe", "finetune"])
 def test_checkpoint_roundtrip(method, tmp_path):
     x, y = _bars(80)
-    cfg = ClassifierConfig(method=method, backbone="tiny_cnn", input_size=28, taps=("final",),
-                           finetune=FinetuneConfig(stages=(("head", 1), ("all", 1)), batch_size=32))
+    cfg = ClassifierConfig(
+        method=method,
+        backbone="tiny_cnn",
+        input_size=28,
+        taps=("final",),
+        finetune=FinetuneConfig(stages=(("head", 1), ("all", 1)), batch_size=32),
+    )
     tr = train_image_classifier(x[:60], y[:60], ["vertical", "horizontal"], cfg, progress=False)
     p1 = tr.predict_proba(x[60:], progress=False)
     tr.save(tmp_path / "m.pt")
@@ -154,13 +160,13 @@ def test_shrink_area_averages_known_blocks():
     from fashionrec.evaluation.label_efficiency import shrink
 
     x = np.zeros((2, 64, 64, 3), dtype=np.uint8)
-    x[:, ::2, :, :] = 200          # every other row: each 2x2 block averages to 100
-    x[1, :, :, 1] = 7              # second image, green channel constant
+    x[:, ::2, :, :] = 200  # every other row: each 2x2 block averages to 100
+    x[1, :, :, 1] = 7  # second image, green channel constant
     s = shrink(x, 32)
     assert s.shape == (2, 32, 32, 3) and s.dtype == np.uint8
     assert (s[0] == 100).all() and (s[1, :, :, 1] == 7).all() and (s[1, :, :, 0] == 100).all()
     g = np.arange(28 * 28, dtype=np.uint8).reshape(1, 28, 28)
-    assert shrink(g, 32) is g      # already small: untouched
+    assert shrink(g, 32) is g  # already small: untouched
     assert shrink(np.full((1, 40, 40), 9, np.uint8), 20).shape == (1, 20, 20)
 
 
@@ -179,8 +185,13 @@ def test_finetune_head_probe_never_sees_the_validation_split(monkeypatch):
     real = probe_mod.fit_linear_probe
     monkeypatch.setattr(probe_mod, "fit_linear_probe", lambda f, yy, **kw: seen.append(len(yy)) or real(f, yy, **kw))
     x, y = _bars(50)
-    cfg = ClassifierConfig(method="finetune", backbone="tiny_cnn", input_size=28, taps=("final",),
-                           finetune=FinetuneConfig(stages=(("head", 1),), batch_size=16))
+    cfg = ClassifierConfig(
+        method="finetune",
+        backbone="tiny_cnn",
+        input_size=28,
+        taps=("final",),
+        finetune=FinetuneConfig(stages=(("head", 1),), batch_size=16),
+    )
     train_image_classifier(x, y, ["v", "h"], cfg, progress=False)
     assert seen == [40]  # 50 images, 10 held out for early stopping
 

@@ -26,7 +26,9 @@ def make_shape_catalog(root: Path, per_class: int = 15, seed: int = 0) -> Path:
         for i in range(per_class):
             aid = f"0{c + 1}{i:08d}"
             long_side, short_side = int(rng.integers(60, 90)), int(rng.integers(18, 26))
-            size = {"tall": (short_side, long_side), "wide": (long_side, short_side), "square": (long_side, long_side)}[shape]
+            size = {"tall": (short_side, long_side), "wide": (long_side, short_side), "square": (long_side, long_side)}[
+                shape
+            ]
             colour = tuple(int(v) for v in rng.integers(0, 140, size=3))  # dark enough to stand out on white
             path = root / "images" / aid[:3] / f"{aid}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -58,7 +60,7 @@ def test_held_out_split_is_a_seeded_partition():
     assert len(te) == 23 // 5 and sorted(np.concatenate([tr, te]).tolist()) == list(range(23))
     tr2, te2 = classify.held_out_split(23, np.random.default_rng(7))
     assert te.tolist() == te2.tolist() and tr.tolist() == tr2.tolist()  # a seed or a Generator seeded with it
-    assert classify.held_out_split(23, 8)[1].tolist() != te.tolist()   # the seed matters
+    assert classify.held_out_split(23, 8)[1].tolist() != te.tolist()  # the seed matters
     # 0.2 * n is not exact in floating point: the held-out count is still n // 5 for every n
     assert all(len(classify.held_out_split(n, 0)[1]) == n // 5 for n in range(200))
 
@@ -73,10 +75,21 @@ def test_train_and_experiment_hold_out_the_same_articles(tmp_path, monkeypatch):
     cfg = ClassifierConfig(input_size=32, seed=3)
     ts = classify.training_set(str(data), cfg=cfg, label_column="product_group_name", progress=False)
     seen = {}
-    monkeypatch.setattr(label_efficiency, "run_label_efficiency",
-                        lambda x_pool, y_pool, x_te, y_te, classes, **kw: seen.update(x_te=x_te, classes=classes))
-    run_experiment(str(data), cfg=cfg, out=tmp_path / "le", ks=[1], seeds=[0], methods=["pixels"],
-                   label_column="product_group_name", progress=False)
+    monkeypatch.setattr(
+        label_efficiency,
+        "run_label_efficiency",
+        lambda x_pool, y_pool, x_te, y_te, classes, **kw: seen.update(x_te=x_te, classes=classes),
+    )
+    run_experiment(
+        str(data),
+        cfg=cfg,
+        out=tmp_path / "le",
+        ks=[1],
+        seeds=[0],
+        methods=["pixels"],
+        label_column="product_group_name",
+        progress=False,
+    )
     assert len(ts.x_test) == 6 and seen["classes"] == ts.classes
     assert np.array_equal(seen["x_te"], ts.x_test)
 
@@ -117,13 +130,19 @@ def test_small_argument_checks():
 
 
 def test_recommend_all_fills_every_row_from_popularity(tmp_path):
+    from fashionrec.workflows.recommend import recommend_all
     from serving_helpers import make_shop
 
-    from fashionrec.workflows.recommend import recommend_all
-
     root, ids, users = make_shop(tmp_path / "shop")
-    sub = recommend_all(root, tmp_path / "recs.csv", model="popularity", k=4, users=["nobody", users[0]],
-                        workspace=tmp_path / "ws", progress=False)
+    sub = recommend_all(
+        root,
+        tmp_path / "recs.csv",
+        model="popularity",
+        k=4,
+        users=["nobody", users[0]],
+        workspace=tmp_path / "ws",
+        progress=False,
+    )
     table = pd.read_csv(sub.path, dtype=str)
     assert sub.n_rows == 2 and table["customer_id"].tolist() == ["nobody", users[0]]
     preds = table["prediction"].str.split()

@@ -47,9 +47,16 @@ class _Embedder:
         return {"id": batch["id"], "ok": np.array(ok), "features": feats}
 
 
-def embed_with_ray(items: dict[str, Path], *, backbone: str = "efficientnet_lite0", input_size: int = 96,
-                   num_actors: int = 2, batch_size: int = 64, address: str | None = None,
-                   backbone_kwargs: dict | None = None) -> tuple[list[str], np.ndarray]:
+def embed_with_ray(
+    items: dict[str, Path],
+    *,
+    backbone: str = "efficientnet_lite0",
+    input_size: int = 96,
+    num_actors: int = 2,
+    batch_size: int = 64,
+    address: str | None = None,
+    backbone_kwargs: dict | None = None,
+) -> tuple[list[str], np.ndarray]:
     import os
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from offline machines
@@ -57,14 +64,24 @@ def embed_with_ray(items: dict[str, Path], *, backbone: str = "efficientnet_lite
 
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else max(1, num_actors), include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address,
+            num_cpus=None if address else max(1, num_actors),
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
         started = True
     try:
         ds = ray.data.from_items([{"id": k, "path": str(v)} for k, v in items.items()])
-        out = ds.map_batches(_Embedder, fn_constructor_args=(backbone, input_size, backbone_kwargs or {}),
-                             batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-                             num_cpus=1)
+        out = ds.map_batches(
+            _Embedder,
+            fn_constructor_args=(backbone, input_size, backbone_kwargs or {}),
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=1,
+        )
         rows = out.take_all()
     finally:
         if started:
@@ -109,9 +126,21 @@ def _peak_rss_gib() -> float:
     return 0.0
 
 
-def recommend_all_ray(model, users: list[str], k: int, out_path, *, workers: int = 2, block_size: int = 2048,
-                      progress: bool = True, fill: list[str] | None = None, header: bool = True, address: str | None = None,
-                      timings: dict | None = None, chunk_blocks: int = 4) -> Path:
+def recommend_all_ray(
+    model,
+    users: list[str],
+    k: int,
+    out_path,
+    *,
+    workers: int = 2,
+    block_size: int = 2048,
+    progress: bool = True,
+    fill: list[str] | None = None,
+    header: bool = True,
+    address: str | None = None,
+    timings: dict | None = None,
+    chunk_blocks: int = 4,
+) -> Path:
     """`fashionrec.recommend.batch.recommend_all` on Ray: the fitted model is put in the object store once and
     shared by `workers` actors; customers go out in chunks of `chunk_blocks` blocks (in order, to whichever actor is
     free), each chunk's rows are written by its actor to a part file, and the driver concatenates the parts in
@@ -136,8 +165,13 @@ def recommend_all_ray(model, users: list[str], k: int, out_path, *, workers: int
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = False
     if not ray.is_initialized():
-        ray.init(address=address, num_cpus=None if address else max(1, workers), include_dashboard=False,
-                 log_to_driver=False, ignore_reinit_error=True)
+        ray.init(
+            address=address,
+            num_cpus=None if address else max(1, workers),
+            include_dashboard=False,
+            log_to_driver=False,
+            ignore_reinit_error=True,
+        )
         started = True
     parts_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.parts-", dir=out_path.parent))
     t = timings if timings is not None else {}
@@ -151,8 +185,13 @@ def recommend_all_ray(model, users: list[str], k: int, out_path, *, workers: int
         paths = [str(parts_dir / f"part-{c:06d}.csv") for c in range(len(chunks))]
         pending, free, nxt, results = {}, list(actors), 0, {}
         peaks = {}
-        with tqdm(total=len(users), desc=f"recommend ({getattr(model, 'name', '?')}, ray x{len(actors)})", unit="customer",
-                  disable=not progress, smoothing=0.1) as bar:
+        with tqdm(
+            total=len(users),
+            desc=f"recommend ({getattr(model, 'name', '?')}, ray x{len(actors)})",
+            unit="customer",
+            disable=not progress,
+            smoothing=0.1,
+        ) as bar:
             while nxt < len(chunks) or pending:
                 while free and nxt < len(chunks):
                     a = free.pop()

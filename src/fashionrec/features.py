@@ -12,9 +12,9 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ class Preprocess:
     pad_square: bool = True
 
     @classmethod
-    def for_backbone(cls, backbone: Backbone, **overrides) -> "Preprocess":
+    def for_backbone(cls, backbone: Backbone, **overrides) -> Preprocess:
         cfg = backbone.data_config
         kw = {"input_size": cfg.input_size, "mean": tuple(cfg.mean), "std": tuple(cfg.std)}
         kw.update({k: v for k, v in overrides.items() if v is not None})
@@ -59,7 +59,9 @@ class Preprocess:
         if self.invert:
             x = 1.0 - x
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True
+            )
         mean = torch.tensor(self.mean, dtype=x.dtype).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype).view(1, 3, 1, 1)
         return (x - mean) / std
@@ -94,7 +96,7 @@ class InferencePath:
 
     precision: str = "fp32"  # fp32 | bf16 | int8
     channels_last: bool = False
-    engine: str = "torch"    # torch | onnx | auto
+    engine: str = "torch"  # torch | onnx | auto
 
     def __post_init__(self):
         if self.engine not in {"torch", "onnx", "auto"} or self.precision not in {"fp32", "bf16", "int8"}:
@@ -107,7 +109,7 @@ class InferencePath:
             raise ValueError("use InferencePath.auto() for the automatic choice")
 
     @classmethod
-    def auto(cls) -> "InferencePath":
+    def auto(cls) -> InferencePath:
         return cls(engine="auto")
 
     @property
@@ -146,10 +148,17 @@ class InferencePath:
         return self.precision + ("-cl" if self.channels_last else "")
 
     @classmethod
-    def parse(cls, name: str) -> "InferencePath":
+    def parse(cls, name: str) -> InferencePath:
         """'auto', 'fp32', 'fp32-cl', 'bf16', 'bf16-cl', 'onnx-fp32', 'onnx-int8'."""
-        table = {"fp32": cls(), "fp32-cl": cls("fp32", True), "bf16": cls("bf16"), "bf16-cl": cls("bf16", True),
-                 "onnx-fp32": cls("fp32", engine="onnx"), "onnx-int8": cls("int8", engine="onnx"), "auto": cls.auto()}
+        table = {
+            "fp32": cls(),
+            "fp32-cl": cls("fp32", True),
+            "bf16": cls("bf16"),
+            "bf16-cl": cls("bf16", True),
+            "onnx-fp32": cls("fp32", engine="onnx"),
+            "onnx-int8": cls("int8", engine="onnx"),
+            "auto": cls.auto(),
+        }
         if name not in table:
             raise ValueError(f"unknown inference path '{name}'; choose from {sorted(table)}")
         return table[name]
@@ -165,13 +174,13 @@ class Int8Recipe:
     is exact). The default is the fast recipe with the best cosine: Percentile on 512 photos, uint8 activations.
     """
 
-    calibrate_method: str = "Percentile"   # MinMax | Entropy | Percentile
+    calibrate_method: str = "Percentile"  # MinMax | Entropy | Percentile
     percentile: float = 99.999
-    calib_images: int = 512                # calibration photos (the first ones of the job, in order)
-    activation_type: str = "QUInt8"        # QUInt8 (asymmetric) | QInt8 (symmetric)
+    calib_images: int = 512  # calibration photos (the first ones of the job, in order)
+    activation_type: str = "QUInt8"  # QUInt8 (asymmetric) | QInt8 (symmetric)
     per_channel: bool = True
-    exclude_first_last: bool = False       # True: stem conv, head conv (+ its activation, pooling) stay fp32
-    quant_format: str = "QDQ"              # QDQ | QOperator (QOperator fails on this graph: "Graph is not a DAG")
+    exclude_first_last: bool = False  # True: stem conv, head conv (+ its activation, pooling) stay fp32
+    quant_format: str = "QDQ"  # QDQ | QOperator (QOperator fails on this graph: "Graph is not a DAG")
     reduce_range: bool = False
 
     def key(self) -> str:
@@ -182,20 +191,30 @@ INT8_RECIPE = Int8Recipe()
 INT8_MEASURED_COSINE = "0.84"  # INT8_RECIPE's mean cosine to eager fp32 on held-out H&M photos (int8_calibration.md)
 
 
-def quantize_int8(fp32_model: str | Path, out: str | Path, calib: np.ndarray, recipe: Int8Recipe = INT8_RECIPE,
-                  batch: int = 32) -> Path:
+def quantize_int8(
+    fp32_model: str | Path, out: str | Path, calib: np.ndarray, recipe: Int8Recipe = INT8_RECIPE, batch: int = 32
+) -> Path:
     """Static int8 quantisation of an exported fp32 ONNX model, calibrated on `calib` ((N, 3, S, S) model inputs)."""
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class _Reader(CalibrationDataReader):
         def __init__(self):
-            self.items = iter([{"x": np.ascontiguousarray(calib[i : i + batch], dtype=np.float32)}
-                               for i in range(0, len(calib), batch)])
+            self.items = iter(
+                [
+                    {"x": np.ascontiguousarray(calib[i : i + batch], dtype=np.float32)}
+                    for i in range(0, len(calib), batch)
+                ]
+            )
 
         def get_next(self):
             return next(self.items, None)
@@ -218,11 +237,19 @@ def quantize_int8(fp32_model: str | Path, out: str | Path, calib: np.ndarray, re
         if recipe.calibrate_method == "Percentile":
             extra["CalibPercentile"] = recipe.percentile
         with atomic_path(out, suffix=".tmp.onnx") as tmp_out:
-            quantize_static(str(pre), str(tmp_out), _Reader(), nodes_to_exclude=exclude,
-                            quant_format=getattr(QuantFormat, recipe.quant_format), per_channel=recipe.per_channel,
-                            reduce_range=recipe.reduce_range, activation_type=getattr(QuantType, recipe.activation_type),
-                            weight_type=QuantType.QInt8, calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
-                            extra_options=extra)
+            quantize_static(
+                str(pre),
+                str(tmp_out),
+                _Reader(),
+                nodes_to_exclude=exclude,
+                quant_format=getattr(QuantFormat, recipe.quant_format),
+                per_channel=recipe.per_channel,
+                reduce_range=recipe.reduce_range,
+                activation_type=getattr(QuantType, recipe.activation_type),
+                weight_type=QuantType.QInt8,
+                calibrate_method=getattr(CalibrationMethod, recipe.calibrate_method),
+                extra_options=extra,
+            )
     return out
 
 
@@ -232,8 +259,16 @@ def export_onnx(backbone: Backbone, x: torch.Tensor, out: str | Path) -> Path:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(backbone.eval(), x[:2], str(out), input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "b"}, "y": {0: "b"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            backbone.eval(),
+            x[:2],
+            str(out),
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return Path(out)
 
 
@@ -270,8 +305,13 @@ def _onnx_session(backbone: Backbone, x: torch.Tensor, path: InferencePath, cali
             h = hashlib.sha1(np.ascontiguousarray(x.numpy()).tobytes()).hexdigest()[:12]
     elif calib is not None:
         h = hashlib.sha1(np.ascontiguousarray(calib.numpy()).tobytes()).hexdigest()[:12]
-    key = (id(backbone), backbone.feature_key(), tuple(x.shape[1:]), path.precision,
-           h if path.precision == "int8" else None)
+    key = (
+        id(backbone),
+        backbone.feature_key(),
+        tuple(x.shape[1:]),
+        path.precision,
+        h if path.precision == "int8" else None,
+    )
     sess = _ONNX_SESSIONS.get(key)
     if sess is not None:
         return sess
@@ -280,9 +320,11 @@ def _onnx_session(backbone: Backbone, x: torch.Tensor, path: InferencePath, cali
     if path.precision == "int8":
         if not _INT8_WARNED:
             _INT8_WARNED.append(1)
-            log.warning("onnx-int8: features differ from fp32 (mean cosine about %s on H&M photos, see "
-                        "docs/results/int8_calibration.md); never chosen automatically, use it only knowingly",
-                        INT8_MEASURED_COSINE)
+            log.warning(
+                "onnx-int8: features differ from fp32 (mean cosine about %s on H&M photos, see "
+                "docs/results/int8_calibration.md); never chosen automatically, use it only knowingly",
+                INT8_MEASURED_COSINE,
+            )
         model_path = quantize_int8(model_path, tmp / "model.int8.onnx", calib[: INT8_RECIPE.calib_images].numpy())
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
@@ -306,10 +348,10 @@ def cpu_supports_bf16() -> bool:
 
 PROBE_VERSION = 1
 PROBE_FILE = "inference_probe.json"
-PROBE_MIN_MEAN_COSINE = 0.99   # a candidate's features vs eager fp32 on the probe batch: mean cosine at least this
-PROBE_MIN_COSINE = 0.95        # ... and no single image below this (bf16 on H&M photos: min 0.97, p5 0.99)
-PROBE_MAX_BATCH = 32           # the probe times one batch of min(batch_size, 32) images at the real input size
-PROBE_REPS = 3                 # timed runs per candidate after one warm-up; the fastest run counts (robust to load)
+PROBE_MIN_MEAN_COSINE = 0.99  # a candidate's features vs eager fp32 on the probe batch: mean cosine at least this
+PROBE_MIN_COSINE = 0.95  # ... and no single image below this (bf16 on H&M photos: min 0.97, p5 0.99)
+PROBE_MAX_BATCH = 32  # the probe times one batch of min(batch_size, 32) images at the real input size
+PROBE_REPS = 3  # timed runs per candidate after one warm-up; the fastest run counts (robust to load)
 
 
 @dataclass(frozen=True)
@@ -323,8 +365,12 @@ class ProbeResult:
 
     @property
     def passed(self) -> bool:
-        return (self.error is None and self.cos_mean is not None and self.cos_mean >= PROBE_MIN_MEAN_COSINE
-                and self.cos_min >= PROBE_MIN_COSINE)
+        return (
+            self.error is None
+            and self.cos_mean is not None
+            and self.cos_mean >= PROBE_MIN_MEAN_COSINE
+            and self.cos_min >= PROBE_MIN_COSINE
+        )
 
 
 def auto_candidates() -> list[str]:
@@ -367,11 +413,21 @@ def probe_key(backbone: Backbone, pre: Preprocess, batch_size: int, candidates: 
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = None
-    return {"version": PROBE_VERSION, "machine": _machine_id(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "onnxruntime": ort_version, "backbone": backbone.name,
-            "weights": backbone.feature_key(), "input_size": int(pre.input_size), "batch_size": int(batch_size),
-            "candidates": list(candidates), "min_mean_cosine": PROBE_MIN_MEAN_COSINE, "min_cosine": PROBE_MIN_COSINE,
-            "int8_recipe": INT8_RECIPE.key() if "onnx-int8" in candidates else None}
+    return {
+        "version": PROBE_VERSION,
+        "machine": _machine_id(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+        "backbone": backbone.name,
+        "weights": backbone.feature_key(),
+        "input_size": int(pre.input_size),
+        "batch_size": int(batch_size),
+        "candidates": list(candidates),
+        "min_mean_cosine": PROBE_MIN_MEAN_COSINE,
+        "min_cosine": PROBE_MIN_COSINE,
+        "int8_recipe": INT8_RECIPE.key() if "onnx-int8" in candidates else None,
+    }
 
 
 def _key_hash(key: dict) -> str:
@@ -399,7 +455,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(na * nb, 1e-12)
 
 
-def probe_paths(backbone: Backbone, x: torch.Tensor, candidates: Sequence[str], measure=_measure) -> dict[str, ProbeResult]:
+def probe_paths(
+    backbone: Backbone, x: torch.Tensor, candidates: Sequence[str], measure=_measure
+) -> dict[str, ProbeResult]:
     """Time each candidate on batch `x` and compare its features with eager fp32 (measured first, the reference).
     `measure(backbone, x, path) -> (seconds, features)` is injectable so the choice can be tested deterministically."""
     names = ["fp32"] + [c for c in candidates if c != "fp32"]
@@ -436,8 +494,10 @@ def _describe(results: dict[str, ProbeResult]) -> str:
         if r.error is not None:
             parts.append(f"{k} failed")
         else:
-            parts.append(f"{k} {1000 * r.seconds:.0f} ms cos {r.cos_mean:.4f}/{r.cos_min:.4f}"
-                         + ("" if r.passed else " (fails cosine check)"))
+            parts.append(
+                f"{k} {1000 * r.seconds:.0f} ms cos {r.cos_mean:.4f}/{r.cos_min:.4f}"
+                + ("" if r.passed else " (fails cosine check)")
+            )
     return ", ".join(parts)
 
 
@@ -452,9 +512,18 @@ def _read_probe_file(p: Path) -> dict:
         return {}
 
 
-def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Preprocess, batch_size: int, *,
-                 sample=None, workspace: str | Path | None = None, candidates: Sequence[str] | None = None,
-                 measure=_measure, reprobe: bool = False) -> InferencePath:
+def resolve_path(
+    path: InferencePath | str | None,
+    backbone: Backbone,
+    pre: Preprocess,
+    batch_size: int,
+    *,
+    sample=None,
+    workspace: str | Path | None = None,
+    candidates: Sequence[str] | None = None,
+    measure=_measure,
+    reprobe: bool = False,
+) -> InferencePath:
     """An explicit path is returned as is. `auto` (or None) is resolved by a probe: each candidate path runs one
     batch of min(batch_size, 32) real inputs at the real input size; the fastest whose features match eager fp32
     (mean cosine >= 0.99, min >= 0.95) wins. The choice and the measured times are cached in
@@ -475,8 +544,13 @@ def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Prep
     p = Path(workspace or default_workspace()) / PROBE_FILE
     rec = _read_probe_file(p).get(h)
     if not reprobe and isinstance(rec, dict) and rec.get("key") == key and rec.get("chosen") in candidates + ["fp32"]:
-        log.info("inference path auto: %s (cached probe of %s in %s: %s)", rec["chosen"], rec.get("when", "?"), p,
-                 rec.get("summary", ""))
+        log.info(
+            "inference path auto: %s (cached probe of %s in %s: %s)",
+            rec["chosen"],
+            rec.get("when", "?"),
+            p,
+            rec.get("summary", ""),
+        )
         return InferencePath.parse(rec["chosen"])
     if sample is None:
         raise ValueError("resolve_path: no cached probe and no sample batch to probe with")
@@ -491,12 +565,23 @@ def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Prep
     chosen = choose_path(results)
     summary = _describe(results)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    log.info("inference path auto: chose %s, the fastest whose features match eager fp32 (probe on %s, load "
-             "average %s: %s); cached in %s", chosen, "x".join(map(str, x.shape)),
-             f"{load:.1f}" if load is not None else "?", summary, p)
-    rec = {"key": key, "chosen": chosen, "summary": summary, "load_average": load,
-           "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "results": {k: asdict(r) | {"passed": r.passed} for k, r in results.items()}}
+    log.info(
+        "inference path auto: chose %s, the fastest whose features match eager fp32 (probe on %s, load "
+        "average %s: %s); cached in %s",
+        chosen,
+        "x".join(map(str, x.shape)),
+        f"{load:.1f}" if load is not None else "?",
+        summary,
+        p,
+    )
+    rec = {
+        "key": key,
+        "chosen": chosen,
+        "summary": summary,
+        "load_average": load,
+        "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "results": {k: asdict(r) | {"passed": r.passed} for k, r in results.items()},
+    }
     try:
         data = _read_probe_file(p)  # re-read: another process may have added its own machine's record
         data[h] = rec
@@ -506,15 +591,27 @@ def resolve_path(path: InferencePath | str | None, backbone: Backbone, pre: Prep
     return InferencePath.parse(chosen)
 
 
-def fastest_path(backbone: Backbone | None = None, pre: Preprocess | None = None, batch_size: int = 64, *,
-                 sample=None, workspace: str | Path | None = None) -> InferencePath:
+def fastest_path(
+    backbone: Backbone | None = None,
+    pre: Preprocess | None = None,
+    batch_size: int = 64,
+    *,
+    sample=None,
+    workspace: str | Path | None = None,
+) -> InferencePath:
     """The automatic inference path. Without a backbone: `InferencePath.auto()`, which the embed functions resolve
     with the backbone, input size and batch size they actually use (probe or cached choice). With one: resolved
     now (see `resolve_path`). benchmarks/embed_speed.py prints every path's speed and cosine and the probe's pick."""
     if backbone is None:
         return InferencePath.auto()
-    return resolve_path(InferencePath.auto(), backbone, pre or Preprocess.for_backbone(backbone), batch_size,
-                        sample=sample, workspace=workspace)
+    return resolve_path(
+        InferencePath.auto(),
+        backbone,
+        pre or Preprocess.for_backbone(backbone),
+        batch_size,
+        sample=sample,
+        workspace=workspace,
+    )
 
 
 def _forward(backbone: Backbone, x: torch.Tensor, path: InferencePath) -> torch.Tensor:
@@ -573,14 +670,28 @@ class FeatureCache:
         return p
 
 
-def embed_arrays(backbone: Backbone, images: np.ndarray, *, preprocess: Preprocess | None = None,
-                 path: InferencePath = InferencePath(), batch_size: int = 128, cache: FeatureCache | None = None,
-                 desc: str = "embed", progress: bool = True) -> np.ndarray:
+def embed_arrays(
+    backbone: Backbone,
+    images: np.ndarray,
+    *,
+    preprocess: Preprocess | None = None,
+    path: InferencePath = InferencePath(),
+    batch_size: int = 128,
+    cache: FeatureCache | None = None,
+    desc: str = "embed",
+    progress: bool = True,
+) -> np.ndarray:
     """Embed an in-memory uint8 image array (greyscale or RGB). Returns float32 (N, embed_dim).
     `path=InferencePath.auto()` probes (or reuses the cached probe) on the first batch; see `resolve_path`."""
     pre = preprocess or Preprocess.for_backbone(backbone)
-    path = resolve_path(path, backbone, pre, batch_size, workspace=cache.root.parent if cache is not None else None,
-                        sample=lambda: pre.arrays_to_tensor(images[: min(batch_size, PROBE_MAX_BATCH)]))
+    path = resolve_path(
+        path,
+        backbone,
+        pre,
+        batch_size,
+        workspace=cache.root.parent if cache is not None else None,
+        sample=lambda: pre.arrays_to_tensor(images[: min(batch_size, PROBE_MAX_BATCH)]),
+    )
     key = None
     cal = _int8_calibration(backbone, path, lambda n: pre.arrays_to_tensor(images[:n]))
     if cache is not None:
@@ -626,14 +737,23 @@ def file_fingerprint(p: Path) -> str:
 
 @dataclass
 class EmbeddedImages:
-    ids: list[str]               # ids whose image decoded, in input order
-    features: np.ndarray         # (len(ids), dim) float32
-    failures: dict[str, str]     # id -> reason, for images that were skipped
+    ids: list[str]  # ids whose image decoded, in input order
+    features: np.ndarray  # (len(ids), dim) float32
+    failures: dict[str, str]  # id -> reason, for images that were skipped
 
 
-def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path], *, preprocess: Preprocess | None = None,
-                      path: InferencePath = InferencePath(), batch_size: int = 64, num_workers: int | None = None,
-                      cache: FeatureCache | None = None, progress: bool = True, desc: str = "embed images") -> EmbeddedImages:
+def embed_image_files(
+    backbone: Backbone,
+    items: dict[str, Path] | Iterable[Path],
+    *,
+    preprocess: Preprocess | None = None,
+    path: InferencePath = InferencePath(),
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+    desc: str = "embed images",
+) -> EmbeddedImages:
     """Embed image files (id -> path). Corrupt/empty/truncated files are reported in `failures` and skipped.
     `path=InferencePath.auto()` probes (or reuses the cached probe) on the first photos; see `resolve_path`."""
     if not isinstance(items, dict):
@@ -652,8 +772,14 @@ def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path
                 continue
         return pre.arrays_to_tensor(np.stack(arrays)) if arrays else None
 
-    path = resolve_path(path, backbone, pre, batch_size, sample=lambda: _sample(min(batch_size, PROBE_MAX_BATCH)),
-                        workspace=cache.root.parent if cache is not None else None)
+    path = resolve_path(
+        path,
+        backbone,
+        pre,
+        batch_size,
+        sample=lambda: _sample(min(batch_size, PROBE_MAX_BATCH)),
+        workspace=cache.root.parent if cache is not None else None,
+    )
     cal = _int8_calibration(backbone, path, _sample)
     fps = []
     for i in ids:
@@ -678,8 +804,9 @@ def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path
         _prepare(backbone, path)
         workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
         ds = _ImageFiles([items[ids[j]] for j in todo], pre)
-        loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                                             persistent_workers=False)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=batch_size, num_workers=workers, collate_fn=_collate, persistent_workers=False
+        )
         with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress, smoothing=0.1) as bar:
             for batch in loader:
                 good = [(i, a) for i, a, err in batch if err is None]
@@ -700,8 +827,12 @@ def embed_image_files(backbone: Backbone, items: dict[str, Path] | Iterable[Path
     return EmbeddedImages([ids[j] for j in ok], feats[ok], failures)
 
 
-def embed_pil(backbone: Backbone, images: list[Image.Image], preprocess: Preprocess | None = None,
-              path: InferencePath = InferencePath()) -> np.ndarray:
+def embed_pil(
+    backbone: Backbone,
+    images: list[Image.Image],
+    preprocess: Preprocess | None = None,
+    path: InferencePath = InferencePath(),
+) -> np.ndarray:
     """Embed a few in-memory images (an upload, a new arrival)."""
     pre = preprocess or Preprocess.for_backbone(backbone)
     x = pre.arrays_to_tensor(np.stack([pre.pil_to_array(im) for im in images]))
@@ -710,12 +841,20 @@ def embed_pil(backbone: Backbone, images: list[Image.Image], preprocess: Preproc
     return _forward(_prepare(backbone, path), x, path).numpy()
 
 
-def embed_bytes(backbone: Backbone, data: bytes, preprocess: Preprocess | None = None, source: str = "upload") -> np.ndarray:
+def embed_bytes(
+    backbone: Backbone, data: bytes, preprocess: Preprocess | None = None, source: str = "upload"
+) -> np.ndarray:
     return embed_pil(backbone, [decode_image(data, source=source)], preprocess)[0]
 
 
-def decode_images_to_array(items: dict[str, Path], preprocess: Preprocess, *, num_workers: int | None = None,
-                           progress: bool = True, desc: str = "decode images") -> tuple[list[str], np.ndarray, dict[str, str]]:
+def decode_images_to_array(
+    items: dict[str, Path],
+    preprocess: Preprocess,
+    *,
+    num_workers: int | None = None,
+    progress: bool = True,
+    desc: str = "decode images",
+) -> tuple[list[str], np.ndarray, dict[str, str]]:
     """Decode image files in parallel workers into one uint8 (N, S, S, 3) array (for training on photos).
 
     Returns (ids that decoded, array, failures id -> reason); bad files are reported and skipped.

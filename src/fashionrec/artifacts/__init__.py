@@ -22,5 +22,17 @@ from fashionrec.artifacts.keys import artifact_key, file_fingerprint, file_sha25
 from fashionrec.artifacts.state import LIBRARY_CLASSES, StateEncodeError, decode_state, encode_state
 from fashionrec.artifacts.store import Artifact, ArtifactFormatError, load_artifact, save_artifact
 
-__all__ = ["Artifact", "ArtifactFormatError", "LIBRARY_CLASSES", "StateEncodeError", "artifact_key", "decode_state",
-           "encode_state", "file_fingerprint", "file_sha256", "files_fingerprint", "load_artifact", "save_artifact"]
+__all__ = [
+    "Artifact",
+    "ArtifactFormatError",
+    "LIBRARY_CLASSES",
+    "StateEncodeError",
+    "artifact_key",
+    "decode_state",
+    "encode_state",
+    "file_fingerprint",
+    "file_sha256",
+    "files_fingerprint",
+    "load_artifact",
+    "save_artifact",
+]

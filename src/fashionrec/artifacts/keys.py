@@ -15,8 +15,9 @@ import hashlib
 import json
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -88,8 +89,10 @@ def _canonical(value: Any) -> Any:
         return [_canonical(v) for v in value]
     if isinstance(value, (set, frozenset)):
         return sorted((_canonical(v) for v in value), key=repr)
-    raise TypeError(f"artifact_key: cannot key a {type(value).__name__} ({value!r:.80}); pass str, numbers, Path, "
-                    "numpy arrays, bytes or containers of them")
+    raise TypeError(
+        f"artifact_key: cannot key a {type(value).__name__} ({value!r:.80}); pass str, numbers, Path, "
+        "numpy arrays, bytes or containers of them"
+    )
 
 
 def artifact_key(**parts: Any) -> str:

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import importlib
 import math
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -111,15 +112,20 @@ class _Encoder:
             elif v is pd.NA:
                 nulls[j] = 3
             else:
-                raise StateEncodeError(f"{path}: object array holds a {type(v).__name__} ({v!r:.40}); only str and "
-                                       "missing values can be saved")
+                raise StateEncodeError(
+                    f"{path}: object array holds a {type(v).__name__} ({v!r:.40}); only str and "
+                    "missing values can be saved"
+                )
             text.append("")
         # UTF-8 bytes + lengths: a fixed-width unicode array would take 4 bytes x the longest string for every item
         # (24 MB instead of a few for the H&M article descriptions).
         raw = [t.encode("utf-8", "surrogatepass") for t in text]
-        out = {"$": "obj_nd", "shape": list(a.shape),
-               "utf8": self.array(np.frombuffer(b"".join(raw), dtype=np.uint8), path),
-               "lengths": self.array(np.fromiter(map(len, raw), dtype=np.int64, count=len(raw)), path)}
+        out = {
+            "$": "obj_nd",
+            "shape": list(a.shape),
+            "utf8": self.array(np.frombuffer(b"".join(raw), dtype=np.uint8), path),
+            "lengths": self.array(np.fromiter(map(len, raw), dtype=np.int64, count=len(raw)), path),
+        }
         if nulls.any():
             out["nulls"] = self.array(nulls, path)
         return out
@@ -149,7 +155,10 @@ class _Encoder:
         if isinstance(x, dict) and type(x) is dict:
             if all(type(k) is str for k in x):
                 return {"$": "dict", "v": {k: self.enc(v, f"{path}.{k}") for k, v in x.items()}}
-            return {"$": "dictp", "v": [[self.enc(k, f"{path}<key>"), self.enc(v, f"{path}[{k!r}]")] for k, v in x.items()]}
+            return {
+                "$": "dictp",
+                "v": [[self.enc(k, f"{path}<key>"), self.enc(v, f"{path}[{k!r}]")] for k, v in x.items()],
+            }
         if isinstance(x, Path):
             return {"$": "path", "v": str(x)}
         # --- things that may be shared: stored once, referenced after
@@ -176,23 +185,44 @@ class _Encoder:
         if isinstance(x, pd.Timedelta):
             return {"$": "td", "v": int(x.value)}
         if isinstance(x, pd.DataFrame):
-            return {"$": "df", "columns": self.index(x.columns, f"{path}.columns"),
-                    "index": self.index(x.index, f"{path}.index"),
-                    "data": [self.values(x.iloc[:, j], f"{path}[{c!r}]") for j, c in enumerate(x.columns)]}
+            return {
+                "$": "df",
+                "columns": self.index(x.columns, f"{path}.columns"),
+                "index": self.index(x.index, f"{path}.index"),
+                "data": [self.values(x.iloc[:, j], f"{path}[{c!r}]") for j, c in enumerate(x.columns)],
+            }
         if isinstance(x, pd.Series):
-            return {"$": "series", "name": self.enc(x.name, f"{path}.name"), "index": self.index(x.index, f"{path}.index"),
-                    "data": self.values(x, path)}
+            return {
+                "$": "series",
+                "name": self.enc(x.name, f"{path}.name"),
+                "index": self.index(x.index, f"{path}.index"),
+                "data": self.values(x, path),
+            }
         if isinstance(x, pd.Index):
             return self.index(x, path)
         if sp.issparse(x):
             fmt = x.format
             kind = "array" if isinstance(x, sp.sparray) else "matrix"
             if fmt in ("csr", "csc"):
-                return {"$": "sparse", "fmt": fmt, "kind": kind, "shape": list(x.shape), "data": self.array(x.data, path),
-                        "indices": self.array(x.indices, path), "indptr": self.array(x.indptr, path)}
+                return {
+                    "$": "sparse",
+                    "fmt": fmt,
+                    "kind": kind,
+                    "shape": list(x.shape),
+                    "data": self.array(x.data, path),
+                    "indices": self.array(x.indices, path),
+                    "indptr": self.array(x.indptr, path),
+                }
             if fmt == "coo":
-                return {"$": "sparse", "fmt": fmt, "kind": kind, "shape": list(x.shape), "data": self.array(x.data, path),
-                        "row": self.array(x.row, path), "col": self.array(x.col, path)}
+                return {
+                    "$": "sparse",
+                    "fmt": fmt,
+                    "kind": kind,
+                    "shape": list(x.shape),
+                    "data": self.array(x.data, path),
+                    "row": self.array(x.row, path),
+                    "col": self.array(x.col, path),
+                }
             raise StateEncodeError(f"{path}: scipy.sparse {fmt} matrix; convert it to CSR before saving")
         cls = type(x)
         if cls.__module__.startswith("lightgbm") and cls.__name__ == "Booster":
@@ -202,8 +232,10 @@ class _Encoder:
         lib = _library_name(cls)
         if lib is not None:
             return {"$": "lib", "cls": lib, "state": self.enc_state(x, path)}
-        raise StateEncodeError(f"{path}: cannot save a {cls.__module__}.{cls.__qualname__} as data (no pickle); "
-                               "store its arrays/parameters instead, or register the class")
+        raise StateEncodeError(
+            f"{path}: cannot save a {cls.__module__}.{cls.__qualname__} as data (no pickle); "
+            "store its arrays/parameters instead, or register the class"
+        )
 
     def enc_state(self, x: Any, path: str) -> dict:
         state = _object_state(x, path)
@@ -219,8 +251,12 @@ class _Encoder:
         dt = s.dtype
         if isinstance(dt, pd.CategoricalDtype):
             cat = s.array if isinstance(s, pd.Series) else s.values
-            return {"$": "cat", "codes": self.array(np.asarray(cat.codes), path),
-                    "categories": self.index(cat.categories, f"{path}.categories"), "ordered": bool(cat.ordered)}
+            return {
+                "$": "cat",
+                "codes": self.array(np.asarray(cat.codes), path),
+                "categories": self.index(cat.categories, f"{path}.categories"),
+                "ordered": bool(cat.ordered),
+            }
         if isinstance(dt, np.dtype) and not dt.hasobject:
             return {"$": "vals", "a": self.array(np.asarray(s), path)}
         if isinstance(dt, pd.StringDtype) or (isinstance(dt, np.dtype) and dt.hasobject):
@@ -364,8 +400,9 @@ class _Decoder:
         import pandas as pd
 
         if node["$"] == "cat":
-            return pd.Categorical.from_codes(self.array(node["codes"]), categories=self.index(node["categories"]),
-                                             ordered=node["ordered"])
+            return pd.Categorical.from_codes(
+                self.array(node["codes"]), categories=self.index(node["categories"]), ordered=node["ordered"]
+            )
         a = self.array(node["a"])
         if "pd" in node:
             na = np.nan if node["pd"]["na"] == "nan" else pd.NA

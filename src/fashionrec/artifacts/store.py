@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -43,8 +44,9 @@ def _package_version() -> str:
     return __version__
 
 
-def save_artifact(path: str | Path, config: dict, arrays: Mapping[str, np.ndarray] | None = None, *,
-                  kind: str = "data") -> Path:
+def save_artifact(
+    path: str | Path, config: dict, arrays: Mapping[str, np.ndarray] | None = None, *, kind: str = "data"
+) -> Path:
     """Write `config` (JSON-able) and `arrays` to `path` atomically (temp name + rename).
 
     `kind` names what the artifact holds ("recommender", "index", ...): `load_artifact(kind=...)` refuses another.
@@ -58,8 +60,13 @@ def save_artifact(path: str | Path, config: dict, arrays: Mapping[str, np.ndarra
             raise TypeError(f"artifact array '{name}' is a {type(a).__name__}, not a numpy array")
         if a.dtype.hasobject:
             raise TypeError(f"artifact array '{name}' has dtype object, which cannot be loaded without pickle")
-    header = {"format": FORMAT, "version": VERSION, "kind": kind, "fashionrec_version": _package_version(),
-              "config": config}
+    header = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": kind,
+        "fashionrec_version": _package_version(),
+        "config": config,
+    }
     text = json.dumps(header, allow_nan=True, separators=(",", ":"))
     with atomic_path(path, suffix=".tmp.npz") as tmp:  # np.savez keeps a name that ends in .npz as it is
         np.savez(str(tmp), **{HEADER: np.array(text)}, **arrays)
@@ -85,7 +92,8 @@ def load_artifact(path: str | Path, kind: str | None = None) -> Artifact:
         if _looks_like_pickle(path):
             raise ArtifactFormatError(
                 f"{path}: old format (a pickle, written by fashionrec before artifact format {VERSION}); it is not "
-                "loaded because unpickling can run code: refit / rebuild it to get a safe file")
+                "loaded because unpickling can run code: refit / rebuild it to get a safe file"
+            )
         raise ArtifactFormatError(f"{path}: not a fashionrec artifact (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -100,8 +108,10 @@ def load_artifact(path: str | Path, kind: str | None = None) -> Artifact:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ArtifactFormatError(f"{path}: not a fashionrec artifact (format {header.get('format')!r})")
     if header.get("version") != VERSION:
-        raise ArtifactFormatError(f"{path}: artifact format version {header.get('version')}; this fashionrec "
-                                  f"reads version {VERSION}: refit / rebuild it")
+        raise ArtifactFormatError(
+            f"{path}: artifact format version {header.get('version')}; this fashionrec "
+            f"reads version {VERSION}: refit / rebuild it"
+        )
     if kind is not None and header.get("kind") != kind:
         raise ArtifactFormatError(f"{path}: holds a '{header.get('kind')}', not a '{kind}'")
     return Artifact(header["config"], arrays, header["kind"], header.get("fashionrec_version", "?"))

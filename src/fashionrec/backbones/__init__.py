@@ -12,9 +12,23 @@ Registered names (see `list_backbones()`):
 plug-ins, which register themselves (timm's `register_model` shape).
 """
 
-from fashionrec.backbones.base import (Backbone, DataConfig, create_backbone, list_backbones, register_backbone,
-                                       register_backbone_source, set_fallback_factory)
 from fashionrec.backbones import adapted, offline, timm_backbone, tiny  # noqa: F401,E402  (plug-ins register)
+from fashionrec.backbones.base import (
+    Backbone,
+    DataConfig,
+    create_backbone,
+    list_backbones,
+    register_backbone,
+    register_backbone_source,
+    set_fallback_factory,
+)
 
-__all__ = ["Backbone", "DataConfig", "create_backbone", "list_backbones", "register_backbone",
-           "register_backbone_source", "set_fallback_factory"]
+__all__ = [
+    "Backbone",
+    "DataConfig",
+    "create_backbone",
+    "list_backbones",
+    "register_backbone",
+    "register_backbone_source",
+    "set_fallback_factory",
+]

@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionrec.artifacts.keys import file_sha256
-from fashionrec.backbones.base import Backbone, DataConfig, create_backbone, is_adapted_model_dir, register_backbone_source
+from fashionrec.backbones.base import (
+    Backbone,
+    DataConfig,
+    create_backbone,
+    is_adapted_model_dir,
+    register_backbone_source,
+)
 from fashionrec.errors import FashionrecError
 
 log = logging.getLogger(__name__)
@@ -31,8 +37,9 @@ class AdaptedBackbone(Backbone):
     """A trunk plus a linear embedding layer; `forward` gives L2-normalised embeddings (cosine = dot product)."""
 
     def __init__(self, trunk: Backbone, embed_dim: int, weights_id: str, name: str | None = None):
-        super().__init__(name or f"adapted-{trunk.name}", trunk.model, embed_dim, trunk.data_config, weights_id,
-                         blocks=trunk._blocks)
+        super().__init__(
+            name or f"adapted-{trunk.name}", trunk.model, embed_dim, trunk.data_config, weights_id, blocks=trunk._blocks
+        )
         self.prelogits_dim = trunk.embed_dim
         self.embed = nn.Linear(trunk.embed_dim, embed_dim)
 
@@ -49,9 +56,11 @@ class AdaptedBackbone(Backbone):
         z = self.prelogits(self.forward_tail(h))
         return z, F.normalize(self.embed(z), dim=1)
 
-    def with_input_size(self, size: int) -> "Backbone":
+    def with_input_size(self, size: int) -> Backbone:
         if int(size) != self.data_config.input_size:
-            log.info("%s: trained at %d px; keeping that input size (asked %d)", self.name, self.data_config.input_size, size)
+            log.info(
+                "%s: trained at %d px; keeping that input size (asked %d)", self.name, self.data_config.input_size, size
+            )
         return self
 
 
@@ -76,8 +85,12 @@ def build_adapted_backbone(cfg: dict, weights_sha256: str) -> AdaptedBackbone:
     trunk = create_backbone(cfg["base_backbone"], pretrained=False, **(cfg.get("trunk_kwargs") or {}))
     pre = cfg["preprocess"]
     trunk.data_config = DataConfig(int(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"]))
-    return AdaptedBackbone(trunk, int(cfg["embed_dim"]), weights_id=f"adapted:sha256:{weights_sha256[:24]}",
-                           name=f"adapted-{cfg['base_backbone']}")
+    return AdaptedBackbone(
+        trunk,
+        int(cfg["embed_dim"]),
+        weights_id=f"adapted:sha256:{weights_sha256[:24]}",
+        name=f"adapted-{cfg['base_backbone']}",
+    )
 
 
 def load_adapted_backbone(path: str | Path) -> AdaptedBackbone:
@@ -88,7 +101,7 @@ def load_adapted_backbone(path: str | Path) -> AdaptedBackbone:
     bb = build_adapted_backbone(cfg, file_sha256(wpath))
     try:
         sd = load_file(str(wpath))
-        bb.load_state_dict({k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}, strict=True)
+        bb.load_state_dict({k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}, strict=True)
     except Exception as e:  # safetensors' own errors (a damaged file) and shape/key mismatches alike
         raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
     return bb.eval()

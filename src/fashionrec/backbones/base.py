@@ -8,9 +8,9 @@ any other name (timm_backbone.py passes it to timm).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -19,9 +19,9 @@ from fashionrec.artifacts.keys import file_fingerprint
 from fashionrec.config import DEFAULT_BACKBONE  # noqa: F401  (re-exported; named once, in config)
 from fashionrec.errors import FashionrecError
 
-_REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
-_SOURCES: list[tuple[Callable[[object], bool], Callable[..., "Backbone"]]] = []
-_FALLBACK: list[Callable[..., "Backbone"]] = []
+_REGISTRY: dict[str, Callable[..., Backbone]] = {}
+_SOURCES: list[tuple[Callable[[object], bool], Callable[..., Backbone]]] = []
+_FALLBACK: list[Callable[..., Backbone]] = []
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,12 @@ class DataConfig:
     interpolation: str = "bilinear"
 
     def as_dict(self) -> dict:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation}
+        return {
+            "input_size": self.input_size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+        }
 
 
 class Backbone(nn.Module):
@@ -45,8 +50,15 @@ class Backbone(nn.Module):
     `weights_id` says where the weights came from; it is part of every feature-cache key.
     """
 
-    def __init__(self, name: str, model: nn.Module, embed_dim: int, data_config: DataConfig, weights_id: str,
-                 blocks: list[nn.Module] | None = None):
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        embed_dim: int,
+        data_config: DataConfig,
+        weights_id: str,
+        blocks: list[nn.Module] | None = None,
+    ):
         super().__init__()
         self.name = name
         self.model = model
@@ -60,7 +72,7 @@ class Backbone(nn.Module):
         """Identity of what `forward` computes: weights + which layers are pooled. Part of every cache key."""
         return self.weights_id if self.taps == ("final",) else f"{self.weights_id}+taps:{','.join(map(str, self.taps))}"
 
-    def set_taps(self, taps) -> "Backbone":
+    def set_taps(self, taps) -> Backbone:
         """Embed with globally pooled outputs of the given trunk blocks (ints) and/or 'final' (pre-logits), concatenated.
 
         Why: under a large domain shift (28 px greyscale vs ImageNet photos) mid-level features transfer better than
@@ -99,8 +111,11 @@ class Backbone(nn.Module):
             return self.forward_head(self.forward_features(x))
         blocks = self.blocks
         captured: dict[int, torch.Tensor] = {}
-        handles = [blocks[t].register_forward_hook(lambda m, i, o, t=t: captured.__setitem__(t, o))
-                   for t in set(self.taps) if t != "final"]
+        handles = [
+            blocks[t].register_forward_hook(lambda m, i, o, t=t: captured.__setitem__(t, o))
+            for t in set(self.taps)
+            if t != "final"
+        ]
         try:
             final = self.forward_head(self.forward_features(x)) if "final" in self.taps else None
             if final is None:
@@ -145,7 +160,7 @@ class Backbone(nn.Module):
             h = b(h)
         return self.forward_head(self.forward_tail(h))
 
-    def with_input_size(self, size: int) -> "Backbone":
+    def with_input_size(self, size: int) -> Backbone:
         """Same model, smaller/larger inputs (CNNs are size-agnostic); 96 px is ~8x cheaper than 224."""
         self.data_config = DataConfig(size, self.data_config.mean, self.data_config.std, self.data_config.interpolation)
         return self
@@ -161,6 +176,7 @@ def register_backbone(name: str) -> Callable:
     def wrap(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
         _REGISTRY[name] = fn
         return fn
+
     return wrap
 
 
@@ -187,8 +203,15 @@ def is_adapted_model_dir(name) -> bool:
         return False
 
 
-def create_backbone(name: str = DEFAULT_BACKBONE, *, pretrained: bool = True, weights: str | Path | None = None,
-                    input_size: int | None = None, taps=None, **kwargs) -> Backbone:
+def create_backbone(
+    name: str = DEFAULT_BACKBONE,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+    input_size: int | None = None,
+    taps=None,
+    **kwargs,
+) -> Backbone:
     """Build a backbone by registered name, or any timm model name.
 
     `pretrained=False` gives random init (ablations). `weights` loads a local state_dict file.

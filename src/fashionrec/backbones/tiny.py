@@ -14,9 +14,15 @@ class TinyCNN(nn.Module):
         super().__init__()
 
         def stage(i, o):
-            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                                 nn.Conv2d(o, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
-                                 nn.MaxPool2d(2))
+            return nn.Sequential(
+                nn.Conv2d(i, o, 3, padding=1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(o, o, 3, padding=1, bias=False),
+                nn.BatchNorm2d(o),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            )
 
         self.blocks = nn.Sequential(stage(3, width), stage(width, width * 2), stage(width * 2, embed_dim))
         self.num_features = embed_dim
@@ -29,7 +35,9 @@ class TinyCNN(nn.Module):
 
 
 @register_backbone("tiny_cnn")
-def tiny_cnn(pretrained: bool = False, weights=None, width: int = 32, embed_dim: int = 64, seed: int = 0, **_) -> Backbone:
+def tiny_cnn(
+    pretrained: bool = False, weights=None, width: int = 32, embed_dim: int = 64, seed: int = 0, **_
+) -> Backbone:
     # Always random init (seeded, so tests and cache keys are reproducible); `weights` loads a trained one.
     g = torch.random.fork_rng()
     with g:
@@ -39,4 +47,6 @@ def tiny_cnn(pretrained: bool = False, weights=None, width: int = 32, embed_dim:
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         weights_id = weights_file_id(weights)
-    return Backbone("tiny_cnn", model, embed_dim, DataConfig(28, DEFAULT_MEAN, DEFAULT_STD), weights_id, blocks=list(model.blocks))
+    return Backbone(
+        "tiny_cnn", model, embed_dim, DataConfig(28, DEFAULT_MEAN, DEFAULT_STD), weights_id, blocks=list(model.blocks)
+    )

@@ -41,39 +41,63 @@ BACKBONE_HELP = "a backbone name or a `fashionrec adapt` folder"
 INFERENCE_PATHS = ["auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "onnx-fp32", "onnx-int8"]
 
 
-def add_backbone_args(p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE,
-                      inference: bool = True) -> None:
+def add_backbone_args(
+    p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE, inference: bool = True
+) -> None:
     """--backbone and --input-size for commands that embed photos with a backbone (and --inference where the
     command embeds a catalog through the feature cache)."""
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--input-size", type=int, default=input_size)
     if inference:
-        p.add_argument("--inference", default="auto", choices=INFERENCE_PATHS,
-                       help="how the backbone runs on CPU (default auto: a short probe picks the fastest path whose "
-                            "features match eager fp32, cached per machine in the workspace; onnx-int8 is opt-in only)")
+        p.add_argument(
+            "--inference",
+            default="auto",
+            choices=INFERENCE_PATHS,
+            help="how the backbone runs on CPU (default auto: a short probe picks the fastest path whose "
+            "features match eager fp32, cached per machine in the workspace; onnx-int8 is opt-in only)",
+        )
 
 
 def add_classifier_args(p: argparse.ArgumentParser) -> None:
     """How an image classifier is built and trained (train, tag, experiment)."""
     p.add_argument("--method", choices=["linear-probe", "finetune"], default="linear-probe")
     p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registered name or any timm model name")
-    p.add_argument("--input-size", type=int, default=None,
-                   help=f"square input resolution in pixels (default auto: {DEFAULT_INPUT_SIZE} for 28 px greyscale "
-                        f"arrays; for photo folders the backbone's native size, or the photos' own size when smaller)")
-    p.add_argument("--invert", choices=["auto", "yes", "no"], default="auto",
-                   help="invert greyscale light-on-dark inputs to look like shop photos (auto: detect)")
-    p.add_argument("--adapt-bn", action="store_true",
-                   help="re-estimate BatchNorm statistics on unlabelled target images (AdaBN; measured to hurt the "
-                        "Fashion-MNIST probe, so off by default)")
+    p.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help=f"square input resolution in pixels (default auto: {DEFAULT_INPUT_SIZE} for 28 px greyscale "
+        f"arrays; for photo folders the backbone's native size, or the photos' own size when smaller)",
+    )
+    p.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="invert greyscale light-on-dark inputs to look like shop photos (auto: detect)",
+    )
+    p.add_argument(
+        "--adapt-bn",
+        action="store_true",
+        help="re-estimate BatchNorm statistics on unlabelled target images (AdaBN; measured to hurt the "
+        "Fashion-MNIST probe, so off by default)",
+    )
     p.add_argument("--taps", default="auto", help="layers to pool: 'final', block indices like '4,5', or 'auto'")
     p.add_argument("--probe-c", type=float, default=0.1, help="inverse L2 strength of the logistic-regression probe")
     p.add_argument("--stages", default="head=1,last:2=3,all=4", help="fine-tuning schedule: WHAT=EPOCHS,...")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning: the head's peak learning rate")
-    p.add_argument("--lr-decay", type=float, default=0.5,
-                   help="fine-tuning: each block's learning rate is the one above it times this (1 = no decay)")
-    p.add_argument("--bn", choices=["train", "frozen"], default="train",
-                   help="fine-tuning: BatchNorm uses batch statistics (train, re-estimated each epoch) or keeps its "
-                        "running statistics (frozen)")
+    p.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="fine-tuning: each block's learning rate is the one above it times this (1 = no decay)",
+    )
+    p.add_argument(
+        "--bn",
+        choices=["train", "frozen"],
+        default="train",
+        help="fine-tuning: BatchNorm uses batch statistics (train, re-estimated each epoch) or keeps its "
+        "running statistics (frozen)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-steps-per-epoch", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -97,9 +121,23 @@ def classifier_config(args: argparse.Namespace):
         stages = tuple((what, int(epochs)) for what, epochs in (s.split("=") for s in args.stages.split(",")))
     except ValueError:
         raise FashionrecError(f"--stages must be WHAT=EPOCHS,... (e.g. head=1,all=4), not {args.stages!r}") from None
-    ft = FinetuneConfig(stages=stages, lr=args.lr, lr_decay=args.lr_decay, bn=args.bn, batch_size=args.batch_size,
-                        seed=args.seed, max_steps_per_epoch=args.max_steps_per_epoch)
-    return ClassifierConfig(method=args.method, backbone=args.backbone, input_size=args.input_size,
-                            invert={"auto": None, "yes": True, "no": False}[args.invert], adapt_bn=args.adapt_bn,
-                            taps=None if args.taps == "auto" else tuple(args.taps.split(",")), probe_C=args.probe_c,
-                            seed=args.seed, finetune=ft)
+    ft = FinetuneConfig(
+        stages=stages,
+        lr=args.lr,
+        lr_decay=args.lr_decay,
+        bn=args.bn,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_steps_per_epoch=args.max_steps_per_epoch,
+    )
+    return ClassifierConfig(
+        method=args.method,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        invert={"auto": None, "yes": True, "no": False}[args.invert],
+        adapt_bn=args.adapt_bn,
+        taps=None if args.taps == "auto" else tuple(args.taps.split(",")),
+        probe_C=args.probe_c,
+        seed=args.seed,
+        finetune=ft,
+    )

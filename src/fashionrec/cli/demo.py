@@ -19,16 +19,20 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     data = demo_data(args.data_dir, args.pool, args.test_size, args.seed)
     cfg = ClassifierConfig(method="linear-probe", backbone=args.backbone, input_size=args.input_size, seed=args.seed)
-    print(f"fashionrec demo: {args.backbone} at {args.input_size}px, Fashion-MNIST ({len(data.x_pool)} train pool, "
-          f"{len(data.x_test)} test images), {args.labels_per_class} labels per class")
+    print(
+        f"fashionrec demo: {args.backbone} at {args.input_size}px, Fashion-MNIST ({len(data.x_pool)} train pool, "
+        f"{len(data.x_test)} test images), {args.labels_per_class} labels per class"
+    )
     cache, progress = common.feature_cache(args), common.progress(args)
     m = demo_classifier(data, out, cfg, args.labels_per_class, cache=cache, progress=progress)
     print(f"few-label classifier: test accuracy {m['test_accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
     print("label-efficiency curve (1 seed; `fashionrec experiment label-efficiency` runs the full protocol):")
     demo_label_efficiency(data, out, cfg, cache=cache, progress=progress)
     write_json(out / "demo.json", {"seconds": round(time.time() - t0, 1), **common.args_dict(args)})
-    print(f"report: {out}/ (metrics.json, confusion.png, predictions.png, label_efficiency/curve.png) "
-          f"in {time.time() - t0:.0f}s")
+    print(
+        f"report: {out}/ (metrics.json, confusion.png, predictions.png, label_efficiency/curve.png) "
+        f"in {time.time() - t0:.0f}s"
+    )
     if args.serve:
         from fashionrec.workflows.serve import serve_shop
 

@@ -11,12 +11,24 @@ from fashionrec.cli import common
 def cmd_embed(args) -> int:
     from fashionrec.workflows.recommend import embed_catalog_images, write_embeddings
 
-    e = embed_catalog_images(args.data, engine=args.engine, backbone=args.backbone, input_size=args.input_size,
-                             batch_size=args.batch_size, num_actors=args.num_actors, inference=args.inference, ray_address=args.ray_address,
-                             workspace=common.workspace(args), progress=common.progress(args))
+    e = embed_catalog_images(
+        args.data,
+        engine=args.engine,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        batch_size=args.batch_size,
+        num_actors=args.num_actors,
+        inference=args.inference,
+        ray_address=args.ray_address,
+        workspace=common.workspace(args),
+        progress=common.progress(args),
+    )
     write_embeddings(e, args.out)
-    print(f"embedded {len(e.ids)} images ({len(e.failures)} skipped) with {args.engine} in {e.seconds:.1f}s "
-          f"({len(e.ids) / max(e.seconds, 1e-9):.1f} img/s) -> {args.out}", file=sys.stderr)
+    print(
+        f"embedded {len(e.ids)} images ({len(e.failures)} skipped) with {args.engine} in {e.seconds:.1f}s "
+        f"({len(e.ids) / max(e.seconds, 1e-9):.1f} img/s) -> {args.out}",
+        file=sys.stderr,
+    )
     return 0
 
 

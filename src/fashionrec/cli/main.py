@@ -9,8 +9,10 @@ import sys
 from fashionrec.cli import demo, embed, experiment, recommend, serve, train
 from fashionrec.errors import FashionrecError
 
-DESCRIPTION = ("The `fashionrec` command line: image classifiers (train, predict, tag, adapt), recommendations "
-               "(recommend, similar, evaluate, embed) and the web server for a shop's data folder.")
+DESCRIPTION = (
+    "The `fashionrec` command line: image classifiers (train, predict, tag, adapt), recommendations "
+    "(recommend, similar, evaluate, embed) and the web server for a shop's data folder."
+)
 
 #: In `fashionrec --help` order. A new command group is a module with `register(subparsers)`, listed here.
 COMMAND_MODULES = (train, demo, experiment, recommend, embed, serve)
@@ -18,7 +20,9 @@ COMMAND_MODULES = (train, demo, experiment, recommend, embed, serve)
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fashionrec", description=DESCRIPTION)
-    p.add_argument("--workspace", help="folder for caches and artifacts (default: $FASHIONREC_HOME or ~/.cache/fashionrec)")
+    p.add_argument(
+        "--workspace", help="folder for caches and artifacts (default: $FASHIONREC_HOME or ~/.cache/fashionrec)"
+    )
     p.add_argument("--config", help="YAML/TOML/JSON file of option defaults; the command line overrides it")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -51,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _apply_config_defaults(parser, argv)
         args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         return int(args.func(args) or 0)
     except FashionrecError as e:
         print(f"fashionrec: error: {e}", file=sys.stderr)

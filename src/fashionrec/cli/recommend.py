@@ -14,24 +14,45 @@ ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,hybrid"
 def cmd_recommend(args) -> int:
     from fashionrec.workflows.recommend import read_users, recommend_all
 
-    sub = recommend_all(args.data, args.out, model=args.model, k=args.k,
-                        users=read_users(args.users) if args.users else None, backbone=args.backbone,
-                        input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
-                        progress=common.progress(args), block_size=args.block_size, workers=args.workers,
-                        ray_address=args.ray_address)
-    print(f"wrote {sub.n_rows} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
-          f"{sub.load_seconds:.1f}s (embedding {sub.embed_seconds:.1f}s, {sub.n_unreadable} unreadable images skipped), "
-          f"fit {sub.fit_seconds:.1f}s, recommend {sub.recommend_seconds:.1f}s "
-          f"({1000 * sub.recommend_seconds / max(sub.n_rows, 1):.2f} ms/customer), total {sub.seconds:.1f}s",
-          file=sys.stderr)
+    sub = recommend_all(
+        args.data,
+        args.out,
+        model=args.model,
+        k=args.k,
+        users=read_users(args.users) if args.users else None,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        inference=args.inference,
+        workspace=common.workspace(args),
+        progress=common.progress(args),
+        block_size=args.block_size,
+        workers=args.workers,
+        ray_address=args.ray_address,
+    )
+    print(
+        f"wrote {sub.n_rows} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
+        f"{sub.load_seconds:.1f}s (embedding {sub.embed_seconds:.1f}s, {sub.n_unreadable} unreadable images skipped), "
+        f"fit {sub.fit_seconds:.1f}s, recommend {sub.recommend_seconds:.1f}s "
+        f"({1000 * sub.recommend_seconds / max(sub.n_rows, 1):.2f} ms/customer), total {sub.seconds:.1f}s",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_similar(args) -> int:
     from fashionrec.workflows.recommend import similar_items
 
-    for r in similar_items(args.data, args.item, model=args.model, k=args.k, backbone=args.backbone,
-                           input_size=args.input_size, inference=args.inference, workspace=common.workspace(args), progress=common.progress(args)):
+    for r in similar_items(
+        args.data,
+        args.item,
+        model=args.model,
+        k=args.k,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        inference=args.inference,
+        workspace=common.workspace(args),
+        progress=common.progress(args),
+    ):
         print(f"{r.item}\t{r.score:.4f}\t{r.name}")
     return 0
 
@@ -39,10 +60,20 @@ def cmd_similar(args) -> int:
 def cmd_evaluate(args) -> int:
     from fashionrec.workflows.recommend import evaluate_recommenders, write_comparison
 
-    c = evaluate_recommenders(args.data, [m for m in args.models.split(",") if m], windows=args.windows,
-                              split_date=args.split_date, test_days=args.test_days, k=args.k, baseline=args.baseline,
-                              backbone=args.backbone, input_size=args.input_size, inference=args.inference, workspace=common.workspace(args),
-                              progress=common.progress(args))
+    c = evaluate_recommenders(
+        args.data,
+        [m for m in args.models.split(",") if m],
+        windows=args.windows,
+        split_date=args.split_date,
+        test_days=args.test_days,
+        k=args.k,
+        baseline=args.baseline,
+        backbone=args.backbone,
+        input_size=args.input_size,
+        inference=args.inference,
+        workspace=common.workspace(args),
+        progress=common.progress(args),
+    )
     print(c.markdown)
     if args.out:
         write_comparison(c, args.out, common.args_dict(args))
@@ -52,16 +83,26 @@ def cmd_evaluate(args) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("recommend", help="top-k for every customer, in the H&M Kaggle submission format")
-    r.add_argument("--data", required=True, help="H&M-layout folder: transactions.csv, customers.csv, images/, articles.csv")
+    r.add_argument(
+        "--data", required=True, help="H&M-layout folder: transactions.csv, customers.csv, images/, articles.csv"
+    )
     r.add_argument("--k", type=int, default=12)
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
     r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
     common.add_backbone_args(r)
-    r.add_argument("--block-size", type=int, default=2048,
-                   help="customers whose candidates and features are built at once (memory grows with it)")
-    r.add_argument("--workers", type=int, default=1,
-                   help="above 1: shard the customers over this many Ray workers (same output, row for row)")
+    r.add_argument(
+        "--block-size",
+        type=int,
+        default=2048,
+        help="customers whose candidates and features are built at once (memory grows with it)",
+    )
+    r.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="above 1: shard the customers over this many Ray workers (same output, row for row)",
+    )
     r.add_argument("--ray-address", default=None, help="with --workers: existing Ray cluster (default: a local one)")
     r.set_defaults(func=cmd_recommend)
 

@@ -17,9 +17,18 @@ def write_token(args: argparse.Namespace) -> str | None:
 def cmd_serve(args) -> int:
     from fashionrec.workflows.serve import serve_shop
 
-    serve_shop(args.data, host=args.host, port=args.port, workspace=common.workspace(args),
-               progress=common.progress(args), default_model=args.model, write_token=write_token(args),
-               max_arrivals=args.max_arrivals, max_arrival_mb=args.max_arrival_mb, workers=args.workers)
+    serve_shop(
+        args.data,
+        host=args.host,
+        port=args.port,
+        workspace=common.workspace(args),
+        progress=common.progress(args),
+        default_model=args.model,
+        write_token=write_token(args),
+        max_arrivals=args.max_arrivals,
+        max_arrival_mb=args.max_arrival_mb,
+        workers=args.workers,
+    )
     return 0
 
 
@@ -29,12 +38,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--model", default=DEFAULT_MODEL, help="default recommender")
-    s.add_argument("--write-token", default=None,
-                   help=f"enable POST/DELETE /items for requests with 'Authorization: Bearer TOKEN' (or set "
-                        f"${WRITE_TOKEN_ENV}); without it the server is read-only")
-    s.add_argument("--workers", type=int, default=1,
-                   help="uvicorn worker processes sharing memory-mapped artifacts; more than 1 is read-only "
-                        "(no --write-token)")
+    s.add_argument(
+        "--write-token",
+        default=None,
+        help=f"enable POST/DELETE /items for requests with 'Authorization: Bearer TOKEN' (or set "
+        f"${WRITE_TOKEN_ENV}); without it the server is read-only",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes sharing memory-mapped artifacts; more than 1 is read-only (no --write-token)",
+    )
     s.add_argument("--max-arrivals", type=int, default=None, help="most new arrivals kept (default 10,000)")
     s.add_argument("--max-arrival-mb", type=float, default=None, help="storage cap for arrival images (default 512)")
     s.set_defaults(func=cmd_serve)

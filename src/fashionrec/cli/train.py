@@ -20,23 +20,39 @@ def cmd_train(args) -> int:
     common.resolve_input_size(args, None if args.dataset == FASHION_MNIST else args.dataset)
     cfg = common.classifier_config(args)
     t0 = time.time()
-    data = training_set(args.dataset, cfg=cfg, labels_per_class=args.labels_per_class, label_column=args.label_column,
-                        data_dir=args.data_dir if args.dataset == FASHION_MNIST else None, test_size=args.test_size,
-                        progress=common.progress(args))
+    data = training_set(
+        args.dataset,
+        cfg=cfg,
+        labels_per_class=args.labels_per_class,
+        label_column=args.label_column,
+        data_dir=args.data_dir if args.dataset == FASHION_MNIST else None,
+        test_size=args.test_size,
+        progress=common.progress(args),
+    )
     out = Path(args.out)
-    m = train_and_evaluate(data, cfg, out, cache=common.feature_cache(args), progress=common.progress(args), started=t0,
-                           extra={"dataset": args.dataset, "labels_per_class": args.labels_per_class})
+    m = train_and_evaluate(
+        data,
+        cfg,
+        out,
+        cache=common.feature_cache(args),
+        progress=common.progress(args),
+        started=t0,
+        extra={"dataset": args.dataset, "labels_per_class": args.labels_per_class},
+    )
     write_json(out / "args.json", resolved_args(args))
-    print(f"test_accuracy {m['test_accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
-          f"({m['n_test']} test images, {m['n_train']} labelled, {m['wall_seconds']:.0f}s) -> {out}/metrics.json")
+    print(
+        f"test_accuracy {m['test_accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
+        f"({m['n_test']} test images, {m['n_train']} labelled, {m['wall_seconds']:.0f}s) -> {out}/metrics.json"
+    )
     return 0
 
 
 def cmd_predict(args) -> int:
     from fashionrec.workflows.classify import predict_images
 
-    pred = predict_images(args.model, args.images, args.top_k,
-                          on_skip=lambda why: print(f"skipped: {why}", file=sys.stderr))
+    pred = predict_images(
+        args.model, args.images, args.top_k, on_skip=lambda why: print(f"skipped: {why}", file=sys.stderr)
+    )
     w = csv.writer(sys.stdout)
     w.writerow(pred.header)
     w.writerows(pred.rows)
@@ -49,21 +65,32 @@ def cmd_tag(args) -> int:
 
     cols = tag_columns(args.label_column, required=not args.model)
     if args.model:
-        tags = tag_with_model(args.data, args.model, cols, min_confidence=args.min_confidence,
-                              progress=common.progress(args))
+        tags = tag_with_model(
+            args.data, args.model, cols, min_confidence=args.min_confidence, progress=common.progress(args)
+        )
     else:
         common.resolve_input_size(args, args.data)
-        tags = tag_with_probe(args.data, cols, common.classifier_config(args), min_confidence=args.min_confidence,
-                              cache=common.feature_cache(args), progress=common.progress(args))
+        tags = tag_with_probe(
+            args.data,
+            cols,
+            common.classifier_config(args),
+            min_confidence=args.min_confidence,
+            cache=common.feature_cache(args),
+            progress=common.progress(args),
+        )
     if not tags.n_unlabelled:
         print("every image already has a catalog row: nothing to tag", file=sys.stderr)
     for c in tags.per_column:
-        print(f"tagged {c.n_tagged} images with {c.column} ({c.n_classes} classes, trained on {c.n_labelled} labelled; "
-              f"{c.n_unreadable} unreadable skipped)")
+        print(
+            f"tagged {c.n_tagged} images with {c.column} ({c.n_classes} classes, trained on {c.n_labelled} labelled; "
+            f"{c.n_unreadable} unreadable skipped)"
+        )
     write_csv(tags.table, args.out)
     if args.model:
-        print(f"tagged {len(tags.table)} images with {', '.join(tags.columns)} using {args.model} "
-              f"({tags.n_unreadable} unreadable skipped) -> {args.out}")
+        print(
+            f"tagged {len(tags.table)} images with {', '.join(tags.columns)} using {args.model} "
+            f"({tags.n_unreadable} unreadable skipped) -> {args.out}"
+        )
     else:
         print(f"-> {args.out}")
     return 0
@@ -79,12 +106,25 @@ def cmd_adapt(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cols = DEFAULT_LABEL_COLUMNS if args.label_column in (None, "auto") else tuple(args.label_column.split(","))
-    cfg = AdaptConfig(backbone=args.backbone, input_size=args.input_size, label_columns=cols,
-                      group_column=args.group_column, holdout=args.holdout, embed_dim=args.embed_dim,
-                      train_blocks=args.train_blocks, max_minutes=args.max_minutes, lr=args.lr, trunk_lr=args.trunk_lr,
-                      temperature=args.temperature, metric_weight=args.metric_weight, max_steps=args.max_steps,
-                      flips=not args.no_flips, seed=args.seed, init_from=args.init_from,
-                      head_fraction=args.head_fraction)
+    cfg = AdaptConfig(
+        backbone=args.backbone,
+        input_size=args.input_size,
+        label_columns=cols,
+        group_column=args.group_column,
+        holdout=args.holdout,
+        embed_dim=args.embed_dim,
+        train_blocks=args.train_blocks,
+        max_minutes=args.max_minutes,
+        lr=args.lr,
+        trunk_lr=args.trunk_lr,
+        temperature=args.temperature,
+        metric_weight=args.metric_weight,
+        max_steps=args.max_steps,
+        flips=not args.no_flips,
+        seed=args.seed,
+        init_from=args.init_from,
+        head_fraction=args.head_fraction,
+    )
     adapt_catalog(args.data, args.out, cfg, workspace=common.workspace(args), progress=common.progress(args))
     write_json(Path(args.out) / "args.json", resolved_args(args))
     return 0
@@ -118,28 +158,49 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     tg = sub.add_parser("tag", help="auto-tag catalog images that have no catalog row")
     tg.add_argument("--data", required=True)
-    tg.add_argument("--label-column", default=None,
-                    help="comma-separated attributes, e.g. product_type_name,colour_group_name (with --model: default all heads)")
+    tg.add_argument(
+        "--label-column",
+        default=None,
+        help="comma-separated attributes, e.g. product_type_name,colour_group_name (with --model: default all heads)",
+    )
     tg.add_argument("--model", default=None, help="model folder from `fashionrec adapt`: tag with its heads")
-    tg.add_argument("--min-confidence", type=float, default=0.0,
-                    help="below this probability the tag is 'unsure' (default 0: always the best guess)")
+    tg.add_argument(
+        "--min-confidence",
+        type=float,
+        default=0.0,
+        help="below this probability the tag is 'unsure' (default 0: always the best guess)",
+    )
     tg.add_argument("--out", required=True)
     common.add_classifier_args(tg)
     tg.set_defaults(func=cmd_tag)
 
-    a = sub.add_parser("adapt", help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder")
+    a = sub.add_parser(
+        "adapt", help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder"
+    )
     a.add_argument("--data", required=True, help="H&M-layout folder (images + articles.csv) or images/ + labels.csv")
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
     a.add_argument("--backbone", default=DEFAULT_BACKBONE)
-    a.add_argument("--input-size", type=int, default=ADAPT_INPUT_SIZE,
-                   help="square input in pixels (CPU cost grows with its square)")
-    a.add_argument("--label-column", default="auto",
-                   help="comma-separated columns to learn (auto: the H&M attribute columns present)")
-    a.add_argument("--group-column", default="auto",
-                   help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code")
+    a.add_argument(
+        "--input-size",
+        type=int,
+        default=ADAPT_INPUT_SIZE,
+        help="square input in pixels (CPU cost grows with its square)",
+    )
+    a.add_argument(
+        "--label-column",
+        default="auto",
+        help="comma-separated columns to learn (auto: the H&M attribute columns present)",
+    )
+    a.add_argument(
+        "--group-column",
+        default="auto",
+        help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code",
+    )
     a.add_argument("--holdout", type=float, default=0.15, help="share of products held out for evaluation")
     a.add_argument("--embed-dim", type=int, default=256)
-    a.add_argument("--train-blocks", type=int, default=3, help="top blocks that train; lower ones stay ImageNet (cached)")
+    a.add_argument(
+        "--train-blocks", type=int, default=3, help="top blocks that train; lower ones stay ImageNet (cached)"
+    )
     a.add_argument("--max-minutes", type=float, default=45.0, help="wall-clock budget of the whole run")
     a.add_argument("--lr", type=float, default=1e-3, help="heads and embedding learning rate")
     a.add_argument("--trunk-lr", type=float, default=3e-4, help="top block's learning rate (x0.7 per block below)")

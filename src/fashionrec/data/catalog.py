@@ -23,8 +23,8 @@ _FLOAT_INT = re.compile(r"^(\d+)\.0+$")
 
 @dataclass
 class Catalog:
-    item_ids: list[str]                      # items that have an image, sorted
-    image_paths: dict[str, Path]             # item id -> image path
+    item_ids: list[str]  # items that have an image, sorted
+    image_paths: dict[str, Path]  # item id -> image path
     metadata: pd.DataFrame = field(default_factory=pd.DataFrame)  # indexed by item id (str); may cover other items
 
     def label_column(self, column: str) -> pd.Series:
@@ -60,7 +60,9 @@ def read_table(path: str | Path, *, required: list[str] = (), dtype: dict | None
     return df
 
 
-def restore_leading_zeros(ids: pd.Series, known: set[str] | None, *, source: object, what: str = "article_id") -> pd.Series:
+def restore_leading_zeros(
+    ids: pd.Series, known: set[str] | None, *, source: object, what: str = "article_id"
+) -> pd.Series:
     """Ids that a spreadsheet round-trip turned into numbers ('0706016001' -> '706016001', or '706016001.0'):
     zero-padded back when exactly one width that the `known` ids use makes them known. Logs a warning with the
     counts; ids that stay unknown are left as they are (the caller reports them)."""
@@ -85,15 +87,27 @@ def restore_leading_zeros(ids: pd.Series, known: set[str] | None, *, source: obj
         elif len(cands) > 1:
             ambiguous.append(u)
     if ambiguous:
-        log.warning("%s: %d %s values fit several catalog ids once zero-padded (e.g. '%s'); left as they are",
-                    source, len(ambiguous), what, ambiguous[0])
+        log.warning(
+            "%s: %d %s values fit several catalog ids once zero-padded (e.g. '%s'); left as they are",
+            source,
+            len(ambiguous),
+            what,
+            ambiguous[0],
+        )
     if not mapping:
         return ids
     hit = ids.isin(mapping.keys())
     first = next(iter(mapping.items()))
-    log.warning("%s: %d %s values in %d rows had lost their leading zeros (a spreadsheet round-trip?), e.g. "
-                "'%s' -> '%s'; restored by zero-padding to the catalog's id width", source, len(mapping), what,
-                int(hit.sum()), first[0], first[1])
+    log.warning(
+        "%s: %d %s values in %d rows had lost their leading zeros (a spreadsheet round-trip?), e.g. "
+        "'%s' -> '%s'; restored by zero-padding to the catalog's id width",
+        source,
+        len(mapping),
+        what,
+        int(hit.sum()),
+        first[0],
+        first[1],
+    )
     return ids.where(~hit, ids.map(mapping))
 
 

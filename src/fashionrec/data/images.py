@@ -25,8 +25,9 @@ class ImageDecodeError(DataError):
     """An image that cannot be decoded (empty, truncated, not an image, too large)."""
 
 
-def decode_image(data: bytes, *, source: object = "<bytes>", max_pixels: int | None = None,
-                 draft_size: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes, *, source: object = "<bytes>", max_pixels: int | None = None, draft_size: int | None = None
+) -> Image.Image:
     """Decode bytes fully into an RGB PIL image as a shop would display it, or raise ImageDecodeError naming `source`.
 
     - `Image.open` is lazy (it reads the header only), so the pixel count is checked before any pixel is decoded,
@@ -77,7 +78,9 @@ def to_display_rgb(img: Image.Image) -> Image.Image:
             # value above 255 to white; scale instead (65535 / 257 = 255).
             scale = 1 / 257 if a.dtype.itemsize >= 2 else 1.0
         img = Image.fromarray(np.clip(np.rint(a.astype(np.float64) * scale), 0, 255).astype(np.uint8), mode="L")
-    has_alpha = img.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (img.mode in {"P", "L", "RGB"} and "transparency" in img.info)
+    has_alpha = img.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or (
+        img.mode in {"P", "L", "RGB"} and "transparency" in img.info
+    )
     if has_alpha:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

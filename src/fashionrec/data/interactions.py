@@ -41,10 +41,10 @@ class Interactions:
     def items(self) -> np.ndarray:
         return np.sort(self.events["item"].unique())
 
-    def before(self, date) -> "Interactions":
+    def before(self, date) -> Interactions:
         return Interactions(self.events[self.events["timestamp"] < pd.Timestamp(date)].copy())
 
-    def since(self, date) -> "Interactions":
+    def since(self, date) -> Interactions:
         return Interactions(self.events[self.events["timestamp"] >= pd.Timestamp(date)].copy())
 
     def to_matrix(self, user_ids: list[str] | np.ndarray, item_ids: list[str] | np.ndarray) -> sp.csr_matrix:
@@ -66,8 +66,9 @@ class Interactions:
         return {u: g.tolist() for u, g in self.events.groupby("user", sort=False)["item"]}
 
 
-def _clean(df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad: str,
-           reasons: list[str] | None = None) -> pd.DataFrame:
+def _clean(
+    df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad: str, reasons: list[str] | None = None
+) -> pd.DataFrame:
     """Validate rows; raise naming the first bad row (CSV line number) or skip and report, by `on_bad`."""
     if on_bad not in {"raise", "skip"}:
         raise ValueError("on_bad must be 'raise' or 'skip'")
@@ -84,11 +85,19 @@ def _clean(df: pd.DataFrame, path: Path, *, known_items: set[str] | None, on_bad
         mask = mask.to_numpy() if hasattr(mask, "to_numpy") else np.asarray(mask)
         if mask.any():
             first = int(np.flatnonzero(mask)[0])
-            what = {"user": "missing user id", "item": "missing or unknown item id", "timestamp": "missing or unparseable date",
-                    "weight": "weight is not a finite non-negative number"}[field]
+            what = {
+                "user": "missing user id",
+                "item": "missing or unknown item id",
+                "timestamp": "missing or unparseable date",
+                "weight": "weight is not a finite non-negative number",
+            }[field]
             if on_bad == "raise":
-                raise DataError(f"{what} ({int(mask.sum())} such rows; pass on_bad='skip' to drop them)",
-                                path=path, row=first + 2, field=field)
+                raise DataError(
+                    f"{what} ({int(mask.sum())} such rows; pass on_bad='skip' to drop them)",
+                    path=path,
+                    row=first + 2,
+                    field=field,
+                )
             log.warning("%s: skipping %d rows with %s (first at row %d)", path, int(mask.sum()), what, first + 2)
             if reasons is not None:
                 reasons.append(f"{int(mask.sum()):,} with {what}, first at row {first + 2}")
@@ -105,17 +114,32 @@ def _check_catalog_ids(df: pd.DataFrame, path: Path, catalog_ids: set[str] | Non
     known = df["item"].isin(catalog_ids) | df["item"].isna()
     if not known.any():
         sample = df["item"].dropna().astype(str).unique()[:3].tolist()
-        raise DataError(f"none of the {len(df):,} rows names an item of the catalog (articles table or images/), "
-                        f"e.g. {sample}; the log and the catalog must use the same ids", path=path, field="item")
+        raise DataError(
+            f"none of the {len(df):,} rows names an item of the catalog (articles table or images/), "
+            f"e.g. {sample}; the log and the catalog must use the same ids",
+            path=path,
+            field="item",
+        )
     if not known.all():
         unknown = df.loc[~known, "item"]
-        log.warning("%s: %d rows (%d distinct item ids, e.g. '%s') name items that are not in the catalog; "
-                    "they are ignored", path, int((~known).sum()), unknown.nunique(), unknown.iloc[0])
+        log.warning(
+            "%s: %d rows (%d distinct item ids, e.g. '%s') name items that are not in the catalog; they are ignored",
+            path,
+            int((~known).sum()),
+            unknown.nunique(),
+            unknown.iloc[0],
+        )
     return df
 
 
-def load_transactions(path: str | Path, *, known_items: set[str] | None = None, on_bad: str = "raise",
-                      event_weights: dict[str, float] | None = None, catalog_ids: set[str] | None = None) -> Interactions:
+def load_transactions(
+    path: str | Path,
+    *,
+    known_items: set[str] | None = None,
+    on_bad: str = "raise",
+    event_weights: dict[str, float] | None = None,
+    catalog_ids: set[str] | None = None,
+) -> Interactions:
     """Read H&M transactions or a generic event log (detected by columns) from CSV or Parquet.
 
     `catalog_ids` (or `known_items`): ids that lost their leading zeros are restored to them, unknown ids are
@@ -126,9 +150,14 @@ def load_transactions(path: str | Path, *, known_items: set[str] | None = None, 
     if head.empty:
         raise DataError("no rows (only a header): nothing to recommend from", path=path)
     if set(HM_COLUMNS) <= set(head.columns):
-        df = pd.DataFrame({"user": head["customer_id"], "item": head["article_id"],
-                           "timestamp": pd.to_datetime(head["t_dat"], errors="coerce", format="%Y-%m-%d"),
-                           "weight": 1.0})
+        df = pd.DataFrame(
+            {
+                "user": head["customer_id"],
+                "item": head["article_id"],
+                "timestamp": pd.to_datetime(head["t_dat"], errors="coerce", format="%Y-%m-%d"),
+                "weight": 1.0,
+            }
+        )
         if "price" in head.columns:
             df["price"] = pd.to_numeric(head["price"], errors="coerce")
     elif {"user", "item", "timestamp"} <= set(head.columns):
@@ -144,15 +173,22 @@ def load_transactions(path: str | Path, *, known_items: set[str] | None = None, 
             unknown = ~ev.isin(weights)
             if unknown.any() and on_bad == "raise":
                 first = int(np.flatnonzero(unknown.to_numpy())[0])
-                raise DataError(f"unknown event type '{ev.iloc[first]}'; known: {sorted(weights)}",
-                                path=path, row=first + 2, field="event")
+                raise DataError(
+                    f"unknown event type '{ev.iloc[first]}'; known: {sorted(weights)}",
+                    path=path,
+                    row=first + 2,
+                    field="event",
+                )
             w = ev.map(weights).astype(float)  # unknown -> NaN -> reported by _clean
         if "weight" in head.columns:
             w = w * pd.to_numeric(head["weight"], errors="coerce")
         df = pd.DataFrame({"user": head["user"], "item": head["item"], "timestamp": ts, "weight": w})
     else:
-        raise DataError(f"unrecognised event log: needs {HM_COLUMNS} (H&M) or ['user', 'item', 'timestamp']; "
-                        f"found {list(head.columns)}", path=path)
+        raise DataError(
+            f"unrecognised event log: needs {HM_COLUMNS} (H&M) or ['user', 'item', 'timestamp']; "
+            f"found {list(head.columns)}",
+            path=path,
+        )
     df = _check_catalog_ids(df, path, catalog_ids if catalog_ids is not None else known_items)
     reasons: list[str] = []
     clean = _clean(df, path, known_items=known_items, on_bad=on_bad, reasons=reasons)

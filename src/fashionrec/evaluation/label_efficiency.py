@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 ALL_METHODS = ("pixels", "scratch", "probe", "finetune")
 
 
-PIXEL_SIDE = 32    # the pixel baseline sees images at most this size (Fashion-MNIST: its native 28 px)
+PIXEL_SIDE = 32  # the pixel baseline sees images at most this size (Fashion-MNIST: its native 28 px)
 SCRATCH_SIDE = 64  # the from-scratch CNN trains at most at this size
 
 
@@ -48,6 +48,7 @@ def shrink(x: np.ndarray, side: int) -> np.ndarray:
 
 def _pixels(x_tr, y_tr, x_te, seed):
     from sklearn.linear_model import LogisticRegression
+
     f = lambda x: shrink(x, PIXEL_SIDE).reshape(len(x), -1).astype(np.float32) / 255.0  # noqa: E731
     # C=0.1 on unscaled [0, 1] pixels was the strongest of C in {1, 0.1, 0.01} (+/- scaling) at k=10 and 100:
     # the baseline is tuned, not a straw man. Colour photos are shrunk to 32 px (3,072 values): logistic regression
@@ -71,7 +72,9 @@ def _scratch(x_tr, y_tr, x_te, n_classes, seed, epochs_budget=600):
     perm = rng.permutation(len(x_tr))
     n_val = len(x_tr) // 5 if len(x_tr) >= 5 * n_classes else 0
     val, tr = perm[:n_val], perm[n_val:]
-    cfg = FinetuneConfig(stages=(("all", epochs),), lr=3e-3, lr_decay=1.0, patience=max(5, epochs // 4), seed=seed, hflip=True)
+    cfg = FinetuneConfig(
+        stages=(("all", epochs),), lr=3e-3, lr_decay=1.0, patience=max(5, epochs // 4), seed=seed, hflip=True
+    )
     res = finetune(bb, x_tr[tr], y_tr[tr], x_tr[val], y_tr[val], n_classes, pre, cfg, progress=False)
     return predict_logits(res.model, x_te, pre).argmax(1)
 
@@ -93,11 +96,20 @@ def experiment_setup(x_pool, y_pool, x_test, y_test, classes, classifier_cfg) ->
         return d.hexdigest()[:16]
 
     c = classifier_cfg
-    return {"pool": h(x_pool, y_pool), "test": h(x_test, y_test), "n_pool": int(len(y_pool)),
-            "n_test": int(len(y_test)), "classes": list(map(str, classes)), "backbone": c.backbone,
-            "input_size": c.input_size, "invert": c.invert, "taps": None if c.taps is None else list(map(str, c.taps)),
-            "adapt_bn": c.adapt_bn, "probe_C": c.probe_C,
-            "finetune": {k: v for k, v in json.loads(json.dumps(asdict(c.finetune))).items() if k != "seed"}}
+    return {
+        "pool": h(x_pool, y_pool),
+        "test": h(x_test, y_test),
+        "n_pool": int(len(y_pool)),
+        "n_test": int(len(y_test)),
+        "classes": list(map(str, classes)),
+        "backbone": c.backbone,
+        "input_size": c.input_size,
+        "invert": c.invert,
+        "taps": None if c.taps is None else list(map(str, c.taps)),
+        "adapt_bn": c.adapt_bn,
+        "probe_C": c.probe_C,
+        "finetune": {k: v for k, v in json.loads(json.dumps(asdict(c.finetune))).items() if k != "seed"},
+    }
 
 
 def _previous_runs(path: Path, setup: dict) -> list[dict]:
@@ -111,15 +123,32 @@ def _previous_runs(path: Path, setup: dict) -> list[dict]:
         raise FashionrecError(f"{path}: not readable JSON ({e}); move it away or pass --fresh") from e
     if prev.get("setup") != setup:
         diff = sorted(k for k in setup if (prev.get("setup") or {}).get(k) != setup[k])
-        raise FashionrecError(f"{path} holds runs of a different setup (differs in: {', '.join(diff)}); "
-                              "use another --out, or --fresh to start over")
+        raise FashionrecError(
+            f"{path} holds runs of a different setup (differs in: {', '.join(diff)}); "
+            "use another --out, or --fresh to start over"
+        )
     return list(prev.get("runs", []))
 
 
-def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                         classes: list[str], *, ks: list, seeds: list[int], methods: list[str], out_dir: str | Path,
-                         classifier_cfg, unlabelled: np.ndarray | None = None, cache=None, finetune_max_k: int = 100,
-                         title: str = "label efficiency", progress: bool = True, resume: bool = True) -> dict:
+def run_label_efficiency(
+    x_pool: np.ndarray,
+    y_pool: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    classes: list[str],
+    *,
+    ks: list,
+    seeds: list[int],
+    methods: list[str],
+    out_dir: str | Path,
+    classifier_cfg,
+    unlabelled: np.ndarray | None = None,
+    cache=None,
+    finetune_max_k: int = 100,
+    title: str = "label efficiency",
+    progress: bool = True,
+    resume: bool = True,
+) -> dict:
     """Returns table[method][k] = (mean, std) of test accuracy; writes results.json, table.md and curve.png.
 
     results.json is rewritten after every run, so an interrupted experiment loses at most one run; with `resume`
@@ -148,10 +177,15 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
         # (k, seed).
         from fashionrec.features import embed_arrays
 
-        prep = tasks.prepare_backbone(classifier_cfg, x_pool, progress=progress,
-                                      unlabelled=unlabelled if unlabelled is not None else x_pool)
-        f_pool = embed_arrays(prep.backbone, x_pool, preprocess=prep.preprocess, cache=cache, desc="embed pool", progress=progress)
-        f_test = embed_arrays(prep.backbone, x_test, preprocess=prep.preprocess, cache=cache, desc="embed test", progress=progress)
+        prep = tasks.prepare_backbone(
+            classifier_cfg, x_pool, progress=progress, unlabelled=unlabelled if unlabelled is not None else x_pool
+        )
+        f_pool = embed_arrays(
+            prep.backbone, x_pool, preprocess=prep.preprocess, cache=cache, desc="embed pool", progress=progress
+        )
+        f_test = embed_arrays(
+            prep.backbone, x_test, preprocess=prep.preprocess, cache=cache, desc="embed test", progress=progress
+        )
         feats = (f_pool, f_test)
     for k in ks:
         kk = None if k == "all" else int(k)
@@ -172,19 +206,33 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
                     pred = clf.predict(feats[1])
                 elif m == "finetune":
                     cfg = replace(classifier_cfg, method="finetune", seed=seed)
-                    tr = tasks.train_image_classifier(x_pool[idx], y_pool[idx], classes, cfg,
-                                                unlabelled=unlabelled if unlabelled is not None else x_pool,
-                                                cache=cache, progress=False)
+                    tr = tasks.train_image_classifier(
+                        x_pool[idx],
+                        y_pool[idx],
+                        classes,
+                        cfg,
+                        unlabelled=unlabelled if unlabelled is not None else x_pool,
+                        cache=cache,
+                        progress=False,
+                    )
                     pred = tr.predict_proba(x_test).argmax(1)
                 else:
                     raise ValueError(f"unknown method '{m}'; choose from {ALL_METHODS}")
-                run = {"method": m, "k": str(k), "seed": seed, "accuracy": accuracy(y_test, pred),
-                       "macro_f1": macro_f1(y_test, pred, n_classes), "seconds": round(time.time() - t0, 1)}
+                run = {
+                    "method": m,
+                    "k": str(k),
+                    "seed": seed,
+                    "accuracy": accuracy(y_test, pred),
+                    "macro_f1": macro_f1(y_test, pred, n_classes),
+                    "seconds": round(time.time() - t0, 1),
+                }
                 runs.append(run)
                 write_json(out / "results.json", {"runs": runs, "setup": setup, "config": str(classifier_cfg)})
                 if progress:
-                    print(f"  {m:9s} k={str(k):>4s} seed={seed}: acc {run['accuracy']:.4f} f1 {run['macro_f1']:.4f} ({run['seconds']}s)",
-                          flush=True)
+                    print(
+                        f"  {m:9s} k={str(k):>4s} seed={seed}: acc {run['accuracy']:.4f} f1 {run['macro_f1']:.4f} ({run['seconds']}s)",
+                        flush=True,
+                    )
     table: dict[str, dict[str, tuple[float, float]]] = {}
     ks = list(dict.fromkeys([*ks, *(_k(r["k"]) for r in runs)]))
     ks.sort(key=lambda k: float("inf") if k == "all" else int(k))
@@ -194,10 +242,20 @@ def run_label_efficiency(x_pool: np.ndarray, y_pool: np.ndarray, x_test: np.ndar
             accs = [r["accuracy"] for r in runs if r["method"] == m and r["k"] == str(k)]
             if accs:
                 table.setdefault(m, {})[str(k)] = (float(np.mean(accs)), float(np.std(accs)))
-    lines = [f"# {title}", "", f"test images: {len(y_test)}; train pool: {len(y_pool)}; seeds: {seeds}", "",
-             "| method | " + " | ".join(f"k={k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"test images: {len(y_test)}; train pool: {len(y_pool)}; seeds: {seeds}",
+        "",
+        "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---" * (len(ks) + 1) + "|",
+    ]
     for m, row in table.items():
-        lines.append(f"| {m} | " + " | ".join(f"{row[str(k)][0]:.3f} ± {row[str(k)][1]:.3f}" if str(k) in row else "-" for k in ks) + " |")
+        lines.append(
+            f"| {m} | "
+            + " | ".join(f"{row[str(k)][0]:.3f} ± {row[str(k)][1]:.3f}" if str(k) in row else "-" for k in ks)
+            + " |"
+        )
     md = "\n".join(lines) + "\n"
     write_text(out / "table.md", md)
     write_json(out / "results.json", {"runs": runs, "table": table, "setup": setup, "config": str(classifier_cfg)})

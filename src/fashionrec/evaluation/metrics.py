@@ -6,7 +6,7 @@ the H&M Kaggle competition's MAP@12: AP@K = sum_k P(k) rel(k) / min(|actual|, K)
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -78,7 +78,10 @@ def ndcg_at_k(ranked: Sequence, actual: set, k: int) -> float:
 
 
 RANKING_METRICS: dict[str, Callable[[Sequence, set, int], float]] = {
-    "map": average_precision_at_k, "recall": recall_at_k, "ndcg": ndcg_at_k, "hitrate": hit_rate_at_k,
+    "map": average_precision_at_k,
+    "recall": recall_at_k,
+    "ndcg": ndcg_at_k,
+    "hitrate": hit_rate_at_k,
 }
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -41,8 +41,15 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | Path, tit
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=6,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        int(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     ax.set_title(title)
     return _save(fig, path)
 
@@ -72,8 +79,15 @@ def plot_label_efficiency(table: dict[str, dict[str, tuple[float, float]]], path
     return _save(fig, path)
 
 
-def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str | Path, *, cols: int = 8,
-               colors: Sequence[str] | None = None, title: str | None = None) -> Path:
+def image_grid(
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    path: str | Path,
+    *,
+    cols: int = 8,
+    colors: Sequence[str] | None = None,
+    title: str | None = None,
+) -> Path:
     plt = _plt()
     rows = max(1, -(-len(images) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
@@ -88,14 +102,23 @@ def image_grid(images: Sequence[np.ndarray], captions: Sequence[str], path: str 
     return _save(fig, path)
 
 
-def plot_bars(names: Sequence[str], values: Sequence[float], errors: Sequence[tuple[float, float]] | None, path: str | Path,
-              *, ylabel: str, title: str) -> Path:
+def plot_bars(
+    names: Sequence[str],
+    values: Sequence[float],
+    errors: Sequence[tuple[float, float]] | None,
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str,
+) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names) + 2), 4))
     xs = np.arange(len(names))
     yerr = None
     if errors is not None:
-        yerr = np.array([[v - lo for v, (lo, hi) in zip(values, errors)], [hi - v for v, (lo, hi) in zip(values, errors)]])
+        yerr = np.array(
+            [[v - lo for v, (lo, hi) in zip(values, errors)], [hi - v for v, (lo, hi) in zip(values, errors)]]
+        )
         yerr = np.clip(yerr, 0, None)
     ax.bar(xs, values, yerr=yerr, capsize=3, color="#4c72b0")
     ax.set_xticks(xs, names, rotation=30, ha="right")

@@ -32,7 +32,9 @@ class TemporalSplit:
 def temporal_split(events: pd.DataFrame, split_date=None, test_days: int = 28) -> TemporalSplit:
     """Train before `split_date` (default: `test_days` before the last event), test the `test_days` after."""
     last = events["timestamp"].max()
-    split = pd.Timestamp(split_date) if split_date is not None else (last - pd.Timedelta(days=test_days - 1)).normalize()
+    split = (
+        pd.Timestamp(split_date) if split_date is not None else (last - pd.Timedelta(days=test_days - 1)).normalize()
+    )
     end = split + pd.Timedelta(days=test_days)
     train = events[events["timestamp"] < split]
     test = events[(events["timestamp"] >= split) & (events["timestamp"] < end)]
@@ -62,9 +64,19 @@ def product_code_of(item: str) -> str:
     return item[:7] if len(item) == 10 and item.isdigit() else item
 
 
-def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_windows: int = 4, test_days: int = 28,
-                     k: int = 12, baseline: str | None = "repurchase", n_boot: int = 2000, progress: bool = True,
-                     on_window=None) -> tuple[pd.DataFrame, dict]:
+def evaluate_windows(
+    make_data,
+    factories: dict,
+    events: pd.DataFrame,
+    *,
+    n_windows: int = 4,
+    test_days: int = 28,
+    k: int = 12,
+    baseline: str | None = "repurchase",
+    n_boot: int = 2000,
+    progress: bool = True,
+    on_window=None,
+) -> tuple[pd.DataFrame, dict]:
     """Fit every model on each window's training log and score the window; pool all (customer, window) pairs.
 
     make_data(train_events) -> RecData: the leak-free view (rows only for items bought in train_events).
@@ -75,8 +87,20 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
     details: per-model per-pair AP arrays, per-source candidate tables, window facts.
     """
     splits = window_splits(events, n_windows, test_days)
-    per = {m: {"ap": [], "recall": [], "hit": [], "hits_warm": 0, "hits_cold": 0, "hits_newprod": 0, "secs": 0.0,
-               "window_map": [], "items": set()} for m in factories}
+    per = {
+        m: {
+            "ap": [],
+            "recall": [],
+            "hit": [],
+            "hits_warm": 0,
+            "hits_cold": 0,
+            "hits_newprod": 0,
+            "secs": 0.0,
+            "window_map": [],
+            "items": set(),
+        }
+        for m in factories
+    }
     totals = {"warm": 0, "cold": 0, "newprod": 0, "pairs": 0, "purchases": 0}
     windows, sources = [], {}
     for w, split in enumerate(splits):
@@ -93,8 +117,14 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
         totals["cold"] += sum(len(s) for s in cold.values())
         totals["newprod"] += sum(len(s) for s in newprod.values())
         totals["warm"] += n_p - sum(len(s) for s in cold.values())
-        windows.append({"split": str(split.split_date.date()), "customers": len(users), "purchases": n_p,
-                        "cold_share": sum(len(s) for s in cold.values()) / max(1, n_p)})
+        windows.append(
+            {
+                "split": str(split.split_date.date()),
+                "customers": len(users),
+                "purchases": n_p,
+                "cold_share": sum(len(s) for s in cold.values()) / max(1, n_p),
+            }
+        )
         for name, make in factories.items():
             t0 = time.time()
             model = make().fit(data)
@@ -128,8 +158,11 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
                 tab.setdefault("_total_top_hits", 0)
                 tab["_total_top_hits"] += sum(len(set(recs.get(u, [])[:k]) & truth[u]) for u in users)
             if progress:
-                print(f"window {split.split_date.date()}: {name} MAP@{k} {p['window_map'][-1]:.4f} "
-                      f"({time.time() - t0:.1f}s)", flush=True)
+                print(
+                    f"window {split.split_date.date()}: {name} MAP@{k} {p['window_map'][-1]:.4f} "
+                    f"({time.time() - t0:.1f}s)",
+                    flush=True,
+                )
             if on_window is not None:
                 on_window(w, name, model)
     rows = []
@@ -137,43 +170,78 @@ def evaluate_windows(make_data, factories: dict, events: pd.DataFrame, *, n_wind
     for name, p in per.items():
         ap = np.array(p["ap"])
         lo, hi = bootstrap_ci(ap, n_boot=n_boot)
-        row = {"model": name, f"map@{k}": ap.mean(), f"map@{k}_ci": (lo, hi), f"recall@{k}": np.mean(p["recall"]),
-               f"hitrate@{k}": np.mean(p["hit"]), "recall_warm": p["hits_warm"] / max(1, totals["warm"]),
-               "recall_cold": p["hits_cold"] / max(1, totals["cold"]),
-               "recall_new_product": p["hits_newprod"] / max(1, totals["newprod"]),
-               "window_map": p["window_map"], "coverage_items": len(p["items"]),
-               "secs_per_window": p["secs"] / len(splits)}
+        row = {
+            "model": name,
+            f"map@{k}": ap.mean(),
+            f"map@{k}_ci": (lo, hi),
+            f"recall@{k}": np.mean(p["recall"]),
+            f"hitrate@{k}": np.mean(p["hit"]),
+            "recall_warm": p["hits_warm"] / max(1, totals["warm"]),
+            "recall_cold": p["hits_cold"] / max(1, totals["cold"]),
+            "recall_new_product": p["hits_newprod"] / max(1, totals["newprod"]),
+            "window_map": p["window_map"],
+            "coverage_items": len(p["items"]),
+            "secs_per_window": p["secs"] / len(splits),
+        }
         if base_ap is not None:
             d = ap - base_ap
             dlo, dhi = bootstrap_ci(d, n_boot=n_boot)  # paired: the same pairs are resampled for both
-            row.update({f"diff_vs_{baseline}": d.mean(), "diff_ci": (dlo, dhi),
-                        "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan")})
+            row.update(
+                {
+                    f"diff_vs_{baseline}": d.mean(),
+                    "diff_ci": (dlo, dhi),
+                    "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan"),
+                }
+            )
         rows.append(row)
     df = pd.DataFrame(rows).set_index("model")
-    df.attrs.update(k=k, windows=windows, pairs=totals["pairs"], purchases=totals["purchases"],
-                    cold_share=totals["cold"] / max(1, totals["purchases"]),
-                    newprod_share=totals["newprod"] / max(1, totals["purchases"]), baseline=baseline,
-                    test_days=test_days)
+    df.attrs.update(
+        k=k,
+        windows=windows,
+        pairs=totals["pairs"],
+        purchases=totals["purchases"],
+        cold_share=totals["cold"] / max(1, totals["purchases"]),
+        newprod_share=totals["newprod"] / max(1, totals["purchases"]),
+        baseline=baseline,
+        test_days=test_days,
+    )
     src_tables = {}
     for name, tab in sources.items():
         tot = max(1, tab.pop("_total_top_hits", 0))
-        src_tables[name] = {s: {"mean_size": r["size"] / max(1, totals["pairs"]), "recall": r["hits"] / max(1, totals["purchases"]),
-                                "cold_recall": r["cold_hits"] / max(1, totals["cold"]), "share_of_hits": r["top_hits"] / tot}
-                            for s, r in tab.items()}
-    return df, {"ap": {m: list(map(float, p["ap"])) for m, p in per.items()}, "sources": src_tables,
-                "windows": windows}
+        src_tables[name] = {
+            s: {
+                "mean_size": r["size"] / max(1, totals["pairs"]),
+                "recall": r["hits"] / max(1, totals["purchases"]),
+                "cold_recall": r["cold_hits"] / max(1, totals["cold"]),
+                "share_of_hits": r["top_hits"] / tot,
+            }
+            for s, r in tab.items()
+        }
+    return df, {"ap": {m: list(map(float, p["ap"])) for m, p in per.items()}, "sources": src_tables, "windows": windows}
 
 
 def format_windows_table(df: pd.DataFrame, sources: dict | None = None) -> str:
     k = df.attrs.get("k", 12)
     base = df.attrs.get("baseline")
     ws = df.attrs.get("windows", [])
-    head = (f"leak-free evaluation: {len(ws)} windows of {df.attrs.get('test_days')} days "
-            f"({', '.join(w['split'] for w in ws)}), {df.attrs.get('pairs')} (customer, window) pairs, "
-            f"{df.attrs.get('purchases')} purchases; {df.attrs.get('cold_share', 0):.0%} of them of items never bought "
-            f"before the window, {df.attrs.get('newprod_share', 0):.0%} of products never sold before\n\n")
-    cols = [f"MAP@{k} [95% CI]", f"vs {base}: diff [paired 95% CI]", "ratio", f"Recall@{k}", f"HitRate@{k}",
-            "recall warm", "recall cold", "recall new product", "MAP per window (newest first)", "s/window"]
+    head = (
+        f"leak-free evaluation: {len(ws)} windows of {df.attrs.get('test_days')} days "
+        f"({', '.join(w['split'] for w in ws)}), {df.attrs.get('pairs')} (customer, window) pairs, "
+        f"{df.attrs.get('purchases')} purchases; {df.attrs.get('cold_share', 0):.0%} of them of items never bought "
+        f"before the window, {df.attrs.get('newprod_share', 0):.0%} of products never sold before\n\n"
+    )
+    cols = [
+        f"MAP@{k} [95% CI]",
+        f"vs {base}: diff [paired 95% CI]",
+        "ratio",
+        f"Recall@{k}",
+        f"HitRate@{k}",
+        "recall warm",
+        "recall cold",
+        "recall new product",
+        "MAP per window (newest first)",
+        "s/window",
+    ]
     lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in df.iterrows():
         lo, hi = r[f"map@{k}_ci"]
@@ -183,15 +251,19 @@ def format_windows_table(df: pd.DataFrame, sources: dict | None = None) -> str:
             ratio = f"{r['ratio_vs_baseline']:.2f}x"
         else:
             diff, ratio = "-", "-"
-        lines.append(f"| {name} | {r[f'map@{k}']:.4f} [{lo:.4f}, {hi:.4f}] | {diff} | {ratio} | {r[f'recall@{k}']:.4f} | "
-                     f"{r[f'hitrate@{k}']:.3f} | {r['recall_warm']:.4f} | {r['recall_cold']:.4f} | "
-                     f"{r['recall_new_product']:.4f} | {' / '.join(f'{x:.4f}' for x in r['window_map'])} | "
-                     f"{r['secs_per_window']:.1f} |")
+        lines.append(
+            f"| {name} | {r[f'map@{k}']:.4f} [{lo:.4f}, {hi:.4f}] | {diff} | {ratio} | {r[f'recall@{k}']:.4f} | "
+            f"{r[f'hitrate@{k}']:.3f} | {r['recall_warm']:.4f} | {r['recall_cold']:.4f} | "
+            f"{r['recall_new_product']:.4f} | {' / '.join(f'{x:.4f}' for x in r['window_map'])} | "
+            f"{r['secs_per_window']:.1f} |"
+        )
     out = head + "\n".join(lines) + "\n"
     for name, tab in (sources or {}).items():
-        out += (f"\ncandidate sources of `{name}` (test windows; sizes per customer; recall = share of all purchases "
-                f"the source contains; share of hits = share of the top-{k} hits the source contained; sources overlap)\n\n"
-                "| source | mean size | recall | recall on never-bought items | share of hits |\n|---|---|---|---|---|\n")
+        out += (
+            f"\ncandidate sources of `{name}` (test windows; sizes per customer; recall = share of all purchases "
+            f"the source contains; share of hits = share of the top-{k} hits the source contained; sources overlap)\n\n"
+            "| source | mean size | recall | recall on never-bought items | share of hits |\n|---|---|---|---|---|\n"
+        )
         for s, r in sorted(tab.items(), key=lambda kv: -kv[1]["recall"]):
             out += f"| {s} | {r['mean_size']:.1f} | {r['recall']:.4f} | {r['cold_recall']:.4f} | {r['share_of_hits']:.3f} |\n"
     return out
@@ -201,5 +273,11 @@ def plot_windows(df: pd.DataFrame, path: str | Path) -> Path:
     from fashionrec.evaluation.plots import plot_bars
 
     k = df.attrs.get("k", 12)
-    return plot_bars(list(df.index), list(df[f"map@{k}"]), list(df[f"map@{k}_ci"]), path, ylabel=f"MAP@{k} (95% CI)",
-                     title=f"Leak-free evaluation, {len(df.attrs.get('windows', []))} pooled windows")
+    return plot_bars(
+        list(df.index),
+        list(df[f"map@{k}"]),
+        list(df[f"map@{k}_ci"]),
+        path,
+        ylabel=f"MAP@{k} (95% CI)",
+        title=f"Leak-free evaluation, {len(df.attrs.get('windows', []))} pooled windows",
+    )

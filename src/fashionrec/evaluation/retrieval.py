@@ -25,8 +25,9 @@ def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int = 10, c
     return out
 
 
-def retrieval_metrics(features: np.ndarray, groups: np.ndarray, queries: np.ndarray, types: np.ndarray | None = None,
-                      ks=(1, 10)) -> dict:
+def retrieval_metrics(
+    features: np.ndarray, groups: np.ndarray, queries: np.ndarray, types: np.ndarray | None = None, ks=(1, 10)
+) -> dict:
     """Recall@k: share of queries with another photo of the same product (group) among their k nearest photos.
     same-type P@10: among the 10 nearest photos whose type is known, the share with the query's type
     (queries with a known type only). Gallery: every row but the query."""

@@ -9,7 +9,7 @@ No torch or timm here. `create_index("auto", n_items=N)` picks by catalog size:
 backends when imported, which this package does.
 """
 
-from fashionrec.index.base import VectorIndex, create_index, list_indexes, load_index, register_index
 from fashionrec.index import exact, faiss  # noqa: F401,E402  (backends register themselves)
+from fashionrec.index.base import VectorIndex, create_index, list_indexes, load_index, register_index
 
 __all__ = ["VectorIndex", "create_index", "list_indexes", "load_index", "register_index"]

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
 from fashionrec.artifacts import load_artifact, save_artifact
 from fashionrec.errors import FashionrecError
 
-_REGISTRY: dict[str, Callable[..., "VectorIndex"]] = {}
+_REGISTRY: dict[str, Callable[..., VectorIndex]] = {}
 
 
 ARTIFACT_KIND = "vector-index"
@@ -33,6 +33,7 @@ def register_index(name: str):
         _REGISTRY[name] = cls
         cls.kind = name
         return cls
+
     return wrap
 
 
@@ -99,8 +100,9 @@ class VectorIndex(ABC):
         with self._lock:
             return self._get_vector(self._pos[item_id])
 
-    def search(self, queries: np.ndarray, k: int = 10, category: str | None = None,
-               exclude: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int = 10, category: str | None = None, exclude: Sequence[str] = ()
+    ) -> tuple[np.ndarray, np.ndarray]:
         if k <= 0:
             raise ValueError("k must be a positive integer")
         q = _normalize(queries)
@@ -170,15 +172,18 @@ class VectorIndex(ABC):
         """One file of data (fashionrec.artifacts), written atomically: a killed writer leaves the previous index."""
         with self._lock:
             cats = [c for c in self.categories]
-            arrays = {"ids": np.array(self.ids, dtype=str), "deleted": np.array(sorted(self._deleted), dtype=np.int64),
-                      "categories": np.array(["" if c is None else str(c) for c in cats], dtype=str),
-                      "has_category": np.array([c is not None for c in cats], dtype=bool)}
+            arrays = {
+                "ids": np.array(self.ids, dtype=str),
+                "deleted": np.array(sorted(self._deleted), dtype=np.int64),
+                "categories": np.array(["" if c is None else str(c) for c in cats], dtype=str),
+                "has_category": np.array([c is not None for c in cats], dtype=bool),
+            }
             for k, v in self._state().items():
                 arrays[f"state.{k}"] = v
             return save_artifact(path, self.config(), arrays, kind=ARTIFACT_KIND)
 
     @classmethod
-    def load(cls, path: str | Path) -> "VectorIndex":
+    def load(cls, path: str | Path) -> VectorIndex:
         """Rebuild a saved index (any registered backend, or only `cls`'s kind when called on a subclass)."""
         cfg, arrays, _, _ = load_artifact(path, kind=ARTIFACT_KIND)
         cfg = dict(cfg)
@@ -193,7 +198,7 @@ class VectorIndex(ABC):
         idx._deleted = set(arrays["deleted"].tolist())
         # a replaced id maps to its newest row; a removed one (every row deleted) to none
         idx._pos = {i: r for r, i in enumerate(idx.ids) if r not in idx._deleted}
-        idx._restore({k[len("state."):]: v for k, v in arrays.items() if k.startswith("state.")})
+        idx._restore({k[len("state.") :]: v for k, v in arrays.items() if k.startswith("state.")})
         return idx
 
     def _state(self) -> dict[str, np.ndarray]:

@@ -7,9 +7,23 @@ visual (image embeddings), hybrid (a ranker learned on purchases over all of the
 built-in plug-ins, whose `@register_recommender` fills the table (timm's shape).
 """
 
-from fashionrec.recommend.base import (Rec, RecData, Recommender, create_recommender, list_recommenders,
-                                       load_recommender, register_recommender)
 from fashionrec.recommend import baselines, content, hybrid  # noqa: F401,E402  (plug-ins register themselves)
+from fashionrec.recommend.base import (
+    Rec,
+    RecData,
+    Recommender,
+    create_recommender,
+    list_recommenders,
+    load_recommender,
+    register_recommender,
+)
 
-__all__ = ["Rec", "RecData", "Recommender", "create_recommender", "list_recommenders", "load_recommender",
-           "register_recommender"]
+__all__ = [
+    "Rec",
+    "RecData",
+    "Recommender",
+    "create_recommender",
+    "list_recommenders",
+    "load_recommender",
+    "register_recommender",
+]

@@ -22,14 +22,30 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-TAG_COLUMNS = ["product_type_name", "product_group_name", "colour_group_name", "graphical_appearance_name",
-               "department_name", "index_group_name", "garment_group_name"]
+TAG_COLUMNS = [
+    "product_type_name",
+    "product_group_name",
+    "colour_group_name",
+    "graphical_appearance_name",
+    "department_name",
+    "index_group_name",
+    "garment_group_name",
+]
 UNKNOWN = "?"
 
 
-def predict_attributes(item_ids: list[str], vectors: np.ndarray, metadata: pd.DataFrame,
-                       columns: list[str] | None = None, *, n_folds: int = 4, k: int = 20, temperature: float = 0.05,
-                       seed: int = 0, chunk: int = 2048) -> pd.DataFrame:
+def predict_attributes(
+    item_ids: list[str],
+    vectors: np.ndarray,
+    metadata: pd.DataFrame,
+    columns: list[str] | None = None,
+    *,
+    n_folds: int = 4,
+    k: int = 20,
+    temperature: float = 0.05,
+    seed: int = 0,
+    chunk: int = 2048,
+) -> pd.DataFrame:
     """Cross-fitted tags for every item with a vector: one column per attribute plus `<col>_confidence`.
 
     A k-nearest-neighbour vote (cosine, softmax weights exp(sim / temperature)) over the image embeddings of the
@@ -67,7 +83,9 @@ def predict_attributes(item_ids: list[str], vectors: np.ndarray, metadata: pd.Da
                 y, cats = codes[c]
                 yn = y[gal][nb]
                 votes = np.zeros((len(q), len(cats) + 1), dtype=np.float32)
-                np.add.at(votes, (np.repeat(np.arange(len(q)), kk), np.where(yn >= 0, yn, len(cats)).ravel()), w.ravel())
+                np.add.at(
+                    votes, (np.repeat(np.arange(len(q)), kk), np.where(yn >= 0, yn, len(cats)).ravel()), w.ravel()
+                )
                 votes[:, -1] = 0.0  # neighbours without this attribute do not vote
                 best = votes.argmax(1)
                 tot = votes.sum(1)
@@ -92,8 +110,13 @@ def tag_accuracy(predicted: pd.DataFrame, metadata: pd.DataFrame) -> dict[str, f
     return res
 
 
-def describe_items(item_ids: list[str], metadata: pd.DataFrame | None, predicted: pd.DataFrame | None,
-                   visible: np.ndarray | None = None, columns: list[str] | None = None) -> pd.DataFrame:
+def describe_items(
+    item_ids: list[str],
+    metadata: pd.DataFrame | None,
+    predicted: pd.DataFrame | None,
+    visible: np.ndarray | None = None,
+    columns: list[str] | None = None,
+) -> pd.DataFrame:
     """One row per item: its catalog row where the item is visible, its predicted tags otherwise ('?' if neither)."""
     columns = columns or TAG_COLUMNS
     ids = pd.Index(item_ids)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,6 +34,7 @@ def register_recommender(name: str):
         _REGISTRY[name] = cls
         cls.name = name
         return cls
+
     return wrap
 
 
@@ -41,7 +42,7 @@ def list_recommenders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_recommender(name: str, **params) -> "Recommender":
+def create_recommender(name: str, **params) -> Recommender:
     if name not in _REGISTRY:
         raise FashionrecError(f"unknown recommender '{name}'; choose from {sorted(_REGISTRY)}")
     return _REGISTRY[name](**params)
@@ -63,7 +64,7 @@ def state_classes() -> dict[str, type]:
     return table
 
 
-def load_recommender(path: str | Path) -> "Recommender":
+def load_recommender(path: str | Path) -> Recommender:
     """Rebuild a recommender saved by `Recommender.save`. A pickle from an older fashionrec, a foreign file or
     another format version is a FashionrecError naming the file ("old format, refit")."""
     cfg, arrays, _, _ = load_artifact(path, kind=ARTIFACT_KIND)
@@ -106,16 +107,26 @@ class ItemFeatures:
 class RecData:
     """Training view of the log: candidate items, users, the user x item matrix and the raw events."""
 
-    def __init__(self, events: pd.DataFrame, item_ids: Sequence[str], *, image_features: ItemFeatures | None = None,
-                 metadata: pd.DataFrame | None = None, now: pd.Timestamp | None = None,
-                 predicted: pd.DataFrame | None = None, users: pd.DataFrame | None = None):
+    def __init__(
+        self,
+        events: pd.DataFrame,
+        item_ids: Sequence[str],
+        *,
+        image_features: ItemFeatures | None = None,
+        metadata: pd.DataFrame | None = None,
+        now: pd.Timestamp | None = None,
+        predicted: pd.DataFrame | None = None,
+        users: pd.DataFrame | None = None,
+    ):
         self.item_ids = list(item_ids)
         self.item_index = {i: j for j, i in enumerate(self.item_ids)}
         ev = events[events["item"].isin(self.item_index)]
         self.events = ev.reset_index(drop=True)
         self.user_ids = sorted(ev["user"].unique())
         self.user_index = {u: j for j, u in enumerate(self.user_ids)}
-        self.now = pd.Timestamp(now) if now is not None else (ev["timestamp"].max() if len(ev) else pd.Timestamp("1970-01-01"))
+        self.now = (
+            pd.Timestamp(now) if now is not None else (ev["timestamp"].max() if len(ev) else pd.Timestamp("1970-01-01"))
+        )
         self.image_features = image_features
         self.metadata = metadata if metadata is not None else pd.DataFrame()
         # Tags predicted from photos for every item (fashionrec.recommend.attributes), and per-customer facts
@@ -124,7 +135,9 @@ class RecData:
         self.users = users
         u = ev["user"].map(self.user_index).to_numpy()
         i = ev["item"].map(self.item_index).to_numpy()
-        self.matrix = sp.csr_matrix((ev["weight"].to_numpy(np.float32), (u, i)), shape=(len(self.user_ids), len(self.item_ids)))
+        self.matrix = sp.csr_matrix(
+            (ev["weight"].to_numpy(np.float32), (u, i)), shape=(len(self.user_ids), len(self.item_ids))
+        )
         self.matrix.sum_duplicates()
         # Map ids once for the whole log (Series.map per user rebuilds the dict each time: 20 s on H&M).
         ts = ev["timestamp"].to_numpy()
@@ -155,7 +168,9 @@ class RecData:
         """(item indices, timestamps) in time order; empty for an unknown user."""
         return self._hist.get(user, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]")))
 
-    def history_from_ids(self, items: Sequence[str], timestamps: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def history_from_ids(
+        self, items: Sequence[str], timestamps: Sequence | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         unknown = [i for i in items if i not in self.item_index]
         if unknown:
             raise FashionrecError(f"unknown item id(s) in history: {unknown[:5]}")
@@ -174,7 +189,9 @@ class RecData:
             self.item_index[i] = len(self.item_ids)
             self.item_ids.append(i)
         if new:
-            self.matrix = sp.hstack([self.matrix, sp.csr_matrix((self.matrix.shape[0], len(new)), dtype=np.float32)]).tocsr()
+            self.matrix = sp.hstack(
+                [self.matrix, sp.csr_matrix((self.matrix.shape[0], len(new)), dtype=np.float32)]
+            ).tocsr()
 
 
 class Recommender(ABC):
@@ -190,7 +207,7 @@ class Recommender(ABC):
         self.data: RecData | None = None
 
     @abstractmethod
-    def fit(self, data: RecData) -> "Recommender": ...
+    def fit(self, data: RecData) -> Recommender: ...
 
     @abstractmethod
     def scores(self, hist_idx: np.ndarray, hist_ts: np.ndarray, user: str | None = None) -> np.ndarray:
@@ -204,23 +221,35 @@ class Recommender(ABC):
         if self.data is None:
             raise FashionrecError(f"recommender '{self.name}' is not fitted")
 
-    def _top(self, s: np.ndarray, k: int, hist_idx, hist_ts, exclude: set[int] | None = None, explain: bool = True) -> list[Rec]:
+    def _top(
+        self, s: np.ndarray, k: int, hist_idx, hist_ts, exclude: set[int] | None = None, explain: bool = True
+    ) -> list[Rec]:
         s = s.astype(np.float64, copy=True)
         if exclude:
             s[list(exclude)] = -np.inf
         k = min(k, len(s))
         top = np.argpartition(-s, k - 1)[:k] if k else np.zeros(0, dtype=int)
         top = top[np.argsort(-s[top], kind="stable")]
-        return [Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else [])
-                for j in top if np.isfinite(s[j])]
+        return [
+            Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else [])
+            for j in top
+            if np.isfinite(s[j])
+        ]
 
     def recommend(self, user: str, k: int = 12, *, exclude_bought: bool = False, explain: bool = True) -> list[Rec]:
         self._check_fitted()
         h, t = self.data.history(user)
         return self._top(self.scores(h, t, user), k, h, t, set(h.tolist()) if exclude_bought else None, explain)
 
-    def recommend_from_history(self, items: Sequence[str], k: int = 12, timestamps: Sequence | None = None, *,
-                               exclude_bought: bool = False, explain: bool = True) -> list[Rec]:
+    def recommend_from_history(
+        self,
+        items: Sequence[str],
+        k: int = 12,
+        timestamps: Sequence | None = None,
+        *,
+        exclude_bought: bool = False,
+        explain: bool = True,
+    ) -> list[Rec]:
         """A new or anonymous user: the history is given at query time; nothing is refitted."""
         self._check_fitted()
         h, t = self.data.history_from_ids(items, timestamps)
@@ -240,7 +269,9 @@ class Recommender(ABC):
         t = np.array([np.datetime64(self.data.now, "ns")])
         return self._top(self.scores(h, t, None), k, h, t, {j})
 
-    def add_items(self, ids: Sequence[str], vectors: np.ndarray | None = None, metadata: pd.DataFrame | None = None) -> None:
+    def add_items(
+        self, ids: Sequence[str], vectors: np.ndarray | None = None, metadata: pd.DataFrame | None = None
+    ) -> None:
         """New arrivals become candidates at once (content models also take their vectors/metadata)."""
         self._check_fitted()
         self.data.add_items(ids)
@@ -252,7 +283,7 @@ class Recommender(ABC):
         return save_artifact(path, {"recommender": self.name, "state": tree}, arrays, kind=ARTIFACT_KIND)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Recommender":
+    def load(cls, path: str | Path) -> Recommender:
         model = load_recommender(path)
         if not isinstance(model, cls):
             raise FashionrecError(f"{path}: holds a '{model.name}' recommender, not a {cls.__name__}")

@@ -48,7 +48,9 @@ class Popularity(Recommender):
 class Repurchase(Popularity):
     """Own recent purchases first (recency-weighted counts), then popularity: strong in fashion retail."""
 
-    def __init__(self, half_life_days: float = 7.0, window_days: float | None = 28.0, history_half_life_days: float = 30.0):
+    def __init__(
+        self, half_life_days: float = 7.0, window_days: float | None = 28.0, history_half_life_days: float = 30.0
+    ):
         super().__init__(half_life_days, window_days)
         self.history_half_life_days = history_half_life_days
 
@@ -136,13 +138,24 @@ class ItemKNN(_Implicit):
 class ALS(_Implicit):
     """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) via implicit; new users are folded in."""
 
-    def __init__(self, factors: int = 64, regularization: float = 0.05, iterations: int = 20, alpha: float = 10.0,
-                 random_state: int = 0):
+    def __init__(
+        self,
+        factors: int = 64,
+        regularization: float = 0.05,
+        iterations: int = 20,
+        alpha: float = 10.0,
+        random_state: int = 0,
+    ):
         super().__init__()
         if factors < 1 or iterations < 1:
             raise ValueError("factors and iterations must be positive integers")
-        self.params = dict(factors=factors, regularization=regularization, iterations=iterations, alpha=alpha,
-                           random_state=random_state)
+        self.params = dict(
+            factors=factors,
+            regularization=regularization,
+            iterations=iterations,
+            alpha=alpha,
+            random_state=random_state,
+        )
 
     def _model(self):
         from implicit.cpu.als import AlternatingLeastSquares
@@ -165,11 +178,22 @@ class BPR(ALS):
     """Bayesian Personalised Ranking via implicit. BPR cannot recompute a user, so a history is folded in as
     the mean of its items' factors."""
 
-    def __init__(self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01,
-                 iterations: int = 100, random_state: int = 0):
+    def __init__(
+        self,
+        factors: int = 64,
+        learning_rate: float = 0.05,
+        regularization: float = 0.01,
+        iterations: int = 100,
+        random_state: int = 0,
+    ):
         Recommender.__init__(self)
-        self.params = dict(factors=factors, learning_rate=learning_rate, regularization=regularization,
-                           iterations=iterations, random_state=random_state)
+        self.params = dict(
+            factors=factors,
+            learning_rate=learning_rate,
+            regularization=regularization,
+            iterations=iterations,
+            random_state=random_state,
+        )
 
     def _model(self):
         from implicit.cpu.bpr import BayesianPersonalizedRanking

@@ -64,9 +64,20 @@ def write_rows(f, users: Sequence[str], lists: list[list[str]], fill: list[str],
     w.writerows((u, " ".join(complete(items, fill, k))) for u, items in zip(users, lists))
 
 
-def recommend_all(model, users: Sequence[str], k: int, out_path: str | Path, *, block_size: int = 2048,
-                  progress: bool = True, fill: list[str] | None = None, header: bool = True, workers: int = 1,
-                  address: str | None = None, timings: dict | None = None) -> Path:
+def recommend_all(
+    model,
+    users: Sequence[str],
+    k: int,
+    out_path: str | Path,
+    *,
+    block_size: int = 2048,
+    progress: bool = True,
+    fill: list[str] | None = None,
+    header: bool = True,
+    workers: int = 1,
+    address: str | None = None,
+    timings: dict | None = None,
+) -> Path:
     """Write `customer_id,prediction` (k space-separated item ids) for every customer in `users`, in that order.
 
     block_size: customers per block (memory ~ block_size x ~200 candidate rows x 47 features, ~75 MB at 2048);
@@ -82,14 +93,33 @@ def recommend_all(model, users: Sequence[str], k: int, out_path: str | Path, *, 
     if workers > 1:
         from fashionrec.distributed import recommend_all_ray
 
-        return recommend_all_ray(model, users, k, out_path, workers=workers, block_size=block_size, progress=progress,
-                                 fill=fill, header=header, address=address, timings=timings)
+        return recommend_all_ray(
+            model,
+            users,
+            k,
+            out_path,
+            workers=workers,
+            block_size=block_size,
+            progress=progress,
+            fill=fill,
+            header=header,
+            address=address,
+            timings=timings,
+        )
     from tqdm.auto import tqdm
 
     t = timings if timings is not None else {}
     with atomic_path(out_path, suffix=".tmp.csv") as tmp:
-        with open(tmp, "w", newline="") as f, tqdm(total=len(users), desc=f"recommend ({getattr(model, 'name', '?')})",
-                                                    unit="customer", disable=not progress, smoothing=0.1) as bar:
+        with (
+            open(tmp, "w", newline="") as f,
+            tqdm(
+                total=len(users),
+                desc=f"recommend ({getattr(model, 'name', '?')})",
+                unit="customer",
+                disable=not progress,
+                smoothing=0.1,
+            ) as bar,
+        ):
             if header:
                 f.write("customer_id,prediction\n")
             for b in range(0, len(users), block_size):

@@ -16,9 +16,19 @@ import pandas as pd
 from fashionrec.errors import FashionrecError
 from fashionrec.recommend.base import ItemFeatures, RecData, Recommender, recency_weights, register_recommender
 
-CATEGORICAL = ["product_type_name", "product_group_name", "graphical_appearance_name", "colour_group_name",
-               "perceived_colour_value_name", "perceived_colour_master_name", "department_name", "index_name",
-               "index_group_name", "section_name", "garment_group_name"]
+CATEGORICAL = [
+    "product_type_name",
+    "product_group_name",
+    "graphical_appearance_name",
+    "colour_group_name",
+    "perceived_colour_value_name",
+    "perceived_colour_master_name",
+    "department_name",
+    "index_name",
+    "index_group_name",
+    "section_name",
+    "garment_group_name",
+]
 TEXT = ["prod_name", "detail_desc"]
 _INDEXES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (catalog size, VectorIndex)
 
@@ -28,7 +38,11 @@ class _VectorProfile(Recommender):
         super().__init__()
         if history_half_life_days <= 0 or max_history < 1:
             raise ValueError("history_half_life_days must be positive and max_history >= 1")
-        self.history_half_life_days, self.max_history, self.profile_weight = history_half_life_days, max_history, profile_weight
+        self.history_half_life_days, self.max_history, self.profile_weight = (
+            history_half_life_days,
+            max_history,
+            profile_weight,
+        )
 
     def _vectors(self, data: RecData) -> ItemFeatures:
         raise NotImplementedError
@@ -157,7 +171,7 @@ class _VectorProfile(Recommender):
         has = np.zeros(n_new, dtype=bool)
         new_vecs = self._new_vectors(ids, vectors, metadata)
         if new_vecs is not None:
-            extra[-len(new_vecs):] = new_vecs[-n_new:]
+            extra[-len(new_vecs) :] = new_vecs[-n_new:]
             has[:] = np.linalg.norm(extra, axis=1) > 0
         self.V = np.vstack([self.V, extra])
         self.has = np.concatenate([self.has, has])
@@ -194,14 +208,19 @@ class MetadataContent(_VectorProfile):
         from sklearn.preprocessing import normalize
 
         cats = [c for c in CATEGORICAL if c in meta.columns]
-        texts = (meta[[c for c in TEXT if c in meta.columns]].fillna("").astype(str).agg(" ".join, axis=1)
-                 if any(c in meta.columns for c in TEXT) else pd.Series([""] * len(meta), index=meta.index))
+        texts = (
+            meta[[c for c in TEXT if c in meta.columns]].fillna("").astype(str).agg(" ".join, axis=1)
+            if any(c in meta.columns for c in TEXT)
+            else pd.Series([""] * len(meta), index=meta.index)
+        )
         parts = []
         if cats:
             from sklearn.preprocessing import OneHotEncoder
 
             if fit:
-                self._onehot = OneHotEncoder(handle_unknown="ignore").fit(meta[cats].astype(object).fillna("?").astype(str))
+                self._onehot = OneHotEncoder(handle_unknown="ignore").fit(
+                    meta[cats].astype(object).fillna("?").astype(str)
+                )
             parts.append(normalize(self._onehot.transform(meta[cats].astype(object).fillna("?").astype(str))).toarray())
         if fit:
             self._has_text = any(c in meta.columns for c in TEXT)
@@ -259,6 +278,12 @@ def encode_text_minilm(texts: list[str], batch_size: int = 64) -> np.ndarray:
     from pathlib import Path
 
     root = Path(pkg.__file__).parent
-    candidates = [p.parent for p in root.rglob("config_sentence_transformers.json")] or [p.parent for p in root.rglob("modules.json")]
-    model = SentenceTransformer(str(candidates[0]) if candidates else "sentence-transformers/all-MiniLM-L6-v2", device="cpu")
-    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False).astype(np.float32)
+    candidates = [p.parent for p in root.rglob("config_sentence_transformers.json")] or [
+        p.parent for p in root.rglob("modules.json")
+    ]
+    model = SentenceTransformer(
+        str(candidates[0]) if candidates else "sentence-transformers/all-MiniLM-L6-v2", device="cpu"
+    )
+    return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False).astype(
+        np.float32
+    )

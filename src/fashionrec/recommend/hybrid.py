@@ -37,25 +37,67 @@ from fashionrec.recommend.base import DAY, RecData, Recommender, register_recomm
 
 log = logging.getLogger(__name__)
 
-SOURCES = ["repurchase", "same_product", "pairs", "pop_decay", "pop_week", "pop_month", "age_pop", "dept_pop", "new_colour",
-           "visual", "new_arrival"]
+SOURCES = [
+    "repurchase",
+    "same_product",
+    "pairs",
+    "pop_decay",
+    "pop_week",
+    "pop_month",
+    "age_pop",
+    "dept_pop",
+    "new_colour",
+    "visual",
+    "new_arrival",
+]
 SHARE_COLUMNS = TAG_COLUMNS
-ITEM_FEATURES = ["pop_week", "pop_month", "pop_all", "first_sale_days", "last_sale_days", "code_pop_week",
-                 "code_pop_month", "code_first_days", "code_last_days", "never_sold", "trend", "buyer_age",
-                 "item_price"]
+ITEM_FEATURES = [
+    "pop_week",
+    "pop_month",
+    "pop_all",
+    "first_sale_days",
+    "last_sale_days",
+    "code_pop_week",
+    "code_pop_month",
+    "code_first_days",
+    "code_last_days",
+    "never_sold",
+    "trend",
+    "buyer_age",
+    "item_price",
+]
 USER_FEATURES = ["age", "n_purchases", "n_distinct", "days_since_last", "user_price"]
-PAIR_FEATURES = ["n_own", "own_w", "own_days", "n_code", "code_days", "vis_max", "vis_profile", "age_diff", "price_ratio",
-                 "als", "pair_score"] + [f"share_{c}" for c in SHARE_COLUMNS]
+PAIR_FEATURES = [
+    "n_own",
+    "own_w",
+    "own_days",
+    "n_code",
+    "code_days",
+    "vis_max",
+    "vis_profile",
+    "age_diff",
+    "price_ratio",
+    "als",
+    "pair_score",
+] + [f"share_{c}" for c in SHARE_COLUMNS]
 FEATURES = [f"rank_{s}" for s in SOURCES] + ITEM_FEATURES + USER_FEATURES + PAIR_FEATURES
 RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
 # The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
 _INF = np.inf
-BUCKETS = [("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]), ("code_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]),
-           ("rank_pop_decay", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_month", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]), ("rank_pop_week", [0, 1, 2, 3, 5, 8, 12, 20, _INF]),
-           ("rank_age_pop", [0, 2, 5, 10, _INF]), ("rank_dept_pop", [0, 2, 5, 10, _INF]),
-           ("rank_new_arrival", [0, 1, 2, 3, 5, 10, _INF]), ("rank_new_colour", [0, 3, 6, 10, _INF]),
-           ("rank_pairs", [0, 3, 6, 10, _INF]), ("rank_visual", [0, 3, 6, 10, _INF]),
-           ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF])]
+BUCKETS = [
+    ("own_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]),
+    ("code_days", [0, 7, 14, 30, 60, 90, 180, 365, _INF]),
+    ("rank_pop_decay", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]),
+    ("rank_pop_month", [0, 1, 2, 3, 5, 8, 12, 20, 30, _INF]),
+    ("rank_pop_week", [0, 1, 2, 3, 5, 8, 12, 20, _INF]),
+    ("rank_age_pop", [0, 2, 5, 10, _INF]),
+    ("rank_dept_pop", [0, 2, 5, 10, _INF]),
+    ("rank_new_arrival", [0, 1, 2, 3, 5, 10, _INF]),
+    ("rank_new_colour", [0, 3, 6, 10, _INF]),
+    ("rank_pairs", [0, 3, 6, 10, _INF]),
+    ("rank_visual", [0, 3, 6, 10, _INF]),
+    ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF]),
+]
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
 WINDOW_CACHE_ROWS = 2_000_000  # training rows kept for reuse across rankers (~0.4 GB); beyond, windows are rebuilt
 BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
@@ -110,8 +152,15 @@ def _top_sparse(idx: np.ndarray, val: np.ndarray, n: int) -> np.ndarray:
 class _State:
     """Everything the features need, computed from the events before `t` (a day boundary)."""
 
-    def __init__(self, data: RecData, t: pd.Timestamp, cfg: Hybrid, vectors: np.ndarray | None, has_vec: np.ndarray,
-                 codes: np.ndarray):
+    def __init__(
+        self,
+        data: RecData,
+        t: pd.Timestamp,
+        cfg: Hybrid,
+        vectors: np.ndarray | None,
+        has_vec: np.ndarray,
+        codes: np.ndarray,
+    ):
         self.t = pd.Timestamp(t)
         ev = data.events[data.events["timestamp"] < self.t]
         n = data.n_items
@@ -197,12 +246,15 @@ class _State:
                 self.hist[users[grp[0]]] = (idx[grp], ts[grp], price[grp])
         # global candidate lists
         # what sells now, time-decayed (the popularity baseline's list: half-life 7 days over the last 28)
-        self.pop_decay = np.bincount(idx[age <= 28], (w * np.power(0.5, np.maximum(age, 0) / 7.0))[age <= 28], minlength=n)
+        self.pop_decay = np.bincount(
+            idx[age <= 28], (w * np.power(0.5, np.maximum(age, 0) / 7.0))[age <= 28], minlength=n
+        )
         self.list_decay = _top(self.pop_decay, cfg.n_pop_decay)
         self.list_week = _top(self.pop_week, cfg.n_pop_week)
         self.list_month = _top(self.pop_month, cfg.n_pop_month)
-        self.list_new_colour = _top(self.code_pop_month + 1e-3 * self.code_pop_week, cfg.n_new_colour,
-                                    ~self.sold & has_code)
+        self.list_new_colour = _top(
+            self.code_pop_month + 1e-3 * self.code_pop_week, cfg.n_new_colour, ~self.sold & has_code
+        )
         band = np.searchsorted(AGE_BANDS, ev_age, side="right") - 1
         self.age_lists = {}
         recent = age <= 28
@@ -282,8 +334,9 @@ class _State:
             new_ids = np.array([lookup.get(c, -1) for c in codes], dtype=np.int64)
         for a in ("code_pop_week", "code_pop_month", "code_first", "code_last"):
             old = getattr(self, a)
-            vals = np.array([old[known[c]] if c >= 0 and c in known else (0.0 if "pop" in a else np.nan)
-                             for c in new_ids])
+            vals = np.array(
+                [old[known[c]] if c >= 0 and c in known else (0.0 if "pop" in a else np.nan) for c in new_ids]
+            )
             setattr(self, a, np.concatenate([old, vals]))
         self.code_ids = np.concatenate([self.code_ids, new_ids])
         if old_codes is not None:
@@ -478,13 +531,41 @@ def _co_purchases(users, idx, ts, n, days):
 class Hybrid(Recommender):
     """Candidate sources + a LightGBM ranker learned on past windows of the purchase log (see the module doc)."""
 
-    def __init__(self, label_days: int = 28, n_windows: int = 6, window_step_days: int = 14, ranker: str = "buckets",
-                 n_repurchase: int = 40, n_same_product: int = 30, n_pairs: int = 20, n_pop_decay: int = 30, n_pop_week: int = 30,
-                 n_pop_month: int = 30, n_age_pop: int = 20, n_dept_pop: int = 10, n_new_colour: int = 20,
-                 n_visual: int = 20, n_new_arrival: int = 20, arrival_pool: int = 500, pair_days: int = 14,
-                 recent_items: int = 10, use_als: bool = True, n_estimators: int = 600, learning_rate: float = 0.05,
-                 num_leaves: int = 15, min_child_samples: int = 50, feature_fraction: float = 0.8, lambda_l2: float = 1.0,
-                 own_first: bool = True, own_first_days: float = 90.0, bucket_combine: str = "noisy_or", arrival_slots: int = 4, max_train_users: int = 50000, seed: int = 0, val_days: int | None = None):
+    def __init__(
+        self,
+        label_days: int = 28,
+        n_windows: int = 6,
+        window_step_days: int = 14,
+        ranker: str = "buckets",
+        n_repurchase: int = 40,
+        n_same_product: int = 30,
+        n_pairs: int = 20,
+        n_pop_decay: int = 30,
+        n_pop_week: int = 30,
+        n_pop_month: int = 30,
+        n_age_pop: int = 20,
+        n_dept_pop: int = 10,
+        n_new_colour: int = 20,
+        n_visual: int = 20,
+        n_new_arrival: int = 20,
+        arrival_pool: int = 500,
+        pair_days: int = 14,
+        recent_items: int = 10,
+        use_als: bool = True,
+        n_estimators: int = 600,
+        learning_rate: float = 0.05,
+        num_leaves: int = 15,
+        min_child_samples: int = 50,
+        feature_fraction: float = 0.8,
+        lambda_l2: float = 1.0,
+        own_first: bool = True,
+        own_first_days: float = 90.0,
+        bucket_combine: str = "noisy_or",
+        arrival_slots: int = 4,
+        max_train_users: int = 50000,
+        seed: int = 0,
+        val_days: int | None = None,
+    ):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
             label_days = val_days
@@ -492,17 +573,42 @@ class Hybrid(Recommender):
             raise ValueError("label_days, n_windows and window_step_days must be positive integers")
         if ranker not in RANKERS:
             raise ValueError(f"ranker must be one of {sorted(RANKERS)}")
-        for name, v in [("n_repurchase", n_repurchase), ("n_same_product", n_same_product), ("n_pairs", n_pairs),
-                        ("n_pop_decay", n_pop_decay), ("n_pop_week", n_pop_week), ("n_pop_month", n_pop_month), ("n_age_pop", n_age_pop),
-                        ("n_dept_pop", n_dept_pop), ("n_new_colour", n_new_colour), ("n_visual", n_visual),
-                        ("n_new_arrival", n_new_arrival), ("arrival_pool", arrival_pool)]:
+        for name, v in [
+            ("n_repurchase", n_repurchase),
+            ("n_same_product", n_same_product),
+            ("n_pairs", n_pairs),
+            ("n_pop_decay", n_pop_decay),
+            ("n_pop_week", n_pop_week),
+            ("n_pop_month", n_pop_month),
+            ("n_age_pop", n_age_pop),
+            ("n_dept_pop", n_dept_pop),
+            ("n_new_colour", n_new_colour),
+            ("n_visual", n_visual),
+            ("n_new_arrival", n_new_arrival),
+            ("arrival_pool", arrival_pool),
+        ]:
             if v < 0:
                 raise ValueError(f"{name} must be >= 0")
-        self.label_days, self.n_windows, self.window_step_days, self.ranker_kind = label_days, n_windows, window_step_days, ranker
+        self.label_days, self.n_windows, self.window_step_days, self.ranker_kind = (
+            label_days,
+            n_windows,
+            window_step_days,
+            ranker,
+        )
         self.n_repurchase, self.n_same_product, self.n_pairs = n_repurchase, n_same_product, n_pairs
-        self.n_pop_week, self.n_pop_month, self.n_age_pop, self.n_dept_pop = n_pop_week, n_pop_month, n_age_pop, n_dept_pop
+        self.n_pop_week, self.n_pop_month, self.n_age_pop, self.n_dept_pop = (
+            n_pop_week,
+            n_pop_month,
+            n_age_pop,
+            n_dept_pop,
+        )
         self.n_pop_decay = n_pop_decay
-        self.n_new_colour, self.n_visual, self.n_new_arrival, self.arrival_pool = n_new_colour, n_visual, n_new_arrival, arrival_pool
+        self.n_new_colour, self.n_visual, self.n_new_arrival, self.arrival_pool = (
+            n_new_colour,
+            n_visual,
+            n_new_arrival,
+            arrival_pool,
+        )
         self.pair_days, self.recent_items, self.use_als = pair_days, recent_items, use_als
         self.n_estimators, self.learning_rate, self.num_leaves = n_estimators, learning_rate, num_leaves
         self.min_child_samples, self.max_train_users, self.seed = min_child_samples, max_train_users, seed
@@ -562,8 +668,14 @@ class Hybrid(Recommender):
         self._nb_sims = np.zeros((len(self.has_vec), kk - 1), dtype=np.float32)
         for r in range(len(rows)):  # drop the item itself (wherever it landed among equal scores)
             keep = ids[r] != rows[r]
-            self._nb_ids[rows[r]] = ids[r][keep][: kk - 1] if keep.sum() >= kk - 1 else np.pad(ids[r][keep], (0, kk - 1 - keep.sum()), constant_values=-1)
-            self._nb_sims[rows[r]] = sims[r][keep][: kk - 1] if keep.sum() >= kk - 1 else np.pad(sims[r][keep], (0, kk - 1 - keep.sum()))
+            self._nb_ids[rows[r]] = (
+                ids[r][keep][: kk - 1]
+                if keep.sum() >= kk - 1
+                else np.pad(ids[r][keep], (0, kk - 1 - keep.sum()), constant_values=-1)
+            )
+            self._nb_sims[rows[r]] = (
+                sims[r][keep][: kk - 1] if keep.sum() >= kk - 1 else np.pad(sims[r][keep], (0, kk - 1 - keep.sum()))
+            )
         _NB_CACHE.clear()  # one catalog at a time (evaluation refits on the same photos)
         _NB_CACHE[key] = (self._nb_ids, self._nb_sims)
 
@@ -599,11 +711,12 @@ class Hybrid(Recommender):
             codes = codes[codes >= 0]
             same = []
             for c in codes:
-                same.extend(st.code_order[st.code_start[c]:st.code_end[c]].tolist())
+                same.extend(st.code_order[st.code_start[c] : st.code_end[c]].tolist())
             same = np.array([j for j in dict.fromkeys(same) if j not in own], dtype=np.int64)
             if len(same):
-                same = same[np.argsort(-(st.code_pop_month[same] + st.pop_month[same] + 1e-3 * st.pop_all[same]),
-                                       kind="stable")]
+                same = same[
+                    np.argsort(-(st.code_pop_month[same] + st.pop_month[same] + 1e-3 * st.pop_all[same]), kind="stable")
+                ]
             src["same_product"] = same[: self.n_same_product]
             recent = recent_unique[: self.recent_items]
             if st.pairs is not None and self.n_pairs:
@@ -660,8 +773,10 @@ class Hybrid(Recommender):
 
     def _features(self, st: _State, h, ts, prices, user) -> tuple[np.ndarray, np.ndarray, dict]:
         src = self._candidates(st, h, ts, user)
-        cand = np.array(list(dict.fromkeys(np.concatenate([v for v in src.values()] or [np.zeros(0)]).astype(np.int64).tolist())),
-                        dtype=np.int64)
+        cand = np.array(
+            list(dict.fromkeys(np.concatenate([v for v in src.values()] or [np.zeros(0)]).astype(np.int64).tolist())),
+            dtype=np.int64,
+        )
         m = len(cand)
         cols = []
         where = {int(c): i for i, c in enumerate(cand)}
@@ -672,9 +787,21 @@ class Hybrid(Recommender):
                 if r[i] != r[i]:
                     r[i] = rank
             cols.append(r)
-        cols += [st.pop_week[cand], st.pop_month[cand], st.pop_all[cand], st.first_days[cand], st.last_days[cand],
-                 st.code_pop_week[cand], st.code_pop_month[cand], st.code_first[cand], st.code_last[cand],
-                 (~st.sold[cand]).astype(float), st.trend[cand], st.buyer_age[cand], st.item_price[cand]]
+        cols += [
+            st.pop_week[cand],
+            st.pop_month[cand],
+            st.pop_all[cand],
+            st.first_days[cand],
+            st.last_days[cand],
+            st.code_pop_week[cand],
+            st.code_pop_month[cand],
+            st.code_first[cand],
+            st.code_last[cand],
+            (~st.sold[cand]).astype(float),
+            st.trend[cand],
+            st.buyer_age[cand],
+            st.item_price[cand],
+        ]
         t64 = np.datetime64(st.t, "ns")
         age = self._user_age(st, user)
         if len(h):
@@ -760,7 +887,11 @@ class Hybrid(Recommender):
         t64 = np.datetime64(st.t, "ns")
         bh = np.repeat(np.arange(B), lens)
         hh = np.concatenate([x[0] for x in hists]).astype(np.int64) if lens.sum() else np.zeros(0, dtype=np.int64)
-        th = np.concatenate([x[1] for x in hists]).astype("datetime64[ns]") if lens.sum() else np.zeros(0, dtype="datetime64[ns]")
+        th = (
+            np.concatenate([x[1] for x in hists]).astype("datetime64[ns]")
+            if lens.sum()
+            else np.zeros(0, dtype="datetime64[ns]")
+        )
         hd = (t64 - th) / DAY
         # newest-first unique history of every customer (argsort(ts, stable)[::-1], then first occurrences)
         pos = np.arange(len(hh))
@@ -798,7 +929,7 @@ class Hybrid(Recommender):
         offset = 0
         for b in range(B):
             h, ts, pr = hists[b]
-            ru = ru_i[ru_start[b]:ru_end[b]]
+            ru = ru_i[ru_start[b] : ru_end[b]]
             src: dict[str, np.ndarray] = {}
             if len(h):
                 src["repurchase"] = ru[: self.n_repurchase]
@@ -843,7 +974,9 @@ class Hybrid(Recommender):
             m = len(cand)
             row_parts.append(offset + where[inv.ravel()])
             src_parts.append(np.repeat([src_num[s_] for s_ in names], [len(p) for p in parts]).astype(np.int64))
-            rank_parts.append(np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, dtype=np.int64))
+            rank_parts.append(
+                np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+            )
             # per-customer facts
             if len(h):
                 up = np.nanmean(pr) if pr is not None and np.isfinite(pr).any() else np.nan
@@ -875,12 +1008,26 @@ class Hybrid(Recommender):
         col = 0
         ranks = np.full((M, len(SOURCES)), np.nan)
         if M:
-            np.fmin.at(ranks, (np.concatenate(row_parts), np.concatenate(src_parts)), np.concatenate(rank_parts).astype(float))
+            np.fmin.at(
+                ranks, (np.concatenate(row_parts), np.concatenate(src_parts)), np.concatenate(rank_parts).astype(float)
+            )
         X[:, : len(SOURCES)] = ranks
         col = len(SOURCES)
-        for v in (st.pop_week, st.pop_month, st.pop_all, st.first_days, st.last_days, st.code_pop_week,
-                  st.code_pop_month, st.code_first, st.code_last, (~st.sold).astype(float), st.trend, st.buyer_age,
-                  st.item_price):
+        for v in (
+            st.pop_week,
+            st.pop_month,
+            st.pop_all,
+            st.first_days,
+            st.last_days,
+            st.code_pop_week,
+            st.code_pop_month,
+            st.code_first,
+            st.code_last,
+            (~st.sold).astype(float),
+            st.trend,
+            st.buyer_age,
+            st.item_price,
+        ):
             X[:, col] = v[cand_all]
             col += 1
         uc = np.array(ucols, dtype=float).reshape(B, 5)
@@ -913,8 +1060,11 @@ class Hybrid(Recommender):
                 oka = ah >= 0
                 if oka.any():
                     NA = int(a.max(initial=0)) + 2
-                    cnt, _ = _group_lookup(bh[oka] * NA + ah[oka], np.zeros(int(oka.sum())),
-                                           np.where(a[cand_all] >= 0, cb * NA + a[cand_all], -1))
+                    cnt, _ = _group_lookup(
+                        bh[oka] * NA + ah[oka],
+                        np.zeros(int(oka.sum())),
+                        np.where(a[cand_all] >= 0, cb * NA + a[cand_all], -1),
+                    )
                     shares[c] = np.where(n_users_h > 0, cnt / np.maximum(n_users_h, 1), 0.0)
         age_rows = ages[cb]
         up_rows = uc[cb, 4]
@@ -931,8 +1081,9 @@ class Hybrid(Recommender):
         vis_max = np.concatenate(vis_m) if M else np.zeros(0)
         vis_prof = np.concatenate(vis_p) if M else np.zeros(0)
         als = np.concatenate(als_parts) if M else np.zeros(0)
-        for v in [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair] + \
-                 [shares[c] for c in SHARE_COLUMNS]:
+        for v in [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair] + [
+            shares[c] for c in SHARE_COLUMNS
+        ]:
             X[:, col] = v
             col += 1
         sources = None
@@ -1073,10 +1224,26 @@ class Hybrid(Recommender):
         return bool(self.use_als) and self.ranker_kind in {"binary", "lambdarank"}
 
     def _candidate_key(self) -> tuple:
-        return (self.label_days, self.n_repurchase, self.n_same_product, self.n_pairs, self.n_pop_decay, self.n_pop_week,
-                self.n_pop_month, self.n_age_pop, self.n_dept_pop, self.n_new_colour, self.n_visual,
-                self.n_new_arrival, self.arrival_pool, self.pair_days, self.recent_items, self._needs_als(),
-                self.max_train_users, self.seed)
+        return (
+            self.label_days,
+            self.n_repurchase,
+            self.n_same_product,
+            self.n_pairs,
+            self.n_pop_decay,
+            self.n_pop_week,
+            self.n_pop_month,
+            self.n_age_pop,
+            self.n_dept_pop,
+            self.n_new_colour,
+            self.n_visual,
+            self.n_new_arrival,
+            self.arrival_pool,
+            self.pair_days,
+            self.recent_items,
+            self._needs_als(),
+            self.max_train_users,
+            self.seed,
+        )
 
     def _window(self, data: RecData, t: pd.Timestamp, rng):
         """Training examples of one past window; cached per data object, so that rankers compared on the same
@@ -1098,7 +1265,9 @@ class Hybrid(Recommender):
 
     def _window_uncached(self, data: RecData, t: pd.Timestamp, rng):
         st = self._state(data, t)
-        lab = data.events[(data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=self.label_days))]
+        lab = data.events[
+            (data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=self.label_days))
+        ]
         li = lab["item"].map(data.item_index).to_numpy(dtype=np.int64)
         truth = {}
         for u, j in zip(lab["user"].to_numpy(), li):
@@ -1162,13 +1331,22 @@ class Hybrid(Recommender):
             pos += int(y.sum())
             for s in SOURCES:
                 stats["sources"][s]["hits"] += src_hits[s]
-            stats["windows"].append({"start": str(t.date()), "users": len(groups), "rows": int(len(y)),
-                                     "positives": int(y.sum()), "purchases": n_true})
+            stats["windows"].append(
+                {
+                    "start": str(t.date()),
+                    "users": len(groups),
+                    "rows": int(len(y)),
+                    "positives": int(y.sum()),
+                    "purchases": n_true,
+                }
+            )
         for s in SOURCES:
             stats["sources"][s]["recall"] = stats["sources"][s]["hits"] / max(1, n_true_all)
         stats.update(rows=rows, positives=pos, candidate_recall=pos / max(1, n_true_all))
         self.train_stats = stats
-        log.info("hybrid ranker training: %d rows, %d positives, candidate recall %.3f", rows, pos, stats["candidate_recall"])
+        log.info(
+            "hybrid ranker training: %d rows, %d positives, candidate recall %.3f", rows, pos, stats["candidate_recall"]
+        )
         self.booster, self.best_iteration = None, 0
         self.buckets = None
         if pos >= 5 and self.ranker_kind == "buckets":
@@ -1178,14 +1356,27 @@ class Hybrid(Recommender):
                 X = np.vstack([x[0] for x in sets])
                 y = np.concatenate([x[1] for x in sets])
                 self.buckets = _fit_buckets(X, y, combine=self.bucket_combine)
-            stats["buckets"] = {f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)}
+            stats["buckets"] = {
+                f"{name}[{lo},{hi})": round(p, 5) for name, lo, hi, p in _describe_buckets(self.buckets)
+            }
         if pos >= 5 and rows - pos >= 5 and self.ranker_kind in {"binary", "lambdarank"}:
             import lightgbm as lgb
 
-            params = {"objective": self.ranker_kind, "learning_rate": self.learning_rate, "num_leaves": self.num_leaves,
-                      "min_child_samples": self.min_child_samples, "feature_fraction": self.feature_fraction, "bagging_fraction": 0.8,
-                      "bagging_freq": 1, "lambda_l2": self.lambda_l2, "seed": self.seed, "verbose": -1, "num_threads": 1,
-                      "deterministic": True, "force_row_wise": True}
+            params = {
+                "objective": self.ranker_kind,
+                "learning_rate": self.learning_rate,
+                "num_leaves": self.num_leaves,
+                "min_child_samples": self.min_child_samples,
+                "feature_fraction": self.feature_fraction,
+                "bagging_fraction": 0.8,
+                "bagging_freq": 1,
+                "lambda_l2": self.lambda_l2,
+                "seed": self.seed,
+                "verbose": -1,
+                "num_threads": 1,
+                "deterministic": True,
+                "force_row_wise": True,
+            }
             if self.ranker_kind == "lambdarank":
                 params.update(eval_at=[12], lambdarank_truncation_level=20)
             params["metric"] = "None"
@@ -1239,8 +1430,11 @@ class Hybrid(Recommender):
         f = {n: X[:, i] for i, n in enumerate(FEATURES)}
         z = lambda a, v=0.0: np.nan_to_num(a, nan=v)
         own = (z(f["n_own"]) > 0) * (2.0 + np.exp(-z(f["own_days"], 1e3) / 60.0))
-        code = ((z(f["n_code"]) > 0) & (z(f["n_own"]) == 0)) * (1.0 + np.exp(-z(f["code_days"], 1e3) / 60.0)) * \
-            np.where(z(f["code_pop_month"]) > 0, 1.0, 0.6)
+        code = (
+            ((z(f["n_code"]) > 0) & (z(f["n_own"]) == 0))
+            * (1.0 + np.exp(-z(f["code_days"], 1e3) / 60.0))
+            * np.where(z(f["code_pop_month"]) > 0, 1.0, 0.6)
+        )
         pop = z(f["pop_month"]) / (z(f["pop_month"]).max() + 1e-9)
         return own + code + pop + 0.2 * z(f["vis_max"]) + 0.1 * z(f["trend"])
 
@@ -1309,7 +1503,9 @@ class Hybrid(Recommender):
             s[list(exclude)] = -np.inf
         cand = np.flatnonzero(np.isfinite(s))
         top = self._with_arrivals(cand, s[cand], k) if len(cand) else np.zeros(0, dtype=np.int64)
-        return [Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else []) for j in top]
+        return [
+            Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else []) for j in top
+        ]
 
     def candidate_sources(self, users) -> dict[str, dict[str, set]]:
         """user -> source -> candidate item ids (for per-source recall tables)."""
@@ -1322,7 +1518,7 @@ class Hybrid(Recommender):
 
     # ------------------------------------------------------------------ the rest of the contract
     def similar_items(self, item: str, k: int = 12):
-        """"More like this": nearest photos (the whole catalog, sold or not)."""
+        """ "More like this": nearest photos (the whole catalog, sold or not)."""
         from fashionrec.errors import FashionrecError
         from fashionrec.recommend.base import Rec
 
@@ -1370,8 +1566,8 @@ class Hybrid(Recommender):
         has = np.zeros(n_new, dtype=bool)
         if vectors is not None:
             v = np.asarray(vectors, dtype=np.float32)[-n_new:]
-            extra[-len(v):] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-            has[-len(v):] = np.linalg.norm(v, axis=1) > 0
+            extra[-len(v) :] = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+            has[-len(v) :] = np.linalg.norm(v, axis=1) > 0
         if dim:
             self.V = extra if self.V is None else np.vstack([self.V, extra])
         self.has_vec = np.concatenate([self.has_vec, has])

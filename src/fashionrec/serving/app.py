@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -30,7 +30,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, StringConstraints
-from typing_extensions import Annotated
 
 from fashionrec.data.images import ImageDecodeError, decode_image
 from fashionrec.errors import FashionrecError
@@ -48,50 +47,63 @@ from fashionrec.serving.state import ServingState, Snapshot, create_arrival, emb
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_UPLOAD_BYTES = 8 * 1024 * 1024
-MAX_MULTIPART_OVERHEAD = 64 * 1024          # boundaries and form fields around the file
-MAX_JSON_BYTES = 1024 * 1024                # POST /recommendations: 500 ids fit in 40 KB
-MAX_UPLOAD_PIXELS = 40_000_000              # header check, before decoding (a 48 Mpx JPEG is decoded at draft scale)
-UPLOAD_DRAFT_SIZE = 512                     # JPEGs decode at the smallest DCT scale still >= 512 px
+MAX_MULTIPART_OVERHEAD = 64 * 1024  # boundaries and form fields around the file
+MAX_JSON_BYTES = 1024 * 1024  # POST /recommendations: 500 ids fit in 40 KB
+MAX_UPLOAD_PIXELS = 40_000_000  # header check, before decoding (a 48 Mpx JPEG is decoded at draft scale)
+UPLOAD_DRAFT_SIZE = 512  # JPEGs decode at the smallest DCT scale still >= 512 px
 MAX_NAME_CHARS = 200
 MAX_LABEL_CHARS = 100
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff"}
-SERVED_FORMATS = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp", "GIF": "image/gif",
-                  "BMP": "image/bmp", "TIFF": "image/tiff"}
+SERVED_FORMATS = {
+    "JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
 # Ids of new arrivals become file names: letters and digits first, then letters, digits, '_', '-', '.';
 # fullmatch, so '.', '..', 'a/b' and 'x\n' (which `$` would let through) are refused.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 ID_RE = re.compile(ID_PATTERN[1:-1])
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-CSP_PAGE = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+CSP_PAGE = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 CSP_API = "default-src 'none'; frame-ancestors 'none'; sandbox"
 # Swagger UI and ReDoc load their script and style from a CDN and start with an inline script.
-CSP_DOCS = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
-            "https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'")
+CSP_DOCS = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
+    "https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
+)
 _CSP_PAGE, _CSP_API, _CSP_DOCS = CSP_PAGE.encode(), CSP_API.encode(), CSP_DOCS.encode()
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
-                    (b"referrer-policy", b"no-referrer")]
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
 
 # ---------------------------------------------------------------------------------------------- schemas
 class ErrorOut(BaseModel):
-    detail: Union[str, list[dict[str, Any]]] = Field(..., description="what is wrong (a list for invalid parameters)")
+    detail: str | list[dict[str, Any]] = Field(..., description="what is wrong (a list for invalid parameters)")
 
 
 class RecItem(BaseModel):
     id: str
     score: float
     because: list[str] = Field(default_factory=list, description="history items that led to this recommendation")
-    name: Optional[str] = None
-    category: Optional[str] = None
-    image_url: Optional[str] = None
+    name: str | None = None
+    category: str | None = None
+    image_url: str | None = None
 
 
 class RecommendationsOut(BaseModel):
-    user: Optional[str] = None
+    user: str | None = None
     model: str
     items: list[RecItem]
 
@@ -102,7 +114,7 @@ ItemId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 class HistoryIn(BaseModel):
     history: list[ItemId] = Field(..., min_length=1, max_length=500, description="item ids, oldest first")
     k: int = Field(12, ge=1, le=100)
-    model: Optional[Annotated[str, StringConstraints(max_length=64)]] = None
+    model: Annotated[str, StringConstraints(max_length=64)] | None = None
     exclude_bought: bool = False
 
 
@@ -118,11 +130,11 @@ class ImageSearchOut(BaseModel):
 
 class ItemOut(BaseModel):
     id: str
-    image_url: Optional[str] = None
-    name: Optional[str] = None
-    category: Optional[str] = None
-    colour: Optional[str] = None
-    type: Optional[str] = None
+    image_url: str | None = None
+    name: str | None = None
+    category: str | None = None
+    colour: str | None = None
+    type: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -163,12 +175,14 @@ class _BodyTooLarge(HTTPException):
 
 
 # ---------------------------------------------------------------------------------------------- middleware
-def write_denied(authorization: Optional[bytes], token: Optional[bytes]) -> Optional[tuple[int, str]]:
+def write_denied(authorization: bytes | None, token: bytes | None) -> tuple[int, str] | None:
     """(status, reason) when a write must be refused, else None. 403: writes disabled or wrong token;
     401: no or malformed `Authorization: Bearer` header (a token is configured, so credentials could help)."""
     if not token:
-        return 403, ("writes are disabled on this server: start it with --write-token TOKEN (or the environment "
-                     "variable FASHIONREC_WRITE_TOKEN) and send 'Authorization: Bearer TOKEN'")
+        return 403, (
+            "writes are disabled on this server: start it with --write-token TOKEN (or the environment "
+            "variable FASHIONREC_WRITE_TOKEN) and send 'Authorization: Bearer TOKEN'"
+        )
     if not authorization:
         return 401, "this request changes the catalog: send 'Authorization: Bearer <write token>'"
     scheme, _, cred = authorization.partition(b" ")
@@ -188,7 +202,7 @@ class GuardMiddleware:
     """Pure ASGI (no per-request task or body copy): security headers on every response; writes authorised and
     bodies capped before the application reads a byte of them."""
 
-    def __init__(self, app, write_token: Optional[str]):
+    def __init__(self, app, write_token: str | None):
         self.app = app
         self.token = write_token.encode() if write_token else None
 
@@ -225,9 +239,17 @@ class GuardMiddleware:
             import orjson
 
             body = orjson.dumps({"detail": detail})
-            await send_secured({"type": "http.response.start", "status": status, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                *(extra or [])]})
+            await send_secured(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        *(extra or []),
+                    ],
+                }
+            )
             await send_secured({"type": "http.response.body", "body": body})
 
         headers = dict(scope.get("headers") or [])
@@ -240,8 +262,11 @@ class GuardMiddleware:
             limit = self._limit(path)
             declared = headers.get(b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > limit:
-                return await answer(413, f"request body is {int(declared):,} bytes; the limit here is {limit:,} "
-                                         f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)")
+                return await answer(
+                    413,
+                    f"request body is {int(declared):,} bytes; the limit here is {limit:,} "
+                    f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)",
+                )
             received = 0
 
             async def capped_receive():
@@ -250,8 +275,11 @@ class GuardMiddleware:
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:  # a chunked body (no Content-Length) that keeps coming
-                        raise _BodyTooLarge(413, f"request body is over the {limit:,}-byte limit "
-                                                 f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)")
+                        raise _BodyTooLarge(
+                            413,
+                            f"request body is over the {limit:,}-byte limit "
+                            f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)",
+                        )
                 return message
 
             try:
@@ -277,36 +305,47 @@ router = APIRouter()
 _bearer = HTTPBearer(auto_error=False, description="the server's write token (fashionrec serve --write-token)")
 
 
-def writer(request: Request, state: State, _cred: Optional[HTTPAuthorizationCredentials] = Depends(_bearer)) -> None:
+def writer(request: Request, state: State, _cred: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
     """Also enforced by the middleware before the body is read; declared here for the OpenAPI schema."""
     denied = write_denied(request.headers.get("authorization", "").encode("latin-1") or None, request.app.state.token)
     if denied:
         raise HTTPException(status_code=denied[0], detail=denied[1])
     if not state.writes_allowed:
-        raise WritesRefused("writes are refused by a server with several workers (each worker holds its own copy "
-                            "of the models; a new arrival would reach only one): run it with one worker to add items")
+        raise WritesRefused(
+            "writes are refused by a server with several workers (each worker holds its own copy "
+            "of the models; a new arrival would reach only one): run it with one worker to add items"
+        )
 
 
-def items_json(state: ServingState, snap: Snapshot, recs, k: Optional[int] = None) -> list[dict]:
+def items_json(state: ServingState, snap: Snapshot, recs, k: int | None = None) -> list[dict]:
     """The hot path: plain dicts serialised by orjson (the response models still document the schema)."""
     out = []
     for item, score, because in recs:
         if item in snap.removed:
             continue
         info = state.item_info(item, snap)
-        out.append({"id": item, "score": round(float(score), 6), "because": list(because), "name": info["name"],
-                    "category": info["category"], "image_url": info["image_url"]})
+        out.append(
+            {
+                "id": item,
+                "score": round(float(score), 6),
+                "because": list(because),
+                "name": info["name"],
+                "category": info["category"],
+                "image_url": info["image_url"],
+            }
+        )
     return out[:k] if k is not None else out
 
 
 def json_response(obj, status: int = 200) -> Response:
     import orjson
 
-    return Response(orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status,
-                    media_type="application/json")
+    return Response(
+        orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY), status_code=status, media_type="application/json"
+    )
 
 
-def model_name(state: ServingState, snap: Snapshot, name: Optional[str]) -> str:
+def model_name(state: ServingState, snap: Snapshot, name: str | None) -> str:
     name = name or state.default_model
     if name not in snap.models:
         raise InvalidInput(f"unknown model '{name}'; available: {sorted(snap.models)}")
@@ -343,14 +382,15 @@ def read_upload(file: UploadFile):
     if w * h > MAX_UPLOAD_PIXELS:
         raise PayloadTooLarge(f"image is {w}x{h} pixels, over the {MAX_UPLOAD_PIXELS:,}-pixel limit")
     try:
-        img = decode_image(data, source=file.filename or "upload", max_pixels=MAX_UPLOAD_PIXELS,
-                           draft_size=UPLOAD_DRAFT_SIZE)
+        img = decode_image(
+            data, source=file.filename or "upload", max_pixels=MAX_UPLOAD_PIXELS, draft_size=UPLOAD_DRAFT_SIZE
+        )
     except ImageDecodeError as e:
         raise InvalidInput(str(e)) from None
     return data, img
 
 
-def text_field(value: Optional[str], what: str, limit: int) -> Optional[str]:
+def text_field(value: str | None, what: str, limit: int) -> str | None:
     if value is None:
         return None
     value = value.strip()
@@ -361,7 +401,7 @@ def text_field(value: Optional[str], what: str, limit: int) -> Optional[str]:
     return value or None
 
 
-def similar(snap: Snapshot, vec: np.ndarray, k: int, category: Optional[str], exclude=()) -> list:
+def similar(snap: Snapshot, vec: np.ndarray, k: int, category: str | None, exclude=()) -> list:
     return [(i, s, []) for i, s in snap.index.search(vec, k, category=category, exclude=exclude)]
 
 
@@ -374,13 +414,20 @@ def similar(snap: Snapshot, vec: np.ndarray, k: int, category: Optional[str], ex
 async def health(request: Request, state: State):
     snap = state.snapshot
     m = snap.models[state.default_model]
-    return json_response({"status": "ok", "items": m.data.n_items - len(snap.removed),
-                          "customers": len(state.precomputed[state.default_model]), "models": sorted(snap.models),
-                          "default_model": state.default_model, "index": snap.index.kind,
-                          "uptime_s": round(time.time() - state.started, 1),
-                          "writes_enabled": bool(request.app.state.token) and state.writes_allowed,
-                          "image_search": "ready" if state.backbone_ready else "loading",
-                          "snapshot": snap.version})
+    return json_response(
+        {
+            "status": "ok",
+            "items": m.data.n_items - len(snap.removed),
+            "customers": len(state.precomputed[state.default_model]),
+            "models": sorted(snap.models),
+            "default_model": state.default_model,
+            "index": snap.index.kind,
+            "uptime_s": round(time.time() - state.started, 1),
+            "writes_enabled": bool(request.app.state.token) and state.writes_allowed,
+            "image_search": "ready" if state.backbone_ready else "loading",
+            "snapshot": snap.version,
+        }
+    )
 
 
 @router.get("/items/{item_id}", response_model=ItemOut, responses=_responses(404))
@@ -392,16 +439,21 @@ async def get_item(item_id: str, state: State):
 
 
 @router.get("/items/{item_id}/similar", response_model=list[RecItem], responses=_responses(404, 422))
-async def get_similar(item_id: str, state: State, k: int = Query(12, ge=1, le=100),
-                      category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
+async def get_similar(
+    item_id: str,
+    state: State,
+    k: int = Query(12, ge=1, le=100),
+    category: str | None = Query(None, max_length=MAX_LABEL_CHARS),
+):
     snap = state.snapshot
     if item_id not in snap.index or item_id in snap.removed:
         raise NotFound(f"unknown item '{item_id}' (or it has no image)")
     nb = state.neighbours
     found = nb.get(item_id, k) if (nb is not None and category is None and k <= nb.k) else None
     if found is None:
-        return json_response(items_json(state, snap, similar(snap, snap.index.vector(item_id), k, category,
-                                                             exclude=[item_id])))
+        return json_response(
+            items_json(state, snap, similar(snap, snap.index.vector(item_id), k, category, exclude=[item_id]))
+        )
     if snap.index.arrivals is not None and len(snap.index.arrivals):  # the snapshot's arrivals compete on score
         ids, scores = snap.index.arrivals.search(snap.index.vector(item_id)[None], k)
         found = sorted(found + [(i, float(s)) for i, s in zip(ids[0], scores[0]) if i], key=lambda t: -t[1])[:k]
@@ -415,14 +467,21 @@ async def get_user(user_id: str, state: State, limit: int = Query(24, ge=1, le=5
     if user_id not in state.precomputed[state.default_model]:
         raise NotFound(f"unknown customer '{user_id}'")
     h, t = m.data.history(user_id)
-    hist = [{"id": m.data.item_ids[j], "date": str(np.datetime_as_string(ts, unit="D")),
-             **state.item_info(m.data.item_ids[j], snap)} for j, ts in list(zip(h, t))[::-1][:limit]]
+    hist = [
+        {
+            "id": m.data.item_ids[j],
+            "date": str(np.datetime_as_string(ts, unit="D")),
+            **state.item_info(m.data.item_ids[j], snap),
+        }
+        for j, ts in list(zip(h, t))[::-1][:limit]
+    ]
     return json_response({"id": user_id, "purchases": int(len(h)), "history": hist})
 
 
 @router.get("/users/{user_id}/recommendations", response_model=RecommendationsOut, responses=_responses(404, 422))
-async def get_recs(user_id: str, state: State, k: int = Query(12, ge=1, le=100),
-                   model: Optional[str] = Query(None, max_length=64)):
+async def get_recs(
+    user_id: str, state: State, k: int = Query(12, ge=1, le=100), model: str | None = Query(None, max_length=64)
+):
     snap = state.snapshot
     name = model_name(state, snap, model)
     recs = state.precomputed[name].get(user_id, max(k, 1) + len(snap.removed)) if k <= state.k_precomputed else None
@@ -444,15 +503,26 @@ def post_recs(body: HistoryIn, state: State):
     unknown = [i for i in body.history if not state.known_item(i, snap)]
     if unknown:
         raise InvalidInput(f"unknown item id(s) in history: {unknown[:5]}")
-    recs = snap.models[name].recommend_from_history(body.history, body.k + len(snap.removed),
-                                                     exclude_bought=body.exclude_bought)
-    return json_response({"user": None, "model": name,
-                          "items": items_json(state, snap, [(r.item, r.score, r.because) for r in recs], body.k)})
+    recs = snap.models[name].recommend_from_history(
+        body.history, body.k + len(snap.removed), exclude_bought=body.exclude_bought
+    )
+    return json_response(
+        {
+            "user": None,
+            "model": name,
+            "items": items_json(state, snap, [(r.item, r.score, r.because) for r in recs], body.k),
+        }
+    )
 
 
 @router.post("/search/image", response_model=ImageSearchOut, responses=_responses(400, 413, 415, 422))
-def search_image(request: Request, state: State, file: UploadFile = File(...), k: int = Query(12, ge=1, le=100),
-                 category: Optional[str] = Query(None, max_length=MAX_LABEL_CHARS)):
+def search_image(
+    request: Request,
+    state: State,
+    file: UploadFile = File(...),
+    k: int = Query(12, ge=1, le=100),
+    category: str | None = Query(None, max_length=MAX_LABEL_CHARS),
+):
     with request.app.state.heavy:
         data, img = read_upload(file)
         raw, vec = embed_image(state, img)
@@ -461,20 +531,31 @@ def search_image(request: Request, state: State, file: UploadFile = File(...), k
     return json_response({"tags": tags, "similar": items_json(state, snap, similar(snap, vec, k, category))})
 
 
-@router.post("/items", status_code=201, response_model=ItemOut, dependencies=[Depends(writer)],
-             responses=_responses(400, 401, 403, 409, 413, 415, 422))
-def post_item(request: Request, state: State, file: UploadFile = File(...),
-              item_id: str = Form(..., alias="id", max_length=64, pattern=ID_PATTERN),
-              name: Optional[str] = Form(None, max_length=10 * MAX_NAME_CHARS),
-              category: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS),
-              colour: Optional[str] = Form(None, max_length=10 * MAX_LABEL_CHARS)):
+@router.post(
+    "/items",
+    status_code=201,
+    response_model=ItemOut,
+    dependencies=[Depends(writer)],
+    responses=_responses(400, 401, 403, 409, 413, 415, 422),
+)
+def post_item(
+    request: Request,
+    state: State,
+    file: UploadFile = File(...),
+    item_id: str = Form(..., alias="id", max_length=64, pattern=ID_PATTERN),
+    name: str | None = Form(None, max_length=10 * MAX_NAME_CHARS),
+    category: str | None = Form(None, max_length=10 * MAX_LABEL_CHARS),
+    colour: str | None = Form(None, max_length=10 * MAX_LABEL_CHARS),
+):
     """A new arrival, recommendable at once and kept across restarts. Concurrent posts of one id: the first
     wins (201), the others get 409; an existing item is never replaced."""
     if not ID_RE.fullmatch(item_id):
         raise InvalidInput("id must be 1-64 characters: a letter or digit, then letters, digits, '_', '-', '.'")
-    meta = {"prod_name": text_field(name, "name", MAX_NAME_CHARS),
-            "product_group_name": text_field(category, "category", MAX_LABEL_CHARS),
-            "colour_group_name": text_field(colour, "colour", MAX_LABEL_CHARS)}
+    meta = {
+        "prod_name": text_field(name, "name", MAX_NAME_CHARS),
+        "product_group_name": text_field(category, "category", MAX_LABEL_CHARS),
+        "colour_group_name": text_field(colour, "colour", MAX_LABEL_CHARS),
+    }
     meta = {k: v for k, v in meta.items() if v}
     if state.known_item(item_id) or item_id in state.pending:  # cheap early answer; the reservation decides
         raise Conflict(f"item '{item_id}' already exists")
@@ -484,15 +565,16 @@ def post_item(request: Request, state: State, file: UploadFile = File(...),
     return json_response(info, status=201)
 
 
-@router.delete("/items/{item_id}", status_code=204, dependencies=[Depends(writer)],
-               responses=_responses(401, 403, 404, 409))
+@router.delete(
+    "/items/{item_id}", status_code=204, dependencies=[Depends(writer)], responses=_responses(401, 403, 404, 409)
+)
 def delete_item(item_id: str, state: State):
     """Delete a new arrival (catalog items are read-only: 409)."""
     remove_arrival(state, item_id)
     return Response(status_code=204)
 
 
-def checked_image(request: Request, state: ServingState, item_id: str) -> Optional[tuple[Path, str]]:
+def checked_image(request: Request, state: ServingState, item_id: str) -> tuple[Path, str] | None:
     p = state.safe_image_path(item_id)
     if p is None:
         return None
@@ -518,9 +600,14 @@ def checked_image(request: Request, state: ServingState, item_id: str) -> Option
     return (p, media) if media else None
 
 
-@router.get("/images/{item_id}", responses={200: {"content": {m: {} for m in sorted(set(SERVED_FORMATS.values()))},
-                                                  "description": "the item's photo"}, **_responses(404)},
-            response_class=Response)
+@router.get(
+    "/images/{item_id}",
+    responses={
+        200: {"content": {m: {} for m in sorted(set(SERVED_FORMATS.values()))}, "description": "the item's photo"},
+        **_responses(404),
+    },
+    response_class=Response,
+)
 async def get_image(request: Request, item_id: str, state: State):
     found = await run_in_threadpool(checked_image, request, state, item_id)
     if found is None:
@@ -571,17 +658,20 @@ async def static(name: str):
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(state: Optional[ServingState], *, write_token: Optional[str] = None) -> FastAPI:
+def create_app(state: ServingState | None, *, write_token: str | None = None) -> FastAPI:
     """The app for `state` (None: an app that only documents its schema). Nothing is loaded here or at import.
 
     `write_token`: None (the default) disables writes; otherwise POST/DELETE /items need it as a Bearer token."""
-    app = FastAPI(title="fashionrec", version="0.1.0",
-                  description="Similar items, personalised recommendations and photo search for a fashion catalog. "
-                              "Writes (POST /items, DELETE /items/{id}) need 'Authorization: Bearer <write token>'.")
+    app = FastAPI(
+        title="fashionrec",
+        version="0.1.0",
+        description="Similar items, personalised recommendations and photo search for a fashion catalog. "
+        "Writes (POST /items, DELETE /items/{id}) need 'Authorization: Bearer <write token>'.",
+    )
     app.state.fr = state
     app.state.token = write_token.encode() if write_token else None
     app.state.heavy = threading.BoundedSemaphore(2)  # uploads decoded/embedded at once; more wait, not thrash 2 cores
-    app.state.image_checks = {}                      # item -> (path, size, mtime_ns, media type or None)
+    app.state.image_checks = {}  # item -> (path, size, mtime_ns, media type or None)
     app.add_middleware(GuardMiddleware, write_token=write_token)
     app.include_router(router)
     if state is not None:
@@ -599,8 +689,14 @@ def create_app(state: Optional[ServingState], *, write_token: Optional[str] = No
     async def _invalid(request: Request, exc: RequestValidationError):
         # FastAPI's default echoes the offending input, and a NaN or Infinity in a JSON body then fails to
         # serialise (500). Location, message and type say what to fix.
-        detail = [{"loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
-                   "type": str(e.get("type", ""))} for e in exc.errors()]
+        detail = [
+            {
+                "loc": [x if isinstance(x, int) else str(x) for x in e.get("loc", ())],
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
+            for e in exc.errors()
+        ]
         return JSONResponse(status_code=422, content={"detail": detail})
 
     @app.exception_handler(405)
@@ -620,6 +716,8 @@ def create_app(state: Optional[ServingState], *, write_token: Optional[str] = No
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # last resort: a JSON answer, the cause in the log
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse(status_code=500, content={"detail": f"internal error ({type(exc).__name__}); see the server log"})
+        return JSONResponse(
+            status_code=500, content={"detail": f"internal error ({type(exc).__name__}); see the server log"}
+        )
 
     return app

@@ -22,16 +22,19 @@ from pathlib import Path
 
 from fashionrec.errors import FashionrecError
 
-CONFIG_ENV = "FASHIONREC_SERVE_CONFIG"   # set by `run` for its workers: the path of a JSON file of build_state args
+CONFIG_ENV = "FASHIONREC_SERVE_CONFIG"  # set by `run` for its workers: the path of a JSON file of build_state args
 
 
 def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb) -> dict:
     from fashionrec.io import default_workspace
 
-    return {"data_dir": str(Path(data_dir).resolve()),
-            "workspace": str(Path(workspace).resolve()) if workspace else str(default_workspace()),
-            "default_model": default_model, "max_arrivals": max_arrivals,
-            "max_arrival_bytes": int(max_arrival_mb * 1024 * 1024) if max_arrival_mb else None}
+    return {
+        "data_dir": str(Path(data_dir).resolve()),
+        "workspace": str(Path(workspace).resolve()) if workspace else str(default_workspace()),
+        "default_model": default_model,
+        "max_arrivals": max_arrivals,
+        "max_arrival_bytes": int(max_arrival_mb * 1024 * 1024) if max_arrival_mb else None,
+    }
 
 
 def check_workers(workers: int, write_token: str | None) -> None:
@@ -39,13 +42,25 @@ def check_workers(workers: int, write_token: str | None) -> None:
     if workers < 1:
         raise FashionrecError(f"workers must be a positive integer, not {workers}")
     if workers > 1 and write_token:
-        raise FashionrecError("writes (a write token) need one worker: with several, a new arrival would reach only "
-                              "the worker that took the request; serve writes with --workers 1")
+        raise FashionrecError(
+            "writes (a write token) need one worker: with several, a new arrival would reach only "
+            "the worker that took the request; serve writes with --workers 1"
+        )
 
 
-def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
-        workspace: str | Path | None = None, progress: bool = True, default_model: str = "hybrid",
-        write_token: str | None = None, max_arrivals: int | None = None, max_arrival_mb: float | None = None) -> None:
+def run(
+    data_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    workspace: str | Path | None = None,
+    progress: bool = True,
+    default_model: str = "hybrid",
+    write_token: str | None = None,
+    max_arrivals: int | None = None,
+    max_arrival_mb: float | None = None,
+) -> None:
     """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes)."""
     import uvicorn
 
@@ -74,10 +89,21 @@ def run(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
         json.dump({"data": data, **args}, f)
     os.environ[CONFIG_ENV] = cfg_path
     try:
-        print(f"fashionrec serving {data} at {url} with {workers} workers (read-only; artifacts ready in "
-              f"{time.time() - t0:.1f}s)", flush=True)
-        uvicorn.run("fashionrec.serving.server:worker_app", factory=True, workers=workers, host=host, port=port,
-                    log_level="warning", loop="uvloop", http="httptools")
+        print(
+            f"fashionrec serving {data} at {url} with {workers} workers (read-only; artifacts ready in "
+            f"{time.time() - t0:.1f}s)",
+            flush=True,
+        )
+        uvicorn.run(
+            "fashionrec.serving.server:worker_app",
+            factory=True,
+            workers=workers,
+            host=host,
+            port=port,
+            log_level="warning",
+            loop="uvloop",
+            http="httptools",
+        )
     finally:
         Path(cfg_path).unlink(missing_ok=True)
 

@@ -26,9 +26,9 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
 LIGHT_MODELS = ("popularity", "repurchase", "visual")
 TABLES_KIND = "serving-tables"
-TABLES_VERSION = 3        # bump when the layout of tables/ changes: older folders are rebuilt, never misread
+TABLES_VERSION = 3  # bump when the layout of tables/ changes: older folders are rebuilt, never misread
 ARRIVALS_KIND = "serving-arrival-vectors"
 
 # Kept for callers of the names before typed errors (fashionrec < issue 10): same classes.
@@ -57,17 +57,23 @@ class Tagger:
     """StandardScaler + multinomial logistic regression, as coefficients (fitted once, applied in numpy)."""
 
     column: str
-    classes: np.ndarray      # (C,) str
-    mean: np.ndarray         # (D,)
-    scale: np.ndarray        # (D,)
-    coef: np.ndarray         # (C, D), or (1, D) for two classes
-    intercept: np.ndarray    # (C,) or (1,)
+    classes: np.ndarray  # (C,) str
+    mean: np.ndarray  # (D,)
+    scale: np.ndarray  # (D,)
+    coef: np.ndarray  # (C, D), or (1, D) for two classes
+    intercept: np.ndarray  # (C,) or (1,)
 
     @classmethod
-    def from_pipeline(cls, column: str, pipe) -> "Tagger":
+    def from_pipeline(cls, column: str, pipe) -> Tagger:
         scaler, lr = pipe[0], pipe[-1]
-        return cls(column, np.asarray(lr.classes_).astype(str), scaler.mean_.astype(np.float64),
-                   scaler.scale_.astype(np.float64), lr.coef_.astype(np.float64), lr.intercept_.astype(np.float64))
+        return cls(
+            column,
+            np.asarray(lr.classes_).astype(str),
+            scaler.mean_.astype(np.float64),
+            scaler.scale_.astype(np.float64),
+            lr.coef_.astype(np.float64),
+            lr.intercept_.astype(np.float64),
+        )
 
     def probabilities(self, raw: np.ndarray) -> np.ndarray:
         z = (np.atleast_2d(raw).astype(np.float64) - self.mean) / self.scale
@@ -107,7 +113,7 @@ class Precomputed:
         self.because_offsets, self.because_items, self.item_ids = because_offsets, because_items, item_ids
 
     @classmethod
-    def build(cls, model, users: list[str], k: int, progress: bool = False) -> "Precomputed":
+    def build(cls, model, users: list[str], k: int, progress: bool = False) -> Precomputed:
         from tqdm.auto import tqdm
 
         item_ids = list(model.data.item_ids)
@@ -121,19 +127,32 @@ class Precomputed:
                 b_items.extend(pos[b] for b in r.because)
                 b_off.append(len(b_items))
             offsets.append(len(items))
-        return cls(_utf8(users), np.array(offsets, np.int64), np.array(items, np.int32), np.array(scores, np.float64),
-                   np.array(b_off, np.int64), np.array(b_items, np.int32), _utf8(item_ids))
+        return cls(
+            _utf8(users),
+            np.array(offsets, np.int64),
+            np.array(items, np.int32),
+            np.array(scores, np.float64),
+            np.array(b_off, np.int64),
+            np.array(b_items, np.int32),
+            _utf8(item_ids),
+        )
 
     # Ids as UTF-8 bytes ('S'): a fixed-width unicode array takes 4 bytes per character of the longest id (H&M's
     # customer ids are 64 characters: 350 MB at 1.37M customers, per model); the customers array is shared.
     def arrays(self, prefix: str) -> dict[str, np.ndarray]:
-        return {"users" if k == "users" else f"{prefix}.{k}": getattr(self, k) for k in
-                ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")}
+        return {
+            "users" if k == "users" else f"{prefix}.{k}": getattr(self, k)
+            for k in ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")
+        }
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> "Precomputed":
-        return cls(*(arrays["users" if k == "users" else f"{prefix}.{k}"] for k in
-                     ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")))
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> Precomputed:
+        return cls(
+            *(
+                arrays["users" if k == "users" else f"{prefix}.{k}"]
+                for k in ("users", "offsets", "items", "scores", "because_offsets", "because_items", "item_ids")
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.users)
@@ -156,11 +175,13 @@ class Precomputed:
         ids = self.item_ids
         items = self.items[lo:hi].tolist()
         scores = self.scores[lo:hi].tolist()
-        b_off = self.because_offsets[lo:hi + 1].tolist()
-        b_items = self.because_items[b_off[0]:b_off[-1]].tolist()
+        b_off = self.because_offsets[lo : hi + 1].tolist()
+        b_items = self.because_items[b_off[0] : b_off[-1]].tolist()
         base = b_off[0]
-        return [(ids[i].decode(), s, [ids[b].decode() for b in b_items[b_off[n] - base:b_off[n + 1] - base]])
-                for n, (i, s) in enumerate(zip(items, scores))]
+        return [
+            (ids[i].decode(), s, [ids[b].decode() for b in b_items[b_off[n] - base : b_off[n + 1] - base]])
+            for n, (i, s) in enumerate(zip(items, scores))
+        ]
 
 
 class Neighbours:
@@ -171,7 +192,7 @@ class Neighbours:
         self.ids, self.rows, self.scores, self.row_ids = ids, rows, scores, row_ids
 
     @classmethod
-    def build(cls, index, ids: list[str], k: int, progress: bool = False) -> "Neighbours":
+    def build(cls, index, ids: list[str], k: int, progress: bool = False) -> Neighbours:
         from tqdm.auto import tqdm
 
         order = sorted(ids, key=lambda i: i.encode())
@@ -181,15 +202,15 @@ class Neighbours:
         for j, item in enumerate(tqdm(order, desc="nearest photos", unit="item", disable=not progress)):
             found, sc = index.search(index.vector(item)[None], k, exclude=[item])
             hits = [(pos[i], s) for i, s in zip(found[0], sc[0]) if i]
-            rows[j, :len(hits)] = [h[0] for h in hits]
-            scores[j, :len(hits)] = [h[1] for h in hits]
+            rows[j, : len(hits)] = [h[0] for h in hits]
+            scores[j, : len(hits)] = [h[1] for h in hits]
         return cls(_utf8(order), rows, scores, _utf8(order))
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"nb.ids": self.ids, "nb.rows": self.rows, "nb.scores": self.scores}
 
     @classmethod
-    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Neighbours | None":
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> Neighbours | None:
         if "nb.ids" not in arrays:
             return None
         return cls(arrays["nb.ids"], arrays["nb.rows"], arrays["nb.scores"], arrays["nb.ids"])
@@ -262,8 +283,11 @@ def _arrivals_index(dim: int, arrivals: Mapping[str, dict]):
 
     idx = create_index("exact", dim=dim)
     ids = list(arrivals)
-    idx.add(ids, np.stack([arrivals[i]["vector"] for i in ids]),
-            categories=[arrivals[i]["metadata"].get("product_group_name") for i in ids])
+    idx.add(
+        ids,
+        np.stack([arrivals[i]["vector"] for i in ids]),
+        categories=[arrivals[i]["metadata"].get("product_group_name") for i in ids],
+    )
     return idx
 
 
@@ -274,8 +298,8 @@ class Snapshot:
 
     models: Mapping[str, object]
     index: LayeredIndex
-    arrivals: Mapping[str, dict]          # id -> {"image", "metadata", "bytes", "vector"}
-    removed: frozenset = frozenset()      # arrivals deleted in this run (the models keep a dead column)
+    arrivals: Mapping[str, dict]  # id -> {"image", "metadata", "bytes", "vector"}
+    removed: frozenset = frozenset()  # arrivals deleted in this run (the models keep a dead column)
     version: int = 0
 
 
@@ -307,7 +331,7 @@ def _cow_copy(obj, memo: dict | None = None):
 # ------------------------------------------------------------------------------------------- the state
 @dataclass
 class ServingState:
-    catalog: object                       # fashionrec.data.catalog.Catalog (item metadata, image paths)
+    catalog: object  # fashionrec.data.catalog.Catalog (item metadata, image paths)
     data_root: Path
     workspace: Path
     default_model: str
@@ -319,15 +343,15 @@ class ServingState:
     input_size: int
     fingerprint: str
     k_precomputed: int = 50
-    writes_allowed: bool = True           # False with several workers: a write in one would not reach the others
-    neighbours: "Neighbours | None" = None  # precomputed nearest photos of every catalog item
+    writes_allowed: bool = True  # False with several workers: a write in one would not reach the others
+    neighbours: Neighbours | None = None  # precomputed nearest photos of every catalog item
     started: float = field(default_factory=time.time)
-    lock: threading.RLock = field(default_factory=threading.RLock)        # one writer at a time
+    lock: threading.RLock = field(default_factory=threading.RLock)  # one writer at a time
     persist_lock: threading.Lock = field(default_factory=threading.Lock)  # one arrivals.json writer at a time
-    pending: set = field(default_factory=set)      # ids reserved by a POST whose upload is being embedded
+    pending: set = field(default_factory=set)  # ids reserved by a POST whose upload is being embedded
     pending_bytes: int = 0
     max_arrivals: int = 10_000
-    max_arrival_bytes: int = 512 * 1024 * 1024     # total stored arrival images
+    max_arrival_bytes: int = 512 * 1024 * 1024  # total stored arrival images
     _backbone: object = None
     _backbone_ready: threading.Event = field(default_factory=threading.Event)
     _backbone_error: BaseException | None = None
@@ -418,8 +442,11 @@ class ServingState:
             return self._describe(item, dict(snap.arrivals[item].get("metadata", {})), snap)
         info = self._info.get(item)
         if info is None:
-            row = {k: (None if _missing(v) else v) for k, v in self.rows().get(item, {}).items()
-                   if not isinstance(v, (list, dict))}
+            row = {
+                k: (None if _missing(v) else v)
+                for k, v in self.rows().get(item, {}).items()
+                if not isinstance(v, (list, dict))
+            }
             info = self._info[item] = self._describe(item, row, snap)
         return info
 
@@ -460,17 +487,25 @@ class ServingState:
                 for col in ("product_group_name", "colour_group_name", "product_type_name"):
                     if not row.get(col) and col in tags:
                         row[col] = tags[col]["value"]
-        return {"id": item, "image_url": f"/images/{item}" if self.image_path(item, snap) else None,
-                "name": text(row.get("prod_name")), "category": text(row.get("product_group_name")),
-                "colour": text(row.get("colour_group_name")), "type": text(row.get("product_type_name")),
-                "metadata": meta}
+        return {
+            "id": item,
+            "image_url": f"/images/{item}" if self.image_path(item, snap) else None,
+            "name": text(row.get("prod_name")),
+            "category": text(row.get("product_group_name")),
+            "colour": text(row.get("colour_group_name")),
+            "type": text(row.get("product_type_name")),
+            "metadata": meta,
+        }
 
     def _predicted_tags(self, item: str, snap: Snapshot) -> dict:
         r = self.predicted_rows(snap).get(item)  # tags fitted with the model: no work here
         if r is None:
             return {}
-        return {c: {"value": str(r[c]), "confidence": round(float(r[f"{c}_confidence"]), 3)}
-                for c in r if not c.endswith("_confidence") and r[c] != "?"}
+        return {
+            c: {"value": str(r[c]), "confidence": round(float(r[f"{c}_confidence"]), 3)}
+            for c in r
+            if not c.endswith("_confidence") and r[c] != "?"
+        }
 
     def category_of(self, item: str) -> str | None:
         return self.item_info(item)["category"]
@@ -514,8 +549,18 @@ def _model_names(default_model: str) -> list[str]:
     return [default_model] + [m for m in LIGHT_MODELS if m != default_model]
 
 
-def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, progress: bool, index_kind: str,
-                     k_precomputed: int, backbone: str, input_size: int) -> None:
+def _build_artifacts(
+    art: Path,
+    data_dir: Path,
+    ws: Path,
+    names: list[str],
+    *,
+    progress: bool,
+    index_kind: str,
+    k_precomputed: int,
+    backbone: str,
+    input_size: int,
+) -> None:
     """The cold path: load the shop (embeddings from the feature cache), fit what is missing, write everything."""
     from fashionrec.index import create_index
     from fashionrec.pipeline import fit_recommender, load_shop
@@ -530,8 +575,9 @@ def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, p
     say("cold start: loading the shop (catalog, log, image features)")
     # Catalog photos through the same inference path as uploads (embed_pil: eager fp32): an upload of a catalog
     # photo must land on that photo's vector, not 0.999 beside it (a faster path would reorder near ties).
-    shop = load_shop(data_dir, workspace=ws, progress=progress, backbone=backbone, input_size=input_size,
-                     inference="fp32")
+    shop = load_shop(
+        data_dir, workspace=ws, progress=progress, backbone=backbone, input_size=input_size, inference="fp32"
+    )
     if shop.image_features is None:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")
     users = sorted(set(shop.customers) | set(shop.interactions.events["user"].unique()))
@@ -551,19 +597,33 @@ def _build_artifacts(art: Path, data_dir: Path, ws: Path, names: list[str], *, p
     index = create_index(index_kind, dim=feats.vectors.shape[1], n_items=len(feats.ids))
     meta = shop.catalog.metadata
     cats = meta["product_group_name"].reindex(feats.ids).tolist() if "product_group_name" in meta.columns else None
-    index.add(feats.ids, feats.vectors, categories=[None if (c is None or c != c) else c for c in cats] if cats else None)
+    index.add(
+        feats.ids, feats.vectors, categories=[None if (c is None or c != c) else c for c in cats] if cats else None
+    )
     index.save(art / "index.npz")
     say(f"precomputing the {k_precomputed} nearest photos of every item")
     arrays.update(Neighbours.build(index, feats.ids, k_precomputed, progress).arrays())
     say("fitting the upload taggers (logistic regression on image features)")
     taggers = _train_taggers(shop, progress)
     for t in taggers:
-        arrays.update({f"tag.{t.column}.{k}": np.asarray(getattr(t, k)) for k in ("classes", "mean", "scale", "coef", "intercept")})
+        arrays.update(
+            {
+                f"tag.{t.column}.{k}": np.asarray(getattr(t, k))
+                for k in ("classes", "mean", "scale", "coef", "intercept")
+            }
+        )
     if shop.projection is not None:
         arrays["proj.mean"] = shop.projection.mean_.astype(np.float32)
         arrays["proj.components"] = shop.projection.components_.astype(np.float32)
-    config = {"models": names, "taggers": [t.column for t in taggers], "k_precomputed": k_precomputed,
-              "fingerprint": shop.fingerprint(), "backbone": backbone, "input_size": input_size, "dim": int(feats.vectors.shape[1])}
+    config = {
+        "models": names,
+        "taggers": [t.column for t in taggers],
+        "k_precomputed": k_precomputed,
+        "fingerprint": shop.fingerprint(),
+        "backbone": backbone,
+        "input_size": input_size,
+        "dim": int(feats.vectors.shape[1]),
+    }
     save_arrays(art / "tables", TABLES_KIND, TABLES_VERSION, arrays, config)  # written last: it marks a complete set
     for old in art.glob("*.pkl"):  # (model, precomputed) pickles of fashionrec before issue 10: never read again
         old.unlink(missing_ok=True)
@@ -579,11 +639,15 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
     arrays, cfg = load_arrays(art / "tables", TABLES_KIND, TABLES_VERSION, mmap=mmap)
     missing = [n for n in names if n not in cfg.get("models", [])]
     if missing or cfg.get("k_precomputed") != k_precomputed:
-        raise ArtifactFormatError(f"{art / 'tables'}: built for models {cfg.get('models')} with top-"
-                                  f"{cfg.get('k_precomputed')}, not {names} with top-{k_precomputed}")
+        raise ArtifactFormatError(
+            f"{art / 'tables'}: built for models {cfg.get('models')} with top-"
+            f"{cfg.get('k_precomputed')}, not {names} with top-{k_precomputed}"
+        )
     pre = {n: Precomputed.from_arrays(arrays, f"pre.{n}") for n in names}
-    taggers = [Tagger(c, *(arrays[f"tag.{c}.{k}"] for k in ("classes", "mean", "scale", "coef", "intercept")))
-               for c in cfg.get("taggers", [])]
+    taggers = [
+        Tagger(c, *(arrays[f"tag.{c}.{k}"] for k in ("classes", "mean", "scale", "coef", "intercept")))
+        for c in cfg.get("taggers", [])
+    ]
     proj = Projection(arrays.get("proj.mean"), arrays.get("proj.components"))
     neighbours = Neighbours.from_arrays(arrays)
     try:
@@ -612,9 +676,18 @@ def _locate(data_dir, workspace, backbone, input_size):
     return data_dir, ws, catalog, fp, ws / "serving" / fp, backbone, input_size
 
 
-def ensure_artifacts(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
-                     progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
-                     backbone: str | None = None, input_size: int | None = None, **_ignored) -> Path:
+def ensure_artifacts(
+    data_dir: str | Path,
+    *,
+    workspace: str | Path | None = None,
+    default_model: str = "hybrid",
+    progress: bool = True,
+    index_kind: str = "auto",
+    k_precomputed: int = 50,
+    backbone: str | None = None,
+    input_size: int | None = None,
+    **_ignored,
+) -> Path:
     """Build the serving artifacts unless a complete set of this format exists (only its config is read): what the
     parent of a multi-worker server does before its workers load them. Returns the artifacts' folder."""
     data_dir, ws, _, _, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
@@ -622,22 +695,45 @@ def ensure_artifacts(data_dir: str | Path, *, workspace: str | Path | None = Non
     try:
         cfg = read_config(art / "tables", TABLES_KIND, TABLES_VERSION)["config"]
         files = [art / "index.npz", *(art / "models" / f"{n}.npz" for n in names)]
-        if [n for n in names if n not in cfg.get("models", [])] or cfg.get("k_precomputed") != k_precomputed or \
-                not all(f.is_file() for f in files):
+        if (
+            [n for n in names if n not in cfg.get("models", [])]
+            or cfg.get("k_precomputed") != k_precomputed
+            or not all(f.is_file() for f in files)
+        ):
             raise ArtifactFormatError(f"{art}: incomplete for models {names} with top-{k_precomputed}")
     except ArtifactFormatError as e:
         if progress and (art / "tables").exists():
             print(f"rebuilding the serving artifacts: {e}", flush=True)
-        _build_artifacts(art, data_dir, ws, names, progress=progress, index_kind=index_kind,
-                         k_precomputed=k_precomputed, backbone=backbone, input_size=input_size)
+        _build_artifacts(
+            art,
+            data_dir,
+            ws,
+            names,
+            progress=progress,
+            index_kind=index_kind,
+            k_precomputed=k_precomputed,
+            backbone=backbone,
+            input_size=input_size,
+        )
     return art
 
 
-def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, default_model: str = "hybrid",
-                progress: bool = True, index_kind: str = "auto", k_precomputed: int = 50,
-                max_arrivals: int | None = None, max_arrival_bytes: int | None = None, mmap: bool = False,
-                build: bool = True, writes_allowed: bool = True, backbone: str | None = None,
-                input_size: int | None = None) -> ServingState:
+def build_state(
+    data_dir: str | Path,
+    *,
+    workspace: str | Path | None = None,
+    default_model: str = "hybrid",
+    progress: bool = True,
+    index_kind: str = "auto",
+    k_precomputed: int = 50,
+    max_arrivals: int | None = None,
+    max_arrival_bytes: int | None = None,
+    mmap: bool = False,
+    build: bool = True,
+    writes_allowed: bool = True,
+    backbone: str | None = None,
+    input_size: int | None = None,
+) -> ServingState:
     """Load the serving artifacts for `data_dir` from the workspace (seconds), building any that are missing or of
     an older format first (minutes, with progress). `build=False` (a worker of a multi-worker server) refuses to
     build; `mmap=True` maps the tables read-only so that workers share them."""
@@ -652,12 +748,35 @@ def build_state(data_dir: str | Path, *, workspace: str | Path | None = None, de
             log.warning("rebuilding the serving artifacts: %s", e)
             if progress:
                 print(f"rebuilding the serving artifacts: {e}", flush=True)
-        _build_artifacts(art, data_dir, ws, names, progress=progress, index_kind=index_kind,
-                         k_precomputed=k_precomputed, backbone=backbone, input_size=input_size)
+        _build_artifacts(
+            art,
+            data_dir,
+            ws,
+            names,
+            progress=progress,
+            index_kind=index_kind,
+            k_precomputed=k_precomputed,
+            backbone=backbone,
+            input_size=input_size,
+        )
         pre, taggers, proj, models, index, cfg, nb = _load_artifacts(art, names, k_precomputed, mmap=mmap)
     snap = Snapshot(models, LayeredIndex(index), {})
-    state = ServingState(catalog, data_dir.resolve(), ws, default_model, pre, taggers, proj, snap, backbone,
-                         input_size, fp, k_precomputed=k_precomputed, writes_allowed=writes_allowed, neighbours=nb)
+    state = ServingState(
+        catalog,
+        data_dir.resolve(),
+        ws,
+        default_model,
+        pre,
+        taggers,
+        proj,
+        snap,
+        backbone,
+        input_size,
+        fp,
+        k_precomputed=k_precomputed,
+        writes_allowed=writes_allowed,
+        neighbours=nb,
+    )
     if max_arrivals is not None:
         state.max_arrivals = max_arrivals
     if max_arrival_bytes is not None:
@@ -703,8 +822,10 @@ def reserve_arrival(state: ServingState, item_id: str, n_bytes: int) -> None:
             raise LimitReached(f"the server holds {state.max_arrivals:,} new arrivals, its limit; delete some first")
         used = sum(int(a.get("bytes", 0)) for a in snap.arrivals.values()) + state.pending_bytes
         if used + n_bytes > state.max_arrival_bytes:
-            raise StorageFull(f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
-                              f"({used:,} bytes used); delete some arrivals first")
+            raise StorageFull(
+                f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
+                f"({used:,} bytes used); delete some arrivals first"
+            )
         state.pending.add(item_id)
         state.pending_bytes += n_bytes
 
@@ -734,8 +855,7 @@ def _commit_arrivals(state: ServingState, new: dict[str, dict]) -> None:
     ids = list(new)
     vecs = np.stack([new[i]["vector"] for i in ids]).astype(np.float32)
     metas = [new[i]["metadata"] for i in ids]
-    meta_df = (pd.DataFrame(metas, index=pd.Index(ids, name="article_id"))
-               if any(metas) else None)
+    meta_df = pd.DataFrame(metas, index=pd.Index(ids, name="article_id")) if any(metas) else None
     for m in models.values():
         m.add_items(ids, vectors=vecs, metadata=meta_df)
     arrivals = {**snap.arrivals, **new}
@@ -743,12 +863,14 @@ def _commit_arrivals(state: ServingState, new: dict[str, dict]) -> None:
     state.snapshot = Snapshot(models, index, arrivals, snap.removed, snap.version + 1)
 
 
-def add_arrival(state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True,
-                image=None) -> dict:
+def add_arrival(
+    state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True, image=None
+) -> dict:
     """Make a new item recommendable at once: every model, the index; persisted (atomically) for restarts.
     `image`: `data` already decoded (the server decodes an upload once, with its limits)."""
-    raw, vec = (embed_image(state, image) if image is not None
-                else embed_upload(state, data, source=f"upload for {item_id}"))
+    raw, vec = (
+        embed_image(state, image) if image is not None else embed_upload(state, data, source=f"upload for {item_id}")
+    )
     img_path = arrivals_dir(state) / f"{item_id}.img"
     if persist:  # the id is reserved, so no other request writes this file; written before the commit
         with atomic_path(img_path) as tmp:
@@ -771,12 +893,20 @@ def _save_registry(state: ServingState) -> None:
         folder = arrivals_dir(state)
         ids = list(snap.arrivals)
         if ids:
-            save_arrays(folder / "vectors", ARRIVALS_KIND, 1,
-                        {"ids": np.array(ids, dtype=str),
-                         "vectors": np.stack([snap.arrivals[i]["vector"] for i in ids]).astype(np.float32)},
-                        {"fingerprint": state.fingerprint})
-        write_json(folder / "arrivals.json",
-                   {k: {kk: vv for kk, vv in v.items() if kk != "vector"} for k, v in snap.arrivals.items()})
+            save_arrays(
+                folder / "vectors",
+                ARRIVALS_KIND,
+                1,
+                {
+                    "ids": np.array(ids, dtype=str),
+                    "vectors": np.stack([snap.arrivals[i]["vector"] for i in ids]).astype(np.float32),
+                },
+                {"fingerprint": state.fingerprint},
+            )
+        write_json(
+            folder / "arrivals.json",
+            {k: {kk: vv for kk, vv in v.items() if kk != "vector"} for k, v in snap.arrivals.items()},
+        )
 
 
 def remove_arrival(state: ServingState, item_id: str) -> None:
@@ -786,13 +916,16 @@ def remove_arrival(state: ServingState, item_id: str) -> None:
         snap = state.snapshot
         if item_id not in snap.arrivals:
             if state.known_item(item_id, snap):
-                raise Conflict(f"item '{item_id}' is a catalog item; only arrivals added through the API can be deleted")
+                raise Conflict(
+                    f"item '{item_id}' is a catalog item; only arrivals added through the API can be deleted"
+                )
             raise NotFound(f"unknown item '{item_id}'")
         rec = snap.arrivals[item_id]
         arrivals = {k: v for k, v in snap.arrivals.items() if k != item_id}
         index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
-        state.snapshot = replace(snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id},
-                                 version=snap.version + 1)
+        state.snapshot = replace(
+            snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id}, version=snap.version + 1
+        )
     _save_registry(state)
     Path(rec["image"]).unlink(missing_ok=True)
 
@@ -805,8 +938,11 @@ def replay_arrivals(state: ServingState, dim: int = 0) -> None:
     if not registry.exists():
         legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != folder]
         if legacy:  # before issue 14 the folder was keyed by the data's fingerprint, which has changed since
-            log.warning("arrivals registered by an older fashionrec are not replayed: %s; post them again "
-                        "(their images are kept there)", ", ".join(str(p) for p in legacy[:3]))
+            log.warning(
+                "arrivals registered by an older fashionrec are not replayed: %s; post them again "
+                "(their images are kept there)",
+                ", ".join(str(p) for p in legacy[:3]),
+            )
         return
     saved = json.loads(registry.read_text())
     vectors = {}
@@ -825,8 +961,12 @@ def replay_arrivals(state: ServingState, dim: int = 0) -> None:
             vec = vectors.get(item_id)
             if vec is None or (dim and len(vec) != dim):
                 vec = embed_upload(state, Path(rec["image"]).read_bytes(), source=rec["image"])[1]
-            new[item_id] = {"image": rec["image"], "metadata": rec.get("metadata") or {},
-                            "bytes": int(rec.get("bytes", 0)), "vector": np.asarray(vec, np.float32)}
+            new[item_id] = {
+                "image": rec["image"],
+                "metadata": rec.get("metadata") or {},
+                "bytes": int(rec.get("bytes", 0)),
+                "vector": np.asarray(vec, np.float32),
+            }
         except Exception as e:  # one bad arrival must not stop the server
             log.warning("could not restore new arrival %s: %s", item_id, e)
     if new:

@@ -28,7 +28,9 @@ class StaleArtifact(ArtifactFormatError):
     An ArtifactFormatError, like every other artifact's, so one `except` covers models, index and tables."""
 
 
-def save_arrays(folder: str | Path, kind: str, version: int, arrays: dict[str, np.ndarray], config: dict | None = None) -> Path:
+def save_arrays(
+    folder: str | Path, kind: str, version: int, arrays: dict[str, np.ndarray], config: dict | None = None
+) -> Path:
     """Write `arrays` (name -> array; object arrays refused) and `config` to `folder`, atomically."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -70,12 +72,16 @@ def read_config(folder: str | Path, kind: str, version: int) -> dict:
     if meta.get("kind") != kind:
         raise StaleArtifact(f"{folder}: holds '{meta.get('kind')}', expected '{kind}'")
     if meta.get("format_version") != version:
-        raise StaleArtifact(f"{folder}: format version {meta.get('format_version')}, this fashionrec reads version "
-                            f"{version}; it will be rebuilt")
+        raise StaleArtifact(
+            f"{folder}: format version {meta.get('format_version')}, this fashionrec reads version "
+            f"{version}; it will be rebuilt"
+        )
     return meta
 
 
-def load_arrays(folder: str | Path, kind: str, version: int, *, mmap: bool = False) -> tuple[dict[str, np.ndarray], dict]:
+def load_arrays(
+    folder: str | Path, kind: str, version: int, *, mmap: bool = False
+) -> tuple[dict[str, np.ndarray], dict]:
     """(arrays, config) of an artifact written by `save_arrays`; memory-mapped read-only with `mmap=True`."""
     folder = Path(folder)
     meta = read_config(folder, kind, version)

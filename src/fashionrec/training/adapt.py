@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fashionrec.artifacts.keys import file_sha256
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
-from fashionrec.backbones.base import Backbone, DataConfig
+from fashionrec.backbones.base import Backbone
 from fashionrec.config import ADAPT_INPUT_SIZE, DEFAULT_BACKBONE
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
@@ -48,8 +49,15 @@ FORMAT = "fashionrec-adapted-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "fashionrec_model.json"
 WEIGHTS_FILE = "weights.safetensors"
-DEFAULT_LABEL_COLUMNS = ("product_type_name", "product_group_name", "colour_group_name", "graphical_appearance_name",
-                         "department_name", "index_group_name", "garment_group_name")
+DEFAULT_LABEL_COLUMNS = (
+    "product_type_name",
+    "product_group_name",
+    "colour_group_name",
+    "graphical_appearance_name",
+    "department_name",
+    "index_group_name",
+    "garment_group_name",
+)
 
 
 # ---------------------------------------------------------------- the model
@@ -74,8 +82,13 @@ class AdaptedModel(nn.Module):
     def preprocess(self) -> Preprocess:
         p = self.config.get("preprocess") or {}
         cfg = self.backbone.data_config
-        return Preprocess(cfg.input_size, tuple(cfg.mean), tuple(cfg.std), invert=bool(p.get("invert", False)),
-                          pad_square=bool(p.get("pad_square", True)))
+        return Preprocess(
+            cfg.input_size,
+            tuple(cfg.mean),
+            tuple(cfg.std),
+            invert=bool(p.get("invert", False)),
+            pad_square=bool(p.get("pad_square", True)),
+        )
 
     @torch.no_grad()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -90,22 +103,16 @@ class AdaptedModel(nn.Module):
             for n, lg in zip(self.head_names, logits):
                 probs[n].append(torch.softmax(lg.float(), 1).numpy())
         d = self.backbone.embed_dim
-        return (np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
-                {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()})
+        return (
+            np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
+            {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()},
+        )
 
 
 def _trunk(base: str, pretrained: bool, trunk_kwargs: dict | None = None) -> Backbone:
     from fashionrec.backbones import create_backbone
 
     return create_backbone(base, pretrained=pretrained, **(trunk_kwargs or {}))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path:
@@ -119,9 +126,14 @@ def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_FILE, suffix=".tmp.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
-    cfg = {"format": FORMAT, "format_version": FORMAT_VERSION, **config,
-           "heads": {n: model.classes[n] for n in model.head_names}, "weights_file": WEIGHTS_FILE,
-           "weights_sha256": file_sha256(out / WEIGHTS_FILE)}
+    cfg = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        **config,
+        "heads": {n: model.classes[n] for n in model.head_names},
+        "weights_file": WEIGHTS_FILE,
+        "weights_sha256": file_sha256(out / WEIGHTS_FILE),
+    }
     write_json(out / CONFIG_FILE, cfg)
     return out
 
@@ -134,30 +146,17 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     the feature-cache identity is the weights file's SHA-256, so features of different weights never mix."""
     from safetensors.torch import load_file
 
-    path = Path(path)
-    cfg_path = path / CONFIG_FILE
-    if not cfg_path.is_file():
-        raise FashionrecError(f"{path}: not an adapted model folder (no {CONFIG_FILE})")
-    cfg = json.loads(cfg_path.read_text())
-    if cfg.get("format") != FORMAT or int(cfg.get("format_version", 0)) > FORMAT_VERSION:
-        raise FashionrecError(f"{cfg_path}: unsupported model format {cfg.get('format')} v{cfg.get('format_version')}")
-    wpath = path / cfg.get("weights_file", WEIGHTS_FILE)
-    if not wpath.is_file():
-        raise FashionrecError(f"{wpath}: weights file missing")
+    from fashionrec.backbones.adapted import build_adapted_backbone, read_adapted_config
+
+    cfg, wpath = read_adapted_config(path)
     st = wpath.stat()
     key = (str(wpath.resolve()), st.st_size, st.st_mtime_ns)
     if key in _LOADED:
         return _LOADED[key]
-    sha = file_sha256(wpath)
-    trunk = _trunk(cfg["base_backbone"], pretrained=False, trunk_kwargs=cfg.get("trunk_kwargs"))
-    pre = cfg["preprocess"]
-    trunk.data_config = DataConfig(int(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"]))
-    bb = AdaptedBackbone(trunk, int(cfg["embed_dim"]), weights_id=f"adapted:sha256:{sha[:24]}",
-                         name=f"adapted-{cfg['base_backbone']}")
-    model = AdaptedModel(bb, cfg["heads"])
+    model = AdaptedModel(build_adapted_backbone(cfg, file_sha256(wpath)), cfg["heads"])
     try:
         model.load_state_dict(load_file(str(wpath)), strict=True)
-    except RuntimeError as e:
+    except Exception as e:  # safetensors' own errors (a damaged file) and shape/key mismatches alike
         raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
     model.config = cfg
     model.eval()
@@ -210,8 +209,10 @@ def encode_labels(ids: list[str], metadata, columns: list[str], train_mask: np.n
         if col not in metadata.columns:
             raise FashionrecError(f"no column '{col}' in the catalog; columns are {sorted(metadata.columns)}")
         s = metadata[col]
-        vals = np.array([str(s.loc[i]) if i in s.index and isinstance(s.loc[i], str) and s.loc[i] != "" else ""
-                         for i in ids], dtype=object)
+        vals = np.array(
+            [str(s.loc[i]) if i in s.index and isinstance(s.loc[i], str) and s.loc[i] != "" else "" for i in ids],
+            dtype=object,
+        )
         tr_vals, counts = np.unique(vals[train_mask & (vals != "")], return_counts=True)
         classes = sorted(v for v, c in zip(tr_vals, counts) if c >= min_count)
         if len(classes) < 2:
@@ -233,15 +234,25 @@ def _fingerprints(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, workspace: Path, *, flips: bool = True,
-               batch_size: int = 64, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def lower_maps(
+    trunk: Backbone,
+    paths: list[Path],
+    pre: Preprocess,
+    k: int,
+    workspace: Path,
+    *,
+    flips: bool = True,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """The frozen lower part's output for every photo (and its mirror image), float16, cached in the workspace.
 
     Returns (maps, flipped maps or None, ok mask); undecodable photos are reported and left out (ok False)."""
     from fashionrec.features import _collate, _ImageFiles
 
-    key = hashlib.sha1("|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), str(flips),
-                                 _fingerprints(paths)]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(
+        "|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), str(flips), _fingerprints(paths)]).encode()
+    ).hexdigest()[:16]
     cache = workspace / "adapt" / f"lower-{key}.npz"
     if cache.exists():
         try:
@@ -252,8 +263,12 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
     trunk.eval()
     trunk.to(memory_format=torch.channels_last)  # NHWC: measured 1.7x faster CNN inference on these CPUs
     ds = _ImageFiles(paths, pre)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, num_workers=0 if len(paths) < 256 else min(2, os.cpu_count() or 1),
-                                         collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=batch_size,
+        num_workers=0 if len(paths) < 256 else min(2, os.cpu_count() or 1),
+        collate_fn=_collate,
+    )
     maps = flipped = None
     ok = np.zeros(len(paths), dtype=bool)
     t0, done = time.time(), 0
@@ -261,7 +276,7 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
     with torch.inference_mode():
         for batch in loader:
             good = [(i, a) for i, a, err in batch if err is None]
-            for i, _, err in batch:
+            for _, _, err in batch:
                 if err is not None:
                     log.warning("skipping %s", err)
             if good:
@@ -279,8 +294,11 @@ def lower_maps(trunk: Backbone, paths: list[Path], pre: Preprocess, k: int, work
             if progress and (time.time() - last > 30 or done == len(paths)):
                 last = time.time()
                 rate = done / max(last - t0, 1e-9)
-                print(f"  caching the frozen lower part: {done}/{len(paths)} photos, {rate:.1f} img/s, "
-                      f"ETA {(len(paths) - done) / max(rate, 1e-9) / 60:.1f} min", flush=True)
+                print(
+                    f"  caching the frozen lower part: {done}/{len(paths)} photos, {rate:.1f} img/s, "
+                    f"ETA {(len(paths) - done) / max(rate, 1e-9) / 60:.1f} min",
+                    flush=True,
+                )
     if maps is None:
         raise FashionrecError("no photo could be decoded")
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -300,22 +318,22 @@ class AdaptConfig:
     group_column: str = "auto"
     holdout: float = 0.15
     embed_dim: int = 256
-    train_blocks: int = 3          # blocks trained from the top (+ the final conv); the rest stays ImageNet, cached
-    max_minutes: float = 45.0      # whole run: caching + training + evaluation
-    head_fraction: float = 0.1     # share of the training time with the trunk frozen (stage 1: heads + embedding)
-    lr: float = 1e-3               # heads and embedding layer
-    trunk_lr: float = 3e-4         # top block; each block below gets lr_decay times the one above
+    train_blocks: int = 3  # blocks trained from the top (+ the final conv); the rest stays ImageNet, cached
+    max_minutes: float = 45.0  # whole run: caching + training + evaluation
+    head_fraction: float = 0.1  # share of the training time with the trunk frozen (stage 1: heads + embedding)
+    lr: float = 1e-3  # heads and embedding layer
+    trunk_lr: float = 3e-4  # top block; each block below gets lr_decay times the one above
     lr_decay: float = 0.7
     weight_decay: float = 1e-4
-    products_per_batch: int = 32   # x 2 photos each, plus as many labelled photos
+    products_per_batch: int = 32  # x 2 photos each, plus as many labelled photos
     labelled_per_batch: int = 32
     temperature: float = 0.1
     metric_weight: float = 1.0
     label_smoothing: float = 0.1
     min_class_count: int = 2
     flips: bool = True
-    max_steps: int | None = None   # tests: stop after this many steps
-    init_from: str | None = None   # continue from a model folder of an earlier run (same data, split and heads)
+    max_steps: int | None = None  # tests: stop after this many steps
+    init_from: str | None = None  # continue from a model folder of an earlier run (same data, split and heads)
     seed: int = 0
 
     def __post_init__(self):
@@ -365,8 +383,13 @@ def _param_groups(model: AdaptedModel, k: int, cfg: AdaptConfig, stage: str) -> 
     lower_ids = {id(p) for b in bb.blocks[:k] for p in b.parameters()}
     if hasattr(bb.model, "conv_stem"):
         lower_ids |= {id(p) for m in (bb.model.conv_stem, bb.model.bn1) for p in m.parameters()}
-    top = [p for p in bb.model.parameters() if id(p) not in seen and id(p) not in lower_ids
-           and not any(id(p) == id(q) for b in bb.blocks for q in b.parameters())]
+    top = [
+        p
+        for p in bb.model.parameters()
+        if id(p) not in seen
+        and id(p) not in lower_ids
+        and not any(id(p) == id(q) for b in bb.blocks for q in b.parameters())
+    ]
     ordered = [top] + [list(b.parameters()) for b in reversed(bb.blocks[k:])]
     for depth, ps in enumerate(ordered):
         ps = [p for p in ps if id(p) not in seen]
@@ -374,7 +397,7 @@ def _param_groups(model: AdaptedModel, k: int, cfg: AdaptConfig, stage: str) -> 
         for p in ps:
             p.requires_grad = True
         if ps:
-            groups.append({"params": ps, "lr": cfg.trunk_lr * cfg.lr_decay ** depth})
+            groups.append({"params": ps, "lr": cfg.trunk_lr * cfg.lr_decay**depth})
     return groups
 
 
@@ -395,8 +418,14 @@ def _fmt(model: nn.Module) -> torch.memory_format:
 
 
 @torch.no_grad()
-def upper_predict(model: AdaptedModel, maps: np.ndarray, k: int, rows: np.ndarray | None = None,
-                  batch_size: int = 256, prelogits_of=None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def upper_predict(
+    model: AdaptedModel,
+    maps: np.ndarray,
+    k: int,
+    rows: np.ndarray | None = None,
+    batch_size: int = 256,
+    prelogits_of=None,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Embeddings and head probabilities from cached lower maps (eval mode)."""
     model.eval()
     rows = np.arange(len(maps)) if rows is None else rows
@@ -427,8 +456,14 @@ class AdaptResult:
     out_dir: Path | None = None
 
 
-def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = AdaptConfig(), *,
-                  workspace: str | Path | None = None, progress: bool = True) -> AdaptResult:
+def adapt_catalog(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: AdaptConfig = AdaptConfig(),
+    *,
+    workspace: str | Path | None = None,
+    progress: bool = True,
+) -> AdaptResult:
     """Fine-tune a backbone on the catalog's labels + same-product pairs; write the model folder; evaluate."""
     from pytorch_metric_learning.losses import SupConLoss
 
@@ -453,29 +488,43 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
 
     trunk = _trunk(cfg.backbone, pretrained=True)
     if not trunk.supports_split():
-        raise FashionrecError(f"backbone {cfg.backbone}: fine-tuning needs a known block structure "
-                              "(efficientnet_lite0/1/2, mobilenetv2, tiny_cnn)")
+        raise FashionrecError(
+            f"backbone {cfg.backbone}: fine-tuning needs a known block structure "
+            "(efficientnet_lite0/1/2, mobilenetv2, tiny_cnn)"
+        )
     trunk.with_input_size(cfg.input_size)
     pre = Preprocess.for_backbone(trunk)
     n_blocks = len(trunk.blocks)
     k = max(0, n_blocks - cfg.train_blocks)
-    say(f"adapt: {len(ids)} photos, {len(np.unique(groups_all))} products ({int(held_all.sum())} photos of "
+    say(
+        f"adapt: {len(ids)} photos, {len(np.unique(groups_all))} products ({int(held_all.sum())} photos of "
         f"{len(np.unique(groups_all[held_all]))} held-out products); {cfg.backbone} at {cfg.input_size} px, "
-        f"training blocks {k}..{n_blocks - 1} + head; budget {cfg.max_minutes:g} min")
+        f"training blocks {k}..{n_blocks - 1} + head; budget {cfg.max_minutes:g} min"
+    )
     maps_all, flipped_all, ok = lower_maps(trunk, paths, pre, k, ws, flips=cfg.flips, progress=progress)
     keep = np.flatnonzero(ok)
     ids = [ids[i] for i in keep]
     maps, flipped = maps_all[keep], (flipped_all[keep] if cfg.flips else None)
     groups, held = groups_all[keep], held_all[keep]
     train = ~held
-    heads, labels = encode_labels(ids, meta, [c for c in cfg.label_columns if c in meta.columns] if
-                                  cfg.label_columns == DEFAULT_LABEL_COLUMNS else list(cfg.label_columns),
-                                  train, cfg.min_class_count)
+    heads, labels = encode_labels(
+        ids,
+        meta,
+        [c for c in cfg.label_columns if c in meta.columns]
+        if cfg.label_columns == DEFAULT_LABEL_COLUMNS
+        else list(cfg.label_columns),
+        train,
+        cfg.min_class_count,
+    )
     if not heads:
         say("adapt: no label column with 2+ classes: metric learning only")
-    say(f"  lower part cached ({maps.nbytes / 2**20:.0f} MiB) after {time.time() - t_start:.0f}s; heads: "
-        + ", ".join(f"{h} ({len(c)} classes, {int((labels[h][train] >= 0).sum())} labelled train photos)"
-                    for h, c in heads.items()))
+    say(
+        f"  lower part cached ({maps.nbytes / 2**20:.0f} MiB) after {time.time() - t_start:.0f}s; heads: "
+        + ", ".join(
+            f"{h} ({len(c)} classes, {int((labels[h][train] >= 0).sum())} labelled train photos)"
+            for h, c in heads.items()
+        )
+    )
 
     # ImageNet features for the comparison, before training changes the shared trunk in place.
     base = trunk_prelogits(trunk, maps, k)
@@ -486,10 +535,16 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
         # must be the same, or held-out products would have been trained on.
         prev = load_adapted(cfg.init_from)
         held_now = sorted(np.unique(groups[held]).tolist())
-        if prev.config.get("heldout_products") != held_now or prev.classes != heads \
-                or prev.config.get("base_backbone") != cfg.backbone or int(prev.config.get("embed_dim", -1)) != cfg.embed_dim:
-            raise FashionrecError(f"{cfg.init_from}: another split, heads, backbone or embedding size; "
-                                  "--init-from needs the same data, --seed, --holdout and columns")
+        if (
+            prev.config.get("heldout_products") != held_now
+            or prev.classes != heads
+            or prev.config.get("base_backbone") != cfg.backbone
+            or int(prev.config.get("embed_dim", -1)) != cfg.embed_dim
+        ):
+            raise FashionrecError(
+                f"{cfg.init_from}: another split, heads, backbone or embedding size; "
+                "--init-from needs the same data, --seed, --holdout and columns"
+            )
         model.load_state_dict(prev.state_dict())
         say(f"  continuing from {cfg.init_from}")
     # Stage 1 starts from the ImageNet pre-logits; the embedding starts as a random projection of them.
@@ -517,8 +572,10 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 + 30  # one upper pass + retrieval
     train_secs = budget - (time.time() - t_start) - eval_secs
     if train_secs < 30 and cfg.max_steps is None:
-        raise FashionrecError(f"--max-minutes {cfg.max_minutes:g} leaves {train_secs:.0f}s for training after caching "
-                              f"and evaluation; give more time")
+        raise FashionrecError(
+            f"--max-minutes {cfg.max_minutes:g} leaves {train_secs:.0f}s for training after caching "
+            f"and evaluation; give more time"
+        )
     history = []
     step = 0
     stages = [("upper", 1.0)] if cfg.init_from else [("head", cfg.head_fraction), ("upper", 1 - cfg.head_fraction)]
@@ -549,7 +606,7 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
             losses = {}
             if multi:
                 losses["metric"] = cfg.metric_weight * supcon(emb, torch.from_numpy(gcode[rows]))
-            for (name, lg) in zip(model.head_names, logits):
+            for name, lg in zip(model.head_names, logits):
                 yy = y[name][rows]
                 m = yy >= 0
                 if m.any():
@@ -569,12 +626,21 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
                 last_print = now
                 rate = seen / (now - t_stage)
                 total_left = budget - (now - t_start)
-                say(f"  [{stage}] step {step}, {rate:.0f} photos/s, loss "
+                say(
+                    f"  [{stage}] step {step}, {rate:.0f} photos/s, loss "
                     + " ".join(f"{n.replace('_name', '')}={v:.3f}" for n, v in run_loss.items())
                     + f"; stage {min(frac, 1) * 100:.0f}%, elapsed {(now - t_start) / 60:.1f} min, "
-                      f"ETA {max(total_left, 0) / 60:.1f} min")
-        history.append({"stage": stage, "steps": stage_steps, "photos": seen, "seconds": round(time.time() - t_stage, 1),
-                        "loss": {n: round(v, 4) for n, v in run_loss.items()}})
+                    f"ETA {max(total_left, 0) / 60:.1f} min"
+                )
+        history.append(
+            {
+                "stage": stage,
+                "steps": stage_steps,
+                "photos": seen,
+                "seconds": round(time.time() - t_stage, 1),
+                "loss": {n: round(v, 4) for n, v in run_loss.items()},
+            }
+        )
         say(f"  stage {stage}: {stage_steps} steps, {seen} photos in {time.time() - t_stage:.0f}s")
 
     # ---- evaluation on held-out products
@@ -585,42 +651,59 @@ def adapt_catalog(data_dir: str | Path, out_dir: str | Path, cfg: AdaptConfig = 
     types = labels.get(type_col + "\0raw") if type_col else None
     if types is None and type_col:
         types = np.array([str(meta[type_col].get(i, "")) if i in meta.index else "" for i in ids], dtype=object)
-    ret = {"imagenet": retrieval_metrics(base, groups, q, types),
-           "adapted": retrieval_metrics(emb, groups, q, types)}
+    ret = {"imagenet": retrieval_metrics(base, groups, q, types), "adapted": retrieval_metrics(emb, groups, q, types)}
     tagging = {}
     hrows = np.flatnonzero(held)
     for name in heads:
         raw = labels[name + "\0raw"][hrows]
         has = raw != ""
-        tagging[name] = classification_report(raw[has], np.array(heads[name], dtype=object)[probs[name][hrows][has].argmax(1)],
-                                              heads[name])
+        tagging[name] = classification_report(
+            raw[has], np.array(heads[name], dtype=object)[probs[name][hrows][has].argmax(1)], heads[name]
+        )
     wall = time.time() - t_start
-    metrics = {"retrieval_heldout": ret, "tagging_heldout": tagging, "wall_seconds": round(wall, 1),
-               "n_photos": len(ids), "n_heldout_photos": int(held.sum()), "n_queries": int(len(q)), "history": history}
+    metrics = {
+        "retrieval_heldout": ret,
+        "tagging_heldout": tagging,
+        "wall_seconds": round(wall, 1),
+        "n_photos": len(ids),
+        "n_heldout_photos": int(held.sum()),
+        "n_queries": int(len(q)),
+        "history": history,
+    }
     if cfg.init_from and (Path(cfg.init_from) / "metrics.json").exists():
         prev_m = json.loads((Path(cfg.init_from) / "metrics.json").read_text())
         metrics["continued_from"] = str(cfg.init_from)
         metrics["total_wall_seconds"] = round(wall + prev_m.get("total_wall_seconds", prev_m.get("wall_seconds", 0)), 1)
     held_products = sorted(np.unique(groups[held]).tolist())
-    config = {"base_backbone": cfg.backbone, "trunk_kwargs": {}, "embed_dim": cfg.embed_dim,
-              "preprocess": {**asdict(pre), "pad_square": True}, "split_block": k,
-              "embedding": "L2-normalised linear projection of the pre-logits (metric loss: SupConLoss)",
-              "heads_on": "pre-logits", "group_column": cfg.group_column,
-              "adapt_config": {**asdict(cfg), "label_columns": list(cfg.label_columns)},
-              "heldout_products": held_products, "trained_on": str(Path(data_dir).resolve()),
-              "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    config = {
+        "base_backbone": cfg.backbone,
+        "trunk_kwargs": {},
+        "embed_dim": cfg.embed_dim,
+        "preprocess": {**asdict(pre), "pad_square": True},
+        "split_block": k,
+        "embedding": "L2-normalised linear projection of the pre-logits (metric loss: SupConLoss)",
+        "heads_on": "pre-logits",
+        "group_column": cfg.group_column,
+        "adapt_config": {**asdict(cfg), "label_columns": list(cfg.label_columns)},
+        "heldout_products": held_products,
+        "trained_on": str(Path(data_dir).resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     out = save_adapted(model, out_dir, config)
     write_json(out / "metrics.json", metrics)
     paths_by_id = {i: cat.image_paths[i] for i in ids}
     _write_features_to_cache(out, ids, paths_by_id=paths_by_id, emb=emb, ws=ws)
-    _write_features_to_cache(None, ids, paths_by_id=paths_by_id, emb=base, ws=ws, imagenet=(cfg.backbone, cfg.input_size))
+    _write_features_to_cache(
+        None, ids, paths_by_id=paths_by_id, emb=base, ws=ws, imagenet=(cfg.backbone, cfg.input_size)
+    )
     say(f"adapt: wrote {out} in {wall / 60:.1f} min")
     say(format_adapt_metrics(metrics))
     return AdaptResult(model, metrics, out)
 
 
-def _write_features_to_cache(model_dir: Path | None, ids: list[str], paths_by_id: dict, emb: np.ndarray, ws: Path,
-                             imagenet: tuple | None = None) -> None:
+def _write_features_to_cache(
+    model_dir: Path | None, ids: list[str], paths_by_id: dict, emb: np.ndarray, ws: Path, imagenet: tuple | None = None
+) -> None:
     """The held-out evaluation already embedded every photo: store it under the key `embed_image_files` uses for
     this model folder (eager fp32), so `fashionrec embed --backbone MODEL_DIR` and the benchmark reuse it."""
     from fashionrec.backbones import create_backbone
@@ -629,19 +712,30 @@ def _write_features_to_cache(model_dir: Path | None, ids: list[str], paths_by_id
 
     bb = create_backbone(imagenet[0], input_size=imagenet[1]) if imagenet else create_backbone(str(model_dir))
     key = f"files-{_model_key(bb, P.for_backbone(bb), InferencePath())}"
-    FeatureCache(ws).save(key, fingerprints=np.array([file_fingerprint(paths_by_id[i]) for i in ids]),
-                          features=emb.astype(np.float32))
+    FeatureCache(ws).save(
+        key, fingerprints=np.array([file_fingerprint(paths_by_id[i]) for i in ids]), features=emb.astype(np.float32)
+    )
 
 
 def format_adapt_metrics(m: dict) -> str:
-    lines = ["held-out products: same-product retrieval (queries: held-out photos of products with 2+ photos; "
-             "gallery: every photo)", "| features | Recall@1 | Recall@10 | same-type P@10 |", "|---|---|---|---|"]
+    lines = [
+        "held-out products: same-product retrieval (queries: held-out photos of products with 2+ photos; "
+        "gallery: every photo)",
+        "| features | Recall@1 | Recall@10 | same-type P@10 |",
+        "|---|---|---|---|",
+    ]
     for name, r in m["retrieval_heldout"].items():
-        lines.append(f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | "
-                     f"{r['type_precision@10']:.3f} |" if r.get("type_precision@10") is not None else
-                     f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | - |")
-    lines += ["", "held-out tagging (photos of held-out products that have the label)",
-              "| attribute | classes | n | accuracy | macro-F1 |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | {r['type_precision@10']:.3f} |"
+            if r.get("type_precision@10") is not None
+            else f"| {name} | {r['recall@1']:.3f} | {r['recall@10']:.3f} | - |"
+        )
+    lines += [
+        "",
+        "held-out tagging (photos of held-out products that have the label)",
+        "| attribute | classes | n | accuracy | macro-F1 |",
+        "|---|---|---|---|---|",
+    ]
     for name, t in m["tagging_heldout"].items():
         lines.append(f"| {name} | {t['n_classes']} | {t['n']} | {t['accuracy']:.3f} | {t['macro_f1']:.3f} |")
     return "\n".join(lines)

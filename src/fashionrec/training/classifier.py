@@ -63,10 +63,15 @@ class ProbeHead:
     classes: np.ndarray
 
     @classmethod
-    def from_sklearn(cls, pipeline) -> "ProbeHead":
+    def from_sklearn(cls, pipeline) -> ProbeHead:
         scaler, lr = pipeline.steps[0][1], pipeline.steps[-1][1]
-        return cls(np.asarray(scaler.mean_, np.float64), np.asarray(scaler.scale_, np.float64),
-                   np.asarray(lr.coef_, np.float64), np.asarray(lr.intercept_, np.float64), np.asarray(lr.classes_))
+        return cls(
+            np.asarray(scaler.mean_, np.float64),
+            np.asarray(scaler.scale_, np.float64),
+            np.asarray(lr.coef_, np.float64),
+            np.asarray(lr.intercept_, np.float64),
+            np.asarray(lr.classes_),
+        )
 
     def predict_proba(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
         z = ((feats - self.mean) / self.scale) @ self.coef.T + self.intercept
@@ -103,13 +108,17 @@ class Classifier:
             raise FashionrecError("a fine-tuned classifier predicts from images, not from frozen features")
         return self.probe.predict_proba(feats, len(self.classes))
 
-    def predict_proba(self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool | None = None) -> np.ndarray:
+    def predict_proba(
+        self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool | None = None
+    ) -> np.ndarray:
         """uint8 images (N, H, W) or (N, H, W, 3), already padded/resized by `preprocess.pil_to_array` or raw
         arrays of any size (resized by the preprocessing) -> (N, len(classes)) probabilities."""
         if self.model is not None:
             return softmax(predict_logits(self.model, images, self.preprocess))
         progress = self.progress if progress is None else progress
-        feats = embed_arrays(self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress)
+        feats = embed_arrays(
+            self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress
+        )
         return self.predict_proba_features(feats)
 
     # ---- checkpoint
@@ -119,8 +128,14 @@ class Classifier:
         cfg = self.config
         cfg_dict = asdict(cfg) if cfg is not None and hasattr(cfg, "__dataclass_fields__") else dict(cfg or {})
         taps = list(self.backbone.taps) if getattr(self.backbone, "taps", None) else ["final"]
-        meta = {"kind": self.kind, "classes": list(self.classes), "backbone": cfg_dict.get("backbone", self.backbone.name),
-                "taps": taps, "preprocess": asdict(self.preprocess), "extra": {**self.extra, "config": cfg_dict}}
+        meta = {
+            "kind": self.kind,
+            "classes": list(self.classes),
+            "backbone": cfg_dict.get("backbone", self.backbone.name),
+            "taps": taps,
+            "preprocess": asdict(self.preprocess),
+            "extra": {**self.extra, "config": cfg_dict},
+        }
         blob: dict = {"format": FORMAT, "version": VERSION}
         if self.model is not None:
             blob["state_dict"] = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -128,8 +143,10 @@ class Classifier:
             blob["bn_state"] = {k: v.detach().cpu().clone() for k, v in self.backbone.state_dict().items()}
         if self.probe is not None:
             p = self.probe
-            blob["probe"] = {k: torch.as_tensor(np.ascontiguousarray(getattr(p, k))).clone()
-                             for k in ("mean", "scale", "coef", "intercept")}
+            blob["probe"] = {
+                k: torch.as_tensor(np.ascontiguousarray(getattr(p, k))).clone()
+                for k in ("mean", "scale", "coef", "intercept")
+            }
             meta["probe_classes"] = [c.item() if isinstance(c, np.generic) else c for c in p.classes]
         blob["meta"] = json.dumps(meta, default=_json_default)
         with atomic_path(path, suffix=".tmp.pt") as tmp:
@@ -137,7 +154,7 @@ class Classifier:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Classifier":
+    def load(cls, path: str | Path) -> Classifier:
         """Read a format-2 checkpoint with `weights_only=True` (torch's restricted unpickler: tensors and plain
         containers, no other classes). A missing, foreign or old-format file is a FashionrecError naming the file."""
         meta, blob = _read_checkpoint(Path(path))
@@ -146,8 +163,9 @@ class Classifier:
         if "bn_state" in blob:
             backbone.load_state_dict(blob["bn_state"])
         extra = dict(meta.get("extra", {}))
-        out = cls(meta["classes"], pre, backbone, kind=meta["kind"], config=extra.get("config"), extra=extra,
-                  progress=False)
+        out = cls(
+            meta["classes"], pre, backbone, kind=meta["kind"], config=extra.get("config"), extra=extra, progress=False
+        )
         if out.kind == "finetune":
             out.model = ImageClassifier(backbone, len(out.classes))
             out.model.load_state_dict(blob["state_dict"])
@@ -179,14 +197,17 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
         raise FashionrecError(
             f"{path}: refused to load: not a weights-only checkpoint. It is either a model.pt from fashionrec before "
             f"format {VERSION} (pickled arrays) or a file that would run code when unpickled; retrain with "
-            f"`fashionrec train` to get a safe checkpoint") from None
+            f"`fashionrec train` to get a safe checkpoint"
+        ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise FashionrecError(f"{path}: not a readable model checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise FashionrecError(f"{path}: not a fashionrec classifier checkpoint (expected format '{FORMAT}')")
     if blob.get("version") != VERSION:
-        raise FashionrecError(f"{path}: checkpoint format version {blob.get('version')}; this fashionrec reads "
-                              f"version {VERSION}; retrain with `fashionrec train`")
+        raise FashionrecError(
+            f"{path}: checkpoint format version {blob.get('version')}; this fashionrec reads "
+            f"version {VERSION}; retrain with `fashionrec train`"
+        )
     return json.loads(blob["meta"]), blob
 
 

@@ -21,17 +21,31 @@ from fashionrec.features import Preprocess
 def memory_format_of(model: nn.Module) -> torch.memory_format:
     """channels_last when the model's convolutions are stored NHWC (inputs must match, or each conv converts)."""
     w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return torch.channels_last if w is not None and w.is_contiguous(memory_format=torch.channels_last) \
-        and not w.is_contiguous() else torch.contiguous_format
+    return (
+        torch.channels_last
+        if w is not None and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        else torch.contiguous_format
+    )
 
 
-def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preprocess, *, batch_size: int = 256,
-                    max_images: int = 10_000, seed: int = 0, progress: bool = True, only: list | None = None) -> Backbone:
+def adapt_batchnorm(
+    backbone: Backbone,
+    images: np.ndarray,
+    preprocess: Preprocess,
+    *,
+    batch_size: int = 256,
+    max_images: int = 10_000,
+    seed: int = 0,
+    progress: bool = True,
+    only: list | None = None,
+) -> Backbone:
     """Reset every BN layer's running statistics and re-estimate them on `images` (uint8, unlabelled).
 
     Weights are untouched: only running_mean / running_var change. Returns the same backbone, in eval mode.
     """
-    bns = only if only is not None else [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = (
+        only if only is not None else [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    )
     if not bns:
         return backbone
     rng = np.random.default_rng(seed)
@@ -45,7 +59,9 @@ def adapt_batchnorm(backbone: Backbone, images: np.ndarray, preprocess: Preproce
     fmt = memory_format_of(backbone)
     with torch.no_grad():
         for s in tqdm(range(0, len(idx), batch_size), desc="re-estimate BN", unit="batch", disable=not progress):
-            backbone(preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]).contiguous(memory_format=fmt))
+            backbone(
+                preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]).contiguous(memory_format=fmt)
+            )
     for m in bns:
         m.momentum = 0.1
         m.eval()

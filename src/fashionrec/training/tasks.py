@@ -32,13 +32,13 @@ log = logging.getLogger(__name__)
 class ClassifierConfig:
     """Resolved settings of one training run; saved as `config.json` beside its outputs."""
 
-    method: str = "linear-probe"          # linear-probe | finetune
+    method: str = "linear-probe"  # linear-probe | finetune
     backbone: str = DEFAULT_BACKBONE
     input_size: int = DEFAULT_INPUT_SIZE
-    invert: bool | None = None            # None: auto (invert light-on-dark greyscale inputs)
-    adapt_bn: bool = False                # re-estimate BN statistics on unlabelled target images (AdaBN)
+    invert: bool | None = None  # None: auto (invert light-on-dark greyscale inputs)
+    adapt_bn: bool = False  # re-estimate BN statistics on unlabelled target images (AdaBN)
     bn_images: int = 4000
-    taps: tuple | None = None             # None: auto (see default_taps)
+    taps: tuple | None = None  # None: auto (see default_taps)
     probe_C: float = 0.1
     seed: int = 0
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -53,8 +53,15 @@ class ClassifierConfig:
 def is_light_on_dark(images: np.ndarray, sample: int = 500) -> bool:
     """Fashion-MNIST-style images: dark border, light object. Decided from the border pixels' mean."""
     x = images[:sample].astype(np.float32)
-    border = np.concatenate([x[:, 0].reshape(len(x), -1), x[:, -1].reshape(len(x), -1),
-                             x[:, :, 0].reshape(len(x), -1), x[:, :, -1].reshape(len(x), -1)], axis=1)
+    border = np.concatenate(
+        [
+            x[:, 0].reshape(len(x), -1),
+            x[:, -1].reshape(len(x), -1),
+            x[:, :, 0].reshape(len(x), -1),
+            x[:, :, -1].reshape(len(x), -1),
+        ],
+        axis=1,
+    )
     return float(border.mean()) < 64.0
 
 
@@ -79,8 +86,9 @@ class PreparedBackbone:
     config: ClassifierConfig  # with invert and taps resolved
 
 
-def prepare_backbone(cfg: ClassifierConfig, images: np.ndarray, *, unlabelled: np.ndarray | None = None,
-                     progress: bool = True) -> PreparedBackbone:
+def prepare_backbone(
+    cfg: ClassifierConfig, images: np.ndarray, *, unlabelled: np.ndarray | None = None, progress: bool = True
+) -> PreparedBackbone:
     """The backbone and preprocessing a classifier for `images` would use (what the label-efficiency experiment
     embeds its whole pool with): light-on-dark inputs inverted and pooled from mid-level blocks (auto), BN statistics
     re-estimated on `unlabelled` (else `images`) when `cfg.adapt_bn`."""
@@ -94,14 +102,23 @@ def prepare_backbone(cfg: ClassifierConfig, images: np.ndarray, *, unlabelled: n
         pool = unlabelled if unlabelled is not None else images
         adapt_batchnorm(backbone, pool, pre, max_images=cfg.bn_images, seed=cfg.seed, progress=progress)
         # The adapted statistics are part of the model: the cache key must differ from the ImageNet-BN one.
-        bn_hash = hashlib.sha1(np.ascontiguousarray(pool[:64]).tobytes() + str((len(pool), cfg.bn_images, cfg.seed)).encode()).hexdigest()[:8]
+        bn_hash = hashlib.sha1(
+            np.ascontiguousarray(pool[:64]).tobytes() + str((len(pool), cfg.bn_images, cfg.seed)).encode()
+        ).hexdigest()[:8]
         backbone.weights_id += f"+adabn:{bn_hash}"
     return PreparedBackbone(backbone, pre, cfg)
 
 
-def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: list[str], cfg: ClassifierConfig, *,
-                           unlabelled: np.ndarray | None = None, cache: FeatureCache | None = None,
-                           progress: bool = True) -> Classifier:
+def train_image_classifier(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    classes: list[str],
+    cfg: ClassifierConfig,
+    *,
+    unlabelled: np.ndarray | None = None,
+    cache: FeatureCache | None = None,
+    progress: bool = True,
+) -> Classifier:
     """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels."""
     prepared = prepare_backbone(cfg, x_train, unlabelled=unlabelled, progress=progress)
     backbone, pre, cfg = prepared.backbone, prepared.preprocess, prepared.config
@@ -113,13 +130,19 @@ def train_image_classifier(x_train: np.ndarray, y_train: np.ndarray, classes: li
         n_val = min(len(x_train) // 5, 5000)
     if n_val:
         perm = np.random.default_rng(cfg.seed).permutation(len(x_train))
-        x_val, y_val, x_tr, y_tr = x_train[perm[:n_val]], y_train[perm[:n_val]], x_train[perm[n_val:]], y_train[perm[n_val:]]
+        x_val, y_val, x_tr, y_tr = (
+            x_train[perm[:n_val]],
+            y_train[perm[:n_val]],
+            x_train[perm[n_val:]],
+            y_train[perm[n_val:]],
+        )
     else:  # no copy of the (possibly large) training set when nothing is held out
         x_val, y_val, x_tr, y_tr = x_train[:0], y_train[:0], x_train, y_train
     feats = embed_arrays(backbone, x_tr, preprocess=pre, cache=cache, desc="embed train", progress=progress)
     probe = probe_module.fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
-    trained = Classifier(classes, pre, backbone, kind=cfg.method, probe=ProbeHead.from_sklearn(probe), config=cfg,
-                         progress=progress)
+    trained = Classifier(
+        classes, pre, backbone, kind=cfg.method, probe=ProbeHead.from_sklearn(probe), config=cfg, progress=progress
+    )
     if cfg.method == "finetune":
         lr = probe.steps[-1][1]
         scaler = probe.steps[0][1]
@@ -141,8 +164,14 @@ def evaluate_classifier(trained: Classifier, x_test: np.ndarray, y_test: np.ndar
     proba = trained.predict_proba(x_test, cache=cache)
     pred = proba.argmax(1)
     n = len(trained.classes)
-    return {"test_accuracy": accuracy(y_test, pred), "macro_f1": macro_f1(y_test, pred, n), "n_test": int(len(y_test)),
-            "confusion_matrix": confusion_matrix(y_test, pred, n).tolist(), "_pred": pred, "_proba": proba}
+    return {
+        "test_accuracy": accuracy(y_test, pred),
+        "macro_f1": macro_f1(y_test, pred, n),
+        "n_test": int(len(y_test)),
+        "confusion_matrix": confusion_matrix(y_test, pred, n).tolist(),
+        "_pred": pred,
+        "_proba": proba,
+    }
 
 
 def write_run(out_dir: str | Path, trained: Classifier, result: dict, extra: dict | None = None) -> dict:
@@ -156,7 +185,11 @@ def write_run(out_dir: str | Path, trained: Classifier, result: dict, extra: dic
     metrics.update(extra or {})
     write_json(out / "metrics.json", metrics)
     write_json(out / "config.json", asdict(trained.config))
-    plot_confusion(np.array(result["confusion_matrix"]), trained.classes, out / "confusion.png",
-                   title=f"{trained.config.method} ({trained.config.backbone}): acc {result['test_accuracy']:.3f}")
+    plot_confusion(
+        np.array(result["confusion_matrix"]),
+        trained.classes,
+        out / "confusion.png",
+        title=f"{trained.config.method} ({trained.config.backbone}): acc {result['test_accuracy']:.3f}",
+    )
     trained.save(out / "model.pt")
     return metrics

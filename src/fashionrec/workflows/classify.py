@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -56,13 +56,15 @@ class LabelledPhotos:
 
     catalog: object
     ids: list[str]
-    images: np.ndarray          # uint8 (N, S, S, 3)
-    labels: np.ndarray          # int class index per image
+    images: np.ndarray  # uint8 (N, S, S, 3)
+    labels: np.ndarray  # int class index per image
     classes: list[str]
-    failures: dict[str, str]    # id -> why its image could not be read
+    failures: dict[str, str]  # id -> why its image could not be read
 
 
-def load_labelled_photos(data_dir: str | Path, label_column: str, input_size: int, progress: bool = True) -> LabelledPhotos:
+def load_labelled_photos(
+    data_dir: str | Path, label_column: str, input_size: int, progress: bool = True
+) -> LabelledPhotos:
     from fashionrec.features import decode_images_to_array
     from fashionrec.training.adapt import catalog_for_training
 
@@ -77,7 +79,9 @@ def load_labelled_photos(data_dir: str | Path, label_column: str, input_size: in
     return LabelledPhotos(cat, ids, x, y, classes, failures)
 
 
-def held_out_split(n: int, rng: np.random.Generator | int, fraction: float = HELD_OUT_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def held_out_split(
+    n: int, rng: np.random.Generator | int, fraction: float = HELD_OUT_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices: a random `fraction` of the n labelled articles is held out for testing.
 
     `rng` is the run's seed or a Generator seeded with it (the caller may go on drawing from it, e.g. to sample
@@ -121,8 +125,16 @@ class TrainingSet:
     unlabelled: np.ndarray
 
 
-def training_set(dataset: str, *, cfg, labels_per_class=None, label_column: str | None = None,
-                 data_dir: str | Path | None = None, test_size: int | None = None, progress: bool = True) -> TrainingSet:
+def training_set(
+    dataset: str,
+    *,
+    cfg,
+    labels_per_class=None,
+    label_column: str | None = None,
+    data_dir: str | Path | None = None,
+    test_size: int | None = None,
+    progress: bool = True,
+) -> TrainingSet:
     """Fashion-MNIST (its own train/test files) or a photo folder (held-out fifth, split with the run's seed)."""
     k = parse_labels_per_class(labels_per_class)
     if dataset == FASHION_MNIST:
@@ -145,18 +157,31 @@ def training_set(dataset: str, *, cfg, labels_per_class=None, label_column: str 
     return TrainingSet(x[tr], y[tr], x[te], y[te], photos.classes, x)
 
 
-def train_and_evaluate(data: TrainingSet, cfg, out: str | Path, *, cache=None, progress: bool = True,
-                       extra: dict | None = None, started: float | None = None) -> dict:
+def train_and_evaluate(
+    data: TrainingSet,
+    cfg,
+    out: str | Path,
+    *,
+    cache=None,
+    progress: bool = True,
+    extra: dict | None = None,
+    started: float | None = None,
+) -> dict:
     """Train, evaluate on the held-out images, write metrics.json, config.json, confusion.png and model.pt to `out`.
     Returns the metrics (with n_train, and wall_seconds since `started`, e.g. before the data was loaded)."""
     from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
 
     t0 = time.time() if started is None else started
-    trained = train_image_classifier(data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled,
-                                     cache=cache, progress=progress)
+    trained = train_image_classifier(
+        data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled, cache=cache, progress=progress
+    )
     result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)
-    return write_run(Path(out), trained, result, extra={"n_train": int(len(data.y_train)),
-                                                        "wall_seconds": round(time.time() - t0, 1), **(extra or {})})
+    return write_run(
+        Path(out),
+        trained,
+        result,
+        extra={"n_train": int(len(data.y_train)), "wall_seconds": round(time.time() - t0, 1), **(extra or {})},
+    )
 
 
 # ---------------------------------------------------------------- predict
@@ -176,8 +201,9 @@ class Predictions:
     rows: list[tuple] = field(default_factory=list)
 
 
-def predict_images(model: str | Path, images: Sequence[str | Path], top_k: int = 3,
-                   on_skip: Callable[[str], None] | None = None) -> Predictions:
+def predict_images(
+    model: str | Path, images: Sequence[str | Path], top_k: int = 3, on_skip: Callable[[str], None] | None = None
+) -> Predictions:
     """Top-k labels for each image, with the model's own preprocessing (pad to a square, then resize).
 
     `model`: a model.pt from `fashionrec train` (one label per image) or a `fashionrec adapt` folder (every head).
@@ -256,15 +282,21 @@ class ColumnTagging:
 
 @dataclass
 class Tags:
-    table: pd.DataFrame                 # article_id, <column>, <column>_confidence, ...
-    n_unlabelled: int                   # images without a catalog row (0: nothing to tag)
+    table: pd.DataFrame  # article_id, <column>, <column>_confidence, ...
+    n_unlabelled: int  # images without a catalog row (0: nothing to tag)
     n_unreadable: int
     columns: list[str]
     per_column: list[ColumnTagging] = field(default_factory=list)
 
 
-def tag_with_model(data_dir: str | Path, model: str | Path, columns: list[str] | None = None, *,
-                   min_confidence: float = 0.0, progress: bool = True) -> Tags:
+def tag_with_model(
+    data_dir: str | Path,
+    model: str | Path,
+    columns: list[str] | None = None,
+    *,
+    min_confidence: float = 0.0,
+    progress: bool = True,
+) -> Tags:
     """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo)."""
     from fashionrec.features import decode_images_to_array
     from fashionrec.training.adapt import catalog_for_training, load_adapted
@@ -291,8 +323,9 @@ def tag_with_model(data_dir: str | Path, model: str | Path, columns: list[str] |
     return Tags(df, len(unl), len(failures), cols)
 
 
-def tag_with_probe(data_dir: str | Path, columns: list[str], cfg, *, min_confidence: float = 0.0, cache=None,
-                   progress: bool = True) -> Tags:
+def tag_with_probe(
+    data_dir: str | Path, columns: list[str], cfg, *, min_confidence: float = 0.0, cache=None, progress: bool = True
+) -> Tags:
     """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row."""
     tag_columns(",".join(columns), required=True)
     merged, per_column, n_unl, n_bad = None, [], 0, 0
@@ -313,14 +346,28 @@ def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cac
     photos = load_labelled_photos(Path(data_dir), label_column, cfg.input_size, progress)
     x, classes, cat = photos.images, photos.classes, photos.catalog
     unl = {i: p for i, p in cat.image_paths.items() if i not in set(cat.metadata.index)}
-    u_ids, u_x, failures = decode_images_to_array(unl, photo_decoder(cfg.input_size), progress=progress,
-                                                  desc="decode unlabelled")
-    trained = train_image_classifier(x, photos.labels, classes, cfg, unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
-                                     cache=cache, progress=progress)
+    u_ids, u_x, failures = decode_images_to_array(
+        unl, photo_decoder(cfg.input_size), progress=progress, desc="decode unlabelled"
+    )
+    trained = train_image_classifier(
+        x,
+        photos.labels,
+        classes,
+        cfg,
+        unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
+        cache=cache,
+        progress=progress,
+    )
     proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
     conf = np.round(proba.max(1), 4) if len(u_ids) else np.zeros(0)
     labels = [classes[j] for j in proba.argmax(1)] if len(u_ids) else []
-    df = pd.DataFrame({"article_id": u_ids, label_column: _unsure(labels, conf, min_confidence),
-                       f"{label_column}_confidence": conf, "confidence": conf})
+    df = pd.DataFrame(
+        {
+            "article_id": u_ids,
+            label_column: _unsure(labels, conf, min_confidence),
+            f"{label_column}_confidence": conf,
+            "confidence": conf,
+        }
+    )
     info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures))
     return df, info, len(unl), len(failures)

@@ -15,10 +15,23 @@ def parse_ks(spec: str) -> list:
     return [k if k == "all" else int(k) for k in spec.split(",")]
 
 
-def label_efficiency(dataset: str, *, cfg, out: str | Path, ks: list, seeds: list[int], methods: list[str],
-                     data_dir: str | Path | None = None, label_column: str | None = None, pool: int = 10000,
-                     test_size: int = 10000, finetune_max_k: int = 100, cache=None, progress: bool = True,
-                     resume: bool = True) -> dict:
+def label_efficiency(
+    dataset: str,
+    *,
+    cfg,
+    out: str | Path,
+    ks: list,
+    seeds: list[int],
+    methods: list[str],
+    data_dir: str | Path | None = None,
+    label_column: str | None = None,
+    pool: int = 10000,
+    test_size: int = 10000,
+    finetune_max_k: int = 100,
+    cache=None,
+    progress: bool = True,
+    resume: bool = True,
+) -> dict:
     """Test accuracy against the number of labels per class, per method (see run_label_efficiency).
 
     Fashion-MNIST: a `pool` of train images drawn with the run's seed, the first `test_size` test images.
@@ -51,9 +64,24 @@ def label_efficiency(dataset: str, *, cfg, out: str | Path, ks: list, seeds: lis
         classes = [classes[c] for c in keep_cls]
         unl = x
         title = f"H&M {label_column} label efficiency ({cfg.backbone}, {cfg.input_size}px)"
-    return run_label_efficiency(x_pool, y_pool, x_te, y_te, classes, ks=ks, seeds=seeds, methods=methods, out_dir=out,
-                                classifier_cfg=cfg, unlabelled=unl, cache=cache, finetune_max_k=finetune_max_k,
-                                title=title, progress=progress, resume=resume)
+    return run_label_efficiency(
+        x_pool,
+        y_pool,
+        x_te,
+        y_te,
+        classes,
+        ks=ks,
+        seeds=seeds,
+        methods=methods,
+        out_dir=out,
+        classifier_cfg=cfg,
+        unlabelled=unl,
+        cache=cache,
+        finetune_max_k=finetune_max_k,
+        title=title,
+        progress=progress,
+        resume=resume,
+    )
 
 
 # ---------------------------------------------------------------- demo
@@ -77,8 +105,9 @@ def demo_data(data_dir: str | Path | None, pool: int, test_size: int, seed: int)
     return DemoData(d.x_train[sel], d.y_train[sel], d.x_test[test], d.y_test[test], list(d.classes))
 
 
-def demo_classifier(data: DemoData, out: str | Path, cfg, labels_per_class: int, *, cache=None,
-                    progress: bool = True) -> dict:
+def demo_classifier(
+    data: DemoData, out: str | Path, cfg, labels_per_class: int, *, cache=None, progress: bool = True
+) -> dict:
     """A few-label linear probe: metrics.json, confusion.png, model.pt and predictions.png (32 test images)."""
     from fashionrec.data.fashion_mnist import sample_per_class
     from fashionrec.evaluation.plots import image_grid
@@ -86,16 +115,22 @@ def demo_classifier(data: DemoData, out: str | Path, cfg, labels_per_class: int,
 
     out = Path(out)
     idx = sample_per_class(data.y_pool, labels_per_class, cfg.seed)
-    trained = train_image_classifier(data.x_pool[idx], data.y_pool[idx], data.classes, cfg, unlabelled=data.x_pool,
-                                     cache=cache, progress=progress)
+    trained = train_image_classifier(
+        data.x_pool[idx], data.y_pool[idx], data.classes, cfg, unlabelled=data.x_pool, cache=cache, progress=progress
+    )
     result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)
     metrics = write_run(out, trained, result, extra={"labels_per_class": labels_per_class, "n_train": int(len(idx))})
     pred, y_te = result["_pred"], data.y_test
     show = np.arange(min(32, len(data.x_test)))
     caps = [f"{data.classes[pred[i]]}\n(true: {data.classes[y_te[i]]})" for i in show]
     cols = ["green" if pred[i] == y_te[i] else "red" for i in show]
-    image_grid([data.x_test[i] for i in show], caps, out / "predictions.png", colors=cols,
-               title=f"{labels_per_class} labels/class: predicted (true); red = wrong")
+    image_grid(
+        [data.x_test[i] for i in show],
+        caps,
+        out / "predictions.png",
+        colors=cols,
+        title=f"{labels_per_class} labels/class: predicted (true); red = wrong",
+    )
     return metrics
 
 
@@ -105,7 +140,19 @@ def demo_label_efficiency(data: DemoData, out: str | Path, cfg, *, cache=None, p
 
     smallest = int(np.bincount(data.y_pool).min())
     ks = [k for k in (1, 5, 10, 50) if k <= smallest]  # a small pool cannot give 50 per class
-    return run_label_efficiency(data.x_pool, data.y_pool, data.x_test, data.y_test, data.classes, ks=ks,
-                                seeds=[cfg.seed], methods=["pixels", "probe"], out_dir=Path(out) / "label_efficiency",
-                                classifier_cfg=cfg, unlabelled=data.x_pool, cache=cache, progress=progress,
-                                title="Fashion-MNIST (demo)")
+    return run_label_efficiency(
+        data.x_pool,
+        data.y_pool,
+        data.x_test,
+        data.y_test,
+        data.classes,
+        ks=ks,
+        seeds=[cfg.seed],
+        methods=["pixels", "probe"],
+        out_dir=Path(out) / "label_efficiency",
+        classifier_cfg=cfg,
+        unlabelled=data.x_pool,
+        cache=cache,
+        progress=progress,
+        title="Fashion-MNIST (demo)",
+    )

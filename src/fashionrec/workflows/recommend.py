@@ -49,7 +49,7 @@ def everyone(shop: Shop) -> list[str]:
 class Submission:
     """The H&M Kaggle submission file written for every customer, plus the timings for the report line."""
 
-    path: Path                              # customer_id, prediction (k space-separated item ids)
+    path: Path  # customer_id, prediction (k space-separated item ids)
     n_rows: int
     model: str
     load_seconds: float
@@ -60,11 +60,22 @@ class Submission:
     recommend_seconds: float = 0.0
 
 
-def recommend_all(data_dir: str | Path, out: str | Path, *, model: str | None = None, k: int = 12,
-                  users: list[str] | None = None, backbone: str = DEFAULT_BACKBONE,
-                  input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
-                  progress: bool = True, block_size: int = 2048, workers: int = 1,
-                  ray_address: str | None = None) -> Submission:
+def recommend_all(
+    data_dir: str | Path,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    k: int = 12,
+    users: list[str] | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    inference: str = "auto",
+    workspace=None,
+    progress: bool = True,
+    block_size: int = 2048,
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> Submission:
     """Top-k for `users` (default: everyone) streamed to `out` in blocks (`fashionrec.recommend.batch`), every row
     filled to k from popularity; `workers` > 1 shards the customers over Ray actors (identical output)."""
     from fashionrec.recommend.batch import recommend_all as batch_recommend_all
@@ -72,58 +83,111 @@ def recommend_all(data_dir: str | Path, out: str | Path, *, model: str | None = 
     t0 = time.time()
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
-    shop = load_shop(data_dir, with_images=name in IMAGE_MODELS, workspace=workspace, progress=progress,
-                     backbone=backbone, input_size=input_size, inference=inference)
+    shop = load_shop(
+        data_dir,
+        with_images=name in IMAGE_MODELS,
+        workspace=workspace,
+        progress=progress,
+        backbone=backbone,
+        input_size=input_size,
+        inference=inference,
+    )
     t_load = time.time() - t0
     fitted = fit_recommender(shop, name, cache_dir=workspace)
     t_fit = time.time() - t0 - t_load
     users = everyone(shop) if users is None else users
     t1 = time.time()
-    path = batch_recommend_all(fitted, users, k, out, block_size=block_size, progress=progress, workers=workers,
-                               address=ray_address)
-    return Submission(path, len(users), name, t_load, t_fit, shop.embed_seconds, len(shop.failures),
-                      time.time() - t0, time.time() - t1)
+    path = batch_recommend_all(
+        fitted, users, k, out, block_size=block_size, progress=progress, workers=workers, address=ray_address
+    )
+    return Submission(
+        path,
+        len(users),
+        name,
+        t_load,
+        t_fit,
+        shop.embed_seconds,
+        len(shop.failures),
+        time.time() - t0,
+        time.time() - t1,
+    )
 
 
 @dataclass
 class Similar:
     item: str
     score: float
-    name: str       # the catalog's prod_name, or ""
+    name: str  # the catalog's prod_name, or ""
 
 
-def similar_items(data_dir: str | Path, item: str, *, model: str = "visual", k: int = 12,
-                  backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
-                  progress: bool = True) -> list[Similar]:
+def similar_items(
+    data_dir: str | Path,
+    item: str,
+    *,
+    model: str = "visual",
+    k: int = 12,
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    inference: str = "auto",
+    workspace=None,
+    progress: bool = True,
+) -> list[Similar]:
     """The k items nearest to `item` by `model` (a content model by default: works for never-sold items)."""
     workspace = _workspace(workspace)
-    shop = load_shop(data_dir, with_images=model in IMAGE_MODELS, workspace=workspace, progress=progress,
-                     backbone=backbone, input_size=input_size, inference=inference)
+    shop = load_shop(
+        data_dir,
+        with_images=model in IMAGE_MODELS,
+        workspace=workspace,
+        progress=progress,
+        backbone=backbone,
+        input_size=input_size,
+        inference=inference,
+    )
     fitted = fit_recommender(shop, model, cache_dir=workspace)
     meta = shop.catalog.metadata
     has_name = "prod_name" in meta.columns
-    return [Similar(r.item, r.score, meta.loc[r.item, "prod_name"] if has_name and r.item in meta.index else "")
-            for r in fitted.similar_items(item, k)]
+    return [
+        Similar(r.item, r.score, meta.loc[r.item, "prod_name"] if has_name and r.item in meta.index else "")
+        for r in fitted.similar_items(item, k)
+    ]
 
 
 @dataclass
 class Comparison:
-    table: pd.DataFrame             # one row per model (pooled over windows); attrs hold the protocol
-    details: dict                   # sources (per-model candidate sources), ap (per customer-window AP)
+    table: pd.DataFrame  # one row per model (pooled over windows); attrs hold the protocol
+    details: dict  # sources (per-model candidate sources), ap (per customer-window AP)
     markdown: str
 
 
-def evaluate_recommenders(data_dir: str | Path, models: list[str], *, windows: int = 4, split_date: str | None = None,
-                          test_days: int = 28, k: int = 12, baseline: str | None = "repurchase",
-                          backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, inference: str = "auto", workspace=None,
-                          progress: bool = True) -> Comparison:
+def evaluate_recommenders(
+    data_dir: str | Path,
+    models: list[str],
+    *,
+    windows: int = 4,
+    split_date: str | None = None,
+    test_days: int = 28,
+    k: int = 12,
+    baseline: str | None = "repurchase",
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    inference: str = "auto",
+    workspace=None,
+    progress: bool = True,
+) -> Comparison:
     """Leak-free comparison on `windows` consecutive test windows ending at the last date (or one window starting
     at `split_date`), against `baseline` (paired bootstrap) when it is one of `models`."""
     from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table
     from fashionrec.recommend import create_recommender
 
-    shop = load_shop(data_dir, with_images=any(m in EVALUATION_IMAGE_MODELS for m in models), workspace=workspace,
-                     progress=progress, backbone=backbone, input_size=input_size, inference=inference)
+    shop = load_shop(
+        data_dir,
+        with_images=any(m in EVALUATION_IMAGE_MODELS for m in models),
+        workspace=workspace,
+        progress=progress,
+        backbone=backbone,
+        input_size=input_size,
+        inference=inference,
+    )
     events = shop.interactions.events
     n_windows = windows
     if split_date:  # one window starting at the given date
@@ -131,9 +195,16 @@ def evaluate_recommenders(data_dir: str | Path, models: list[str], *, windows: i
         last = pd.Timestamp(split_date) + pd.Timedelta(days=test_days - 1)
         events = events[events["timestamp"] <= last + pd.Timedelta(days=1)]
     factories = {m: (lambda m=m: create_recommender(m)) for m in models}
-    df, details = evaluate_windows(lambda ev: rec_data(shop, ev), factories, events, n_windows=n_windows,
-                                   test_days=test_days, k=k, baseline=baseline if baseline in models else None,
-                                   progress=progress)
+    df, details = evaluate_windows(
+        lambda ev: rec_data(shop, ev),
+        factories,
+        events,
+        n_windows=n_windows,
+        test_days=test_days,
+        k=k,
+        baseline=baseline if baseline in models else None,
+        progress=progress,
+    )
     return Comparison(df, details, format_windows_table(df, details["sources"]))
 
 
@@ -145,8 +216,9 @@ def write_comparison(c: Comparison, out: str | Path, args: dict) -> None:
     out = Path(out)
     write_text(out / "comparison.md", c.markdown)
     rows = c.table.reset_index().to_dict(orient="records")
-    write_json(out / "comparison.json", {"attrs": c.table.attrs, "rows": rows, "sources": c.details["sources"],
-                                         "args": args})
+    write_json(
+        out / "comparison.json", {"attrs": c.table.attrs, "rows": rows, "sources": c.details["sources"], "args": args}
+    )
     write_json(out / "per_pair_ap.json", c.details["ap"])
     plot_windows(c.table, out / "comparison.png")
 
@@ -159,10 +231,19 @@ class Embeddings:
     seconds: float = 0.0
 
 
-def embed_catalog_images(data_dir: str | Path, *, engine: str = "local", backbone: str = DEFAULT_BACKBONE,
-                         input_size: int = DEFAULT_INPUT_SIZE, batch_size: int = 64, num_actors: int = 2,
-                         inference: str = "auto",
-                         ray_address: str | None = None, workspace=None, progress: bool = True) -> Embeddings:
+def embed_catalog_images(
+    data_dir: str | Path,
+    *,
+    engine: str = "local",
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    batch_size: int = 64,
+    num_actors: int = 2,
+    inference: str = "auto",
+    ray_address: str | None = None,
+    workspace=None,
+    progress: bool = True,
+) -> Embeddings:
     """Every catalog image's backbone embedding, locally (cached in the workspace) or on Ray actors."""
     from fashionrec.data.catalog import load_catalog
 
@@ -172,15 +253,26 @@ def embed_catalog_images(data_dir: str | Path, *, engine: str = "local", backbon
     if engine == "ray":
         from fashionrec.distributed import embed_with_ray
 
-        ids, feats = embed_with_ray(cat.image_paths, backbone=backbone, input_size=input_size, num_actors=num_actors,
-                                    batch_size=batch_size, address=ray_address)
+        ids, feats = embed_with_ray(
+            cat.image_paths,
+            backbone=backbone,
+            input_size=input_size,
+            num_actors=num_actors,
+            batch_size=batch_size,
+            address=ray_address,
+        )
         return Embeddings(ids, feats, {}, time.time() - t0)
     from fashionrec.backbones import create_backbone
     from fashionrec.features import FeatureCache, InferencePath, embed_image_files
 
-    res = embed_image_files(create_backbone(backbone, input_size=input_size), cat.image_paths,
-                            cache=FeatureCache(workspace), progress=progress, batch_size=batch_size,
-                            path=InferencePath.parse(inference))
+    res = embed_image_files(
+        create_backbone(backbone, input_size=input_size),
+        cat.image_paths,
+        cache=FeatureCache(workspace),
+        progress=progress,
+        batch_size=batch_size,
+        path=InferencePath.parse(inference),
+    )
     return Embeddings(res.ids, res.features, res.failures, time.time() - t0)
 
 

@@ -20,14 +20,26 @@ def resolve_write_token(explicit: str | None) -> str | None:
     if token is not None:
         token = token.strip()
         if len(token) < MIN_TOKEN_CHARS or not token.isprintable() or " " in token:
-            raise FashionrecError(f"the write token must be at least {MIN_TOKEN_CHARS} printable characters without "
-                                  f"spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)")
+            raise FashionrecError(
+                f"the write token must be at least {MIN_TOKEN_CHARS} printable characters without "
+                f"spaces (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
+            )
     return token
 
 
-def serve_shop(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workspace: str | Path | None = None,
-               progress: bool = True, default_model: str | None = None, write_token: str | None = None,
-               max_arrivals: int | None = None, max_arrival_mb: float | None = None, workers: int = 1) -> None:
+def serve_shop(
+    data_dir: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workspace: str | Path | None = None,
+    progress: bool = True,
+    default_model: str | None = None,
+    write_token: str | None = None,
+    max_arrivals: int | None = None,
+    max_arrival_mb: float | None = None,
+    workers: int = 1,
+) -> None:
     """Load the serving artifacts (building what is missing, with progress), then serve until interrupted.
 
     `workers` > 1: that many uvicorn processes over the same memory-mapped artifacts, read-only (see
@@ -36,11 +48,31 @@ def serve_shop(data_dir: str | Path, *, host: str = "127.0.0.1", port: int = 800
 
     token = resolve_write_token(write_token)
     check_workers(workers, token)
-    print("writes (POST/DELETE /items): " + ("enabled for 'Authorization: Bearer <write token>'" if token else
-          f"disabled (read-only; enable with --write-token or ${WRITE_TOKEN_ENV}, one worker)"), flush=True)
+    print(
+        "writes (POST/DELETE /items): "
+        + (
+            "enabled for 'Authorization: Bearer <write token>'"
+            if token
+            else f"disabled (read-only; enable with --write-token or ${WRITE_TOKEN_ENV}, one worker)"
+        ),
+        flush=True,
+    )
     if token and host not in LOCAL_HOSTS:
-        print(f"note: serving on {host} over plain HTTP: the write token crosses the network in clear text; "
-              f"put a TLS proxy in front", file=sys.stderr, flush=True)
-    run(data_dir, host=host, port=port, workers=workers, workspace=workspace, progress=progress,
-        default_model=default_model or DEFAULT_MODEL, write_token=token, max_arrivals=max_arrivals,
-        max_arrival_mb=max_arrival_mb)
+        print(
+            f"note: serving on {host} over plain HTTP: the write token crosses the network in clear text; "
+            f"put a TLS proxy in front",
+            file=sys.stderr,
+            flush=True,
+        )
+    run(
+        data_dir,
+        host=host,
+        port=port,
+        workers=workers,
+        workspace=workspace,
+        progress=progress,
+        default_model=default_model or DEFAULT_MODEL,
+        write_token=token,
+        max_arrivals=max_arrivals,
+        max_arrival_mb=max_arrival_mb,
+    )

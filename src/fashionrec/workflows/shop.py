@@ -1,9 +1,9 @@
 """A shop: from a data folder to fitted recommenders, the way the CLI, the server and the Python API do it.
 
-    from fashionrec.workflows.shop import load_shop, fit_recommender   # or fashionrec.pipeline (same names)
-    shop = load_shop("path/to/hm")                  # catalog, log, image features (cached)
-    model = fit_recommender(shop, "hybrid")
-    model.recommend(customer_id, k=12)
+from fashionrec.workflows.shop import load_shop, fit_recommender   # or fashionrec.pipeline (same names)
+shop = load_shop("path/to/hm")                  # catalog, log, image features (cached)
+model = fit_recommender(shop, "hybrid")
+model.recommend(customer_id, k=12)
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class Shop:
     image_features: ItemFeatures | None
     failures: dict[str, str]
     embed_seconds: float = 0.0
-    raw_features: ItemFeatures | None = None   # backbone output (for tagging), before the PCA projection
-    projection: object = None                   # fitted PCA: raw backbone vector -> image_features space
+    raw_features: ItemFeatures | None = None  # backbone output (for tagging), before the PCA projection
+    projection: object = None  # fitted PCA: raw backbone vector -> image_features space
     backbone_name: str = DEFAULT_BACKBONE
     input_size: int = DEFAULT_INPUT_SIZE
 
@@ -77,11 +77,16 @@ class Shop:
 
     def predicted_attributes(self) -> pd.DataFrame | None:
         """Tags predicted from every photo (cross-fitted on the catalog rows; seconds, computed once per shop)."""
-        if getattr(self, "_predicted", None) is None and self.image_features is not None and not self.catalog.metadata.empty:
+        if (
+            getattr(self, "_predicted", None) is None
+            and self.image_features is not None
+            and not self.catalog.metadata.empty
+        ):
             from fashionrec.recommend.attributes import predict_attributes
 
-            self._predicted = predict_attributes(self.image_features.ids, self.image_features.vectors,
-                                                 self.catalog.metadata)
+            self._predicted = predict_attributes(
+                self.image_features.ids, self.image_features.vectors, self.catalog.metadata
+            )
         return getattr(self, "_predicted", None)
 
     def customer_table(self) -> pd.DataFrame | None:
@@ -96,8 +101,16 @@ class Shop:
         return self.catalog.all_item_ids()
 
 
-def embed_catalog(catalog: Catalog, *, backbone: str = DEFAULT_BACKBONE, input_size: int = DEFAULT_INPUT_SIZE, workspace=None,
-                  progress: bool = True, fast: bool = True, inference: str = "auto") -> tuple[ItemFeatures, dict[str, str], float]:
+def embed_catalog(
+    catalog: Catalog,
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    workspace=None,
+    progress: bool = True,
+    fast: bool = True,
+    inference: str = "auto",
+) -> tuple[ItemFeatures, dict[str, str], float]:
     """Raw backbone embeddings of every catalog image, cached per file in the workspace.
 
     `inference`: 'auto' (a short probe on this machine picks the fastest path whose features match eager fp32; the
@@ -110,8 +123,9 @@ def embed_catalog(catalog: Catalog, *, backbone: str = DEFAULT_BACKBONE, input_s
     t0 = time.time()
     bb = create_backbone(backbone, input_size=input_size)
     path = InferencePath.parse(inference) if fast else InferencePath()
-    res = embed_image_files(bb, catalog.image_paths, cache=FeatureCache(workspace), progress=progress, path=path,
-                            desc="embed catalog")
+    res = embed_image_files(
+        bb, catalog.image_paths, cache=FeatureCache(workspace), progress=progress, path=path, desc="embed catalog"
+    )
     return ItemFeatures(res.ids, res.features), res.failures, time.time() - t0
 
 
@@ -124,18 +138,33 @@ def fit_projection(x: np.ndarray, dim: int):
     return PCA(n_components=dim, random_state=0).fit(x)
 
 
-def load_shop(data_dir: str | Path, *, with_images: bool = True, backbone: str = DEFAULT_BACKBONE,
-              input_size: int = DEFAULT_INPUT_SIZE, workspace=None, progress: bool = True, on_bad: str = "skip", dim: int = 256,
-              inference: str = "auto") -> Shop:
+def load_shop(
+    data_dir: str | Path,
+    *,
+    with_images: bool = True,
+    backbone: str = DEFAULT_BACKBONE,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    workspace=None,
+    progress: bool = True,
+    on_bad: str = "skip",
+    dim: int = 256,
+    inference: str = "auto",
+) -> Shop:
     data_dir = Path(data_dir)
     catalog = load_catalog(data_dir)
     inter = load_hm_transactions(data_dir, on_bad=on_bad)
-    shop = Shop(data_dir, catalog, inter, load_customers(data_dir), None, {}, 0.0, backbone_name=backbone,
-                input_size=input_size)
+    shop = Shop(
+        data_dir, catalog, inter, load_customers(data_dir), None, {}, 0.0, backbone_name=backbone, input_size=input_size
+    )
     if with_images and catalog.image_paths:
-        raw, shop.failures, shop.embed_seconds = embed_catalog(catalog, backbone=backbone, input_size=input_size,
-                                                               workspace=workspace, progress=progress,
-                                                               inference=inference)
+        raw, shop.failures, shop.embed_seconds = embed_catalog(
+            catalog,
+            backbone=backbone,
+            input_size=input_size,
+            workspace=workspace,
+            progress=progress,
+            inference=inference,
+        )
         shop.raw_features = raw
         shop.projection = fit_projection(raw.vectors, dim)
         shop.image_features = ItemFeatures(raw.ids, shop.project(raw.vectors))
@@ -166,12 +195,25 @@ def rec_data(shop: Shop, events: pd.DataFrame | None = None, now=None) -> RecDat
     meta = shop.catalog.metadata
     if not meta.empty:
         meta = meta[meta.index.isin(set(ev["item"].unique()))]
-    return RecData(ev, shop.candidates, image_features=shop.image_features, metadata=meta, now=now,
-                   predicted=shop.predicted_attributes(), users=shop.customer_table())
+    return RecData(
+        ev,
+        shop.candidates,
+        image_features=shop.image_features,
+        metadata=meta,
+        now=now,
+        predicted=shop.predicted_attributes(),
+        users=shop.customer_table(),
+    )
 
 
-def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame | None = None, now=None,
-                    cache_dir: str | Path | None = None, **params):
+def fit_recommender(
+    shop: Shop,
+    name: str = DEFAULT_MODEL,
+    events: pd.DataFrame | None = None,
+    now=None,
+    cache_dir: str | Path | None = None,
+    **params,
+):
     """Fit `name` on the shop's log (or `events`). With `cache_dir`, a model fitted on the whole log with the same
     data and parameters is loaded instead of refitted (written atomically after fitting)."""
     from fashionrec.recommend import create_recommender, load_recommender
@@ -187,8 +229,13 @@ def fit_recommender(shop: Shop, name: str = DEFAULT_MODEL, events: pd.DataFrame 
         # (artifact_key adds it): a changed default, new weights or an upgrade refit instead of serving a stale model.
         resolved = {k: v for k, v in vars(_create(name, **params)).items() if not k.startswith("_") and k != "data"}
         feats = shop.image_features
-        key = artifact_key(shop=shop.fingerprint(), model=name, settings=json.loads(json.dumps(resolved, default=str)),
-                           features=None if feats is None else feats.vectors, cache_version=MODEL_CACHE_VERSION)
+        key = artifact_key(
+            shop=shop.fingerprint(),
+            model=name,
+            settings=json.loads(json.dumps(resolved, default=str)),
+            features=None if feats is None else feats.vectors,
+            cache_version=MODEL_CACHE_VERSION,
+        )
         cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key[:12]}.npz"
         if cache.exists():
             try:
