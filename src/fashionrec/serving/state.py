@@ -702,20 +702,27 @@ def ensure_artifacts(
         ):
             raise ArtifactFormatError(f"{art}: incomplete for models {names} with top-{k_precomputed}")
     except ArtifactFormatError as e:
-        if progress and (art / "tables").exists():
-            print(f"rebuilding the serving artifacts: {e}", flush=True)
-        _build_artifacts(
-            art,
-            data_dir,
-            ws,
-            names,
-            progress=progress,
-            index_kind=index_kind,
-            k_precomputed=k_precomputed,
-            backbone=backbone,
-            input_size=input_size,
-        )
+        _rebuild(art, data_dir, ws, names, e, progress, index_kind, k_precomputed, backbone, input_size)
     return art
+
+
+def _rebuild(art, data_dir, ws, names, why, progress, index_kind, k_precomputed, backbone, input_size) -> None:
+    """Build the artifacts (missing, incomplete or of an older format: `why`), saying so when some existed."""
+    if (art / "tables").exists():
+        log.warning("rebuilding the serving artifacts: %s", why)
+        if progress:
+            print(f"rebuilding the serving artifacts: {why}", flush=True)
+    _build_artifacts(
+        art,
+        data_dir,
+        ws,
+        names,
+        progress=progress,
+        index_kind=index_kind,
+        k_precomputed=k_precomputed,
+        backbone=backbone,
+        input_size=input_size,
+    )
 
 
 def build_state(
@@ -744,21 +751,7 @@ def build_state(
     except ArtifactFormatError as e:
         if not build:
             raise
-        if (art / "tables").exists():
-            log.warning("rebuilding the serving artifacts: %s", e)
-            if progress:
-                print(f"rebuilding the serving artifacts: {e}", flush=True)
-        _build_artifacts(
-            art,
-            data_dir,
-            ws,
-            names,
-            progress=progress,
-            index_kind=index_kind,
-            k_precomputed=k_precomputed,
-            backbone=backbone,
-            input_size=input_size,
-        )
+        _rebuild(art, data_dir, ws, names, e, progress, index_kind, k_precomputed, backbone, input_size)
         pre, taggers, proj, models, index, cfg, nb = _load_artifacts(art, names, k_precomputed, mmap=mmap)
     snap = Snapshot(models, LayeredIndex(index), {})
     state = ServingState(
