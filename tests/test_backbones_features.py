@@ -337,3 +337,25 @@ def test_auto_on_image_files_probes_once_and_keeps_fp32_cache_key(tmp_path, monk
     monkeypatch.setattr(FT, "_forward", lambda *a, **k: seen.append("embed") or real(*a, **k))
     r2 = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
     assert seen == [] and np.array_equal(r2.features, r.features)
+
+
+def test_probe_made_under_load_is_redone_when_idle(tmp_path, monkeypatch):
+    """A choice probed while every core was busy is probed again once the machine is idle (then cached as usual)."""
+    import os
+
+    bb = create_backbone("tiny_cnn")
+    pre = Preprocess.for_backbone(bb)
+    table = {"fp32": (1.0, 0.0), "fp32-cl": (0.5, 0.0)}
+    kw = dict(sample=lambda: torch.zeros(2, 3, 28, 28), workspace=tmp_path, candidates=list(table))
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0 * cores, 0.0, 0.0))  # busy: contention in every timing
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32-cl"
+    table["fp32-cl"] = (2.0, 0.0)  # the truth on an idle machine
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table), **kw).name == "fp32-cl"  # still busy: cached
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.1, 0.0, 0.0))
+    calls = []
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table, calls), **kw).name == "fp32"  # re-probed
+    assert calls
+    calls.clear()
+    assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table, calls), **kw).name == "fp32"
+    assert not calls  # the idle probe's record is reused

@@ -512,6 +512,16 @@ def _read_probe_file(p: Path) -> dict:
         return {}
 
 
+def _probed_busy_now_idle(rec: dict) -> bool:
+    """True when a cached probe ran while other jobs loaded every core (its timings measured the contention: e.g.
+    onnx-fp32 looked 2x faster than bf16 under load, bf16 is faster when idle) and the machine is idle now."""
+    then = rec.get("load_average")
+    if not isinstance(then, (int, float)) or not hasattr(os, "getloadavg"):
+        return False
+    cores = os.cpu_count() or 1
+    return then > cores and os.getloadavg()[0] < cores / 2
+
+
 def resolve_path(
     path: InferencePath | str | None,
     backbone: Backbone,
@@ -531,8 +541,8 @@ def resolve_path(
     later runs reuse it without probing; change any of those and it is probed again.
 
     `sample()` returns the probe batch (a normalised (B, 3, S, S) tensor); it is only called when probing.
-    `reprobe=True` ignores the cached choice (e.g. it was made while other jobs loaded the CPUs: the record keeps the
-    load average at the time) and replaces it.
+    `reprobe=True` ignores the cached choice and replaces it; a choice probed while every core was busy (the record
+    keeps the load average) is probed again, once, when the machine is idle.
     """
     if isinstance(path, str):
         path = InferencePath.parse(path)
@@ -543,6 +553,12 @@ def resolve_path(
     h = _key_hash(key)
     p = Path(workspace or default_workspace()) / PROBE_FILE
     rec = _read_probe_file(p).get(h)
+    if isinstance(rec, dict) and _probed_busy_now_idle(rec):
+        log.info(
+            "inference path auto: the cached probe ran under load average %.1f, the machine is idle now: probing again",
+            rec["load_average"],
+        )
+        reprobe = True
     if not reprobe and isinstance(rec, dict) and rec.get("key") == key and rec.get("chosen") in candidates + ["fp32"]:
         log.info(
             "inference path auto: %s (cached probe of %s in %s: %s)",
