@@ -18,6 +18,26 @@ from pathlib import Path
 import numpy as np
 
 
+def _start_ray(address: str | None, cpus: int) -> bool:
+    """Connect to `address`, or start a local Ray with `cpus` CPUs, unless Ray is already up. True if this call
+    started it (the caller shuts it down when done)."""
+    import os
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from offline machines
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        address=address,
+        num_cpus=None if address else max(1, cpus),
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+    )
+    return True
+
+
 class _Embedder:
     """One per Ray actor: the backbone is built once, then reused for every batch."""
 
@@ -57,21 +77,10 @@ def embed_with_ray(
     address: str | None = None,
     backbone_kwargs: dict | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    import os
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from offline machines
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            num_cpus=None if address else max(1, num_actors),
-            include_dashboard=False,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-        )
-        started = True
+    started = _start_ray(address, num_actors)
     try:
         ds = ray.data.from_items([{"id": k, "path": str(v)} for k, v in items.items()])
         out = ds.map_batches(
@@ -147,11 +156,9 @@ def recommend_all_ray(
     customer order into the output (temporary name, renamed at the end). The output equals the single-process
     one byte for byte. Locally it starts Ray with `workers` CPUs; `address` (or RAY_ADDRESS) joins a cluster, whose
     workers must see `out_path`'s folder (a shared file system) for the part files."""
-    import os
     import shutil
     import tempfile
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from tqdm.auto import tqdm
 
@@ -163,16 +170,7 @@ def recommend_all_ray(
     users = list(users)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    started = False
-    if not ray.is_initialized():
-        ray.init(
-            address=address,
-            num_cpus=None if address else max(1, workers),
-            include_dashboard=False,
-            log_to_driver=False,
-            ignore_reinit_error=True,
-        )
-        started = True
+    started = _start_ray(address, workers)
     parts_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.parts-", dir=out_path.parent))
     t = timings if timings is not None else {}
     try:
