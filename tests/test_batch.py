@@ -132,7 +132,14 @@ def test_training_windows_are_the_same_with_blocks(hybrid):
         if len(c):
             ref_X.append(X)
     A, B = np.vstack(Xs), np.vstack(ref_X)
-    assert A.shape == B.shape and ((A == B) | (np.isnan(A) & np.isnan(B))).all()
+    # the rows hold the columns the ranker reads (all of them for LightGBM; for the bucket ranker its own), equal to
+    # the per-customer rows; the columns it does not read are not computed (NaN)
+    needed = hybrid._needed_features(training=True)
+    cols = [j for j, f in enumerate(H.FEATURES) if needed is None or f in needed]
+    rest = [j for j in range(len(H.FEATURES)) if j not in cols]
+    A_, B_ = A[:, cols], B[:, cols]
+    assert A.shape == B.shape and ((A_ == B_) | (np.isnan(A_) & np.isnan(B_))).all()
+    assert np.isnan(A[:, rest]).all() and (~np.isnan(B[:, rest])).any()
     assert hits == ref_hits and sum(hits.values()) > 0
 
 
@@ -286,3 +293,84 @@ def test_window_blocks_are_read_without_copies(hybrid):
     assert Xb is X and np.array_equal(yb, np.concatenate(ys))
     parts = list(_blocks_of(views[:5] + [np.ones((3, X.shape[1]), np.float32)], ys[:5] + [np.zeros(3)]))
     assert [len(p[0]) for p in parts] == [sum(len(v) for v in views[:5]), 3]
+
+
+def test_coded_log_prefix_is_the_events_before_t():
+    """`RecData.coded()` + `before(t)`: the integer-coded log in time order; its prefix before t holds exactly the
+    events of `events[timestamp < t]` (an unsorted log too), and `Histories` gives each user's events in log order."""
+    from fashionrec.recommend.base import Histories, RecData
+
+    rng = np.random.default_rng(3)
+    n = 400
+    ev = pd.DataFrame(
+        {
+            "user": rng.choice([f"u{j:02d}" for j in range(30)], n),
+            "item": rng.choice([f"i{j:02d}" for j in range(50)], n),
+            "timestamp": pd.Timestamp("2020-01-01") + pd.to_timedelta(rng.integers(0, 90, n), unit="D"),
+            "weight": rng.integers(1, 4, n).astype(float),
+        }
+    )  # not in time order
+    data = RecData(ev, [f"i{j:02d}" for j in range(50)])
+    c = data.coded()
+    assert (np.diff(c["ts"].astype(np.int64)) >= 0).all()
+    for t in ["2019-12-01", "2020-01-01", "2020-02-10", "2020-03-30", "2021-01-01"]:
+        p = data.before(t)
+        ref = ev[ev["timestamp"] < pd.Timestamp(t)]
+        got = pd.DataFrame(
+            {
+                "user": np.asarray(data.user_ids, dtype=object)[c["user"][:p]],
+                "item": np.asarray(data.item_ids, dtype=object)[c["item"][:p]],
+                "timestamp": c["ts"][:p],
+                "weight": c["weight"][:p],
+            }
+        )
+        key = ["user", "item", "timestamp", "weight"]
+        pd.testing.assert_frame_equal(
+            got.sort_values(key).reset_index(drop=True),
+            ref[key].sort_values(key).reset_index(drop=True),
+            check_dtype=False,
+        )
+        assert data.bought_before(t).sum() == ref["item"].nunique()
+    # histories: every user with events, each in log order; unknown users and users without events are absent
+    h = data._hist
+    assert len(h) == ev["user"].nunique() and sorted(h) == sorted(ev["user"].unique())
+    for u, g in ev.groupby("user", sort=False):  # in time order (log order among equal times), as history() says
+        g = g.sort_values("timestamp", kind="stable")
+        items, ts = data.history(u)
+        assert items.tolist() == [data.item_index[i] for i in g["item"]] and (ts == g["timestamp"].to_numpy()).all()
+        assert len(h[u]) == 3 and np.isnan(h[u][2]).all()  # (items, times, prices): this log has no price column
+        t = pd.Timestamp("2020-02-15")  # a state's histories: each user's first events, up to t, sharing the arrays
+        hu = h.upto(np.bincount(c["user"][: data.before(t)], minlength=len(data.user_ids)))
+        before = g[g["timestamp"] < t]
+        assert (u in hu) == (len(before) > 0)
+        if len(before):
+            assert hu[u][0].tolist() == [data.item_index[i] for i in before["item"]]
+            assert np.shares_memory(hu[u][0], h[u][0])
+    assert "nobody" not in h and h.get("nobody") is None
+    codes = np.array([0, 2, 2, 0])
+    h2 = Histories(["a", "b", "c"], codes, (np.arange(4), None))
+    assert "b" not in h2 and h2["a"][0].tolist() == [0, 3] and h2["c"][1] is None and list(h2) == ["a", "c"]
+
+
+def test_co_purchases_read_from_the_newest_days_equal_the_whole_log():
+    """On a log in time order, the bought-together counts built from the newest days only (read back until they
+    hold `max_rows` distinct rows) equal those of the whole log de-duplicated and cut to its newest `max_rows` rows,
+    boundary-day ties included; a log out of time order takes the whole-log path and gives the same counts."""
+    from fashionrec.recommend.hybrid import _co_purchases
+
+    rng = np.random.default_rng(5)
+    m = 5000
+    d = np.sort(rng.integers(0, 120, m))
+    ts = (np.datetime64("2020-01-01", "D") + d).astype("datetime64[ns]")
+    users, idx = rng.integers(0, 300, m), rng.integers(0, 80, m)
+    users[-50:], idx[-50:] = users[-100:-50], idx[-100:-50]  # duplicates near the end
+    full = pd.DataFrame({"u": users, "i": idx, "d": d}).drop_duplicates()
+    for max_rows in (300, 700, 1500, 4000, 10_000):
+        keep = np.zeros(m, dtype=bool)
+        keep[full.nlargest(max_rows, "d").index.to_numpy()] = True
+        ref = _co_purchases(users[keep], idx[keep], ts[keep], 80, 14, max_rows=10**9)
+        fast = _co_purchases(users, idx, ts, 80, 14, max_rows=max_rows)
+        assert fast.shape == ref.shape and fast.nnz > 0 and (fast != ref).nnz == 0, max_rows
+    shuffled = rng.permutation(m)
+    ref = _co_purchases(users[shuffled], idx[shuffled], ts[shuffled], 80, 14, max_rows=10**9)
+    assert (_co_purchases(users, idx, ts, 80, 14, max_rows=10**9) != ref).nnz == 0

@@ -55,7 +55,7 @@ def state_classes() -> dict[str, type]:
     """The classes a saved recommender may contain, by table name: every registered recommender, the data classes
     of this module, and the classes defined in the modules of registered recommenders (their helper state)."""
     table: dict[str, type] = {f"recommender:{n}": c for n, c in _REGISTRY.items()}
-    for cls in (RecData, ItemFeatures, Rec):
+    for cls in (RecData, ItemFeatures, Rec, Histories):
         table[f"{cls.__module__}.{cls.__qualname__}"] = cls
     for mod in {c.__module__ for c in _REGISTRY.values()}:
         for obj in vars(sys.modules[mod]).values():
@@ -104,6 +104,65 @@ class ItemFeatures:
         return out, has
 
 
+class Histories:
+    """Each user's events in log order, as views into per-event arrays sorted by user (stable): a read-only mapping
+    user id -> tuple of arrays, for the users with at least one event. One set of arrays for the whole log instead
+    of a dict of small arrays per user (at 1M customers that dict took GBs, seconds to build, and one file member
+    per array when saved).
+
+    user_ids: the ids, position = code; codes: each event's user code (-1: no user); columns: per-event arrays
+    (None stays None in every tuple); index: an optional id -> code dict to share (rebuilt from user_ids if absent)."""
+
+    def __init__(self, user_ids, codes: np.ndarray, columns: tuple, index: dict | None = None):
+        codes = np.asarray(codes, dtype=np.int64)
+        order = np.argsort(codes, kind="stable")
+        sc = codes[order]
+        U = np.arange(len(user_ids))
+        self.user_ids = user_ids
+        self.start = np.searchsorted(sc, U, side="left").astype(np.int64)
+        self.end = np.searchsorted(sc, U, side="right").astype(np.int64)
+        self.columns = tuple(None if c is None else np.asarray(c)[order] for c in columns)
+        self._index = index
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_index"] = None  # rebuilt from user_ids on first use
+        return state
+
+    def upto(self, counts: np.ndarray) -> Histories:
+        """The first `counts[j]` events of every user j (their events before a time t, when each user's events are
+        in time order): a view sharing these arrays, not a copy."""
+        h = Histories.__new__(Histories)
+        h.__dict__.update(self.__dict__)
+        h.end = self.start + np.minimum(np.asarray(counts, dtype=np.int64), self.end - self.start)
+        return h
+
+    def _code(self, user) -> int:
+        if getattr(self, "_index", None) is None:
+            self._index = {u: j for j, u in enumerate(self.user_ids)}
+        j = self._index.get(user)
+        return -1 if j is None or j >= len(self.start) or self.end[j] == self.start[j] else int(j)
+
+    def __contains__(self, user) -> bool:
+        return self._code(user) >= 0
+
+    def __getitem__(self, user) -> tuple:
+        j = self._code(user)
+        if j < 0:
+            raise KeyError(user)
+        a, b = self.start[j], self.end[j]
+        return tuple(None if c is None else c[a:b] for c in self.columns)
+
+    def get(self, user, default=None):
+        return self[user] if user in self else default
+
+    def __len__(self) -> int:
+        return int(np.count_nonzero(self.end > self.start))
+
+    def __iter__(self):
+        return (self.user_ids[j] for j in np.flatnonzero(self.end > self.start))
+
+
 class RecData:
     """Training view of the log: candidate items, users, the user x item matrix and the raw events."""
 
@@ -139,20 +198,41 @@ class RecData:
             (ev["weight"].to_numpy(np.float32), (u, i)), shape=(len(self.user_ids), len(self.item_ids))
         )
         self.matrix.sum_duplicates()
-        # Map ids once for the whole log (Series.map per user rebuilds the dict each time: 20 s on H&M).
-        ts = ev["timestamp"].to_numpy()
-        self._hist = {}
-        if len(ev):
-            order = np.argsort(u, kind="stable")
-            bounds = np.flatnonzero(np.diff(u[order])) + 1
-            for grp in np.split(order, bounds):
-                self._hist[self.user_ids[u[grp[0]]]] = (i[grp].astype(np.int64), ts[grp])
+        # Map ids once for the whole log (Series.map per user rebuilds the dict each time: 20 s on H&M), then keep the
+        # log as integer-coded arrays in time order and the histories as slices of them sorted by user (not a dict of
+        # arrays per user: at 1M customers that took GBs and seconds to build, and a file member per array when saved).
+        ts = ev["timestamp"].to_numpy().astype("datetime64[ns]")
+        order = np.argsort(ts, kind="stable")
+        take = (lambda a: a) if (order == np.arange(len(order))).all() else (lambda a: a[order])
+        price = ev["price"].to_numpy(dtype=np.float64) if "price" in ev.columns else np.full(len(ev), np.nan)
+        self._coded = {
+            "item": take(np.asarray(i, dtype=np.int64)),
+            "user": take(np.asarray(u, dtype=np.int64)),
+            "ts": take(ts),
+            "weight": take(ev["weight"].to_numpy(dtype=np.float64)),
+            "price": take(price),
+        }
+        c = self._coded
+        self._hist = Histories(self.user_ids, c["user"], (c["item"], c["ts"], c["price"]), index=self.user_index)
+
+    def coded(self) -> dict:
+        """The log as integer-coded arrays in time order (stable): `item` (index into item_ids), `user` (index into
+        user_ids, which are sorted, so code order is id order), `ts` (datetime64[ns]), `weight`, `price` (NaN where
+        the log has none). The events before a time t are the prefix `[: before(t)]`: the rows of
+        `events[events.timestamp < t]`, in time order, without copying the log or mapping string ids again."""
+        return self._coded
+
+    def before(self, t) -> int:
+        """Number of events strictly before `t`: the prefix of `coded()` a model standing at `t` may see."""
+        return int(
+            np.searchsorted(self.coded()["ts"], np.datetime64(pd.Timestamp(t).to_datetime64(), "ns"), side="left")
+        )
 
     def bought_before(self, t=None) -> np.ndarray:
         """Mask over item_ids: bought by someone before `t` (default: anywhere in the log)."""
-        ev = self.events if t is None else self.events[self.events["timestamp"] < pd.Timestamp(t)]
+        c = self.coded()
         mask = np.zeros(self.n_items, dtype=bool)
-        mask[ev["item"].map(self.item_index).to_numpy(dtype=np.int64)] = True
+        mask[c["item"] if t is None else c["item"][: self.before(t)]] = True
         return mask
 
     def describe(self, t=None, columns: list[str] | None = None) -> pd.DataFrame:
@@ -166,7 +246,8 @@ class RecData:
 
     def history(self, user: str) -> tuple[np.ndarray, np.ndarray]:
         """(item indices, timestamps) in time order; empty for an unknown user."""
-        return self._hist.get(user, (np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]")))
+        h = self._hist.get(user)
+        return (np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]")) if h is None else h[:2]
 
     def history_from_ids(
         self, items: Sequence[str], timestamps: Sequence | None = None

@@ -82,6 +82,9 @@ PAIR_FEATURES = [
 ] + [f"share_{c}" for c in SHARE_COLUMNS]
 FEATURES = [f"rank_{s}" for s in SOURCES] + ITEM_FEATURES + USER_FEATURES + PAIR_FEATURES
 RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
+# The columns the bucket ranker reads (source ranks, own/product recency, visual similarity) and those its
+# own-purchases-first rule reads: with ranker='buckets' only these are computed in the batch path (the others stay
+# NaN), so the bought-together sums over whole histories, the share and per-customer columns cost nothing.
 # The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
 _INF = np.inf
 BUCKETS = [
@@ -98,6 +101,9 @@ BUCKETS = [
     ("rank_visual", [0, 3, 6, 10, _INF]),
     ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF]),
 ]
+BUCKET_FEATURES = frozenset(
+    [f"rank_{s}" for s in SOURCES] + [name for name, _ in BUCKETS] + ["n_own", "own_w", "own_days", "pop_month"]
+)
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
 WINDOW_CACHE_ROWS = 2_000_000  # training rows kept for reuse across rankers (~0.4 GB); beyond, windows are rebuilt
 BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
@@ -162,11 +168,12 @@ class _State:
         codes: np.ndarray,
     ):
         self.t = pd.Timestamp(t)
-        ev = data.events[data.events["timestamp"] < self.t]
+        # the events before t: a prefix of the integer-coded log (no copy of the log, no string ids mapped again)
+        lg, p = data.coded(), data.before(self.t)
         n = data.n_items
-        idx = ev["item"].map(data.item_index).to_numpy(dtype=np.int64)
-        age = (np.datetime64(self.t, "ns") - ev["timestamp"].to_numpy()) / DAY
-        w = ev["weight"].to_numpy(dtype=np.float64)
+        idx, ucode_all, ev_ts = lg["item"][:p], lg["user"][:p], lg["ts"][:p]
+        age = (np.datetime64(self.t, "ns") - ev_ts) / DAY
+        w = lg["weight"][:p]
         self.pop_week = np.bincount(idx[age <= 7], w[age <= 7], minlength=n)
         self.pop_month = np.bincount(idx[age <= 28], w[age <= 28], minlength=n)
         self.pop_all = np.bincount(idx, w, minlength=n)
@@ -223,27 +230,22 @@ class _State:
         if data.users is not None and "age" in data.users.columns:
             ages = data.users["age"]
         self.user_age = ages
-        ev_age = ev["user"].map(ages).to_numpy(dtype=np.float64) if ages is not None else np.full(len(ev), np.nan)
+        ev_age = np.full(p, np.nan)
+        if ages is not None:  # age per event through the user codes (ages.reindex = Series.map's look-up)
+            uniq = ages[~ages.index.duplicated(keep="first")]
+            ev_age = uniq.reindex(pd.Index(data.user_ids, dtype=object)).to_numpy(dtype=np.float64)[ucode_all]
         ok = ~np.isnan(ev_age)
         s_age = np.bincount(idx[ok], ev_age[ok], minlength=n)
         c_age = np.bincount(idx[ok], minlength=n)
         self.buyer_age = np.where(c_age > 0, s_age / np.maximum(c_age, 1), np.nan)
-        price = ev["price"].to_numpy(dtype=np.float64) if "price" in ev.columns else np.full(len(ev), np.nan)
+        price = lg["price"][:p]
         okp = ~np.isnan(price)
         s_p = np.bincount(idx[okp], price[okp], minlength=n)
         c_p = np.bincount(idx[okp], minlength=n)
         self.item_price = np.where(c_p > 0, s_p / np.maximum(c_p, 1), np.nan)
-        # histories at t
-        users = ev["user"].to_numpy()
-        # integer codes in sorted-id order: the same grouping as sorting the id strings, without string compares
-        ucode, _ = pd.factorize(ev["user"], sort=True)
-        self.hist = {}
-        if len(ev):
-            order_u = np.argsort(ucode, kind="stable")
-            bounds = np.flatnonzero(ucode[order_u][1:] != ucode[order_u][:-1]) + 1
-            ts = ev["timestamp"].to_numpy()
-            for grp in np.split(order_u, bounds):
-                self.hist[users[grp[0]]] = (idx[grp], ts[grp], price[grp])
+        # histories at t: user codes are in sorted-id order (RecData.user_ids), slices of arrays sorted by user
+        ucode = ucode_all
+        self.hist = data._hist.upto(np.bincount(ucode, minlength=len(data.user_ids)))  # views, in time order
         # global candidate lists
         # what sells now, time-decayed (the popularity baseline's list: half-life 7 days over the last 28)
         self.pop_decay = np.bincount(
@@ -271,7 +273,7 @@ class _State:
         # bought together: items bought by the same customer within `pair_days` of each other (sparse counts)
         self.pairs = None
         if len(idx) and cfg.n_pairs:
-            self.pairs = _co_purchases(ucode, idx, ev["timestamp"].to_numpy(), n, cfg.pair_days)
+            self.pairs = _co_purchases(ucode, idx, ev_ts, n, cfg.pair_days)
         # what sells now, in pictures: popularity-weighted mean of the month's best sellers' image vectors
         self.trend = np.zeros(n)
         self.arrival_pool = np.zeros(0, dtype=np.int64)
@@ -285,7 +287,7 @@ class _State:
         # ALS factors (collaborative signal as a feature)
         self.als_user, self.als_items = {}, None
         if cfg._needs_als() and len(idx) >= 50:
-            self._fit_als(ev["user"], idx, n, cfg.seed)
+            self._fit_als(ucode, data.user_ids, idx, n, cfg.seed)
 
     def _sells_now(self, vectors: np.ndarray, has_vec: np.ndarray) -> np.ndarray | None:
         """What sells now, in pictures: the popularity-weighted mean of the month's 200 best sellers' image vectors."""
@@ -295,14 +297,15 @@ class _State:
         prof = (vectors[top] * self.pop_month[top, None]).sum(0)
         return prof / max(np.linalg.norm(prof), 1e-12)
 
-    def _fit_als(self, users, idx, n, seed):
+    def _fit_als(self, ucode, user_ids, idx, n, seed):
         import warnings
 
         import scipy.sparse as sp
         from implicit.cpu.als import AlternatingLeastSquares
 
-        u_codes, uid = pd.factorize(users, sort=True)  # = np.unique(ids, return_inverse=True), without sorting strings
-        uid = np.asarray(uid, dtype=object)
+        # user codes are in sorted-id order: factorizing them = np.unique(ids, return_inverse=True), without strings
+        u_codes, present = pd.factorize(ucode, sort=True)
+        uid = np.asarray(user_ids, dtype=object)[np.asarray(present, dtype=np.int64)]
         x = sp.csr_matrix((np.ones(len(idx), dtype=np.float32), (u_codes, idx)), shape=(len(uid), n))
         x.sum_duplicates()
         x.data = 1.0 + np.log1p(x.data)
@@ -500,14 +503,30 @@ def _ann_neighbours(x: np.ndarray, k: int, batch: int = 8192) -> tuple[np.ndarra
     return sims, nb
 
 
-def _co_purchases(users, idx, ts, n, days):
+def _co_purchases(users, idx, ts, n, days, max_rows: int = 2_000_000):
     """Sparse item x item counts of pairs bought by one customer within `days` of each other (`users`: any ids,
     integer codes are fastest)."""
     import scipy.sparse as sp
 
-    df = pd.DataFrame({"u": users, "i": idx, "d": ts.astype("datetime64[D]").astype(np.int64)}).drop_duplicates()
-    if len(df) > 2_000_000:  # keep memory bounded on big logs: the most recent pairs are the informative ones
-        df = df.nlargest(2_000_000, "d")
+    d_all = ts.astype("datetime64[D]").astype(np.int64)
+    frame = lambda a: pd.DataFrame({"u": users[a:], "i": idx[a:], "d": d_all[a:]}).drop_duplicates()
+    df = None
+    if len(d_all) > max_rows and (np.diff(d_all) >= 0).all():
+        # A log in time order: only its newest days can be kept, so read whole days back from the end until they hold
+        # `max_rows` distinct rows; the rows kept below are then the same as from the whole log (every row of the
+        # boundary day is read, duplicates share their day), without de-duplicating all of it (30M rows at 1M customers).
+        take = max_rows
+        while take < len(d_all):
+            a = int(np.searchsorted(d_all, d_all[len(d_all) - take], side="left"))
+            part = frame(a)
+            if len(part) >= max_rows or a == 0:
+                df = part
+                break
+            take *= 2
+    if df is None:
+        df = frame(0)
+    if len(df) > max_rows:  # keep memory bounded on big logs: the most recent pairs are the informative ones
+        df = df.nlargest(max_rows, "d")
     # A band join instead of a self-merge on the customer: each purchase meets only that customer's purchases within
     # `days` (sorted keys, searchsorted), so the work is the number of pairs kept, not the sum of squared basket
     # sizes (a customer with 500 purchases made 250,000 merge rows). The same pairs as the merge, counted the same.
@@ -868,7 +887,7 @@ class Hybrid(Recommender):
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype="datetime64[ns]"), None
 
     # ------------------------------------------------------------------ the same, for a block of customers at once
-    def _features_block(self, st: _State, users, want_sources: bool = False):
+    def _features_block(self, st: _State, users, want_sources: bool = False, needed: frozenset | None = None):
         """Candidates and features of many customers at once: exactly the rows `_features` gives each of them (same
         candidates in the same order, same float32 values), built with array operations over the whole block
         (newest-first histories, other colours, bought-together sums as one sparse product, own/product/share
@@ -876,8 +895,11 @@ class Hybrid(Recommender):
         whose tie order the per-customer path fixes, the new-arrival and visual dot products) runs in a loop.
 
         Returns (cands: list of index arrays, X: (sum of lengths, len(FEATURES)) float32, sources) where sources is
-        (customer position, source number, item) of every source entry when `want_sources`, else None."""
+        (customer position, source number, item) of every source entry when `want_sources`, else None.
+        needed: the feature names to compute (None: all); the others are NaN (`_needed_features`)."""
         import scipy.sparse as sp
+
+        want = (lambda name: True) if needed is None else needed.__contains__
 
         users = list(users)
         B, n = len(users), len(st.pop_all)
@@ -916,10 +938,11 @@ class Hybrid(Recommender):
                 R = sp.csr_matrix((np.ones(int(rec.sum()), dtype=pairs.dtype), (ru_b[rec], ru_i[rec])), shape=(B, n))
                 pair_rows = R @ pairs
                 pair_rows.sort_indices()
-            Hc = sp.csr_matrix((np.ones(len(hh), dtype=pairs.dtype), (bh, hh)), shape=(B, n))
-            Hc.sum_duplicates()
-            pair_hist = (Hc @ pairs).tocsr()
-            pair_hist.sort_indices()
+            if want("pair_score"):  # the whole history's sums: the costliest product of the block
+                Hc = sp.csr_matrix((np.ones(len(hh), dtype=pairs.dtype), (bh, hh)), shape=(B, n))
+                Hc.sum_duplicates()
+                pair_hist = (Hc @ pairs).tocsr()
+                pair_hist.sort_indices()
         dep = st.attr.get("department_name")
         pool = st.arrival_pool[st.arrival_pool < n] if len(st.arrival_pool) and self.n_new_arrival else None
         Vpool = self.V[pool] if pool is not None and self.V is not None else None
@@ -978,7 +1001,9 @@ class Hybrid(Recommender):
                 np.concatenate([np.arange(len(p)) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
             )
             # per-customer facts
-            if len(h):
+            if not any(want(f) for f in USER_FEATURES + ["price_ratio"]):
+                ucols.append((ages[b], np.nan, np.nan, np.nan, np.nan))
+            elif len(h):
                 up = np.nanmean(pr) if pr is not None and np.isfinite(pr).any() else np.nan
                 ucols.append((ages[b], len(h), len(ru), float(((t64 - ts.astype("datetime64[ns]")) / DAY).min()), up))
             else:
@@ -991,11 +1016,12 @@ class Hybrid(Recommender):
                 if len(recent):
                     Vc = self.V[cand]
                     vm = (Vc @ self.V[recent].T).max(1)
-                    p = self.V[recent].mean(0)
-                    vp = Vc @ (p / max(np.linalg.norm(p), 1e-12))
+                    if want("vis_profile"):
+                        p = self.V[recent].mean(0)
+                        vp = Vc @ (p / max(np.linalg.norm(p), 1e-12))
             vis_m.append(vm)
             vis_p.append(vp)
-            if st.als_items is not None and users[b] in st.als_user:
+            if want("als") and st.als_items is not None and users[b] in st.als_user:
                 als_parts.append(st.als_items[cand] @ st.als_user[users[b]])
             else:
                 als_parts.append(np.full(m, np.nan))
@@ -1055,6 +1081,8 @@ class Hybrid(Recommender):
             okc = hc >= 0
             n_code, code_days = _group_lookup(bh[okc] * NC + hc[okc], hd[okc], np.where(cc >= 0, cb * NC + cc, -1))
             for c in SHARE_COLUMNS:
+                if not want(f"share_{c}"):
+                    continue
                 a = st.attr[c]
                 ah = a[hh]
                 oka = ah >= 0
@@ -1086,6 +1114,8 @@ class Hybrid(Recommender):
         ]:
             X[:, col] = v
             col += 1
+        if needed is not None:
+            X[:, [j for j, f in enumerate(FEATURES) if f not in needed]] = np.nan
         sources = None
         if want_sources:
             rows = np.concatenate(row_parts) if M else np.zeros(0, dtype=np.int64)
@@ -1175,7 +1205,7 @@ class Hybrid(Recommender):
         users = list(users)
         t0 = time.perf_counter()
         with _one_thread():  # small dot products: BLAS threads cost more than they give (results are the same)
-            cands, X, _ = self._features_block(st, users)
+            cands, X, _ = self._features_block(st, users, needed=self._needed_features())
         t1 = time.perf_counter()
         s = self._predict(X) if len(X) else np.zeros(0)
         out = self._rank_block(cands, s, k)
@@ -1198,6 +1228,7 @@ class Hybrid(Recommender):
         d.item_ids, d.item_index, d.now = self.data.item_ids, self.data.item_index, self.data.now
         d.events = self.data.events.iloc[:0]
         d.user_ids, d.user_index, d._hist = [], {}, {}
+        d._coded = {k: v[:0] for k, v in self.data.coded().items()}
         d.matrix = sp.csr_matrix((0, self.data.n_items), dtype=np.float32)
         d.image_features, d.metadata, d.predicted, d.users = None, pd.DataFrame(), None, None
         slim.data = d
@@ -1218,6 +1249,16 @@ class Hybrid(Recommender):
         return out
 
     # ------------------------------------------------------------------ training
+    def _needed_features(self, training: bool = False) -> frozenset | None:
+        """The feature columns the ranker reads (None: all of them). The bucket ranker reads `BUCKET_FEATURES`: when
+        training it (and when scoring with it once fitted) nothing else is computed. The fixed order it falls back
+        to without enough training data, and the LightGBM rankers, read everything."""
+        if self.ranker_kind != "buckets":
+            return None
+        if training or getattr(self, "buckets", None) is not None:
+            return BUCKET_FEATURES
+        return None
+
     def _needs_als(self) -> bool:
         """The ALS score is a feature of the LightGBM rankers only: the bucket ranker (default) and the fixed order
         never read it, so it is not fitted for them (7 ALS fits per `fit`: minutes at 1M customers)."""
@@ -1241,6 +1282,7 @@ class Hybrid(Recommender):
             self.pair_days,
             self.recent_items,
             self._needs_als(),
+            self._needed_features(training=True),
             self.max_train_users,
             self.seed,
         )
@@ -1265,13 +1307,12 @@ class Hybrid(Recommender):
 
     def _window_uncached(self, data: RecData, t: pd.Timestamp, rng):
         st = self._state(data, t)
-        lab = data.events[
-            (data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=self.label_days))
-        ]
-        li = lab["item"].map(data.item_index).to_numpy(dtype=np.int64)
-        truth = {}
-        for u, j in zip(lab["user"].to_numpy(), li):
-            truth.setdefault(u, set()).add(int(j))
+        c = data.coded()  # the label window [t, t + label_days): a slice of the time-ordered coded log
+        p0, p1 = data.before(t), data.before(t + pd.Timedelta(days=self.label_days))
+        truth: dict = {}
+        ids = data.user_ids
+        for u, j in zip(c["user"][p0:p1].tolist(), c["item"][p0:p1].tolist()):
+            truth.setdefault(ids[u], set()).add(j)
         users = sorted(truth)
         if len(users) > self.max_train_users:
             users = list(rng.choice(users, self.max_train_users, replace=False))
@@ -1281,7 +1322,9 @@ class Hybrid(Recommender):
         for b0 in range(0, len(users), BLOCK):  # the same rows as `_features` per customer, built a block at a time
             part = users[b0 : b0 + BLOCK]
             with _one_thread():
-                cands, Xb, (sb, ss, si) = self._features_block(st, part, want_sources=True)
+                cands, Xb, (sb, ss, si) = self._features_block(
+                    st, part, want_sources=True, needed=self._needed_features(training=True)
+                )
             tk = np.sort(np.array([b * n + j for b, u in enumerate(part) for j in truth[u]], dtype=np.int64))
             hit = np.isin(sb * n + si, tk)
             for k, c in zip(*np.unique(ss[hit], return_counts=True)):

@@ -24,7 +24,7 @@ from fashionrec.recommend.base import ItemFeatures, RecData
 log = logging.getLogger(__name__)
 #: Recommenders that need image features (load_shop(..., with_images=True)).
 IMAGE_MODELS = frozenset({"visual", "hybrid"})
-MODEL_CACHE_VERSION = 3  # bump when a recommender's fitted state changes shape or meaning
+MODEL_CACHE_VERSION = 4  # bump when a recommender's fitted state changes shape or meaning
 
 
 @dataclass
