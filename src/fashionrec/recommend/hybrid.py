@@ -581,7 +581,7 @@ class Hybrid(Recommender):
         own_first_days: float = 90.0,
         bucket_combine: str = "noisy_or",
         arrival_slots: int = 4,
-        max_train_users: int = 50000,
+        max_train_users: int = 20000,
         seed: int = 0,
         val_days: int | None = None,
     ):
