@@ -19,7 +19,8 @@ histories), fit (`Hybrid().fit`), candidates (candidate sources + features for e
 scores, top-k with the places kept for new arrivals, fill), write (the CSV). Peak memory is the kernel's
 high-water mark of the process's resident set (VmHWM in /proc/self/status), reset at the start of every stage by
 writing 5 to /proc/self/clear_refs: "peak" is the largest RSS reached during that stage (whole process, so it
-includes what earlier stages left in memory). With --workers > 1 (Ray), the workers' own high-water marks are
+includes what earlier stages left in memory). With --workers > 1 (Ray; the default `auto` uses every core from 100,000
+customers on), the workers' own high-water marks are
 added to the driver's. Times are wall-clock seconds; the JSON also keeps this process's CPU seconds per stage
 (time.process_time), less inflated than wall time on a shared machine.
 
@@ -402,7 +403,7 @@ def _block_path(model, customers, args, out_csv, stage, res):
         block_size=args.block_size,
         progress=False,
         timings=timings,
-        workers=args.workers,
+        workers=resolve_workers(args.workers, len(customers)),
     )
     total, peak = time.time() - t0, pk.read() + timings.get("worker_peak_gib", 0.0)
     for name in ("candidates", "ranking", "write"):
@@ -500,6 +501,19 @@ def plot(runs: list[dict], path_png: Path) -> None:
     plt.close(fig)
 
 
+AUTO_WORKERS_FROM = 100_000
+
+
+def resolve_workers(value, customers: int) -> int:
+    """--workers: a number, or 'auto' = the cores this process may use from AUTO_WORKERS_FROM customers on, else 1."""
+    if str(value) != "auto":
+        if int(value) < 1:
+            raise SystemExit("--workers must be a positive integer or 'auto'")
+        return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores) if customers >= AUTO_WORKERS_FROM else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, required=True, help="N: customers at the largest size")
@@ -512,7 +526,13 @@ def main() -> int:
         default=None,
         help="customer counts to run (items, purchases in proportion); default N/9, N/3, N; the last is N",
     )
-    ap.add_argument("--workers", type=int, default=1, help="Ray workers for the batch job (1 = in this process)")
+    ap.add_argument(
+        "--workers",
+        default="auto",
+        help="Ray workers for the batch job (1 = in this process); auto (default): every core of this machine from "
+        f"{AUTO_WORKERS_FROM:,} customers on (the nightly job uses the whole machine), 1 below (Ray's start-up would "
+        "cost more than it saves)",
+    )
     ap.add_argument("--path", choices=["block", "customer"], default="block")
     ap.add_argument("--block-size", type=int, default=2048)
     ap.add_argument("--k", type=int, default=12)
@@ -545,8 +565,9 @@ def main() -> int:
     rows = []
     for n in sizes:
         m, t = max(50, round(M * n / N)), max(n, round(T * n / N))
+        workers = resolve_workers(args.workers, n)
         print(
-            f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {args.workers} worker(s))",
+            f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {workers} worker(s))",
             file=sys.stderr,
             flush=True,
         )
@@ -563,7 +584,7 @@ def main() -> int:
             "--path",
             args.path,
             "--workers",
-            str(args.workers),
+            str(workers),
             "--block-size",
             str(args.block_size),
             "--k",
