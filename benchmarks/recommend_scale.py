@@ -390,7 +390,7 @@ def _per_customer(model, customers, k, out_csv, stage):
 
 
 def _block_path(model, customers, args, out_csv, stage, res):
-    from fashionrec.recommend.batch import recommend_all
+    from fashionrec.recommend.batch import recommend_all, resolve_workers
 
     timings: dict = {}
     pk = _Peak()
@@ -501,19 +501,6 @@ def plot(runs: list[dict], path_png: Path) -> None:
     plt.close(fig)
 
 
-AUTO_WORKERS_FROM = 100_000
-
-
-def resolve_workers(value, customers: int) -> int:
-    """--workers: a number, or 'auto' = the cores this process may use from AUTO_WORKERS_FROM customers on, else 1."""
-    if str(value) != "auto":
-        if int(value) < 1:
-            raise SystemExit("--workers must be a positive integer or 'auto'")
-        return int(value)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores) if customers >= AUTO_WORKERS_FROM else 1
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--customers", type=int, required=True, help="N: customers at the largest size")
@@ -530,7 +517,7 @@ def main() -> int:
         "--workers",
         default="auto",
         help="Ray workers for the batch job (1 = in this process); auto (default): every core of this machine from "
-        f"{AUTO_WORKERS_FROM:,} customers on (the nightly job uses the whole machine), 1 below (Ray's start-up would "
+        "100,000 customers on (the nightly job uses the whole machine), 1 below (Ray's start-up would "
         "cost more than it saves)",
     )
     ap.add_argument("--path", choices=["block", "customer"], default="block")
@@ -565,6 +552,8 @@ def main() -> int:
     rows = []
     for n in sizes:
         m, t = max(50, round(M * n / N)), max(n, round(T * n / N))
+        from fashionrec.recommend.batch import resolve_workers
+
         workers = resolve_workers(args.workers, n)
         print(
             f"size {n:,} customers x {m:,} items x {t:,} purchases ({args.path} path, {workers} worker(s))",

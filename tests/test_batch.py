@@ -374,3 +374,22 @@ def test_co_purchases_read_from_the_newest_days_equal_the_whole_log():
     shuffled = rng.permutation(m)
     ref = _co_purchases(users[shuffled], idx[shuffled], ts[shuffled], 80, 14, max_rows=10**9)
     assert (_co_purchases(users, idx, ts, 80, 14, max_rows=10**9) != ref).nnz == 0
+
+
+def test_workers_auto_uses_every_core_only_for_big_shops():
+    import argparse
+    import os
+
+    from fashionrec.cli.recommend import _workers
+    from fashionrec.recommend.batch import AUTO_WORKERS_FROM, resolve_workers
+
+    cores = len(os.sched_getaffinity(0))
+    assert resolve_workers("auto", AUTO_WORKERS_FROM - 1) == 1
+    assert resolve_workers("auto", AUTO_WORKERS_FROM) == cores
+    assert resolve_workers(3, 10) == 3 and resolve_workers("2", 10) == 2
+    for bad in (0, -1, "x", None):
+        with pytest.raises(ValueError, match="positive integer or 'auto'"):
+            resolve_workers(bad, 10)
+    assert _workers("auto") == "auto" and _workers("4") == 4
+    with pytest.raises(argparse.ArgumentTypeError):
+        _workers("0")

@@ -99,9 +99,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument(
         "--workers",
-        type=int,
-        default=1,
-        help="above 1: shard the customers over this many Ray workers (same output, row for row)",
+        type=_workers,
+        default="auto",
+        help="above 1: shard the customers over this many Ray workers (same output, row for row); auto (default): "
+        "every core from 100,000 customers on, 1 below",
     )
     r.add_argument("--ray-address", default=None, help="with --workers: existing Ray cluster (default: a local one)")
     r.set_defaults(func=cmd_recommend)
@@ -125,3 +126,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_backbone_args(e)
     e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
     e.set_defaults(func=cmd_evaluate)
+
+
+def _workers(value: str):
+    """--workers: a positive integer or 'auto' (argparse type)."""
+    import argparse
+
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', not {value!r}")
+    return n

@@ -73,7 +73,7 @@ def recommend_all(
     workspace=None,
     progress: bool = True,
     block_size: int = 2048,
-    workers: int = 1,
+    workers: int | str = 1,
     ray_address: str | None = None,
 ) -> Submission:
     """Top-k for `users` (default: everyone) streamed to `out` in blocks (`fashionrec.recommend.batch`), every row
