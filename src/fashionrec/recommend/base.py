@@ -105,10 +105,10 @@ class ItemFeatures:
 
 
 class Histories:
-    """Each user's events in log order, as views into per-event arrays sorted by user (stable): a read-only mapping
-    user id -> tuple of arrays, for the users with at least one event. One set of arrays for the whole log instead
-    of a dict of small arrays per user (at 1M customers that dict took GBs, seconds to build, and one file member
-    per array when saved).
+    """Each user's events (in the order of the arrays given: time order in RecData), as views into per-event arrays
+    sorted by user (stable): a read-only mapping user id -> tuple of arrays, for the users with at least one event.
+    One set of arrays for the whole log instead of a dict of small arrays per user (at 1M customers that dict took
+    GBs, seconds to build, and one file member per array when saved).
 
     user_ids: the ids, position = code; codes: each event's user code (-1: no user); columns: per-event arrays
     (None stays None in every tuple); index: an optional id -> code dict to share (rebuilt from user_ids if absent)."""

@@ -82,9 +82,6 @@ PAIR_FEATURES = [
 ] + [f"share_{c}" for c in SHARE_COLUMNS]
 FEATURES = [f"rank_{s}" for s in SOURCES] + ITEM_FEATURES + USER_FEATURES + PAIR_FEATURES
 RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
-# The columns the bucket ranker reads (source ranks, own/product recency, visual similarity) and those its
-# own-purchases-first rule reads: with ranker='buckets' only these are computed in the batch path (the others stay
-# NaN), so the bought-together sums over whole histories, the share and per-customer columns cost nothing.
 # The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
 _INF = np.inf
 BUCKETS = [
@@ -101,6 +98,9 @@ BUCKETS = [
     ("rank_visual", [0, 3, 6, 10, _INF]),
     ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF]),
 ]
+# The columns the bucket ranker reads (source ranks, own/product recency, visual similarity) and those its
+# own-purchases-first rule reads: with ranker='buckets' only these are computed in the batch path (the others stay
+# NaN), so the bought-together sums over whole histories, the share and per-customer columns cost nothing.
 BUCKET_FEATURES = frozenset(
     [f"rank_{s}" for s in SOURCES] + [name for name, _ in BUCKETS] + ["n_own", "own_w", "own_days", "pop_month"]
 )
@@ -245,7 +245,7 @@ class _State:
         self.item_price = np.where(c_p > 0, s_p / np.maximum(c_p, 1), np.nan)
         # histories at t: user codes are in sorted-id order (RecData.user_ids), slices of arrays sorted by user
         ucode = ucode_all
-        self.hist = data._hist.upto(np.bincount(ucode, minlength=len(data.user_ids)))  # views, in time order
+        self.hist = data._hist.upto(np.bincount(ucode, minlength=len(data.user_ids)))  # views of RecData's
         # global candidate lists
         # what sells now, time-decayed (the popularity baseline's list: half-life 7 days over the last 28)
         self.pop_decay = np.bincount(
