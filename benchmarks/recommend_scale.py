@@ -494,7 +494,8 @@ def plot(runs: list[dict], path_png: Path) -> None:
         a.set_title(title, fontsize=9)
         a.legend(fontsize=6)
     fig.suptitle(
-        "fashionrec recommend (hybrid) vs shop size; (exponent) = log-log slope; 2 busy shared cores", fontsize=9
+        "fashionrec recommend (hybrid) vs shop size; (exponent) = log-log slope; 2 cores (the .md says which runs shared them)",
+        fontsize=9,
     )
     fig.tight_layout()
     fig.savefig(path_png, dpi=110)
