@@ -1354,11 +1354,16 @@ class Hybrid(Recommender):
         counts: dict = {}
         stats = {"windows": [], "sources": {s: {"hits": 0} for s in SOURCES}}
         n_true_all, rows, pos = 0, 0, 0
+        from tqdm.auto import tqdm
+
+        # minutes at 1M customers: a bar (shown on a terminal only) over the training windows and the fit-date state
+        bar = tqdm(total=self.n_windows + 1, desc="fit (hybrid)", unit="window", disable=None, leave=False)
         for w in range(self.n_windows):
             t = now - pd.Timedelta(days=self.label_days + w * self.window_step_days)
             if t <= data.events["timestamp"].min() if len(data.events) else True:
                 break
             Xs, ys, groups, n_true, src_hits = self._window(data, t, rng)
+            bar.update(1)
             if not Xs:
                 continue
             if stream:  # no copy of the window's rows: counted block by block
@@ -1439,6 +1444,8 @@ class Hybrid(Recommender):
             self.best_iteration = n_iter
             stats["trees"] = n_iter
         self.state = self._state(data, now)
+        bar.update(1)
+        bar.close()
         return self
 
     @staticmethod
