@@ -297,7 +297,7 @@ def test_window_blocks_are_read_without_copies(hybrid):
 
 def test_coded_log_prefix_is_the_events_before_t():
     """`RecData.coded()` + `before(t)`: the integer-coded log in time order; its prefix before t holds exactly the
-    events of `events[timestamp < t]` (an unsorted log too), and `Histories` gives each user's events in log order."""
+    events of `events[timestamp < t]` (an unsorted log too), and `Histories` gives each user's events in time order."""
     from fashionrec.recommend.base import Histories, RecData
 
     rng = np.random.default_rng(3)
@@ -331,7 +331,7 @@ def test_coded_log_prefix_is_the_events_before_t():
             check_dtype=False,
         )
         assert data.bought_before(t).sum() == ref["item"].nunique()
-    # histories: every user with events, each in log order; unknown users and users without events are absent
+    # histories: every user with events, each in time order; unknown users and users without events are absent
     h = data._hist
     assert len(h) == ev["user"].nunique() and sorted(h) == sorted(ev["user"].unique())
     for u, g in ev.groupby("user", sort=False):  # in time order (log order among equal times), as history() says
