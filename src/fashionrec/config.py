@@ -25,6 +25,17 @@ ADAPT_INPUT_SIZE = 128
 #: the arrays become model input), but a Preprocess needs one.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
+#: The catalog's own attribute columns (H&M articles.csv): what `adapt` learns a head for by default and what the
+#: recommenders' photo taggers predict for items without a catalog row.
+CATALOG_TAG_COLUMNS = (
+    "product_type_name",
+    "product_group_name",
+    "colour_group_name",
+    "graphical_appearance_name",
+    "department_name",
+    "index_group_name",
+    "garment_group_name",
+)
 #: The recommender used by `recommend`, the server and `fit_recommender` when none is named.
 DEFAULT_MODEL = "hybrid"
 #: Share of the labelled articles held out for testing when a classifier is trained on a photo folder.

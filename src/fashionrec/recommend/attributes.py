@@ -20,17 +20,11 @@ import logging
 import numpy as np
 import pandas as pd
 
+from fashionrec.config import CATALOG_TAG_COLUMNS
+
 log = logging.getLogger(__name__)
 
-TAG_COLUMNS = [
-    "product_type_name",
-    "product_group_name",
-    "colour_group_name",
-    "graphical_appearance_name",
-    "department_name",
-    "index_group_name",
-    "garment_group_name",
-]
+TAG_COLUMNS = list(CATALOG_TAG_COLUMNS)
 UNKNOWN = "?"
 
 

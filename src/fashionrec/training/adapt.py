@@ -39,7 +39,7 @@ from torch import nn
 from fashionrec.artifacts.keys import file_sha256
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone
-from fashionrec.config import ADAPT_INPUT_SIZE, DEFAULT_BACKBONE
+from fashionrec.config import ADAPT_INPUT_SIZE, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
 
@@ -49,15 +49,7 @@ FORMAT = "fashionrec-adapted-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "fashionrec_model.json"
 WEIGHTS_FILE = "weights.safetensors"
-DEFAULT_LABEL_COLUMNS = (
-    "product_type_name",
-    "product_group_name",
-    "colour_group_name",
-    "graphical_appearance_name",
-    "department_name",
-    "index_group_name",
-    "garment_group_name",
-)
+DEFAULT_LABEL_COLUMNS = CATALOG_TAG_COLUMNS
 
 
 # ---------------------------------------------------------------- the model
