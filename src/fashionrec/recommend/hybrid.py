@@ -171,7 +171,7 @@ class _State:
         # the events before t: a prefix of the integer-coded log (no copy of the log, no string ids mapped again)
         lg, p = data.coded(), data.before(self.t)
         n = data.n_items
-        idx, ucode_all, ev_ts = lg["item"][:p], lg["user"][:p], lg["ts"][:p]
+        idx, ucode, ev_ts = lg["item"][:p], lg["user"][:p], lg["ts"][:p]
         age = (np.datetime64(self.t, "ns") - ev_ts) / DAY
         w = lg["weight"][:p]
         self.pop_week = np.bincount(idx[age <= 7], w[age <= 7], minlength=n)
@@ -233,7 +233,7 @@ class _State:
         ev_age = np.full(p, np.nan)
         if ages is not None:  # age per event through the user codes (ages.reindex = Series.map's look-up)
             uniq = ages[~ages.index.duplicated(keep="first")]
-            ev_age = uniq.reindex(pd.Index(data.user_ids, dtype=object)).to_numpy(dtype=np.float64)[ucode_all]
+            ev_age = uniq.reindex(pd.Index(data.user_ids, dtype=object)).to_numpy(dtype=np.float64)[ucode]
         ok = ~np.isnan(ev_age)
         s_age = np.bincount(idx[ok], ev_age[ok], minlength=n)
         c_age = np.bincount(idx[ok], minlength=n)
@@ -244,7 +244,6 @@ class _State:
         c_p = np.bincount(idx[okp], minlength=n)
         self.item_price = np.where(c_p > 0, s_p / np.maximum(c_p, 1), np.nan)
         # histories at t: user codes are in sorted-id order (RecData.user_ids), slices of arrays sorted by user
-        ucode = ucode_all
         self.hist = data._hist.upto(np.bincount(ucode, minlength=len(data.user_ids)))  # views of RecData's
         # global candidate lists
         # what sells now, time-decayed (the popularity baseline's list: half-life 7 days over the last 28)
@@ -1358,9 +1357,11 @@ class Hybrid(Recommender):
 
         # minutes at 1M customers: a bar (shown on a terminal only) over the training windows and the fit-date state
         bar = tqdm(total=self.n_windows + 1, desc="fit (hybrid)", unit="window", disable=None, leave=False)
+        ts_log = data.coded()["ts"]  # in time order: the first event is the oldest
+        first = pd.Timestamp(ts_log[0]) if len(ts_log) else None
         for w in range(self.n_windows):
             t = now - pd.Timedelta(days=self.label_days + w * self.window_step_days)
-            if t <= data.events["timestamp"].min() if len(data.events) else True:
+            if t <= first if first is not None else True:
                 break
             Xs, ys, groups, n_true, src_hits = self._window(data, t, rng)
             bar.update(1)
