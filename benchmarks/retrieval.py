@@ -25,11 +25,14 @@ def _features(spec: str, ids: list[str], paths: dict, ws: str, path_name: str):
     from fashionrec.backbones import create_backbone
     from fashionrec.features import FeatureCache, InferencePath, embed_image_files, fastest_path
 
-    if "@" in spec and not Path(spec).is_dir():
-        name, size = spec.rsplit("@", 1)
+    flip = spec.endswith("+flip")  # NAME@SIZE+flip: each photo averaged with its mirror image, as adapted folders do
+    base = spec.removesuffix("+flip")
+    if "@" in base and not Path(base).is_dir():
+        name, size = base.rsplit("@", 1)
         bb = create_backbone(name, input_size=int(size))
     else:
-        bb = create_backbone(spec)
+        bb = create_backbone(base)
+    bb.flip_tta = bb.flip_tta or flip
     path = fastest_path() if path_name == "auto" else InferencePath.parse(path_name)
     t0 = time.time()
     res = embed_image_files(
@@ -98,7 +101,10 @@ def main(argv=None) -> int:
         "--model", action="append", required=True, help="adapted model folder(s) (the first defines the split)"
     )
     ap.add_argument(
-        "--imagenet", action="append", default=None, help="NAME@SIZE baselines (default efficientnet_lite0@128)"
+        "--imagenet",
+        action="append",
+        default=None,
+        help="NAME@SIZE baselines, NAME@SIZE+flip averaged with the mirror image (default efficientnet_lite0@128)",
     )
     ap.add_argument("--imagenet-path", default="auto", help="inference path for the baselines (auto: fastest here)")
     ap.add_argument("--workspace", default=None)

@@ -10,8 +10,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from fashionrec.artifacts.registry import measured_better, register_adapted, registered_adapted, resolve_backbone
 from fashionrec.backbones import create_backbone
 from fashionrec.cli import main
+from fashionrec.config import DEFAULT_BACKBONE
 from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
@@ -64,6 +66,26 @@ def shapes_shop(tmp_path):
                 rows.append(f"{aid},{group},{cname},{shape}")
     (d / "articles.csv").write_text("\n".join(rows) + "\n")
     return d
+
+
+def cat_paths(shop):
+    return sorted((shop / "images").glob("*.jpg"))
+
+
+def test_flip_averaging_is_the_mean_of_both_views():
+    """Test-time augmentation: the photo and its mirror image, one batch, averaged; another cache identity."""
+    bb = create_backbone("tiny_cnn", input_size=32).eval()
+    plain_key = bb.feature_key()
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        a, b = bb(x), bb(x.flip(-1))
+        bb.flip_tta = True
+        both = bb(x)
+        sym = torch.cat([x[..., :16], x[..., :16].flip(-1)], -1)  # a mirror-symmetric image: both views agree
+        assert torch.allclose(bb(sym), bb.forward_views(sym), atol=1e-6)
+    assert torch.allclose(both, (a + b) / 2, atol=1e-6)
+    assert (both - a).abs().max() > 1e-2 * a.abs().max()  # the mirror image does change the features
+    assert bb.feature_key() == plain_key + "+flip"
 
 
 def test_retrieval_metrics_known_answer():
@@ -133,6 +155,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert (out / "weights.safetensors").exists() and conf["format_version"] == 1
     assert conf["heads"]["colour_group_name"] == ["Blue", "Green", "Red"]
     assert conf["preprocess"]["pad_square"] is True and conf["preprocess"]["input_size"] == 32
+    assert conf["embedding_tta"] == "flip"  # evaluated, cached and embedded as photo + mirror image
     held = set(conf["heldout_products"])
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())
@@ -143,6 +166,13 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     # the folder is a backbone: by path, preprocessing from the folder, cache keyed by the weights' hash
     bb = create_backbone(str(out), input_size=96)
     assert bb.data_config.input_size == 32 and bb.weights_id.startswith("adapted:sha256:")
+    assert bb.flip_tta and bb.feature_key().endswith("+flip")
+    # the heads' model embeds exactly as the backbone does (both views averaged)
+    arr = np.stack([load_adapted(out).preprocess.pil_to_array(Image.open(p)) for p in list(cat_paths(shapes_shop))[:4]])
+    e_model, _ = load_adapted(out).predict_arrays(arr)
+    with torch.no_grad():
+        e_bb = bb.eval()(load_adapted(out).preprocess.arrays_to_tensor(arr)).numpy()
+    assert np.allclose(e_model, e_bb, atol=1e-5)
     cat = catalog_for_training(shapes_shop)
     fresh = embed_image_files(bb, cat.image_paths, progress=False)
     cached = embed_image_files(bb, cat.image_paths, cache=FeatureCache(ws), progress=False)
@@ -234,6 +264,12 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "image,attribute,rank,label,probability" and len(lines) == 1 + len(conf["heads"])
 
+    # adapt registered the folder for this data in the workspace; `auto` follows what it measured
+    entry = registered_adapted(ws, shapes_shop)
+    assert entry["model"] == str(out.resolve()) and entry["better"] == measured_better(m)
+    expected = str(out.resolve()) if entry["better"] else DEFAULT_BACKBONE
+    assert resolve_backbone("auto", shapes_shop, ws)[0] == expected
+
     # a tampered weights file is refused, not half-loaded
     (out / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(FashionrecError, match="weights"):
@@ -314,3 +350,42 @@ def test_predict_pads_like_training(tiny_hm, tmp_path, monkeypatch, capsys):
     assert x.shape == (32, 32, 3)
     assert (x[0] > 240).all() and (x[16] < 100).any()  # white padding above, the red photo in the middle
     assert np.array_equal(x, Preprocess(32, (0.5,) * 3, (0.5,) * 3).pil_to_array(Image.open(wide)))
+
+
+def _metrics(imagenet_r10: float, adapted_r10: float) -> dict:
+    return {
+        "retrieval_heldout": {
+            "imagenet": {"recall@1": 0.1, "recall@10": imagenet_r10},
+            "adapted": {"recall@1": 0.2, "recall@10": adapted_r10},
+        }
+    }
+
+
+def test_auto_backbone_follows_the_registry(tiny_hm, tmp_path, capsys):
+    """`--backbone auto` (the recommenders' and the server's default) takes the data's adapted folder only when it
+    retrieved better than ImageNet and still holds the weights that were measured; explicit names win."""
+    from fashionrec.pipeline import load_shop
+
+    ws = tmp_path / "ws"
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "fashionrec_model.json").write_text(json.dumps({"weights_sha256": "aaa"}))
+    assert resolve_backbone("auto", tiny_hm, ws)[0] == DEFAULT_BACKBONE  # nothing registered
+    register_adapted(ws, tiny_hm, model, _metrics(0.30, 0.25))
+    assert resolve_backbone("auto", tiny_hm, ws)[0] == DEFAULT_BACKBONE  # measured worse
+    register_adapted(ws, tiny_hm, model, _metrics(0.30, 0.45))
+    assert resolve_backbone("auto", tiny_hm, ws)[0] == str(model.resolve())
+    assert resolve_backbone(None, tiny_hm, ws)[0] == str(model.resolve())
+    assert resolve_backbone("mobilenetv2", tiny_hm, ws)[0] == "mobilenetv2"
+    assert resolve_backbone("auto", tmp_path / "other_shop", ws)[0] == DEFAULT_BACKBONE  # another data folder
+    shop = load_shop(tiny_hm, with_images=False, workspace=ws)
+    assert shop.backbone_name == str(model.resolve())
+    assert "fashionrec adapt" in capsys.readouterr().err
+    from fashionrec.serving.state import _locate
+
+    assert _locate(tiny_hm, ws, None, None)[5] == str(model.resolve())  # the server's default too
+    fp = shop.fingerprint()
+    (model / "fashionrec_model.json").write_text(json.dumps({"weights_sha256": "bbb"}))  # retrained elsewhere
+    assert resolve_backbone("auto", tiny_hm, ws)[0] == DEFAULT_BACKBONE
+    same_path = load_shop(tiny_hm, with_images=False, workspace=ws, backbone=str(model.resolve()))
+    assert same_path.fingerprint() != fp  # the same folder with other weights is another backbone

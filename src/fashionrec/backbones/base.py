@@ -67,10 +67,13 @@ class Backbone(nn.Module):
         self.weights_id = weights_id
         self._blocks = blocks
         self.taps: tuple = ("final",)
+        self.flip_tta = False  # embed each image and its mirror image, and average (test-time augmentation)
 
     def feature_key(self) -> str:
-        """Identity of what `forward` computes: weights + which layers are pooled. Part of every cache key."""
-        return self.weights_id if self.taps == ("final",) else f"{self.weights_id}+taps:{','.join(map(str, self.taps))}"
+        """Identity of what `forward` computes: weights + which layers are pooled (+ flip averaging). Part of every
+        cache key."""
+        key = self.weights_id if self.taps == ("final",) else f"{self.weights_id}+taps:{','.join(map(str, self.taps))}"
+        return key + "+flip" if self.flip_tta else key
 
     def set_taps(self, taps) -> Backbone:
         """Embed with globally pooled outputs of the given trunk blocks (ints) and/or 'final' (pre-logits), concatenated.
@@ -107,6 +110,17 @@ class Backbone(nn.Module):
         return self.model.forward_head(feats, pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_tta:  # one batch of both views; the mean of the two outputs
+            f = self.forward_views(torch.cat([x, x.flip(-1)]))
+            return self.average_views(f[: len(x)], f[len(x) :])
+        return self.forward_views(x)
+
+    @staticmethod
+    def average_views(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (a + b) / 2
+
+    def forward_views(self, x: torch.Tensor) -> torch.Tensor:
+        """One view's features (`forward` without the flip averaging)."""
         if self.taps == ("final",):
             return self.forward_head(self.forward_features(x))
         blocks = self.blocks

@@ -41,12 +41,26 @@ BACKBONE_HELP = "a backbone name or a `fashionrec adapt` folder"
 INFERENCE_PATHS = ["auto", "fp32", "fp32-cl", "bf16", "bf16-cl", "onnx-fp32", "onnx-int8"]
 
 
+AUTO_BACKBONE_HELP = (
+    "a backbone name or a `fashionrec adapt` folder (default auto: the folder `fashionrec adapt` wrote for this "
+    f"--data in this workspace when it retrieved better than ImageNet, else {DEFAULT_BACKBONE})"
+)
+
+
 def add_backbone_args(
-    p: argparse.ArgumentParser, *, input_size: int = DEFAULT_INPUT_SIZE, inference: bool = True
+    p: argparse.ArgumentParser,
+    *,
+    input_size: int = DEFAULT_INPUT_SIZE,
+    inference: bool = True,
+    adapted_by_default: bool = False,
 ) -> None:
     """--backbone and --input-size for commands that embed photos with a backbone (and --inference where the
-    command embeds a catalog through the feature cache)."""
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
+    command embeds a catalog through the feature cache). `adapted_by_default`: --backbone defaults to auto (the
+    recommenders and the server: `fashionrec.artifacts.registry`)."""
+    if adapted_by_default:
+        p.add_argument("--backbone", default="auto", help=AUTO_BACKBONE_HELP)
+    else:
+        p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
     p.add_argument("--input-size", type=int, default=input_size)
     if inference:
         p.add_argument(

@@ -90,7 +90,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
     r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
-    common.add_backbone_args(r)
+    common.add_backbone_args(r, adapted_by_default=True)
     r.add_argument(
         "--block-size",
         type=int,
@@ -112,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--item", required=True)
     s.add_argument("--k", type=int, default=12)
     s.add_argument("--model", default="visual")
-    common.add_backbone_args(s)
+    common.add_backbone_args(s, adapted_by_default=True)
     s.set_defaults(func=cmd_similar)
 
     e = sub.add_parser("evaluate", help="leak-free evaluation on several time windows: compare recommenders")
@@ -123,7 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--k", type=int, default=12)
     e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
     e.add_argument("--models", default=ALL_MODELS)
-    common.add_backbone_args(e)
+    common.add_backbone_args(e, adapted_by_default=True)
     e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
     e.set_defaults(func=cmd_evaluate)
 

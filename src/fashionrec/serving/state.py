@@ -662,13 +662,15 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
 
 def _locate(data_dir, workspace, backbone, input_size):
     """(data_dir, workspace, catalog, fingerprint, artifacts folder, backbone, input size) of a data folder."""
-    from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
+    from fashionrec.artifacts.registry import resolve_backbone
+    from fashionrec.config import DEFAULT_INPUT_SIZE
     from fashionrec.data.catalog import load_catalog
 
     data_dir = Path(data_dir)
-    backbone = backbone or DEFAULT_BACKBONE
     input_size = input_size or DEFAULT_INPUT_SIZE
     ws = Path(workspace) if workspace else default_workspace()
+    backbone, why = resolve_backbone(backbone, data_dir, ws)  # None/auto: the data's adapted model if it is better
+    log.info("backbone %s: %s", backbone, why)
     catalog = load_catalog(data_dir)
     if not catalog.image_paths:
         raise FashionrecError(f"{data_dir}: no images found; the server needs product photos")

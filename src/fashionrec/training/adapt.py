@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fashionrec.artifacts.keys import file_sha256
+from fashionrec.artifacts.registry import REGISTRY, register_adapted
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone
 from fashionrec.config import ADAPT_INPUT_SIZE, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
@@ -84,16 +85,21 @@ class AdaptedModel(nn.Module):
 
     @torch.no_grad()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba})."""
+        """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba}).
+        With the backbone's flip averaging (the default of adapted folders), both come from the photo and its mirror
+        image, as `embed` computes them."""
         self.eval()
         pre = self.preprocess
+        flip = self.backbone.flip_tta
         embs, probs = [], {n: [] for n in self.head_names}
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
-            e, logits = self.upper(self.backbone.forward_lower(x, 0), 0)
-            embs.append(e.numpy())
+            b = len(x)
+            e, logits = self.upper(self.backbone.forward_lower(torch.cat([x, x.flip(-1)]) if flip else x, 0), 0)
+            embs.append((self.backbone.average_views(e[:b], e[b:]) if flip else e).numpy())
             for n, lg in zip(self.head_names, logits):
-                probs[n].append(torch.softmax(lg.float(), 1).numpy())
+                p = torch.softmax(lg.float(), 1)
+                probs[n].append(((p[:b] + p[b:]) / 2 if flip else p).numpy())
         d = self.backbone.embed_dim
         return (
             np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
@@ -518,8 +524,10 @@ def adapt_catalog(
         )
     )
 
-    # ImageNet features for the comparison, before training changes the shared trunk in place.
+    # ImageNet features for the comparison, before training changes the shared trunk in place; also averaged with
+    # the mirror image, as the adapted embedding is (a fair baseline for the test-time augmentation).
     base = trunk_prelogits(trunk, maps, k)
+    base_flip = None if flipped is None else base + trunk_prelogits(trunk, flipped, k)
     bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
     model = AdaptedModel(bb, heads).to(memory_format=torch.channels_last)  # 2.2x faster training steps (finetune.py)
     if cfg.init_from:
@@ -638,12 +646,20 @@ def adapt_catalog(
     # ---- evaluation on held-out products
     model.eval()
     emb, probs = upper_predict(model, maps, k)
+    if flipped is not None:  # the folder embeds with flip averaging: evaluate (and cache) exactly that
+        model.backbone.flip_tta = True
+        emb_f, probs_f = upper_predict(model, flipped, k)
+        emb = model.backbone.average_views(torch.from_numpy(emb), torch.from_numpy(emb_f)).numpy()
+        probs = {n: (p + probs_f[n]) / 2 for n, p in probs.items()}
     q = np.flatnonzero(held & np.isin(groups, [g for g, c in zip(*np.unique(groups, return_counts=True)) if c >= 2]))
     type_col = "product_type_name" if "product_type_name" in meta.columns else (next(iter(heads), None))
     types = labels.get(type_col + "\0raw") if type_col else None
     if types is None and type_col:
         types = np.array([str(meta[type_col].get(i, "")) if i in meta.index else "" for i in ids], dtype=object)
-    ret = {"imagenet": retrieval_metrics(base, groups, q, types), "adapted": retrieval_metrics(emb, groups, q, types)}
+    ret = {"imagenet": retrieval_metrics(base, groups, q, types)}
+    if base_flip is not None:
+        ret["imagenet+flip"] = retrieval_metrics(base_flip, groups, q, types)
+    ret["adapted"] = retrieval_metrics(emb, groups, q, types)
     tagging = {}
     hrows = np.flatnonzero(held)
     for name in heads:
@@ -674,6 +690,7 @@ def adapt_catalog(
         "preprocess": {**asdict(pre), "pad_square": True},
         "split_block": k,
         "embedding": "L2-normalised linear projection of the pre-logits (metric loss: SupConLoss)",
+        "embedding_tta": "flip" if flipped is not None else "none",  # photo + mirror image, averaged
         "heads_on": "pre-logits",
         "group_column": cfg.group_column,
         "adapt_config": {**asdict(cfg), "label_columns": list(cfg.label_columns)},
@@ -688,8 +705,17 @@ def adapt_catalog(
     _write_features_to_cache(
         None, ids, paths_by_id=paths_by_id, emb=base, ws=ws, imagenet=(cfg.backbone, cfg.input_size)
     )
+    entry = register_adapted(ws, data_dir, out, metrics)
     say(f"adapt: wrote {out} in {wall / 60:.1f} min")
     say(format_adapt_metrics(metrics))
+    say(
+        f"adapt: registered for {Path(data_dir).resolve()} in {ws / REGISTRY}: the recommenders, `similar`, "
+        + (
+            "`evaluate` and the server use it by default (--backbone auto), as it retrieves better than ImageNet"
+            if entry["better"]
+            else "`evaluate` and the server keep ImageNet by default: it did not retrieve better than ImageNet"
+        )
+    )
     return AdaptResult(model, metrics, out)
 
 

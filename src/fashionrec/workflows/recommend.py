@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fashionrec.artifacts.registry import AUTO
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.errors import FashionrecError
 from fashionrec.workflows.shop import IMAGE_MODELS, Shop, fit_recommender, load_shop, rec_data
@@ -67,7 +68,7 @@ def recommend_all(
     model: str | None = None,
     k: int = 12,
     users: list[str] | None = None,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = AUTO,
     input_size: int = DEFAULT_INPUT_SIZE,
     inference: str = "auto",
     workspace=None,
@@ -126,7 +127,7 @@ def similar_items(
     *,
     model: str = "visual",
     k: int = 12,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = AUTO,
     input_size: int = DEFAULT_INPUT_SIZE,
     inference: str = "auto",
     workspace=None,
@@ -168,7 +169,7 @@ def evaluate_recommenders(
     test_days: int = 28,
     k: int = 12,
     baseline: str | None = "repurchase",
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = AUTO,
     input_size: int = DEFAULT_INPUT_SIZE,
     inference: str = "auto",
     workspace=None,

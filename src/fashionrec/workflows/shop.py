@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from fashionrec.artifacts.registry import AUTO, resolve_backbone
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.data.catalog import Catalog, load_catalog
 from fashionrec.data.interactions import Interactions, load_customers, load_hm_transactions
@@ -65,6 +67,9 @@ class Shop:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(f"{len(self.catalog.image_paths)}|{self.backbone_name}|{self.input_size}".encode())
+        model_json = Path(self.backbone_name) / "fashionrec_model.json"
+        if model_json.is_file():  # an adapted folder retrained in place is another backbone
+            h.update(str(json.loads(model_json.read_text()).get("weights_sha256")).encode())
         for item in sorted(self.catalog.image_paths):
             p = self.catalog.image_paths[item]
             try:
@@ -142,7 +147,7 @@ def load_shop(
     data_dir: str | Path,
     *,
     with_images: bool = True,
-    backbone: str = DEFAULT_BACKBONE,
+    backbone: str = AUTO,
     input_size: int = DEFAULT_INPUT_SIZE,
     workspace=None,
     progress: bool = True,
@@ -150,7 +155,16 @@ def load_shop(
     dim: int = 256,
     inference: str = "auto",
 ) -> Shop:
+    """Catalog, purchase log, customers and (`with_images`) every photo's image features, cached in the workspace.
+
+    `backbone` "auto": the model `fashionrec adapt` wrote for this data folder when it retrieved better than ImageNet
+    (`fashionrec.artifacts.registry`), else the ImageNet default; a name or model folder is used as given."""
+    from fashionrec.io import default_workspace
+
     data_dir = Path(data_dir)
+    backbone, why = resolve_backbone(backbone, data_dir, workspace or default_workspace())
+    if progress and why != "asked for" and backbone != DEFAULT_BACKBONE:
+        print(f"backbone: {backbone}: {why}", file=sys.stderr, flush=True)
     catalog = load_catalog(data_dir)
     inter = load_hm_transactions(data_dir, on_bad=on_bad)
     shop = Shop(
