@@ -285,7 +285,9 @@ def test_images_plus_labels_csv_folder_trains(tmp_path):
         Image.new("RGB", (40, 60), c).save(d / "images" / f"p{i}.png")
         rows.append(f"p{i}.png,{name}")
     (d / "labels.csv").write_text("\n".join(rows) + "\n")
-    cat = catalog_for_training(d)
+    from fashionrec.data.catalog import load_catalog
+
+    cat = load_catalog(d)  # what every command reads (embed, recommend, serve), not only training
     assert len(cat.item_ids) == 12 and cat.metadata.loc["p1", "label"] == "red"
     out = tmp_path / "run"
     assert (

@@ -186,9 +186,13 @@ def load_image_folder(folder: str | Path, labels_csv: str | Path | None = None, 
 
 
 def load_catalog(data_dir: str | Path) -> Catalog:
-    """H&M layout when `articles.*` or `images/` exist, else a plain image folder (labels.csv optional)."""
+    """H&M layout when `articles.*` or `images/` exist, else a plain image folder (labels.csv optional). A folder
+    with `images/` and `labels.*` but no articles table is a plain folder whose photos sit in `images/`."""
     data_dir = Path(data_dir)
-    if (data_dir / "images").is_dir() or find_table(data_dir, "articles") is not None:
-        return load_hm_catalog(data_dir)
     labels = find_table(data_dir, "labels")
+    articles = find_table(data_dir, "articles")
+    if (data_dir / "images").is_dir() and articles is None and labels is not None:
+        return load_image_folder(data_dir / "images", labels)
+    if (data_dir / "images").is_dir() or articles is not None:
+        return load_hm_catalog(data_dir)
     return load_image_folder(data_dir, labels)

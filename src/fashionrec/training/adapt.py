@@ -164,14 +164,10 @@ def load_adapted(path: str | Path) -> AdaptedModel:
 
 # ---------------------------------------------------------------- data
 def catalog_for_training(data_dir: str | Path):
-    """`load_catalog`, plus the plain layout `images/` + `labels.csv` (no articles table), which the H&M
-    detection would otherwise take for an H&M folder without rows."""
-    from fashionrec.data.catalog import find_table, load_catalog, load_image_folder
+    """`load_catalog` (kept as a name: `images/` + `labels.csv` is now read by `load_catalog` itself)."""
+    from fashionrec.data.catalog import load_catalog
 
-    d = Path(data_dir)
-    if (d / "images").is_dir() and find_table(d, "articles") is None and find_table(d, "labels") is not None:
-        return load_image_folder(d / "images", find_table(d, "labels"))
-    return load_catalog(d)
+    return load_catalog(data_dir)
 
 
 def product_groups(ids: list[str], metadata, group_column: str = "auto") -> np.ndarray:
