@@ -105,7 +105,7 @@ def main(argv=None) -> int:
             pre = Preprocess.for_backbone(bb)
             x = pre.arrays_to_tensor(np.stack([pre.pil_to_array(load_image(paths[i])) for i in ids[:64]]))
             secs_cl, _ = _measure(bb, x, InferencePath.parse("fp32-cl"))
-            path = fastest_path(bb, pre, sample=x, workspace=ws)
+            path = fastest_path(bb, pre, sample=lambda x=x: x, workspace=ws)
             secs_auto, _ = _measure(bb, x, path)
             t0 = time.time()
             res = embed_image_files(bb, paths, path=path, cache=FeatureCache(ws), progress=True, desc=f"{name}@{size}")

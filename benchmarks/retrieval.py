@@ -151,13 +151,15 @@ def main(argv=None) -> int:
     for kind, spec in specs:
         f, bb, secs = _features(spec, ids, cat.image_paths, ws, args.imagenet_path if kind == "imagenet" else "fp32")
         m = retrieval_metrics(f, groups, queries, types)
+        views = ", photo + mirror image averaged" if bb.flip_tta else ""
         label = (
-            f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d)"
+            f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d{views})"
             if kind == "imagenet"
-            else f"adapted {bb.name} @ {bb.data_config.input_size} px ({Path(spec).name}, {f.shape[1]}-d)"
+            else f"adapted {bb.name} @ {bb.data_config.input_size} px ({Path(spec).name}, {f.shape[1]}-d{views})"
         )
         rows.append((label, m, secs))
         short = ("ImageNet " if kind == "imagenet" else "adapted ") + f"{bb.data_config.input_size}px"
+        short += "+flip" if bb.flip_tta and kind == "imagenet" else ""
         neighbours[short if short not in neighbours else f"{short} {len(neighbours)}"] = nearest_neighbours(
             f, queries, 10
         )
