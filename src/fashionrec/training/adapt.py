@@ -565,7 +565,8 @@ def adapt_catalog(
     t_eval0 = time.time()
     probe_rows = np.arange(min(256, len(ids)))
     upper_predict(model, maps, k, probe_rows)
-    eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 + 30  # one upper pass + retrieval
+    views = 1 if flipped is None else 2  # the evaluation embeds both views
+    eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 * views + 30  # upper passes + retrieval
     train_secs = budget - (time.time() - t_start) - eval_secs
     if train_secs < 30 and cfg.max_steps is None:
         raise FashionrecError(
