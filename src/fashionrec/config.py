@@ -27,6 +27,9 @@ DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
 #: The catalog's own attribute columns (H&M articles.csv): what `adapt` learns a head for by default and what the
 #: recommenders' photo taggers predict for items without a catalog row.
+#: The JSON file that makes a folder a `fashionrec adapt` model (format, heads, weights SHA-256).
+ADAPTED_MODEL_JSON = "fashionrec_model.json"
+
 CATALOG_TAG_COLUMNS = (
     "product_type_name",
     "product_group_name",

@@ -13,14 +13,13 @@ import json
 import logging
 from pathlib import Path
 
-from fashionrec.config import DEFAULT_BACKBONE
+from fashionrec.config import ADAPTED_MODEL_JSON, DEFAULT_BACKBONE
 from fashionrec.io import write_json
 
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
 REGISTRY = Path("adapted") / "registry.json"
-MODEL_JSON = "fashionrec_model.json"  # training/adapt.py CONFIG_FILE
 
 
 def _read(workspace: Path) -> dict:
@@ -50,11 +49,10 @@ def measured_better(metrics: dict) -> bool:
 def register_adapted(workspace: str | Path, data_dir: str | Path, model_dir: str | Path, metrics: dict) -> dict:
     """Record `model_dir` as the adapted model of `data_dir` (atomic rewrite of the registry); returns the entry."""
     model_dir = Path(model_dir).resolve()
-    cfg = json.loads((model_dir / MODEL_JSON).read_text())
     ret = metrics.get("retrieval_heldout") or {}
     entry = {
         "model": str(model_dir),
-        "weights_sha256": cfg.get("weights_sha256"),
+        "weights_sha256": adapted_weights_sha256(model_dir),
         "better": measured_better(metrics),
         "recall@10": {k: (ret.get(k) or {}).get("recall@10") for k in ("imagenet", "adapted")},
         "recall@1": {k: (ret.get(k) or {}).get("recall@1") for k in ("imagenet", "adapted")},
@@ -65,16 +63,23 @@ def register_adapted(workspace: str | Path, data_dir: str | Path, model_dir: str
     return entry
 
 
+def adapted_weights_sha256(folder: str | Path) -> str | None:
+    """The weights hash an adapted model folder's JSON records; None if `folder` is not one (or is unreadable)."""
+    try:
+        return json.loads((Path(folder) / ADAPTED_MODEL_JSON).read_text()).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def registered_adapted(workspace: str | Path, data_dir: str | Path) -> dict | None:
     """The registry entry of `data_dir` if its folder still holds the weights that were measured, else None."""
     entry = _read(Path(workspace)).get(str(Path(data_dir).resolve()))
     if not entry:
         return None
-    try:
-        cfg = json.loads((Path(entry["model"]) / MODEL_JSON).read_text())
-    except (OSError, ValueError, KeyError):
+    sha = adapted_weights_sha256(entry.get("model", ""))
+    if sha is None:
         return None
-    if cfg.get("weights_sha256") != entry.get("weights_sha256"):
+    if sha != entry.get("weights_sha256"):
         log.warning(
             "%s: retrained or replaced since `fashionrec adapt` measured it; not used by default", entry["model"]
         )

@@ -23,13 +23,14 @@ from fashionrec.backbones.base import (
     is_adapted_model_dir,
     register_backbone_source,
 )
+from fashionrec.config import ADAPTED_MODEL_JSON
 from fashionrec.errors import FashionrecError
 
 log = logging.getLogger(__name__)
 
 FORMAT = "fashionrec-adapted-model"
 FORMAT_VERSION = 1
-CONFIG_FILE = "fashionrec_model.json"
+CONFIG_FILE = ADAPTED_MODEL_JSON
 WEIGHTS_FILE = "weights.safetensors"
 
 

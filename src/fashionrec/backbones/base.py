@@ -16,7 +16,10 @@ import torch
 from torch import nn
 
 from fashionrec.artifacts.keys import file_fingerprint
-from fashionrec.config import DEFAULT_BACKBONE  # noqa: F401  (re-exported; named once, in config)
+from fashionrec.config import (
+    ADAPTED_MODEL_JSON,
+    DEFAULT_BACKBONE,  # noqa: F401  (re-exported; named once, in config)
+)
 from fashionrec.errors import FashionrecError
 
 _REGISTRY: dict[str, Callable[..., Backbone]] = {}
@@ -212,7 +215,7 @@ def list_backbones() -> list[str]:
 def is_adapted_model_dir(name) -> bool:
     """A folder written by `fashionrec adapt` (weights + fashionrec_model.json)."""
     try:
-        return Path(str(name)).is_dir() and (Path(str(name)) / "fashionrec_model.json").is_file()
+        return Path(str(name)).is_dir() and (Path(str(name)) / ADAPTED_MODEL_JSON).is_file()
     except OSError:
         return False
 

@@ -40,7 +40,7 @@ from fashionrec.artifacts.keys import file_sha256
 from fashionrec.artifacts.registry import REGISTRY, register_adapted
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone
-from fashionrec.config import ADAPT_INPUT_SIZE, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
+from fashionrec.config import ADAPT_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
 
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "fashionrec-adapted-model"
 FORMAT_VERSION = 1
-CONFIG_FILE = "fashionrec_model.json"
+CONFIG_FILE = ADAPTED_MODEL_JSON
 WEIGHTS_FILE = "weights.safetensors"
 DEFAULT_LABEL_COLUMNS = CATALOG_TAG_COLUMNS
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fashionrec.artifacts.registry import AUTO, resolve_backbone
+from fashionrec.artifacts.registry import AUTO, adapted_weights_sha256, resolve_backbone
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.data.catalog import Catalog, load_catalog
 from fashionrec.data.interactions import Interactions, load_customers, load_hm_transactions
@@ -67,9 +67,9 @@ class Shop:
             st = f.stat()
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
         h.update(f"{len(self.catalog.image_paths)}|{self.backbone_name}|{self.input_size}".encode())
-        model_json = Path(self.backbone_name) / "fashionrec_model.json"
-        if model_json.is_file():  # an adapted folder retrained in place is another backbone
-            h.update(str(json.loads(model_json.read_text()).get("weights_sha256")).encode())
+        sha = adapted_weights_sha256(self.backbone_name)
+        if sha is not None:  # an adapted folder retrained in place is another backbone
+            h.update(sha.encode())
         for item in sorted(self.catalog.image_paths):
             p = self.catalog.image_paths[item]
             try:
