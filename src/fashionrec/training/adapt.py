@@ -313,10 +313,10 @@ class AdaptConfig:
     holdout: float = 0.15
     embed_dim: int = 256
     train_blocks: int = 3  # blocks trained from the top (+ the final conv); the rest stays ImageNet, cached
-    max_minutes: float = 45.0  # whole run: caching + training + evaluation
+    max_minutes: float = 58.0  # whole run: caching + training + evaluation (the README's run: 57.1 min on 2 cores)
     head_fraction: float = 0.1  # share of the training time with the trunk frozen (stage 1: heads + embedding)
-    lr: float = 1e-3  # heads and embedding layer
-    trunk_lr: float = 3e-4  # top block; each block below gets lr_decay times the one above
+    lr: float = 2e-3  # heads and embedding layer
+    trunk_lr: float = 6e-4  # top block; each block below gets lr_decay times the one above
     lr_decay: float = 0.7
     weight_decay: float = 1e-4
     products_per_batch: int = 32  # x 2 photos each, plus as many labelled photos
