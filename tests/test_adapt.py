@@ -19,10 +19,13 @@ from fashionrec.evaluation.retrieval import classification_report, nearest_neigh
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
 from fashionrec.training.adapt import (
     AdaptConfig,
+    AdaptedModel,
     adapt_catalog,
     catalog_for_training,
+    head_probs,
     load_adapted,
     product_groups,
+    refit_heads,
     split_products,
 )
 
@@ -86,6 +89,30 @@ def test_flip_averaging_is_the_mean_of_both_views():
     assert torch.allclose(both, (a + b) / 2, atol=1e-6)
     assert (both - a).abs().max() > 1e-2 * a.abs().max()  # the mirror image does change the features
     assert bb.feature_key() == plain_key + "+flip"
+
+
+def test_refit_heads_known_answer():
+    """Heads refit by logistic regression on standardised inputs, the scaling folded into the layer: a separable
+    3-class head, a binary head (sklearn's one-row form), a head with one class, and a class nobody has."""
+    from fashionrec.backbones.adapted import AdaptedBackbone
+
+    bb = AdaptedBackbone(create_backbone("tiny_cnn", pretrained=False), 8, weights_id="t")
+    heads = {"three": ["a", "b", "c"], "two": ["x", "y"], "one": ["only", "never"]}
+    model = AdaptedModel(bb, heads)
+    rng = np.random.default_rng(0)
+    n, d = 600, bb.prelogits_dim
+    x = rng.normal(size=(n, d)).astype(np.float32) * 5 + 100  # far from standardised: the folding must be right
+    three = np.argmax(x[:, :3], 1)
+    two = (x[:, 5] > 100).astype(int)
+    labels = {"three": three, "two": two, "one": np.where(np.arange(n) % 3 == 0, 0, -1)}
+    train = np.arange(n) < 500
+    rows = refit_heads(model, [x, x + rng.normal(size=x.shape).astype(np.float32) * 0.1], labels, train, c=1.0)
+    assert rows == {"three": 500, "two": 500, "one": 167}
+    p = head_probs(model, x[~train])
+    assert (p["three"].argmax(1) == three[~train]).mean() > 0.85  # wrong folding of the scaling: chance, 1/3
+    assert (p["two"].argmax(1) == two[~train]).mean() > 0.9
+    assert (p["one"].argmax(1) == 0).all() and p["one"][:, 1].max() < 1e-6
+    assert all(np.allclose(v.sum(1), 1, atol=1e-5) for v in p.values())
 
 
 def test_retrieval_metrics_known_answer():
@@ -156,6 +183,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert conf["heads"]["colour_group_name"] == ["Blue", "Green", "Red"]
     assert conf["preprocess"]["pad_square"] is True and conf["preprocess"]["input_size"] == 32
     assert conf["embedding_tta"] == "flip"  # evaluated, cached and embedded as photo + mirror image
+    assert conf["head_taps"] == [0, 1] and conf["heads_on"] == "pooled taps + pre-logits"  # refit on both blocks
     held = set(conf["heldout_products"])
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())

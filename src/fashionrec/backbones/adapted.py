@@ -34,6 +34,17 @@ CONFIG_FILE = ADAPTED_MODEL_JSON
 WEIGHTS_FILE = "weights.safetensors"
 
 
+def _pool(h: torch.Tensor) -> torch.Tensor:
+    return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+
+
+def _out_channels(block: nn.Module) -> int:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise FashionrecError(f"{type(block).__name__}: no convolution, cannot tap its output")
+    return convs[-1].out_channels
+
+
 class AdaptedBackbone(Backbone):
     """A trunk plus a linear embedding layer; `forward` gives L2-normalised embeddings (cosine = dot product)."""
 
@@ -54,12 +65,25 @@ class AdaptedBackbone(Backbone):
     def forward_head(self, feats: torch.Tensor, pre_logits: bool = True) -> torch.Tensor:
         return F.normalize(self.embed(self.prelogits(feats)), dim=1)
 
-    def upper_outputs(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """From the lower part's map: (pre-logits, normalised embedding)."""
-        for b in self.blocks[k:]:
+    def upper_outputs(
+        self, h: torch.Tensor, k: int, taps: tuple[int, ...] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """From the output map of blocks[:k]: (pre-logits, normalised embedding, [pooled output of block i for i in
+        taps]). A tap pools its map two ways, mean and max over the positions (colour and texture live there, and
+        the pre-logits of a metric-trained trunk keep less of them)."""
+        pooled = []
+        if k - 1 in taps:
+            pooled.append(_pool(h))
+        for i, b in enumerate(self.blocks[k:], start=k):
             h = b(h)
+            if i in taps:
+                pooled.append(_pool(h))
         z = self.prelogits(self.forward_tail(h))
-        return z, F.normalize(self.embed(z), dim=1)
+        return z, F.normalize(self.embed(z), dim=1), pooled
+
+    def tap_dims(self, taps: tuple[int, ...]) -> int:
+        """Width of the pooled taps (2 x the channels of each tapped block's output)."""
+        return sum(2 * _out_channels(self.blocks[i]) for i in taps)
 
     def with_input_size(self, size: int) -> Backbone:
         if int(size) != self.data_config.input_size:

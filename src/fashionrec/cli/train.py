@@ -121,6 +121,7 @@ def cmd_adapt(args) -> int:
         metric_weight=args.metric_weight,
         max_steps=args.max_steps,
         flips=not args.no_flips,
+        refit_heads=not args.no_refit_heads,
         seed=args.seed,
         init_from=args.init_from,
         head_fraction=args.head_fraction,
@@ -215,6 +216,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--init-from", default=None, help="continue training an earlier model folder (same data and split)")
     a.add_argument("--head-fraction", type=float, default=0.1, help="share of the time with the trunk frozen (stage 1)")
     a.add_argument("--no-flips", action="store_true", help="no mirror-image augmentation (halves the caching pass)")
+    a.add_argument(
+        "--no-refit-heads",
+        action="store_true",
+        help="keep the trained heads on the pre-logits (default: refit them after training on pooled block outputs "
+        "+ pre-logits: +3 points on held-out colour groups)",
+    )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a.add_argument("--seed", type=int, default=0)
     a.set_defaults(func=cmd_adapt)
