@@ -25,14 +25,16 @@ def _features(spec: str, ids: list[str], paths: dict, ws: str, path_name: str):
     from fashionrec.backbones import create_backbone
     from fashionrec.features import FeatureCache, InferencePath, embed_image_files, fastest_path
 
-    flip = spec.endswith("+flip")  # NAME@SIZE+flip: each photo averaged with its mirror image, as adapted folders do
-    base = spec.removesuffix("+flip")
+    # NAME@SIZE+flip[+gray]: each photo averaged with its mirror image [and their greyscale versions], as adapted
+    # folders do
+    base, *tta = spec.split("+")
     if "@" in base and not Path(base).is_dir():
         name, size = base.rsplit("@", 1)
         bb = create_backbone(name, input_size=int(size))
     else:
         bb = create_backbone(base)
-    bb.flip_tta = bb.flip_tta or flip
+    bb.flip_tta = bb.flip_tta or "flip" in tta
+    bb.gray_tta = bb.gray_tta or "gray" in tta
     path = fastest_path() if path_name == "auto" else InferencePath.parse(path_name)
     t0 = time.time()
     res = embed_image_files(
@@ -151,7 +153,13 @@ def main(argv=None) -> int:
     for kind, spec in specs:
         f, bb, secs = _features(spec, ids, cat.image_paths, ws, args.imagenet_path if kind == "imagenet" else "fp32")
         m = retrieval_metrics(f, groups, queries, types)
-        views = ", photo + mirror image averaged" if bb.flip_tta else ""
+        views = (
+            ", photo + mirror image + their greyscale versions averaged"
+            if bb.flip_tta and bb.gray_tta
+            else ", photo + mirror image averaged"
+            if bb.flip_tta
+            else ""
+        )
         label = (
             f"ImageNet {bb.name} @ {bb.data_config.input_size} px (pre-logits, {f.shape[1]}-d{views})"
             if kind == "imagenet"
@@ -159,7 +167,7 @@ def main(argv=None) -> int:
         )
         rows.append((label, m, secs))
         short = ("ImageNet " if kind == "imagenet" else "adapted ") + f"{bb.data_config.input_size}px"
-        short += "+flip" if bb.flip_tta and kind == "imagenet" else ""
+        short += ("+flip" if bb.flip_tta else "") + ("+gray" if bb.gray_tta else "") if kind == "imagenet" else ""
         neighbours[short if short not in neighbours else f"{short} {len(neighbours)}"] = nearest_neighbours(
             f, queries, 10
         )

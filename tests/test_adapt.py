@@ -91,6 +91,28 @@ def test_flip_averaging_is_the_mean_of_both_views():
     assert bb.feature_key() == plain_key + "+flip"
 
 
+def test_gray_views_are_colour_blind_and_averaged():
+    """The greyscale view: the same image for any colouring with the same luma; averaged with the other views."""
+    bb = create_backbone("tiny_cnn", input_size=32).eval()
+    mean = torch.tensor(bb.data_config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(bb.data_config.std).view(1, 3, 1, 1)
+    norm = lambda rgb: (rgb - mean) / std  # noqa: E731
+    grey = torch.rand(2, 1, 32, 32).repeat(1, 3, 1, 1)
+    assert torch.allclose(bb.to_gray(norm(grey)), norm(grey), atol=1e-5)  # a grey photo stays itself
+    red = torch.zeros(1, 3, 8, 8)
+    red[:, 0] = 1.0
+    green = torch.zeros(1, 3, 8, 8)
+    green[:, 1] = 0.299 / 0.587  # the same luma as pure red
+    assert torch.allclose(bb.to_gray(norm(red)), bb.to_gray(norm(green)), atol=1e-5)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        views = [x, bb.to_gray(x), x.flip(-1), bb.to_gray(x).flip(-1)]
+        expected = torch.stack([bb.forward_views(v) for v in views]).mean(0)
+        bb.flip_tta = bb.gray_tta = True
+        assert torch.allclose(bb(x), expected, atol=1e-5)
+    assert bb.feature_key().endswith("+flip+gray")
+
+
 def test_refit_heads_known_answer():
     """Heads refit by logistic regression on standardised inputs, the scaling folded into the layer: a separable
     3-class head, a binary head (sklearn's one-row form), a head with one class, and a class nobody has."""
@@ -182,7 +204,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert (out / "weights.safetensors").exists() and conf["format_version"] == 1
     assert conf["heads"]["colour_group_name"] == ["Blue", "Green", "Red"]
     assert conf["preprocess"]["pad_square"] is True and conf["preprocess"]["input_size"] == 32
-    assert conf["embedding_tta"] == "flip"  # evaluated, cached and embedded as photo + mirror image
+    assert conf["embedding_tta"] == "flip+gray"  # evaluated, cached and embedded as photo + mirror image + greys
     assert conf["head_taps"] == [0, 1] and conf["heads_on"] == "pooled taps + pre-logits"  # refit on both blocks
     held = set(conf["heldout_products"])
     assert len(held) == 6
@@ -194,7 +216,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     # the folder is a backbone: by path, preprocessing from the folder, cache keyed by the weights' hash
     bb = create_backbone(str(out), input_size=96)
     assert bb.data_config.input_size == 32 and bb.weights_id.startswith("adapted:sha256:")
-    assert bb.flip_tta and bb.feature_key().endswith("+flip")
+    assert bb.flip_tta and bb.gray_tta and bb.feature_key().endswith("+flip+gray")
     # the heads' model embeds exactly as the backbone does (both views averaged)
     arr = np.stack([load_adapted(out).preprocess.pil_to_array(Image.open(p)) for p in list(cat_paths(shapes_shop))[:4]])
     e_model, _ = load_adapted(out).predict_arrays(arr)

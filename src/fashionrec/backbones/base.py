@@ -71,12 +71,13 @@ class Backbone(nn.Module):
         self._blocks = blocks
         self.taps: tuple = ("final",)
         self.flip_tta = False  # embed each image and its mirror image, and average (test-time augmentation)
+        self.gray_tta = False  # also embed its greyscale version (and that one's mirror image), and average
 
     def feature_key(self) -> str:
         """Identity of what `forward` computes: weights + which layers are pooled (+ flip averaging). Part of every
         cache key."""
         key = self.weights_id if self.taps == ("final",) else f"{self.weights_id}+taps:{','.join(map(str, self.taps))}"
-        return key + "+flip" if self.flip_tta else key
+        return key + ("+flip" if self.flip_tta else "") + ("+gray" if self.gray_tta else "")
 
     def set_taps(self, taps) -> Backbone:
         """Embed with globally pooled outputs of the given trunk blocks (ints) and/or 'final' (pre-logits), concatenated.
@@ -113,14 +114,29 @@ class Backbone(nn.Module):
         return self.model.forward_head(feats, pre_logits=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.flip_tta:  # one batch of both views; the mean of the two outputs
-            f = self.forward_views(torch.cat([x, x.flip(-1)]))
-            return self.average_views(f[: len(x)], f[len(x) :])
+        if self.flip_tta or self.gray_tta:  # one batch of every view; the mean of their outputs
+            return self.average_views(*self.forward_views(self.views(x)).split(len(x)))
         return self.forward_views(x)
 
+    def views(self, x: torch.Tensor) -> torch.Tensor:
+        """The test-time views of a normalised batch, stacked: the photo, [its greyscale version], then [the mirror
+        image of each]."""
+        vs = [x, self.to_gray(x)] if self.gray_tta else [x]
+        if self.flip_tta:
+            vs += [v.flip(-1) for v in vs]
+        return torch.cat(vs) if len(vs) > 1 else x
+
+    def to_gray(self, x: torch.Tensor) -> torch.Tensor:
+        """Greyscale version of a normalised RGB batch (ITU-R 601 luma), normalised again: colour-blind input."""
+        mean = torch.tensor(self.data_config.mean, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.data_config.std, dtype=x.dtype).view(1, 3, 1, 1)
+        luma = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        g = ((x * std + mean) * luma).sum(1, keepdim=True)
+        return (g - mean) / std
+
     @staticmethod
-    def average_views(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return (a + b) / 2
+    def average_views(*parts: torch.Tensor) -> torch.Tensor:
+        return torch.stack(parts).mean(0)
 
     def forward_views(self, x: torch.Tensor) -> torch.Tensor:
         """One view's features (`forward` without the flip averaging)."""

@@ -121,6 +121,7 @@ def cmd_adapt(args) -> int:
         metric_weight=args.metric_weight,
         max_steps=args.max_steps,
         flips=not args.no_flips,
+        gray=not args.no_gray,
         refit_heads=not args.no_refit_heads,
         seed=args.seed,
         init_from=args.init_from,
@@ -216,6 +217,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--init-from", default=None, help="continue training an earlier model folder (same data and split)")
     a.add_argument("--head-fraction", type=float, default=0.1, help="share of the time with the trunk frozen (stage 1)")
     a.add_argument("--no-flips", action="store_true", help="no mirror-image augmentation (halves the caching pass)")
+    a.add_argument(
+        "--no-gray",
+        action="store_true",
+        help="no greyscale views (default: cached, trained on by the metric loss and averaged into the embedding, "
+        "so that another colour of the same product ranks higher)",
+    )
     a.add_argument(
         "--no-refit-heads",
         action="store_true",

@@ -103,25 +103,42 @@ class AdaptedModel(nn.Module):
     @torch.no_grad()
     def predict_arrays(self, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba}).
-        With the backbone's flip averaging (the default of adapted folders), both come from the photo and its mirror
-        image, as `embed` computes them."""
+        The embedding averages the backbone's test-time views (adapted folders: the photo and its mirror image, and
+        their greyscale versions with "flip+gray"), as `embed` computes it; the heads average the colour views."""
         self.eval()
         pre = self.preprocess
-        flip = self.backbone.flip_tta
+        bb = self.backbone
         embs, probs = [], {n: [] for n in self.head_names}
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
             b = len(x)
-            e, logits = self.upper(self.backbone.forward_lower(torch.cat([x, x.flip(-1)]) if flip else x, 0), 0)
-            embs.append((self.backbone.average_views(e[:b], e[b:]) if flip else e).numpy())
+            e, logits = self.upper(bb.forward_lower(bb.views(x), 0), 0)
+            parts = e.split(b)
+            embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
+            colour = colour_views(len(parts), bb.gray_tta)
             for n, lg in zip(self.head_names, logits):
-                p = torch.softmax(lg.float(), 1)
-                probs[n].append(((p[:b] + p[b:]) / 2 if flip else p).numpy())
-        d = self.backbone.embed_dim
+                p = torch.softmax(lg.float(), 1).split(b)
+                probs[n].append(torch.stack([p[i] for i in colour]).mean(0).numpy())
+        d = bb.embed_dim
         return (
             np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
             {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()},
         )
+
+
+def tta_name(flips: bool, gray: bool) -> str:
+    """The folder's `embedding_tta`: which views the embedding averages."""
+    return "+".join(v for v, on in (("flip", flips), ("gray", gray)) if on) or "none"
+
+
+def is_colour_column(name: str) -> bool:
+    """A label a greyscale photo cannot show (colour_group_name, perceived_colour_*)."""
+    return "colour" in name.lower() or "color" in name.lower()
+
+
+def colour_views(n_views: int, gray: bool) -> list[int]:
+    """Positions of the colour views in `Backbone.views`' order (photo, [grey], then their mirror images)."""
+    return list(range(0, n_views, 2)) if gray else list(range(n_views))
 
 
 def _trunk(base: str, pretrained: bool, trunk_kwargs: dict | None = None) -> Backbone:
@@ -248,6 +265,12 @@ def _fingerprints(paths: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+def view_names(flips: bool, gray: bool) -> tuple[str, ...]:
+    """The cached views of each photo, in `Backbone.views`' order: photo, [grey], then [their mirror images]."""
+    base = ("photo", "gray") if gray else ("photo",)
+    return base + tuple(f"{v}_flip" for v in base) if flips else base
+
+
 def lower_maps(
     trunk: Backbone,
     paths: list[Path],
@@ -255,23 +278,24 @@ def lower_maps(
     k: int,
     workspace: Path,
     *,
-    flips: bool = True,
+    views: tuple[str, ...] = ("photo", "photo_flip"),
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """The frozen lower part's output for every photo (and its mirror image), float16, cached in the workspace.
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The frozen lower part's output for every photo in each view (`view_names`: the photo, its greyscale version,
+    and their mirror images), float16, cached in the workspace.
 
-    Returns (maps, flipped maps or None, ok mask); undecodable photos are reported and left out (ok False)."""
+    Returns ({view: maps}, ok mask); undecodable photos are reported and left out (ok False)."""
     from fashionrec.features import _collate, _ImageFiles
 
     key = hashlib.sha1(
-        "|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), str(flips), _fingerprints(paths)]).encode()
+        "|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), ",".join(views), _fingerprints(paths)]).encode()
     ).hexdigest()[:16]
     cache = workspace / "adapt" / f"lower-{key}.npz"
     if cache.exists():
         try:
             with np.load(cache) as z:
-                return z["maps"], (z["flipped"] if flips else None), z["ok"]
+                return {v: z[v] for v in views}, z["ok"]
         except Exception as e:  # a damaged cache is recomputed
             log.warning("%s: unreadable (%s); recomputing", cache, e)
     trunk.eval()
@@ -283,7 +307,7 @@ def lower_maps(
         num_workers=0 if len(paths) < 256 else min(2, os.cpu_count() or 1),
         collate_fn=_collate,
     )
-    maps = flipped = None
+    out: dict[str, np.ndarray] = {}
     ok = np.zeros(len(paths), dtype=bool)
     t0, done = time.time(), 0
     last = t0
@@ -294,33 +318,33 @@ def lower_maps(
                 if err is not None:
                     log.warning("skipping %s", err)
             if good:
-                x = pre.arrays_to_tensor(np.stack([a for _, a in good])).contiguous(memory_format=torch.channels_last)
-                h = trunk.forward_lower(x, k).half().numpy()
-                if maps is None:
-                    maps = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
-                    flipped = np.zeros_like(maps) if flips else None
+                x = pre.arrays_to_tensor(np.stack([a for _, a in good]))
                 rows = [i for i, _ in good]
-                maps[rows] = h
-                if flips:
-                    flipped[rows] = trunk.forward_lower(x.flip(-1), k).half().numpy()
+                for v in views:
+                    xv = trunk.to_gray(x) if v.startswith("gray") else x
+                    xv = (xv.flip(-1) if v.endswith("_flip") else xv).contiguous(memory_format=torch.channels_last)
+                    h = trunk.forward_lower(xv, k).half().numpy()
+                    if v not in out:
+                        out[v] = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
+                    out[v][rows] = h
                 ok[rows] = True
             done += len(batch)
             if progress and (time.time() - last > 30 or done == len(paths)):
                 last = time.time()
                 rate = done / max(last - t0, 1e-9)
                 print(
-                    f"  caching the frozen lower part: {done}/{len(paths)} photos, {rate:.1f} img/s, "
-                    f"ETA {(len(paths) - done) / max(rate, 1e-9) / 60:.1f} min",
+                    f"  caching the frozen lower part ({len(views)} views): {done}/{len(paths)} photos, "
+                    f"{rate:.1f} img/s, ETA {(len(paths) - done) / max(rate, 1e-9) / 60:.1f} min",
                     flush=True,
                 )
-    if maps is None:
+    if not out:
         raise FashionrecError("no photo could be decoded")
     cache.parent.mkdir(parents=True, exist_ok=True)
     from fashionrec.io import atomic_path
 
     with atomic_path(cache, suffix=".tmp.npz") as tmp:
-        np.savez(tmp, maps=maps, flipped=flipped if flips else np.zeros(0), ok=ok)
-    return maps, flipped, ok
+        np.savez(tmp, ok=ok, **out)
+    return out, ok
 
 
 # ---------------------------------------------------------------- training
@@ -346,6 +370,7 @@ class AdaptConfig:
     label_smoothing: float = 0.1
     min_class_count: int = 2
     flips: bool = True
+    gray: bool = True  # greyscale views: cached, trained on (metric loss; colour heads skip them) and averaged in
     refit_heads: bool = True  # after training: heads refit on pooled taps + pre-logits (`refit_heads`)
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
     max_steps: int | None = None  # tests: stop after this many steps
@@ -567,10 +592,14 @@ def adapt_catalog(
         f"{len(np.unique(groups_all[held_all]))} held-out products); {cfg.backbone} at {cfg.input_size} px, "
         f"training blocks {k}..{n_blocks - 1} + head; budget {cfg.max_minutes:g} min"
     )
-    maps_all, flipped_all, ok = lower_maps(trunk, paths, pre, k, ws, flips=cfg.flips, progress=progress)
+    vnames = view_names(cfg.flips, cfg.gray)
+    views_all, ok = lower_maps(trunk, paths, pre, k, ws, views=vnames, progress=progress)
     keep = np.flatnonzero(ok)
     ids = [ids[i] for i in keep]
-    maps, flipped = maps_all[keep], (flipped_all[keep] if cfg.flips else None)
+    V = [views_all[v][keep] for v in vnames]  # V[0]: the photo itself
+    del views_all
+    maps = V[0]
+    colour = colour_views(len(V), cfg.gray)
     groups, held = groups_all[keep], held_all[keep]
     train = ~held
     heads, labels = encode_labels(
@@ -592,10 +621,10 @@ def adapt_catalog(
         )
     )
 
-    # ImageNet features for the comparison, before training changes the shared trunk in place; also averaged with
-    # the mirror image, as the adapted embedding is (a fair baseline for the test-time augmentation).
-    base = trunk_prelogits(trunk, maps, k)
-    base_flip = None if flipped is None else base + trunk_prelogits(trunk, flipped, k)
+    # ImageNet features for the comparison, before training changes the shared trunk in place; also averaged over
+    # the views, as the adapted embedding is (a fair baseline for the test-time augmentation).
+    base_views = [trunk_prelogits(trunk, v, k) for v in V]
+    base = base_views[0]
     bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
     prev = load_adapted(cfg.init_from) if cfg.init_from else None
     model = AdaptedModel(bb, heads, head_taps=prev.head_taps if prev is not None else ())
@@ -638,7 +667,7 @@ def adapt_catalog(
     t_eval0 = time.time()
     probe_rows = np.arange(min(256, len(ids)))
     head_features(model, maps[probe_rows], k)
-    views = 1 if flipped is None else 2  # the evaluation embeds both views
+    views = len(V)  # the evaluation embeds every view
     eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 * views + 30  # upper passes + retrieval
     if cfg.refit_heads:
         eval_secs += 2e-4 * len(ids) * views * len(heads)  # the heads' refit: measured 5-9 s a head on 2 x 17.6k rows
@@ -669,11 +698,13 @@ def adapt_catalog(
                 g["lr"] = lr * _lr_factor(frac)
             _set_train_mode(model, k, stage)
             rows = next(batches)
-            h = maps[rows]
-            if flipped is not None:
-                flip = rng.random(len(rows)) < 0.5
-                h = np.where(flip[:, None, None, None], flipped[rows], h)
-            hx = torch.from_numpy(h.astype(np.float32)).contiguous(memory_format=torch.channels_last)
+            view = rng.integers(0, len(V), len(rows))  # each photo in one of its views, drawn uniformly
+            h = np.empty((len(rows),) + maps.shape[1:], dtype=np.float32)
+            for j, vm in enumerate(V):
+                sel = view == j
+                h[sel] = vm[rows[sel]]
+            is_gray = torch.from_numpy(~np.isin(view, colour))
+            hx = torch.from_numpy(h).contiguous(memory_format=torch.channels_last)
             emb, logits = model.upper(hx, k)
             losses = {}
             if multi:
@@ -681,6 +712,8 @@ def adapt_catalog(
             for name, lg in zip(model.head_names, logits):
                 yy = y[name][rows]
                 m = yy >= 0
+                if is_colour_column(name):  # a greyscale view does not show its colour
+                    m &= ~is_gray
                 if m.any():
                     losses[name] = F.cross_entropy(lg[m], yy[m], label_smoothing=cfg.label_smoothing)
             loss = sum(losses.values())
@@ -719,28 +752,25 @@ def adapt_catalog(
     model.eval()
     if cfg.refit_heads and heads:
         model.head_taps = head_taps_for(n_blocks, k)
-    emb, x0 = head_features(model, maps, k)
-    xs = [x0]
-    if flipped is not None:
-        emb_f, x1 = head_features(model, flipped, k)
-        xs.append(x1)
+    embs, xs = zip(*(head_features(model, v, k) for v in V))
+    xs = [xs[j] for j in colour]  # the heads read the colour views only
     if cfg.refit_heads and heads:
         t_refit = time.time()
         refit_heads(model, xs, labels, train, c=cfg.head_c)
         say(f"  heads refit on blocks {list(model.head_taps)} + pre-logits in {time.time() - t_refit:.0f}s")
-    probs = head_probs(model, x0)
-    if flipped is not None:  # the folder embeds with flip averaging: evaluate (and cache) exactly that
-        model.backbone.flip_tta = True
-        emb = model.backbone.average_views(torch.from_numpy(emb), torch.from_numpy(emb_f)).numpy()
-        probs = {n: (p + head_probs(model, xs[1])[n]) / 2 for n, p in probs.items()}
+    view_probs = [head_probs(model, x) for x in xs]
+    probs = {n: np.mean([p[n] for p in view_probs], 0) for n in model.head_names}
+    # the folder embeds with these views averaged: evaluate (and cache) exactly that
+    model.backbone.flip_tta, model.backbone.gray_tta = cfg.flips, cfg.gray
+    emb = model.backbone.average_views(*map(torch.from_numpy, embs)).numpy() if len(V) > 1 else embs[0]
     q = np.flatnonzero(held & np.isin(groups, [g for g, c in zip(*np.unique(groups, return_counts=True)) if c >= 2]))
     type_col = "product_type_name" if "product_type_name" in meta.columns else (next(iter(heads), None))
     types = labels.get(type_col + "\0raw") if type_col else None
     if types is None and type_col:
         types = np.array([str(meta[type_col].get(i, "")) if i in meta.index else "" for i in ids], dtype=object)
     ret = {"imagenet": retrieval_metrics(base, groups, q, types)}
-    if base_flip is not None:
-        ret["imagenet+flip"] = retrieval_metrics(base_flip, groups, q, types)
+    if len(V) > 1:
+        ret["imagenet+" + tta_name(cfg.flips, cfg.gray)] = retrieval_metrics(sum(base_views), groups, q, types)
     ret["adapted"] = retrieval_metrics(emb, groups, q, types)
     tagging = {}
     hrows = np.flatnonzero(held)
@@ -772,7 +802,7 @@ def adapt_catalog(
         "preprocess": {**asdict(pre), "pad_square": True},
         "split_block": k,
         "embedding": "L2-normalised linear projection of the pre-logits (metric loss: SupConLoss)",
-        "embedding_tta": "flip" if flipped is not None else "none",  # photo + mirror image, averaged
+        "embedding_tta": tta_name(cfg.flips, cfg.gray),  # the views averaged into the embedding
         "heads_on": "pooled taps + pre-logits" if model.head_taps else "pre-logits",
         "group_column": cfg.group_column,
         "adapt_config": {**asdict(cfg), "label_columns": list(cfg.label_columns)},
