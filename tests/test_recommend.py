@@ -243,7 +243,9 @@ def _shop_world(seed=0, n_items=120, n_unsold=40):
 
 def test_hybrid_sources_have_no_hidden_caps():
     data, items, _ = _shop_world()
-    model = create_recommender("hybrid", n_windows=2, n_pop_month=66, n_pop_week=5, n_new_arrival=33).fit(data)
+    model = create_recommender(
+        "hybrid", n_windows=2, n_pop_month=66, n_pop_week=5, n_new_arrival=33, source_sizes="fixed"
+    ).fit(data)
     src = model.candidate_sources(["u0"])["u0"]
     sold_recently = int((model.state.pop_month > 0).sum())
     assert sold_recently > 66
@@ -252,6 +254,56 @@ def test_hybrid_sources_have_no_hidden_caps():
     assert len(src["new_arrival"]) == 33
     never_sold = set(items[80:])
     assert src["new_arrival"] <= never_sold  # the new-arrival source holds only items nobody has bought yet
+
+
+def test_choose_source_sizes_known_answer():
+    """Sizes from hit rates by rank: kept while a block is bought at least as often as the top-12 best sellers."""
+    from fashionrec.recommend.hybrid import SOURCES, choose_source_sizes
+
+    n = 60
+    rows = {s: np.full(n, 1000.0) for s in SOURCES}
+    rate = {s: np.zeros(n) for s in SOURCES}
+    rate["pop_month"][:12], rate["pop_month"][12:] = 0.01, 0.002  # the yardstick: 1%
+    rate["repurchase"][:] = 0.03  # strong all the way: keeps its maximum
+    rate["pairs"][:5], rate["pairs"][5:] = 0.02, 0.005  # strong for ranks 0-4 only
+    rate["visual"][:] = 0.001  # never worth it: dropped
+    rate["new_arrival"][:] = 0.001  # below the bar, but its places are reserved: kept
+    rate["pop_week"][:3], rate["pop_week"][3:8] = 0.0, 0.02  # a weak first block does not end the walk
+    rows["age_pop"][:] = 0  # never seen: nothing to earn a place
+    hits = {s: rows[s] * rate[s] for s in SOURCES}
+    maxima = {s: 40 for s in SOURCES}
+    c = choose_source_sizes(rows, hits, maxima, k=12)
+    assert c["_threshold"] == pytest.approx(0.01)
+    assert c["repurchase"]["size"] == 40 and c["pairs"]["size"] == 5 and c["visual"]["size"] == 0
+    assert c["new_arrival"]["size"] == 40 and c["pop_month"]["size"] == 12 and c["pop_week"]["size"] == 8
+    assert c["age_pop"]["size"] == 0
+    # few rows: blocks merge until they hold 200 candidates, so one lucky purchase does not earn a place
+    rows["same_product"][:] = 20.0
+    hits["same_product"] = np.zeros(n)
+    hits["same_product"][30] = 1.0  # rank 30 alone would be 5%; the merged block [25, 40) holds 300 rows: 0.33%
+    assert choose_source_sizes(rows, hits, maxima, k=12)["same_product"]["size"] == 0
+
+
+def test_hybrid_chooses_source_sizes_on_its_training_windows():
+    data, _, _ = _shop_world()
+    from fashionrec.recommend.hybrid import SOURCES
+
+    model = create_recommender("hybrid", n_windows=3).fit(data)
+    chosen = model.train_stats["source_sizes"]
+    for s in SOURCES:
+        assert getattr(model, f"n_{s}") == chosen[s]["size"] <= chosen[s]["max"] == model.max_sizes[s]
+    assert chosen["pop_month"]["size"] >= 12 and chosen["repurchase"]["size"] > 0
+    src = model.candidate_sources(["u0", "u1"])
+    for u in ("u0", "u1"):
+        for s, items in src[u].items():
+            if s != "dept_pop":  # two departments' lists, each of n_dept_pop
+                assert len(items) <= chosen[s]["size"], s
+    # a second fit starts again from the maxima, so it chooses the same sizes
+    again = model.fit(data).train_stats["source_sizes"]
+    assert {s: again[s]["size"] for s in SOURCES} == {s: chosen[s]["size"] for s in SOURCES}
+    fixed = create_recommender("hybrid", n_windows=3, source_sizes="fixed").fit(data)
+    assert "source_sizes" not in fixed.train_stats
+    assert all(getattr(fixed, f"n_{s}") == fixed.max_sizes[s] for s in SOURCES)
 
 
 def test_hybrid_reaches_never_sold_items_that_look_like_the_customers_taste():

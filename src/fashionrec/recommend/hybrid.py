@@ -418,6 +418,61 @@ def _blocks_of(Xs: list, ys: list):
         i = j
 
 
+# Rank blocks in which a source's hit rate is measured when its size is chosen (`choose_source_sizes`).
+SIZE_EDGES = [0, 1, 2, 3, 5, 8, 12, 16, 20, 25, 30, 40, 60, 80, 120, 160, 240, 320]
+SIZE_REFERENCE = "pop_month"  # the list every customer gets: the yardstick of a candidate's worth, and never cut below k
+SIZE_KEEP = ("new_arrival",)  # its places are reserved (`arrival_slots`): reaching never-sold items is the point
+MIN_BLOCK_ROWS = 200
+
+
+def _count_ranks(X: np.ndarray, y: np.ndarray, rows: dict, hits: dict) -> None:
+    """Per source: candidates and purchases at each within-source rank (the `rank_*` columns of X)."""
+    for j, s in enumerate(SOURCES):
+        r = X[:, j]
+        m = ~np.isnan(r)
+        if m.any():
+            rr = r[m].astype(np.int64)
+            n = int(rr.max()) + 1
+            for d in (rows, hits):
+                if len(d[s]) < n:
+                    d[s] = np.concatenate([d[s], np.zeros(n - len(d[s]))])
+            rows[s] += np.bincount(rr, minlength=len(rows[s]))
+            hits[s] += np.bincount(rr, weights=y[m].astype(float), minlength=len(hits[s]))
+
+
+def choose_source_sizes(rows: dict, hits: dict, maxima: dict, k: int = 12) -> dict:
+    """Each source's size from its own numbers on the training windows.
+
+    Rule: a candidate is worth ranking while it is bought at least as often as the average of the k best sellers of
+    the month (`SIZE_REFERENCE`), the list every customer can get, so a weaker candidate could only push a better
+    one out. For each source the rank blocks of `SIZE_EDGES` (merged until they hold `MIN_BLOCK_ROWS` candidates) are
+    walked, and the size is the end of the last block at or above that rate, within the configured maximum. The
+    reference list keeps at least k; `SIZE_KEEP` sources keep their size. Returns {source: {"size", "max",
+    "hit_rate_by_block"}} plus "_threshold"."""
+    ref_rows = rows[SIZE_REFERENCE][:k].sum()
+    tau = float(hits[SIZE_REFERENCE][:k].sum() / ref_rows) if ref_rows else 0.0
+    out: dict = {"_threshold": tau}
+    for s in SOURCES:
+        mx = int(maxima[s])
+        r, h = rows[s][:mx], hits[s][:mx]
+        blocks, a, size = [], 0, 0
+        edges = [e for e in SIZE_EDGES if e < mx] + [mx]
+        for b in edges[1:]:
+            if r[a:b].sum() < MIN_BLOCK_ROWS and b < mx:
+                continue  # too few candidates to tell: merged with the next block
+            rate = float(h[a:b].sum() / r[a:b].sum()) if r[a:b].sum() else 0.0
+            blocks.append((a, b, round(rate, 5), int(r[a:b].sum())))
+            if rate >= tau and r[a:b].sum():
+                size = b
+            a = b
+        if s in SIZE_KEEP or not ref_rows:
+            size = mx
+        elif s == SIZE_REFERENCE:
+            size = max(size, min(k, mx))
+        out[s] = {"size": int(size), "max": mx, "hit_rate_by_block": blocks}
+    return out
+
+
 def _count_buckets(X: np.ndarray, y: np.ndarray, counts: dict) -> None:
     """Add each bucket's (rows, purchases) in X, y to counts (the streaming form of `_fit_buckets`)."""
     for name, k, m in _bucket_masks(X):
@@ -583,6 +638,7 @@ class Hybrid(Recommender):
         max_train_users: int = 20000,
         seed: int = 0,
         val_days: int | None = None,
+        source_sizes: str = "auto",
     ):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
@@ -639,6 +695,12 @@ class Hybrid(Recommender):
             raise ValueError("bucket_combine must be 'logistic', 'max' or 'noisy_or'")
         self.bucket_combine = bucket_combine
         self._nb_cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        if source_sizes not in {"auto", "fixed"}:
+            raise ValueError("source_sizes must be 'auto' (chosen on the training windows) or 'fixed'")
+        self.source_sizes = source_sizes
+        # The n_* above are each source's maximum: the training windows use them, and with source_sizes="auto" `fit`
+        # cuts each source to the size its hit rates earn (`choose_source_sizes`) for serving.
+        self.max_sizes = {s: getattr(self, f"n_{s}") for s in SOURCES}
 
     # ------------------------------------------------------------------ shared item facts
     def _prepare(self, data: RecData):
@@ -1353,6 +1415,10 @@ class Hybrid(Recommender):
         counts: dict = {}
         stats = {"windows": [], "sources": {s: {"hits": 0} for s in SOURCES}}
         n_true_all, rows, pos = 0, 0, 0
+        for s, mx in getattr(self, "max_sizes", {}).items():  # the training windows see every source at its maximum
+            setattr(self, f"n_{s}", mx)
+        rank_rows = {s: np.zeros(0) for s in SOURCES}
+        rank_hits = {s: np.zeros(0) for s in SOURCES}
         from tqdm.auto import tqdm
 
         # minutes at 1M customers: a bar (shown on a terminal only) over the training windows and the fit-date state
@@ -1370,9 +1436,11 @@ class Hybrid(Recommender):
             if stream:  # no copy of the window's rows: counted block by block
                 for Xb, yb in _blocks_of(Xs, ys):
                     _count_buckets(Xb, yb, counts)
+                    _count_ranks(Xb, yb, rank_rows, rank_hits)
                 y = np.concatenate(ys)
             else:
                 X, y = np.vstack(Xs), np.concatenate(ys)
+                _count_ranks(X, y, rank_rows, rank_hits)
                 sets.append((X, y, np.array(groups), np.array(self._last_window_truth)))
             del Xs
             n_true_all += n_true
@@ -1444,6 +1512,16 @@ class Hybrid(Recommender):
             self.booster = lgb.train(params, self._dataset(lgb, sets), num_boost_round=n_iter)
             self.best_iteration = n_iter
             stats["trees"] = n_iter
+        if getattr(self, "source_sizes", "fixed") == "auto" and pos:
+            chosen = choose_source_sizes(rank_rows, rank_hits, self.max_sizes)
+            for s in SOURCES:
+                setattr(self, f"n_{s}", chosen[s]["size"])
+            stats["source_sizes"] = chosen
+            log.info(
+                "hybrid source sizes (hit rate >= %.4f, the top-12 best sellers'): %s",
+                chosen["_threshold"],
+                ", ".join(f"{s} {chosen[s]['size']}/{chosen[s]['max']}" for s in SOURCES),
+            )
         self.state = self._state(data, now)
         bar.update(1)
         bar.close()
