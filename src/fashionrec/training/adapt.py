@@ -6,9 +6,13 @@ supervised-contrastive objective (pytorch-metric-learning's `SupConLoss`) in whi
 into training and held-out parts.
 
 CPU budget: the backbone is split at block `k`. The lower part (stem + blocks[:k]) stays ImageNet and is
-computed once per photo (and its mirror image) and cached in the workspace; only blocks[k:], the final conv,
-the embedding layer and the heads train. Training is time-boxed (`max_minutes`): the learning rate follows
-the wall clock (warm-up, cosine decay), so a busy machine trains fewer steps rather than overrunning.
+computed once per photo in four views (the photo, its greyscale version and their mirror images) and cached in
+the workspace; only blocks[k:], the final conv, the embedding layer and the heads train, each photo in a random
+view (colour heads skip the grey ones). Training is time-boxed (`max_minutes`): the learning rate follows the wall
+clock (warm-up, cosine decay), so a busy machine trains fewer steps rather than overrunning. At the end the heads
+are refit by logistic regression on the pooled outputs of blocks k-1..n-2 plus the pre-logits (`refit_heads`), and
+the folder embeds every photo as the average of its four views (`embedding_tta` "flip+gray"): grey views make
+another colour of the same product the nearest neighbour more often.
 
 The result is a model folder:
 - `weights.safetensors`: every tensor (no pickle: loading runs no code);
