@@ -131,6 +131,24 @@ def test_exact_fast_paths_match_reference(name):
     assert np.allclose(ref, fast, atol=1e-3), np.abs(ref - fast).max()
 
 
+@pytest.mark.parametrize("name", ["onnx-fp32", "fp32-cl"])
+def test_fast_paths_average_the_test_time_views_like_eager(name):
+    """Photo + grey + their mirror images, averaged inside the exported graph (a batch size other than the
+    export's, so a view count traced as a batch size would fail)."""
+    x = np.random.default_rng(2).integers(0, 255, (5, 28, 28, 3), dtype=np.uint8)
+
+    def tta():
+        bb = create_backbone("tiny_cnn", input_size=32)
+        bb.flip_tta = bb.gray_tta = True
+        return bb
+
+    ref = embed_arrays(tta(), x, progress=False, batch_size=5)
+    fast = embed_arrays(tta(), x, progress=False, path=InferencePath.parse(name), batch_size=2)
+    assert np.allclose(ref, fast, atol=1e-4), np.abs(ref - fast).max()
+    plain = embed_arrays(create_backbone("tiny_cnn", input_size=32), x, progress=False)
+    assert not np.allclose(ref, plain, atol=1e-3)  # the views do change the features
+
+
 def test_inference_path_validation():
     with pytest.raises(ValueError, match="unknown inference path"):
         InferencePath.parse("fp8")

@@ -115,7 +115,9 @@ class Backbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.flip_tta or self.gray_tta:  # one batch of every view; the mean of their outputs
-            return self.average_views(*self.forward_views(self.views(x)).split(len(x)))
+            f = self.forward_views(self.views(x))
+            n_views = (1 + self.flip_tta) * (1 + self.gray_tta)
+            return self.average_views(*f.reshape(n_views, -1, f.shape[1]).unbind(0))  # static view count: ONNX-safe
         return self.forward_views(x)
 
     def views(self, x: torch.Tensor) -> torch.Tensor:

@@ -420,7 +420,9 @@ def _blocks_of(Xs: list, ys: list):
 
 # Rank blocks in which a source's hit rate is measured when its size is chosen (`choose_source_sizes`).
 SIZE_EDGES = [0, 1, 2, 3, 5, 8, 12, 16, 20, 25, 30, 40, 60, 80, 120, 160, 240, 320]
-SIZE_REFERENCE = "pop_month"  # the list every customer gets: the yardstick of a candidate's worth, and never cut below k
+SIZE_REFERENCE = (
+    "pop_month"  # the list every customer gets: the yardstick of a candidate's worth, and never cut below k
+)
 SIZE_KEEP = ("new_arrival",)  # its places are reserved (`arrival_slots`): reaching never-sold items is the point
 MIN_BLOCK_ROWS = 200
 
