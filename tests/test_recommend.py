@@ -264,7 +264,8 @@ def test_choose_source_sizes_known_answer():
     rows = {s: np.full(n, 1000.0) for s in SOURCES}
     rate = {s: np.zeros(n) for s in SOURCES}
     rate["pop_month"][:12], rate["pop_month"][12:] = 0.01, 0.002  # the yardstick: 1%
-    rate["repurchase"][:] = 0.03  # strong all the way: keeps its maximum
+    rate["same_product"][:] = 0.03  # strong all the way: keeps its maximum
+    rate["repurchase"][:] = 0.001  # weak, but own purchases come first by rule: kept
     rate["pairs"][:5], rate["pairs"][5:] = 0.02, 0.005  # strong for ranks 0-4 only
     rate["visual"][:] = 0.001  # never worth it: dropped
     rate["new_arrival"][:] = 0.001  # below the bar, but its places are reserved: kept
@@ -274,21 +275,43 @@ def test_choose_source_sizes_known_answer():
     maxima = {s: 40 for s in SOURCES}
     c = choose_source_sizes(rows, hits, maxima, k=12)
     assert c["_threshold"] == pytest.approx(0.01)
-    assert c["repurchase"]["size"] == 40 and c["pairs"]["size"] == 5 and c["visual"]["size"] == 0
+    assert c["same_product"]["size"] == 40 and c["pairs"]["size"] == 5 and c["visual"]["size"] == 0
+    assert c["repurchase"]["size"] == 40
     assert c["new_arrival"]["size"] == 40 and c["pop_month"]["size"] == 12 and c["pop_week"]["size"] == 8
     assert c["age_pop"]["size"] == 0
     # few rows: blocks merge until they hold 200 candidates, so one lucky purchase does not earn a place
-    rows["same_product"][:] = 20.0
-    hits["same_product"] = np.zeros(n)
-    hits["same_product"][30] = 1.0  # rank 30 alone would be 5%; the merged block [25, 40) holds 300 rows: 0.33%
-    assert choose_source_sizes(rows, hits, maxima, k=12)["same_product"]["size"] == 0
+    rows["pairs"][:] = 20.0
+    hits["pairs"] = np.zeros(n)
+    hits["pairs"][30] = 1.0  # rank 30 alone would be 5%; the merged block [25, 40) holds 300 rows: 0.33%
+    assert choose_source_sizes(rows, hits, maxima, k=12)["pairs"]["size"] == 0
+
+
+def test_training_rows_are_cut_to_the_chosen_sizes():
+    """The ranker learns from the candidates serving will have: ranks past a size blanked, sourceless rows dropped,
+    LightGBM groups recounted (an emptied customer disappears)."""
+    from fashionrec.recommend.hybrid import FEATURES, SOURCES, _cut_set, _cut_to_sizes
+
+    n = len(SOURCES)
+    X = np.full((4, len(FEATURES)), np.nan)
+    X[:, n] = [1.0, 2.0, 3.0, 4.0]  # a feature column that must survive untouched
+    X[0, 0], X[0, 1] = 5, 0  # repurchase rank 5 (cut: size 3) but same_product rank 0: kept, repurchase blanked
+    X[1, 0] = 1  # repurchase rank 1: kept as is
+    X[2, 0] = 7  # only repurchase rank 7: dropped
+    X[3, 2] = 9  # only pairs rank 9: dropped (size 3)
+    y = np.array([1, 0, 1, 0], dtype=np.int8)
+    sizes = np.full(n, 3.0)
+    Xc, yc = _cut_to_sizes(X, y, sizes)
+    assert len(Xc) == 2 and list(yc) == [1, 0] and list(Xc[:, n]) == [1.0, 2.0]
+    assert np.isnan(Xc[0, 0]) and Xc[0, 1] == 0 and Xc[1, 0] == 1
+    Xs, ys, g, truth = _cut_set((X, y, np.array([2, 2]), np.array([3, 1])), sizes)
+    assert len(Xs) == 2 and list(g) == [2] and list(truth) == [3]
 
 
 def test_hybrid_chooses_source_sizes_on_its_training_windows():
     data, _, _ = _shop_world()
     from fashionrec.recommend.hybrid import SOURCES
 
-    model = create_recommender("hybrid", n_windows=3).fit(data)
+    model = create_recommender("hybrid", n_windows=3, source_sizes="auto").fit(data)
     chosen = model.train_stats["source_sizes"]
     for s in SOURCES:
         assert getattr(model, f"n_{s}") == chosen[s]["size"] <= chosen[s]["max"] == model.max_sizes[s]
@@ -301,7 +324,8 @@ def test_hybrid_chooses_source_sizes_on_its_training_windows():
     # a second fit starts again from the maxima, so it chooses the same sizes
     again = model.fit(data).train_stats["source_sizes"]
     assert {s: again[s]["size"] for s in SOURCES} == {s: chosen[s]["size"] for s in SOURCES}
-    fixed = create_recommender("hybrid", n_windows=3, source_sizes="fixed").fit(data)
+    assert model.train_stats["rows_after_sizes"] <= model.train_stats["rows"]
+    fixed = create_recommender("hybrid", n_windows=3).fit(data)  # the default: the configured sizes
     assert "source_sizes" not in fixed.train_stats
     assert all(getattr(fixed, f"n_{s}") == fixed.max_sizes[s] for s in SOURCES)
 
