@@ -1444,8 +1444,10 @@ class Hybrid(Recommender):
         counts: dict = {}
         stats = {"windows": [], "sources": {s: {"hits": 0} for s in SOURCES}}
         n_true_all, rows, pos = 0, 0, 0
-        for s, mx in getattr(self, "max_sizes", {}).items():  # the training windows see every source at its maximum
-            setattr(self, f"n_{s}", mx)
+        auto_sizes = getattr(self, "source_sizes", "fixed") == "auto"
+        if auto_sizes:  # the training windows see every source at its maximum (a refit starts from them again)
+            for s, mx in self.max_sizes.items():
+                setattr(self, f"n_{s}", mx)
         rank_rows = {s: np.zeros(0) for s in SOURCES}
         rank_hits = {s: np.zeros(0) for s in SOURCES}
         from tqdm.auto import tqdm
@@ -1467,11 +1469,13 @@ class Hybrid(Recommender):
             if stream:  # no copy of the window's rows: counted block by block
                 for Xb, yb in _blocks_of(Xs, ys):
                     _count_buckets(Xb, yb, counts)
-                    _count_ranks(Xb, yb, rank_rows, rank_hits)
+                    if auto_sizes:
+                        _count_ranks(Xb, yb, rank_rows, rank_hits)
                 y = np.concatenate(ys)
             else:
                 X, y = np.vstack(Xs), np.concatenate(ys)
-                _count_ranks(X, y, rank_rows, rank_hits)
+                if auto_sizes:
+                    _count_ranks(X, y, rank_rows, rank_hits)
                 sets.append((X, y, np.array(groups), np.array(self._last_window_truth)))
             del Xs
             n_true_all += n_true
@@ -1495,7 +1499,7 @@ class Hybrid(Recommender):
         log.info(
             "hybrid ranker training: %d rows, %d positives, candidate recall %.3f", rows, pos, stats["candidate_recall"]
         )
-        if getattr(self, "source_sizes", "fixed") == "auto" and pos:
+        if auto_sizes and pos:
             chosen = choose_source_sizes(rank_rows, rank_hits, self.max_sizes)
             for s in SOURCES:
                 setattr(self, f"n_{s}", chosen[s]["size"])

@@ -674,7 +674,9 @@ def adapt_catalog(
     views = len(V)  # the evaluation embeds every view
     eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 * views + 30  # upper passes + retrieval
     if cfg.refit_heads:
-        eval_secs += 2e-4 * len(ids) * views * len(heads)  # the heads' refit: measured 5-9 s a head on 2 x 17.6k rows
+        eval_secs += (
+            2e-4 * len(ids) * len(colour) * len(heads)
+        )  # the refit: measured 64-89 s for 7 heads, 2 x 17.6k rows
     train_secs = budget - (time.time() - t_start) - eval_secs
     if train_secs < 30 and cfg.max_steps is None:
         raise FashionrecError(
