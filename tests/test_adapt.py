@@ -219,7 +219,9 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert bb.flip_tta and bb.gray_tta and bb.feature_key().endswith("+flip+gray")
     # the heads' model embeds exactly as the backbone does (both views averaged)
     arr = np.stack([load_adapted(out).preprocess.pil_to_array(Image.open(p)) for p in list(cat_paths(shapes_shop))[:4]])
-    e_model, _ = load_adapted(out).predict_arrays(arr)
+    e_model, p_model = load_adapted(out).predict_arrays(arr)
+    e_none, p_heads = load_adapted(out).predict_arrays(arr, embed=False)  # tagging: no grey views computed
+    assert e_none is None and all(np.allclose(p_heads[n], p_model[n], atol=1e-6) for n in p_model)
     with torch.no_grad():
         e_bb = bb.eval()(load_adapted(out).preprocess.arrays_to_tensor(arr)).numpy()
     assert np.allclose(e_model, e_bb, atol=1e-5)

@@ -105,10 +105,13 @@ class AdaptedModel(nn.Module):
         )
 
     @torch.no_grad()
-    def predict_arrays(self, images: np.ndarray, batch_size: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def predict_arrays(
+        self, images: np.ndarray, batch_size: int = 128, embed: bool = True
+    ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba}).
         The embedding averages the backbone's test-time views (adapted folders: the photo and its mirror image, and
-        their greyscale versions with "flip+gray"), as `embed` computes it; the heads average the colour views."""
+        their greyscale versions with "flip+gray"), as `embed` computes it; the heads average the colour views.
+        `embed=False` (tagging): heads only, so the grey views are not computed (half the work); embeddings None."""
         self.eval()
         pre = self.preprocess
         bb = self.backbone
@@ -116,16 +119,18 @@ class AdaptedModel(nn.Module):
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
             b = len(x)
-            e, logits = self.upper(bb.forward_lower(bb.views(x), 0), 0)
+            xv = bb.views(x) if embed else (torch.cat([x, x.flip(-1)]) if bb.flip_tta else x)
+            e, logits = self.upper(bb.forward_lower(xv, 0), 0)
             parts = e.split(b)
-            embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
-            colour = colour_views(len(parts), bb.gray_tta)
+            if embed:
+                embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
+            colour = colour_views(len(parts), bb.gray_tta and embed)
             for n, lg in zip(self.head_names, logits):
                 p = torch.softmax(lg.float(), 1).split(b)
                 probs[n].append(torch.stack([p[i] for i in colour]).mean(0).numpy())
         d = bb.embed_dim
         return (
-            np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
+            None if not embed else np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
             {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()},
         )
 

@@ -237,7 +237,7 @@ def predict_images(
         raise FashionrecError("no readable images given")
     x = np.stack(arrays)
     if is_adapted_model_dir(model):
-        _, probs = adapted.predict_arrays(x)
+        _, probs = adapted.predict_arrays(x, embed=False)
         out = Predictions(("image", "attribute", "rank", "label", "probability"))
         for i, name in enumerate(names):
             for head in adapted.head_names:
@@ -311,7 +311,7 @@ def tag_with_model(
     unl = {i: p for i, p in cat.image_paths.items() if i not in rows}
     u_ids, u_x, failures = decode_images_to_array(unl, adapted.preprocess, progress=progress, desc="decode unlabelled")
     if len(u_x):
-        _, probs = adapted.predict_arrays(u_x)
+        _, probs = adapted.predict_arrays(u_x, embed=False)
     else:
         probs = {c: np.zeros((0, len(adapted.classes[c]))) for c in cols}
     df = pd.DataFrame({"article_id": u_ids})
