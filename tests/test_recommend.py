@@ -300,7 +300,8 @@ def test_training_rows_are_cut_to_the_chosen_sizes():
     X[3, 2] = 9  # only pairs rank 9: dropped (size 3)
     y = np.array([1, 0, 1, 0], dtype=np.int8)
     sizes = np.full(n, 3.0)
-    Xc, yc = _cut_to_sizes(X, y, sizes)
+    Xc, yc, keep = _cut_to_sizes(X, y, sizes)
+    assert list(keep) == [True, True, False, False]
     assert len(Xc) == 2 and list(yc) == [1, 0] and list(Xc[:, n]) == [1.0, 2.0]
     assert np.isnan(Xc[0, 0]) and Xc[0, 1] == 0 and Xc[1, 0] == 1
     Xs, ys, g, truth = _cut_set((X, y, np.array([2, 2]), np.array([3, 1])), sizes)

@@ -25,11 +25,11 @@ ADAPT_INPUT_SIZE = 128
 #: the arrays become model input), but a Preprocess needs one.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
-#: The catalog's own attribute columns (H&M articles.csv): what `adapt` learns a head for by default and what the
-#: recommenders' photo taggers predict for items without a catalog row.
 #: The JSON file that makes a folder a `fashionrec adapt` model (format, heads, weights SHA-256).
 ADAPTED_MODEL_JSON = "fashionrec_model.json"
 
+#: The catalog's own attribute columns (H&M articles.csv): what `adapt` learns a head for by default and what the
+#: recommenders' photo taggers predict for items without a catalog row.
 CATALOG_TAG_COLUMNS = (
     "product_type_name",
     "product_group_name",

@@ -120,10 +120,10 @@ class Backbone(nn.Module):
             return self.average_views(*f.reshape(n_views, -1, f.shape[1]).unbind(0))  # static view count: ONNX-safe
         return self.forward_views(x)
 
-    def views(self, x: torch.Tensor) -> torch.Tensor:
+    def views(self, x: torch.Tensor, gray: bool | None = None) -> torch.Tensor:
         """The test-time views of a normalised batch, stacked: the photo, [its greyscale version], then [the mirror
-        image of each]."""
-        vs = [x, self.to_gray(x)] if self.gray_tta else [x]
+        image of each]. `gray=False`: the colour views only (what tagging heads read)."""
+        vs = [x, self.to_gray(x)] if (self.gray_tta if gray is None else gray) else [x]
         if self.flip_tta:
             vs += [v.flip(-1) for v in vs]
         return torch.cat(vs) if len(vs) > 1 else x

@@ -477,25 +477,23 @@ def choose_source_sizes(rows: dict, hits: dict, maxima: dict, k: int = 12) -> di
     return out
 
 
-def _cut_to_sizes(X: np.ndarray, y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cut_to_sizes(X: np.ndarray, y: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Training rows as chosen sizes would give them: ranks at or past a source's size blanked, rows with no source
-    left dropped."""
+    left dropped. Returns (X, y, the kept rows' mask)."""
     n = len(SOURCES)
     past = X[:, :n] >= sizes  # NaN (not in the source) compares False
     if not past.any():
-        return X, y
+        return X, y, np.ones(len(y), dtype=bool)
     X = X.copy()
     X[:, :n][past] = np.nan
     keep = ~np.isnan(X[:, :n]).all(1)
-    return X[keep], y[keep]
+    return X[keep], y[keep], keep
 
 
 def _cut_set(st: tuple, sizes: np.ndarray) -> tuple:
     """`_cut_to_sizes` for a LightGBM training set (X, y, group sizes, purchases per customer)."""
     X, y, g, truth = st
-    n = len(SOURCES)
-    keep = ~np.isnan(np.where(X[:, :n] >= sizes, np.nan, X[:, :n])).all(1)
-    Xc, yc = _cut_to_sizes(X, y, sizes)
+    Xc, yc, keep = _cut_to_sizes(X, y, sizes)
     g2 = np.add.reduceat(keep.astype(np.int64), np.r_[0, np.cumsum(g)[:-1]]) if len(g) else g
     nz = g2 > 0
     return Xc, yc, g2[nz], truth[nz]
@@ -1517,7 +1515,7 @@ class Hybrid(Recommender):
                 for t in times:
                     Xs, ys, *_ = self._window(data, t, rng)
                     for Xb, yb in _blocks_of(Xs, ys):
-                        Xm, ym = _cut_to_sizes(Xb, yb, sizes)
+                        Xm, ym, _ = _cut_to_sizes(Xb, yb, sizes)
                         _count_buckets(Xm, ym, counts)
                         rows += len(ym)
                         pos += int(ym.sum())

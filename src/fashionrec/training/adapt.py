@@ -119,8 +119,7 @@ class AdaptedModel(nn.Module):
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
             b = len(x)
-            xv = bb.views(x) if embed else (torch.cat([x, x.flip(-1)]) if bb.flip_tta else x)
-            e, logits = self.upper(bb.forward_lower(xv, 0), 0)
+            e, logits = self.upper(bb.forward_lower(bb.views(x, gray=None if embed else False), 0), 0)
             parts = e.split(b)
             if embed:
                 embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
