@@ -443,3 +443,65 @@ def test_auto_backbone_follows_the_registry(tiny_hm, tmp_path, capsys):
     assert resolve_backbone("auto", tiny_hm, ws)[0] == DEFAULT_BACKBONE
     same_path = load_shop(tiny_hm, with_images=False, workspace=ws, backbone=str(model.resolve()))
     assert same_path.fingerprint() != fp  # the same folder with other weights is another backbone
+
+
+def test_freeze_bn_keeps_imagenet_statistics_while_the_trunk_trains():
+    """--freeze-bn: in the upper stage every BatchNorm runs on its stored statistics (eval mode), the trained blocks'
+    included; without it the trained blocks' BatchNorm layers use batch statistics. The lower blocks never train."""
+    from fashionrec.training.adapt import _set_train_mode
+
+    bb = create_backbone("efficientnet_lite0", input_size=48)
+    from fashionrec.backbones.adapted import AdaptedBackbone
+
+    model = AdaptedModel(AdaptedBackbone(bb, 16, weights_id="t"), {"x": ["a", "b"]})
+    k = len(bb.blocks) - 2
+    bns = lambda part: [m for m in part.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    upper_bns = [m for b in bb.blocks[k:] for m in bns(b)]
+    lower_bns = [m for b in bb.blocks[:k] for m in bns(b)]
+    assert upper_bns and lower_bns
+    _set_train_mode(model, k, "upper")
+    assert all(m.training for m in upper_bns) and not any(m.training for m in lower_bns)
+    _set_train_mode(model, k, "upper", freeze_bn=True)
+    assert not any(m.training for m in upper_bns + lower_bns)
+    before = [m.running_mean.clone() for m in upper_bns]
+    model.upper(bb.forward_lower(torch.randn(4, 3, 48, 48), k).contiguous(), k)
+    assert all(torch.equal(a, m.running_mean) for a, m in zip(before, upper_bns))  # statistics untouched
+
+
+def test_adapt_with_cross_batch_memory(shapes_shop, tmp_path):
+    """--memory-size: the metric loss compares each batch with the embeddings of earlier steps too (XBM); the run
+    trains and still separates the held-out products' colours."""
+    from pytorch_metric_learning.losses import CrossBatchMemory
+
+    cfg = AdaptConfig(
+        backbone="tiny_cnn",
+        input_size=32,
+        holdout=0.34,
+        train_blocks=2,
+        max_steps=30,
+        lr=3e-3,
+        trunk_lr=3e-3,
+        products_per_batch=8,
+        labelled_per_batch=16,
+        embed_dim=32,
+        memory_size=64,
+        freeze_bn=True,
+        refit_heads=False,
+        seed=0,
+    )
+    seen = []
+    orig = CrossBatchMemory.forward
+
+    def spy(self, emb, labels, *a, **kw):
+        seen.append((self.memory_size, int(self.queue_idx), bool(self.has_been_filled)))
+        return orig(self, emb, labels, *a, **kw)
+
+    CrossBatchMemory.forward = spy
+    try:
+        res = adapt_catalog(shapes_shop, tmp_path / "m", cfg, workspace=tmp_path / "ws", progress=False)
+    finally:
+        CrossBatchMemory.forward = orig
+    assert len(seen) == 30 and {s[0] for s in seen} == {64}
+    assert any(s[2] for s in seen)  # the memory filled up: earlier steps' embeddings were compared with
+    assert seen[0][1] == 0 and seen[3][1] == 0  # a fresh memory at the start of each stage (3 head steps here)
+    assert res.metrics["history"][1]["loss"]["metric"] > 0

@@ -119,6 +119,8 @@ def cmd_adapt(args) -> int:
         trunk_lr=args.trunk_lr,
         temperature=args.temperature,
         metric_weight=args.metric_weight,
+        memory_size=args.memory_size,
+        freeze_bn=args.freeze_bn,
         max_steps=args.max_steps,
         flips=not args.no_flips,
         gray=not args.no_gray,
@@ -213,6 +215,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--trunk-lr", type=float, default=6e-4, help="top block's learning rate (x0.7 per block below)")
     a.add_argument("--temperature", type=float, default=0.1, help="SupConLoss temperature")
     a.add_argument("--metric-weight", type=float, default=1.0)
+    a.add_argument(
+        "--memory-size",
+        type=int,
+        default=0,
+        help="cross-batch memory: the metric loss also compares with this many embeddings of earlier steps",
+    )
+    a.add_argument(
+        "--freeze-bn", action="store_true", help="BatchNorm keeps its ImageNet statistics while the trunk trains"
+    )
     a.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
     a.add_argument("--init-from", default=None, help="continue training an earlier model folder (same data and split)")
     a.add_argument("--head-fraction", type=float, default=0.1, help="share of the time with the trunk frozen (stage 1)")

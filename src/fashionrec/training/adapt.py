@@ -375,6 +375,9 @@ class AdaptConfig:
     labelled_per_batch: int = 32
     temperature: float = 0.1
     metric_weight: float = 1.0
+    memory_size: int = 0  # cross-batch memory (XBM, Wang et al. 2020): the metric loss also compares with this many
+    # embeddings of earlier steps (pytorch-metric-learning's CrossBatchMemory); 0 = in-batch only
+    freeze_bn: bool = False  # upper stage: BatchNorm keeps its ImageNet statistics (its scale and shift still train)
     label_smoothing: float = 0.1
     min_class_count: int = 2
     flips: bool = True
@@ -450,10 +453,10 @@ def _param_groups(model: AdaptedModel, k: int, cfg: AdaptConfig, stage: str) -> 
     return groups
 
 
-def _set_train_mode(model: AdaptedModel, k: int, stage: str) -> None:
+def _set_train_mode(model: AdaptedModel, k: int, stage: str, freeze_bn: bool = False) -> None:
     model.train()
     bb = model.backbone
-    frozen = list(bb.blocks[:k]) if stage != "head" else list(bb.blocks) + [bb.model]
+    frozen = list(bb.blocks[:k]) if stage != "head" and not freeze_bn else list(bb.blocks) + [bb.model]
     for part in frozen:
         for m in part.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -564,7 +567,7 @@ def adapt_catalog(
     progress: bool = True,
 ) -> AdaptResult:
     """Fine-tune a backbone on the catalog's labels + same-product pairs; write the model folder; evaluate."""
-    from pytorch_metric_learning.losses import SupConLoss
+    from pytorch_metric_learning.losses import CrossBatchMemory, SupConLoss
 
     from fashionrec.evaluation.retrieval import classification_report, retrieval_metrics
     from fashionrec.io import default_workspace, write_json
@@ -695,6 +698,8 @@ def adapt_catalog(
         groups_p = _param_groups(model, k, cfg, stage)
         base_lrs = [g["lr"] for g in groups_p]
         opt = torch.optim.AdamW(groups_p, weight_decay=cfg.weight_decay)
+        # a fresh memory each stage: the embeddings of the stage before drifted too far to compare with
+        metric = CrossBatchMemory(supcon, cfg.embed_dim, memory_size=cfg.memory_size) if cfg.memory_size > 0 else supcon
         t_stage, last_print, seen, stage_steps = time.time(), time.time(), 0, 0
         run_loss = {}
         stage_max = None if cfg.max_steps is None else max(1, int(cfg.max_steps * share))
@@ -706,7 +711,7 @@ def adapt_catalog(
                 break
             for g, lr in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr * _lr_factor(frac)
-            _set_train_mode(model, k, stage)
+            _set_train_mode(model, k, stage, cfg.freeze_bn)
             rows = next(batches)
             view = rng.integers(0, len(V), len(rows))  # each photo in one of its views, drawn uniformly
             h = np.empty((len(rows),) + maps.shape[1:], dtype=np.float32)
@@ -718,7 +723,7 @@ def adapt_catalog(
             emb, logits = model.upper(hx, k)
             losses = {}
             if multi:
-                losses["metric"] = cfg.metric_weight * supcon(emb, torch.from_numpy(gcode[rows]))
+                losses["metric"] = cfg.metric_weight * metric(emb, torch.from_numpy(gcode[rows]))
             for name, lg in zip(model.head_names, logits):
                 yy = y[name][rows]
                 m = yy >= 0
