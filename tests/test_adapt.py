@@ -221,7 +221,8 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     arr = np.stack([load_adapted(out).preprocess.pil_to_array(Image.open(p)) for p in list(cat_paths(shapes_shop))[:4]])
     e_model, p_model = load_adapted(out).predict_arrays(arr)
     e_none, p_heads = load_adapted(out).predict_arrays(arr, embed=False)  # tagging: no grey views computed
-    assert e_none is None and all(np.allclose(p_heads[n], p_model[n], atol=1e-6) for n in p_model)
+    # the same probabilities up to float32 noise (another batch size: oneDNN picks other convolution kernels)
+    assert e_none is None and all(np.allclose(p_heads[n], p_model[n], atol=1e-4) for n in p_model)
     with torch.no_grad():
         e_bb = bb.eval()(load_adapted(out).preprocess.arrays_to_tensor(arr)).numpy()
     assert np.allclose(e_model, e_bb, atol=1e-5)

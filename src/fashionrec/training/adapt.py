@@ -365,7 +365,7 @@ class AdaptConfig:
     holdout: float = 0.15
     embed_dim: int = 256
     train_blocks: int = 3  # blocks trained from the top (+ the final conv); the rest stays ImageNet, cached
-    max_minutes: float = 58.0  # whole run: caching + training + evaluation (the README's run: 57.1 min on 2 cores)
+    max_minutes: float = 58.0  # whole run: caching + training + evaluation (the README's run: 56.4 min on 2 cores)
     head_fraction: float = 0.1  # share of the training time with the trunk frozen (stage 1: heads + embedding)
     lr: float = 2e-3  # heads and embedding layer
     trunk_lr: float = 6e-4  # top block; each block below gets lr_decay times the one above
@@ -375,9 +375,12 @@ class AdaptConfig:
     labelled_per_batch: int = 32
     temperature: float = 0.1
     metric_weight: float = 1.0
-    memory_size: int = 0  # cross-batch memory (XBM, Wang et al. 2020): the metric loss also compares with this many
-    # embeddings of earlier steps (pytorch-metric-learning's CrossBatchMemory); 0 = in-batch only
-    freeze_bn: bool = False  # upper stage: BatchNorm keeps its ImageNet statistics (its scale and shift still train)
+    # cross-batch memory (XBM, Wang et al. 2020): the metric loss also compares each batch with this many embeddings
+    # of earlier steps (pytorch-metric-learning's CrossBatchMemory): 4,096 negatives instead of 95; 0 = in-batch only
+    memory_size: int = 4096
+    # upper stage: BatchNorm keeps its ImageNet statistics (scale and shift still train): no loss jump at the stage
+    # switch, and trunk steps 1.28x faster on CPU (161 vs 126 photos/s)
+    freeze_bn: bool = True
     label_smoothing: float = 0.1
     min_class_count: int = 2
     flips: bool = True
