@@ -183,22 +183,26 @@ def test_auto_input_size(tmp_path):
     assert auto_input_size([tmp_path / "x.jpg"], native=224) == 224
 
 
+# the tiny backbone on the shapes shop: 60 steps, seconds
+TINY = dict(
+    backbone="tiny_cnn",
+    input_size=32,
+    holdout=0.34,
+    train_blocks=2,
+    max_steps=60,
+    lr=3e-3,
+    trunk_lr=3e-3,
+    products_per_batch=8,
+    labelled_per_batch=16,
+    embed_dim=32,
+    seed=0,
+)
+
+
 def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     out = tmp_path / "model"
     ws = tmp_path / "ws"
-    cfg = AdaptConfig(
-        backbone="tiny_cnn",
-        input_size=32,
-        holdout=0.34,
-        train_blocks=2,
-        max_steps=60,
-        lr=3e-3,
-        trunk_lr=3e-3,
-        products_per_batch=8,
-        labelled_per_batch=16,
-        embed_dim=32,
-        seed=0,
-    )
+    cfg = AdaptConfig(**TINY)
     adapt_catalog(shapes_shop, out, cfg, workspace=ws, progress=False)
     conf = json.loads((out / "fashionrec_model.json").read_text())
     assert (out / "weights.safetensors").exists() and conf["format_version"] == 1
@@ -470,26 +474,11 @@ def test_freeze_bn_keeps_imagenet_statistics_while_the_trunk_trains():
 
 
 def test_adapt_with_cross_batch_memory(shapes_shop, tmp_path):
-    """--memory-size: the metric loss compares each batch with the embeddings of earlier steps too (XBM); the run
-    trains and still separates the held-out products' colours."""
+    """--memory-size: the metric loss compares each batch with the embeddings of earlier steps too (XBM), from a
+    memory emptied at each stage."""
     from pytorch_metric_learning.losses import CrossBatchMemory
 
-    cfg = AdaptConfig(
-        backbone="tiny_cnn",
-        input_size=32,
-        holdout=0.34,
-        train_blocks=2,
-        max_steps=30,
-        lr=3e-3,
-        trunk_lr=3e-3,
-        products_per_batch=8,
-        labelled_per_batch=16,
-        embed_dim=32,
-        memory_size=64,
-        freeze_bn=True,
-        refit_heads=False,
-        seed=0,
-    )
+    cfg = AdaptConfig(**{**TINY, "max_steps": 30, "memory_size": 64, "freeze_bn": True, "refit_heads": False})
     seen = []
     orig = CrossBatchMemory.forward
 
