@@ -495,3 +495,5 @@ def test_adapt_with_cross_batch_memory(shapes_shop, tmp_path):
     assert any(s[2] for s in seen)  # the memory filled up: earlier steps' embeddings were compared with
     assert seen[0][1] == 0 and seen[3][1] == 0  # a fresh memory at the start of each stage (3 head steps here)
     assert res.metrics["history"][1]["loss"]["metric"] > 0
+    with pytest.raises(ValueError, match="at least the batch size"):
+        AdaptConfig(memory_size=50)  # smaller than one batch (96): a clear error, not pytorch-metric-learning's assert

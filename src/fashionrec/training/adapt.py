@@ -396,6 +396,11 @@ class AdaptConfig:
             raise ValueError("holdout must be in (0, 1)")
         if self.max_minutes <= 0:
             raise ValueError("max_minutes must be positive")
+        batch = 2 * self.products_per_batch + self.labelled_per_batch
+        if self.memory_size and not batch <= self.memory_size:
+            raise ValueError(
+                f"memory_size must be 0 (off) or at least the batch size ({batch}); got {self.memory_size}"
+            )
 
 
 def _lr_factor(frac: float, warmup: float = 0.05) -> float:
