@@ -497,3 +497,11 @@ def test_adapt_with_cross_batch_memory(shapes_shop, tmp_path):
     assert res.metrics["history"][1]["loss"]["metric"] > 0
     with pytest.raises(ValueError, match="at least the batch size"):
         AdaptConfig(memory_size=50)  # smaller than one batch (96): a clear error, not pytorch-metric-learning's assert
+
+
+def test_adapt_cli_names_a_setting_out_of_range(shapes_shop, tmp_path, capsys):
+    for flag, value, said in [("--memory-size", "5", "memory_size"), ("--holdout", "1.5", "holdout")]:
+        assert main(["adapt", "--data", str(shapes_shop), "--out", str(tmp_path / "m"), flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("fashionrec: error: adapt:") and said in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()  # nothing written

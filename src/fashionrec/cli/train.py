@@ -100,13 +100,26 @@ def cmd_adapt(args) -> int:
     import torch
 
     from fashionrec.config import resolved_args
+    from fashionrec.errors import FashionrecError
     from fashionrec.io import write_json
-    from fashionrec.training.adapt import DEFAULT_LABEL_COLUMNS, AdaptConfig, adapt_catalog
+    from fashionrec.training.adapt import DEFAULT_LABEL_COLUMNS, adapt_catalog
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cols = DEFAULT_LABEL_COLUMNS if args.label_column in (None, "auto") else tuple(args.label_column.split(","))
-    cfg = AdaptConfig(
+    try:
+        cfg = _adapt_config(args, cols)
+    except ValueError as e:  # a setting out of range: the message names it
+        raise FashionrecError(f"adapt: {e}") from None
+    adapt_catalog(args.data, args.out, cfg, workspace=common.workspace(args), progress=common.progress(args))
+    write_json(Path(args.out) / "args.json", resolved_args(args))
+    return 0
+
+
+def _adapt_config(args, cols):
+    from fashionrec.training.adapt import AdaptConfig
+
+    return AdaptConfig(
         backbone=args.backbone,
         input_size=args.input_size,
         label_columns=cols,
@@ -129,9 +142,6 @@ def cmd_adapt(args) -> int:
         init_from=args.init_from,
         head_fraction=args.head_fraction,
     )
-    adapt_catalog(args.data, args.out, cfg, workspace=common.workspace(args), progress=common.progress(args))
-    write_json(Path(args.out) / "args.json", resolved_args(args))
-    return 0
 
 
 def cmd_backbones(args) -> int:
