@@ -24,9 +24,12 @@ from fashionrec.training.adapt import (
     catalog_for_training,
     head_probs,
     load_adapted,
+    pool_by_product,
     product_groups,
+    product_level_columns,
     refit_heads,
     split_products,
+    tag_by_product,
 )
 
 COLOURS = {"1": ((220, 30, 30), "Red"), "2": ((30, 30, 220), "Blue"), "3": ((30, 170, 30), "Green")}
@@ -171,6 +174,58 @@ def test_groups_and_split_by_product():
     assert list(product_groups(["a", "b"], pd.DataFrame())) == ["a", "b"]  # no rule: every photo its own product
 
 
+def test_product_level_columns_and_pooling_known_answer():
+    """Type is shared by a product's colours, colour is not; pooling is the renormalised geometric mean."""
+    ids = [f"{p:07d}{c:03d}" for p in range(12) for c in range(3)]
+    meta = pd.DataFrame(
+        {
+            "product_type_name": [f"type{p % 4}" for p in range(12) for _ in range(3)],
+            "colour_group_name": [["Red", "Blue", "Green"][c] for _ in range(12) for c in range(3)],
+        },
+        index=ids,
+    )
+    meta.loc["0000000001", "product_type_name"] = "type9"  # one product in 12 disagrees: agreement 11/12
+    groups = product_groups(ids, meta)
+    cols = ["product_type_name", "colour_group_name"]
+    assert product_level_columns(ids, meta, groups, cols, min_agreement=0.9) == {"product_type_name": round(11 / 12, 4)}
+    assert product_level_columns(ids, meta, groups, cols) == {}  # the default asks for 0.95
+    assert product_level_columns(ids[3:], meta, groups[3:], cols) == {"product_type_name": 1.0}
+    assert product_level_columns(ids[:27], meta, groups[:27], cols, 0.9) == {}  # 9 products: too few to tell
+
+    p = {"t": np.array([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1]]), "c": np.array([[0.6, 0.4], [0.3, 0.7], [0.9, 0.1]])}
+    out = pool_by_product(p, np.array(["A", "A", "B"]), ["t"])
+    g = np.sqrt([0.6 * 0.3, 0.4 * 0.7])
+    assert np.allclose(out["t"][:2], g / g.sum()) and np.allclose(out["t"][2], [0.9, 0.1])
+    assert out["c"] is p["c"]  # not a product-level column: untouched
+
+
+def test_tag_by_product_takes_labelled_siblings_first():
+    """A row-less photo whose product has labelled photos gets their label (confidence = the measured agreement);
+    row-less photos of a product without any row share their pooled prediction."""
+    meta = pd.DataFrame({"product_type_name": ["Skirt", "Skirt"]}, index=["0000001001", "0000001002"])
+    catalog = ["0000001001", "0000001002", "0000001003", "0000002001", "0000002002"]
+    classes = {"product_type_name": ["Dress", "Skirt"]}
+    probs = {"product_type_name": np.array([[0.9, 0.1], [0.7, 0.3], [0.2, 0.8]])}  # the model thinks Dress for 1003
+    out, n = tag_by_product(
+        ["0000001003", "0000002001", "0000002002"],
+        probs,
+        classes,
+        meta,
+        catalog,
+        agreement={"product_type_name": 0.97},
+    )
+    p = out["product_type_name"]
+    assert np.allclose(p[0], 0.97 * np.array([0, 1]) + 0.03 * np.array([0.9, 0.1]))
+    assert np.allclose(p[1], p[2]) and n == {"product_type_name": 1}
+    g = np.sqrt([0.7 * 0.2, 0.3 * 0.8])
+    assert np.allclose(p[1], g / g.sum())
+    # too few products to measure agreement and no fallback: every photo keeps its own prediction
+    same, n0 = tag_by_product(
+        ["0000001003"], {"product_type_name": probs["product_type_name"][:1]}, classes, meta, catalog
+    )
+    assert np.allclose(same["product_type_name"], probs["product_type_name"][:1]) and n0 == {}
+
+
 def test_auto_input_size(tmp_path):
     small = [tmp_path / f"s{i}.jpg" for i in range(3)]
     for p in small:
@@ -216,6 +271,12 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert m["n_heldout_photos"] == 18 and m["retrieval_heldout"]["adapted"]["n_queries"] == 18
     # colour is a solid fill: the colour head gets it right on products it never saw
     assert m["tagging_heldout"]["colour_group_name"]["accuracy"] >= 0.9
+    # what `tag` does (product-level columns pooled per product) and per photo; colour is not product-level
+    assert set(m["tagging_heldout_per_photo"]) == set(m["tagging_heldout"])
+    assert (
+        "colour_group_name" not in m["product_level_columns"]
+        and conf["product_level_columns"] == m["product_level_columns"]
+    )
 
     # the folder is a backbone: by path, preprocessing from the folder, cache keyed by the weights' hash
     bb = create_backbone(str(out), input_size=96)
@@ -287,6 +348,11 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     truth = {"2": "Blue", "3": "Green"}
     right = sum(df.loc[i, "colour_group_name"] == truth[i[-1]] for i in df.index)
     assert right >= 5
+    # product group describes the product: the row-less colours take it from the product's labelled colour
+    rows = pd.read_csv(shapes_shop / "articles.csv", dtype=str).set_index("article_id")
+    assert all(df.loc[i, "product_group_name"] == rows.loc[i[:7] + "001", "product_group_name"] for i in df.index)
+    assert (df["product_group_name_confidence"].astype(float) >= 0.99).all()
+    assert "product_group_name (6 photos from labelled photos of the same product)" in capsys.readouterr().out
     assert (
         main(
             [

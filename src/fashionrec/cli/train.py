@@ -66,7 +66,12 @@ def cmd_tag(args) -> int:
     cols = tag_columns(args.label_column, required=not args.model)
     if args.model:
         tags = tag_with_model(
-            args.data, args.model, cols, min_confidence=args.min_confidence, progress=common.progress(args)
+            args.data,
+            args.model,
+            cols,
+            min_confidence=args.min_confidence,
+            by_product=not args.per_photo,
+            progress=common.progress(args),
         )
     else:
         common.resolve_input_size(args, args.data)
@@ -75,6 +80,7 @@ def cmd_tag(args) -> int:
             cols,
             common.classifier_config(args),
             min_confidence=args.min_confidence,
+            by_product=not args.per_photo,
             cache=common.feature_cache(args),
             progress=common.progress(args),
         )
@@ -84,6 +90,13 @@ def cmd_tag(args) -> int:
         print(
             f"tagged {c.n_tagged} images with {c.column} ({c.n_classes} classes, trained on {c.n_labelled} labelled; "
             f"{c.n_unreadable} unreadable skipped)"
+        )
+    if tags.from_siblings:
+        print(
+            "product-level columns, consistent within each product: "
+            + "; ".join(
+                f"{c} ({n} photos from labelled photos of the same product)" for c, n in tags.from_siblings.items()
+            )
         )
     write_csv(tags.table, args.out)
     if args.model:
@@ -183,6 +196,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.0,
         help="below this probability the tag is 'unsure' (default 0: always the best guess)",
+    )
+    tg.add_argument(
+        "--per-photo",
+        action="store_true",
+        help="tag every photo on its own (default: the columns that describe a product, such as its type, agree "
+        "within a product: taken from its labelled photos in other colours, else pooled over its photos)",
     )
     tg.add_argument("--out", required=True)
     common.add_classifier_args(tg)

@@ -278,6 +278,7 @@ class ColumnTagging:
     n_classes: int
     n_labelled: int
     n_unreadable: int
+    n_from_siblings: int | None = None  # None: the column was tagged per photo (not product-level, or by_product off)
 
 
 @dataclass
@@ -287,6 +288,9 @@ class Tags:
     n_unreadable: int
     columns: list[str]
     per_column: list[ColumnTagging] = field(default_factory=list)
+    from_siblings: dict[str, int] = field(
+        default_factory=dict
+    )  # column -> tags taken from labelled same-product photos
 
 
 def tag_with_model(
@@ -295,11 +299,16 @@ def tag_with_model(
     columns: list[str] | None = None,
     *,
     min_confidence: float = 0.0,
+    by_product: bool = True,
     progress: bool = True,
 ) -> Tags:
-    """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo)."""
+    """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo).
+
+    `by_product`: the columns that describe a product, not a photo (type, group, department, ...: measured on the
+    catalog's rows, `product_level_columns`) agree within a product: taken from the product's labelled photos where
+    it has some, else pooled over its photos (`tag_by_product`)."""
     from fashionrec.features import decode_images_to_array
-    from fashionrec.training.adapt import catalog_for_training, load_adapted
+    from fashionrec.training.adapt import catalog_for_training, load_adapted, tag_by_product
 
     adapted = load_adapted(model)
     cols = list(columns or adapted.head_names)
@@ -314,33 +323,56 @@ def tag_with_model(
         _, probs = adapted.predict_arrays(u_x, embed=False)
     else:
         probs = {c: np.zeros((0, len(adapted.classes[c]))) for c in cols}
+    probs = {c: probs[c] for c in cols}
+    from_siblings = {}
+    if by_product and len(u_ids):
+        probs, from_siblings = tag_by_product(
+            u_ids,
+            probs,
+            adapted.classes,
+            cat.metadata,
+            list(cat.image_paths),
+            group_column=adapted.config.get("group_column", "auto"),
+            fallback=adapted.config.get("product_level_columns"),
+        )
     df = pd.DataFrame({"article_id": u_ids})
     for c in cols:
         p = probs[c]
         conf = p.max(1) if len(p) else np.zeros(0)
         df[c] = _unsure([adapted.classes[c][j] for j in p.argmax(1)], conf, min_confidence) if len(p) else []
         df[f"{c}_confidence"] = np.round(conf, 4)
-    return Tags(df, len(unl), len(failures), cols)
+    return Tags(df, len(unl), len(failures), cols, from_siblings=from_siblings)
 
 
 def tag_with_probe(
-    data_dir: str | Path, columns: list[str], cfg, *, min_confidence: float = 0.0, cache=None, progress: bool = True
+    data_dir: str | Path,
+    columns: list[str],
+    cfg,
+    *,
+    min_confidence: float = 0.0,
+    by_product: bool = True,
+    cache=None,
+    progress: bool = True,
 ) -> Tags:
-    """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row."""
+    """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row
+    (`by_product` as in `tag_with_model`)."""
     tag_columns(",".join(columns), required=True)
-    merged, per_column, n_unl, n_bad = None, [], 0, 0
+    merged, per_column, n_unl, n_bad, from_siblings = None, [], 0, 0, {}
     for c in columns:
-        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress)
+        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress, by_product)
         per_column.append(info)
+        if info.n_from_siblings is not None:
+            from_siblings[c] = info.n_from_siblings
         merged = df if merged is None else merged.merge(df.drop(columns=["confidence"]), on="article_id", how="outer")
     if len(columns) > 1:
         merged = merged.drop(columns=["confidence"])
-    return Tags(merged, n_unl, n_bad, list(columns), per_column)
+    return Tags(merged, n_unl, n_bad, list(columns), per_column, from_siblings)
 
 
-def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool):
+def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool, by_product: bool):
     """A classifier on the labelled photos (frozen-backbone features + logistic head by default)."""
     from fashionrec.features import decode_images_to_array
+    from fashionrec.training.adapt import tag_by_product
     from fashionrec.training.tasks import train_image_classifier
 
     photos = load_labelled_photos(Path(data_dir), label_column, cfg.input_size, progress)
@@ -359,6 +391,12 @@ def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cac
         progress=progress,
     )
     proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
+    n_sib = None
+    if by_product and len(u_ids):
+        pooled, sib = tag_by_product(
+            u_ids, {label_column: proba}, {label_column: classes}, cat.metadata, list(cat.image_paths)
+        )
+        proba, n_sib = pooled[label_column], sib.get(label_column)
     conf = np.round(proba.max(1), 4) if len(u_ids) else np.zeros(0)
     labels = [classes[j] for j in proba.argmax(1)] if len(u_ids) else []
     df = pd.DataFrame(
@@ -369,5 +407,5 @@ def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cac
             "confidence": conf,
         }
     )
-    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures))
+    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures), n_sib)
     return df, info, len(unl), len(failures)
