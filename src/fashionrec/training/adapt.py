@@ -107,18 +107,23 @@ class AdaptedModel(nn.Module):
 
     @torch.no_grad()
     def predict_arrays(
-        self, images: np.ndarray, batch_size: int = 128, embed: bool = True
+        self, images: np.ndarray, batch_size: int = 128, embed: bool = True, progress: bool = False
     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba}).
         The embedding averages the backbone's test-time views (adapted folders: the photo and its mirror image, and
         their greyscale versions with "flip+gray"), as `embed` computes it; the heads average the colour views.
-        `embed=False` (tagging): heads only, so the grey views are not computed (half the work); embeddings None."""
+        `embed=False` (tagging): heads only, so the grey views are not computed (half the work); embeddings None.
+        `progress`: a progress bar (photos, rate, ETA)."""
+        from tqdm.auto import tqdm
+
         self.eval()
         pre = self.preprocess
         bb = self.backbone
         embs, probs = [], {n: [] for n in self.head_names}
+        bar = tqdm(total=len(images), desc="tag" if not embed else "embed + tag", unit="img", disable=not progress)
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
+            bar.update(len(x))
             b = len(x)
             e, logits = self.upper(bb.forward_lower(bb.views(x, gray=None if embed else False), 0), 0)
             parts = e.split(b)
@@ -128,6 +133,7 @@ class AdaptedModel(nn.Module):
             for n, lg in zip(self.head_names, logits):
                 p = torch.softmax(lg.float(), 1).split(b)
                 probs[n].append(torch.stack([p[i] for i in colour]).mean(0).numpy())
+        bar.close()
         d = bb.embed_dim
         return (
             None if not embed else np.concatenate(embs) if embs else np.zeros((0, d), np.float32),

@@ -320,7 +320,7 @@ def tag_with_model(
     unl = {i: p for i, p in cat.image_paths.items() if i not in rows}
     u_ids, u_x, failures = decode_images_to_array(unl, adapted.preprocess, progress=progress, desc="decode unlabelled")
     if len(u_x):
-        _, probs = adapted.predict_arrays(u_x, embed=False)
+        _, probs = adapted.predict_arrays(u_x, embed=False, progress=progress)
     else:
         probs = {c: np.zeros((0, len(adapted.classes[c]))) for c in cols}
     probs = {c: probs[c] for c in cols}
