@@ -37,15 +37,9 @@ def _bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, groups: np.ndarray,
 def measure(data: str, model: str, progress: bool = True) -> tuple[list[str], float]:
     import torch
 
+    from fashionrec.data.products import pool_by_product, product_groups, product_level_columns
     from fashionrec.features import decode_images_to_array
-    from fashionrec.training.adapt import (
-        catalog_for_training,
-        heldout_tagging,
-        load_adapted,
-        pool_by_product,
-        product_groups,
-        product_level_columns,
-    )
+    from fashionrec.training.adapt import catalog_for_training, heldout_tagging, load_adapted
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()

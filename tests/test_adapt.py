@@ -14,6 +14,7 @@ from fashionrec.artifacts.registry import measured_better, register_adapted, reg
 from fashionrec.backbones import create_backbone
 from fashionrec.cli import main
 from fashionrec.config import DEFAULT_BACKBONE
+from fashionrec.data.products import pool_by_product, product_level_columns, tag_by_product
 from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
@@ -24,12 +25,9 @@ from fashionrec.training.adapt import (
     catalog_for_training,
     head_probs,
     load_adapted,
-    pool_by_product,
     product_groups,
-    product_level_columns,
     refit_heads,
     split_products,
-    tag_by_product,
 )
 
 COLOURS = {"1": ((220, 30, 30), "Red"), "2": ((30, 30, 220), "Blue"), "3": ((30, 170, 30), "Green")}

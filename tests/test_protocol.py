@@ -262,3 +262,33 @@ def test_model_cache_key_follows_resolved_settings(tmp_path, monkeypatch):
     shop.image_features.vectors = shop.image_features.vectors[:, ::-1].copy()  # other weights: other image vectors
     fit_recommender(shop, "popularity", cache_dir=ws)
     assert len(cached()) == 3  # same files and settings, new features: refitted, not served stale
+
+
+def test_describe_takes_product_columns_from_visible_colours_of_the_product():
+    """Known answer: 12 products, colours 001 and 002 bought (rows visible), colour 003 not bought yet. Type describes
+    the product (all visible colours agree), colour does not: colour 003 gets the product's type from its bought
+    colours, never from its own hidden row, and its colour from the photo's predicted tag."""
+    from fashionrec.recommend.attributes import describe_items
+
+    ids = [f"{1000000 + p:07d}{c:03d}" for p in range(12) for c in (1, 2, 3)]
+    meta = pd.DataFrame(
+        {
+            "product_type_name": [f"type{p % 5}" for p in range(12) for _ in range(3)],
+            "colour_group_name": [["Red", "Blue", "Green"][c] for _ in range(12) for c in range(3)],
+        },
+        index=ids,
+    )
+    meta.loc["1000000003", "product_type_name"] = "hidden"  # the row of a not-yet-bought colour: must not show
+    predicted = pd.DataFrame({"product_type_name": "guess", "colour_group_name": "Grey"}, index=ids)
+    visible = np.array([not i.endswith("003") for i in ids])
+    cols = ["product_type_name", "colour_group_name"]
+    d = describe_items(ids, meta, predicted, visible, cols)
+    new = [i for i in ids if i.endswith("003")]
+    assert list(d.loc[new, "product_type_name"]) == [f"type{p % 5}" for p in range(12)]
+    assert (d.loc[new, "colour_group_name"] == "Grey").all()  # colour is not a product's: the photo's tag
+    assert (d.loc[~d.index.str.endswith("003"), "product_type_name"] == meta["product_type_name"][visible]).all()
+    off = describe_items(ids, meta, predicted, visible, cols, by_product=False)
+    assert (off.loc[new, "product_type_name"] == "guess").all()
+    # no visible colour of a product: nothing to take, the predicted tag stays
+    d2 = describe_items(ids, meta, predicted, visible & ~pd.Index(ids).str.startswith("1000000"), cols)
+    assert d2.loc["1000000003", "product_type_name"] == "guess"

@@ -10,7 +10,9 @@ tagged the same way, so neither the tags nor their confidences say whether an it
 and never bought" means "bought later": see ../shared/data/README.md).
 
 `describe_items(..., visible)` is the one rule every model goes through: an item's own row is used only if the item
-is *visible* (bought before the time the model stands at); every other item is described by its predicted tags.
+is *visible* (bought before the time the model stands at); every other item is described, for the columns that
+describe a product (type, group, department, ...: measured on the visible rows), by the row of a visible item of the
+same product (another colour of it), else by its predicted tags.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fashionrec.config import CATALOG_TAG_COLUMNS
+from fashionrec.data.products import product_groups, product_level_columns
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +113,34 @@ def describe_items(
     predicted: pd.DataFrame | None,
     visible: np.ndarray | None = None,
     columns: list[str] | None = None,
+    by_product: bool = True,
 ) -> pd.DataFrame:
-    """One row per item: its catalog row where the item is visible, its predicted tags otherwise ('?' if neither)."""
+    """One row per item: its catalog row where the item is visible; else, for product-level columns, the most common
+    value among the visible rows of its product (`by_product`); else its predicted tags ('?' if none of these)."""
     columns = columns or TAG_COLUMNS
     ids = pd.Index(item_ids)
     out = pd.DataFrame(index=pd.Index(item_ids, name="article_id"))
     vis = np.ones(len(ids), dtype=bool) if visible is None else np.asarray(visible, dtype=bool)
+    has_meta = metadata is not None and len(getattr(metadata, "columns", []))
+    groups, plevel = None, {}
+    if by_product and has_meta:
+        groups = product_groups(list(ids), metadata)
+        plevel = product_level_columns(list(ids[vis]), metadata, groups[vis], list(columns))
     for col in columns:
         vals = np.full(len(ids), UNKNOWN, dtype=object)
         if predicted is not None and col in predicted.columns:
             p = predicted[col].reindex(ids).to_numpy()
             vals = np.where(pd.isna(p), UNKNOWN, p).astype(object)
-        if metadata is not None and col in getattr(metadata, "columns", []):
+        if has_meta and col in metadata.columns:
             row = metadata[col].reindex(ids).to_numpy()
             use = vis & ~pd.isna(row)
+            if col in plevel and use.any():  # other colours of a product take its visible rows' value
+                counts = pd.DataFrame({"g": groups[use], "v": row[use]}).value_counts(sort=False).reset_index()
+                counts = counts.sort_values(["count", "v"], ascending=[False, True], kind="stable")
+                top = counts.drop_duplicates("g").set_index("g")["v"]  # each product's most common value
+                sib = pd.Series(groups).map(top).to_numpy()
+                take = ~use & ~pd.isna(sib)
+                vals[take] = sib[take]
             vals[use] = row[use]
         out[col] = vals
     return out

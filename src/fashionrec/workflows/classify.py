@@ -307,8 +307,9 @@ def tag_with_model(
     `by_product`: the columns that describe a product, not a photo (type, group, department, ...: measured on the
     catalog's rows, `product_level_columns`) agree within a product: taken from the product's labelled photos where
     it has some, else pooled over its photos (`tag_by_product`)."""
+    from fashionrec.data.products import tag_by_product
     from fashionrec.features import decode_images_to_array
-    from fashionrec.training.adapt import catalog_for_training, load_adapted, tag_by_product
+    from fashionrec.training.adapt import catalog_for_training, load_adapted
 
     adapted = load_adapted(model)
     cols = list(columns or adapted.head_names)
@@ -371,8 +372,8 @@ def tag_with_probe(
 
 def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool, by_product: bool):
     """A classifier on the labelled photos (frozen-backbone features + logistic head by default)."""
+    from fashionrec.data.products import tag_by_product
     from fashionrec.features import decode_images_to_array
-    from fashionrec.training.adapt import tag_by_product
     from fashionrec.training.tasks import train_image_classifier
 
     photos = load_labelled_photos(Path(data_dir), label_column, cfg.input_size, progress)
