@@ -569,3 +569,32 @@ def test_adapt_cli_names_a_setting_out_of_range(shapes_shop, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("fashionrec: error: adapt:") and said in err and "Traceback" not in err
     assert not (tmp_path / "m").exists()  # nothing written
+
+
+def test_adapt_input_size_fits_the_photos(shapes_shop, tmp_path, monkeypatch):
+    """No --input-size: the photos' padded side (36 px -> the 64 px floor here), at most ADAPT_MAX_INPUT_SIZE; the
+    folder records the size it trained at. Large photos are capped."""
+    import fashionrec.training.adapt as adapt_mod
+    from fashionrec.config import ADAPT_MAX_INPUT_SIZE
+
+    out = tmp_path / "model"
+    adapt_catalog(
+        shapes_shop,
+        out,
+        AdaptConfig(**{**TINY, "input_size": None, "max_steps": 4}),
+        workspace=tmp_path / "ws",
+        progress=False,
+    )
+    conf = json.loads((out / "fashionrec_model.json").read_text())
+    assert conf["preprocess"]["input_size"] == 64 and conf["adapt_config"]["input_size"] == 64
+    # photos larger than the cap: the cap (auto_input_size itself is checked in test_auto_input_size)
+    monkeypatch.setattr("fashionrec.features.auto_input_size", lambda paths, native: 192)
+    out2 = tmp_path / "model2"
+    adapt_mod.adapt_catalog(
+        shapes_shop,
+        out2,
+        AdaptConfig(**{**TINY, "input_size": None, "max_steps": 4}),
+        workspace=tmp_path / "ws",
+        progress=False,
+    )
+    assert json.loads((out2 / "fashionrec_model.json").read_text())["preprocess"]["input_size"] == ADAPT_MAX_INPUT_SIZE

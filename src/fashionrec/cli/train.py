@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fashionrec.cli import common
-from fashionrec.config import ADAPT_INPUT_SIZE, DEFAULT_BACKBONE
+from fashionrec.config import ADAPT_MAX_INPUT_SIZE, DEFAULT_BACKBONE
 
 
 def cmd_train(args) -> int:
@@ -216,8 +216,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--input-size",
         type=int,
-        default=ADAPT_INPUT_SIZE,
-        help="square input in pixels (CPU cost grows with its square)",
+        default=None,
+        help=f"square input in pixels (default auto: the photos' padded side, at most {ADAPT_MAX_INPUT_SIZE}; CPU "
+        "cost grows with its square)",
     )
     a.add_argument(
         "--label-column",

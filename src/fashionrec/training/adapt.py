@@ -32,7 +32,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +44,7 @@ from fashionrec.artifacts.keys import file_sha256
 from fashionrec.artifacts.registry import REGISTRY, register_adapted
 from fashionrec.backbones.adapted import AdaptedBackbone  # the folder's backbone part lives in backbones/
 from fashionrec.backbones.base import Backbone
-from fashionrec.config import ADAPT_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
+from fashionrec.config import ADAPT_MAX_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
 from fashionrec.data.products import pool_by_product, product_groups, product_level_columns, split_products
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
@@ -361,7 +361,7 @@ def lower_maps(
 @dataclass(frozen=True)
 class AdaptConfig:
     backbone: str = DEFAULT_BACKBONE
-    input_size: int = ADAPT_INPUT_SIZE
+    input_size: int | None = None  # None: the photos' padded side (`auto_input_size`), at most ADAPT_MAX_INPUT_SIZE
     label_columns: tuple[str, ...] = DEFAULT_LABEL_COLUMNS
     group_column: str = "auto"
     holdout: float = 0.15
@@ -604,6 +604,11 @@ def adapt_catalog(
             f"backbone {cfg.backbone}: fine-tuning needs a known block structure "
             "(efficientnet_lite0/1/2, mobilenetv2, tiny_cnn)"
         )
+    if cfg.input_size is None:  # fit the photos: their padded side, capped for the CPU budget
+        from fashionrec.features import auto_input_size
+
+        native = trunk.data_config.input_size
+        cfg = replace(cfg, input_size=min(ADAPT_MAX_INPUT_SIZE, auto_input_size(paths, native)))
     trunk.with_input_size(cfg.input_size)
     pre = Preprocess.for_backbone(trunk)
     n_blocks = len(trunk.blocks)
