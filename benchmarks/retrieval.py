@@ -200,7 +200,8 @@ def main(argv=None) -> int:
             md += [
                 "",
                 f"Held-out tagging with {Path(spec).name}'s heads (photos of held-out products that have the "
-                f"label; from its metrics.json; adapt took {mm['wall_seconds'] / 60:.1f} min):",
+                f"label, tagged as `fashionrec tag` does: product-level columns pooled over each product's photos; per photo "
+                f"in `benchmarks/tagging.py`; from its metrics.json; adapt took {mm['wall_seconds'] / 60:.1f} min):",
                 "",
                 "| attribute | classes | n | accuracy | macro-F1 |",
                 "|---|---|---|---|---|",
