@@ -288,9 +288,8 @@ class Tags:
     n_unreadable: int
     columns: list[str]
     per_column: list[ColumnTagging] = field(default_factory=list)
-    from_siblings: dict[str, int] = field(
-        default_factory=dict
-    )  # column -> tags taken from labelled same-product photos
+    # column -> photos whose tag came from labelled photos of the same product
+    from_siblings: dict[str, int] = field(default_factory=dict)
 
 
 def tag_with_model(
