@@ -598,3 +598,21 @@ def test_adapt_input_size_fits_the_photos(shapes_shop, tmp_path, monkeypatch):
         progress=False,
     )
     assert json.loads((out2 / "fashionrec_model.json").read_text())["preprocess"]["input_size"] == ADAPT_MAX_INPUT_SIZE
+
+
+def test_tag_with_probe_takes_product_columns_from_labelled_colours(shapes_shop, tmp_path, capsys):
+    """Without a model folder (a probe per column), product-level columns follow the product's labelled colours too."""
+    tags = tmp_path / "tags.csv"
+    args = ["-q", "tag", "--data", str(shapes_shop), "--label-column", "product_group_name,colour_group_name"]
+    args += ["--out", str(tags), "--input-size", "32", "--backbone", "tiny_cnn"]
+    assert main(args) == 0
+    df = pd.read_csv(tags, dtype=str).set_index("article_id")
+    rows = pd.read_csv(shapes_shop / "articles.csv", dtype=str).set_index("article_id")
+    assert len(df) == 6 and all(
+        df.loc[i, "product_group_name"] == rows.loc[i[:7] + "001", "product_group_name"] for i in df.index
+    )
+    assert (df["product_group_name_confidence"].astype(float) >= 0.99).all()
+    out = capsys.readouterr().out
+    assert "product_group_name (6 photos from labelled photos of the same product)" in out
+    line = next(x for x in out.splitlines() if x.startswith("product-level columns"))
+    assert "colour_group_name" not in line  # colour is not a product's: tagged photo by photo
