@@ -138,6 +138,40 @@ def test_refit_heads_known_answer():
     assert all(np.allclose(v.sum(1), 1, atol=1e-5) for v in p.values())
 
 
+def test_refit_colour_heads_read_the_colour_features():
+    """When the network's inputs carry no colour (noise here), a colour head refit with the garment's colour features
+    tags it from them; other heads keep their inputs; a model whose colour heads read them refuses to run without."""
+    from fashionrec.backbones.adapted import AdaptedBackbone
+    from fashionrec.training.colour import COLOUR_FEATURES_DIM, colour_features
+
+    bb = AdaptedBackbone(create_backbone("tiny_cnn", pretrained=False), 8, weights_id="t")
+    model = AdaptedModel(bb, {"colour_group_name": ["Blue", "Green", "Red"], "kind": ["a", "b"]})
+    rng = np.random.default_rng(0)
+    n, d = 300, bb.prelogits_dim
+    y = rng.integers(0, 3, n)
+    base = np.array([(30, 30, 200), (30, 160, 40), (200, 30, 30)])
+    images = np.full((n, 24, 24, 3), 250, np.uint8)
+    for i in range(n):  # a garment of the class's colour, its shade and size jittered
+        o = int(rng.integers(0, 5))
+        images[i, 4 + o : 20, 6 : 18 - o] = np.clip(base[y[i]] + rng.integers(-25, 26, 3), 0, 255)
+    kind = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[:, 0] += 4 * kind
+    train = np.arange(n) < 200
+    col = colour_features(images)
+    refit_heads(model, [x], {"colour_group_name": y, "kind": kind}, train, c=1.0, colour=col)
+    assert model.colour_heads == ("colour_group_name",)
+    assert model.heads[0].weight.shape == (3, d + COLOUR_FEATURES_DIM) and model.heads[1].weight.shape == (2, d)
+    p = head_probs(model, x[~train], col[~train])
+    assert (p["colour_group_name"].argmax(1) == y[~train]).mean() > 0.95  # from noise alone: chance, 1/3
+    assert (p["kind"].argmax(1) == kind[~train]).mean() > 0.9
+    with pytest.raises(ValueError, match="colour"):
+        head_probs(model, x[~train])
+    refit_heads(model, [x], {"colour_group_name": y, "kind": kind}, train, c=1.0)  # without: network inputs only
+    assert model.colour_heads == () and model.heads[0].weight.shape == (3, d)
+    assert (head_probs(model, x[~train])["colour_group_name"].argmax(1) == y[~train]).mean() < 0.6
+
+
 def test_retrieval_metrics_known_answer():
     f = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9], [0.7, 0.7]], dtype=np.float32)
     groups = np.array(["a", "a", "b", "c", "c"])
@@ -263,6 +297,7 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert conf["preprocess"]["pad_square"] is True and conf["preprocess"]["input_size"] == 32
     assert conf["embedding_tta"] == "flip+gray"  # evaluated, cached and embedded as photo + mirror image + greys
     assert conf["head_taps"] == [0, 1] and conf["heads_on"] == "pooled taps + pre-logits"  # refit on both blocks
+    assert conf["colour_heads"] == ["colour_group_name"]  # the colour head also reads the garment's colour histogram
     held = set(conf["heldout_products"])
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())
@@ -593,11 +628,13 @@ def test_adapt_input_size_fits_the_photos(shapes_shop, tmp_path, monkeypatch):
     adapt_mod.adapt_catalog(
         shapes_shop,
         out2,
-        AdaptConfig(**{**TINY, "input_size": None, "max_steps": 4}),
+        AdaptConfig(**{**TINY, "input_size": None, "max_steps": 4, "colour_features": False}),
         workspace=tmp_path / "ws",
         progress=False,
     )
-    assert json.loads((out2 / "fashionrec_model.json").read_text())["preprocess"]["input_size"] == ADAPT_MAX_INPUT_SIZE
+    conf2 = json.loads((out2 / "fashionrec_model.json").read_text())
+    assert conf2["preprocess"]["input_size"] == ADAPT_MAX_INPUT_SIZE
+    assert conf2["colour_heads"] == [] and conf["colour_heads"] == ["colour_group_name"]  # --no-colour-features
 
 
 def test_tag_with_probe_takes_product_columns_from_labelled_colours(shapes_shop, tmp_path, capsys):
@@ -616,3 +653,23 @@ def test_tag_with_probe_takes_product_columns_from_labelled_colours(shapes_shop,
     assert "product_group_name (6 photos from labelled photos of the same product)" in out
     line = next(x for x in out.splitlines() if x.startswith("product-level columns"))
     assert "colour_group_name" not in line  # colour is not a product's: tagged photo by photo
+
+
+def test_continue_from_a_folder_whose_colour_heads_read_colour_features(shapes_shop, tmp_path):
+    """--init-from a folder with colour heads: training starts from the network part of its heads (the colour
+    features join again at the refit), and the same split is kept."""
+    cfg = AdaptConfig(**{**TINY, "max_steps": 4})
+    first = adapt_catalog(shapes_shop, tmp_path / "a", cfg, workspace=tmp_path / "ws", progress=False)
+    assert first.model.colour_heads == ("colour_group_name",)
+    j = first.model.head_names.index("colour_group_name")
+    w_first = first.model.heads[j].weight.detach().clone()
+    again = adapt_catalog(
+        shapes_shop,
+        tmp_path / "b",
+        AdaptConfig(**{**TINY, "max_steps": 4, "init_from": str(tmp_path / "a")}),
+        workspace=tmp_path / "ws",
+        progress=False,
+    )
+    assert again.model.colour_heads == ("colour_group_name",)
+    assert again.model.heads[j].weight.shape == w_first.shape
+    assert again.metrics["continued_from"] == str(tmp_path / "a")

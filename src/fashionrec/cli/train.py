@@ -151,6 +151,7 @@ def _adapt_config(args, cols):
         flips=not args.no_flips,
         gray=not args.no_gray,
         refit_heads=not args.no_refit_heads,
+        colour_features=not args.no_colour_features,
         seed=args.seed,
         init_from=args.init_from,
         head_fraction=args.head_fraction,
@@ -272,6 +273,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the trained heads on the pre-logits (default: refit them after training on pooled block outputs "
         "+ pre-logits: +3 points on held-out colour groups)",
+    )
+    a.add_argument(
+        "--no-colour-features",
+        action="store_true",
+        help="colour heads read the network only (default: also a colour histogram of the garment, "
+        "training/colour.py: +3.3 points on held-out colour groups)",
     )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a.add_argument("--seed", type=int, default=0)

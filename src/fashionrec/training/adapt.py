@@ -48,6 +48,7 @@ from fashionrec.config import ADAPT_MAX_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_
 from fashionrec.data.products import pool_by_product, product_groups, product_level_columns, split_products
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
+from fashionrec.training.colour import COLOUR_FEATURES_DIM, colour_features, colour_features_of_files
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,18 @@ class AdaptedModel(nn.Module):
         heads: dict[str, list[str]],
         dropout: float = 0.2,
         head_taps: tuple[int, ...] = (),
+        colour_heads: tuple[str, ...] = (),
     ):
         super().__init__()
         self.backbone = backbone
         self.head_names = list(heads)
         self.classes = {k: list(v) for k, v in heads.items()}
         self.head_taps = tuple(int(t) for t in head_taps)
+        self.colour_heads = tuple(n for n in colour_heads if n in self.classes)
         d = backbone.prelogits_dim + backbone.tap_dims(self.head_taps)
-        self.heads = nn.ModuleList([nn.Linear(d, len(c)) for c in heads.values()])
+        self.heads = nn.ModuleList(
+            [nn.Linear(d + (COLOUR_FEATURES_DIM if n in self.colour_heads else 0), len(c)) for n, c in heads.items()]
+        )
         self.dropout = nn.Dropout(dropout)
         self.config: dict = {}
 
@@ -88,10 +93,19 @@ class AdaptedModel(nn.Module):
         z, e, pooled = self.backbone.upper_outputs(h, k, self.head_taps)
         return e, torch.cat(pooled + [z], 1) if pooled else z
 
-    def upper(self, h: torch.Tensor, k: int):
+    def head_logits(self, x: torch.Tensor, colour: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Every head's logits from its inputs `x`; the `colour_heads` also read `colour` (`colour_features` of the
+        same photos, one row per row of `x`)."""
+        if self.colour_heads and colour is None:
+            raise ValueError(f"heads {list(self.colour_heads)} read colour features: pass colour=")
+        return [
+            head(torch.cat([x, colour], 1) if n in self.colour_heads else x)
+            for n, head in zip(self.head_names, self.heads)
+        ]
+
+    def upper(self, h: torch.Tensor, k: int, colour: torch.Tensor | None = None):
         e, x = self.head_inputs(h, k)
-        xd = self.dropout(x)
-        return e, [head(xd) for head in self.heads]
+        return e, self.head_logits(self.dropout(x), colour)
 
     @property
     def preprocess(self) -> Preprocess:
@@ -125,7 +139,11 @@ class AdaptedModel(nn.Module):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
             bar.update(len(x))
             b = len(x)
-            e, logits = self.upper(bb.forward_lower(bb.views(x, gray=None if embed else False), 0), 0)
+            xv = bb.views(x, gray=None if embed else False)
+            col = None
+            if self.colour_heads:  # a mirror image has the same colour features; grey views' outputs are unused
+                col = torch.from_numpy(colour_features(images[s : s + batch_size])).repeat(len(xv) // b, 1)
+            e, logits = self.upper(bb.forward_lower(xv, 0), 0, col)
             parts = e.split(b)
             if embed:
                 embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
@@ -179,6 +197,7 @@ def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path
         **config,
         "heads": {n: model.classes[n] for n in model.head_names},
         "head_taps": list(model.head_taps),
+        "colour_heads": list(model.colour_heads),  # heads that also read `training.colour.colour_features`
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_sha256(out / WEIGHTS_FILE),
     }
@@ -202,7 +221,10 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     if key in _LOADED:
         return _LOADED[key]
     model = AdaptedModel(
-        build_adapted_backbone(cfg, file_sha256(wpath)), cfg["heads"], head_taps=tuple(cfg.get("head_taps", ()))
+        build_adapted_backbone(cfg, file_sha256(wpath)),
+        cfg["heads"],
+        head_taps=tuple(cfg.get("head_taps", ())),
+        colour_heads=tuple(cfg.get("colour_heads", ())),
     )
     try:
         model.load_state_dict(load_file(str(wpath)), strict=True)
@@ -388,6 +410,8 @@ class AdaptConfig:
     flips: bool = True
     gray: bool = True  # greyscale views: cached, trained on (metric loss; colour heads skip them) and averaged in
     refit_heads: bool = True  # after training: heads refit on pooled taps + pre-logits (`refit_heads`)
+    # the refit colour heads also read a colour histogram of the garment (`training/colour.py`): +3.3 points
+    colour_features: bool = True
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
     max_steps: int | None = None  # tests: stop after this many steps
     init_from: str | None = None  # continue from a model folder of an earlier run (same data, split and heads)
@@ -511,9 +535,9 @@ def head_features(
 
 
 @torch.no_grad()
-def head_probs(model: AdaptedModel, x: np.ndarray) -> dict[str, np.ndarray]:
-    xt = torch.from_numpy(x)
-    return {n: torch.softmax(h(xt), 1).numpy() for n, h in zip(model.head_names, model.heads)}
+def head_probs(model: AdaptedModel, x: np.ndarray, colour: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    logits = model.head_logits(torch.from_numpy(x), None if colour is None else torch.from_numpy(colour))
+    return {n: torch.softmax(lg, 1).numpy() for n, lg in zip(model.head_names, logits)}
 
 
 def refit_heads(
@@ -523,30 +547,34 @@ def refit_heads(
     train: np.ndarray,
     c: float = 0.05,
     max_iter: int = 300,
+    colour: np.ndarray | None = None,
 ) -> dict[str, int]:
     """Replace every head by an L2 multinomial logistic regression (scikit-learn) on the head inputs of the training
     photos (each view a sample), standardised; the scaling is folded into the linear layer, so the folder needs no
     scaler. `views` are the head inputs of the photo and of its mirror image, computed with `model.head_taps` set.
-    Returns the training rows per head."""
+    `colour`: `colour_features` per photo (the same for its mirror image); the colour columns' heads then read them
+    too (`model.colour_heads`). Returns the training rows per head."""
     from sklearn.linear_model import LogisticRegression
 
-    x0 = views[0]
-    mu = x0[train].mean(0)
-    sd = x0[train].std(0) + 1e-6
-    d = x0.shape[1]
+    model.colour_heads = tuple(n for n in model.head_names if colour is not None and is_colour_column(n))
     new, rows = [], {}
     for name in model.head_names:
         n_cls = len(model.classes[name])
         y = labels[name]
         m = train & (y >= 0)
         rows[name] = int(m.sum())
+        # colour features may exist for the labelled photos only (`adapt` computes no more): scale on those
+        xs, scale_rows = ([np.hstack([v, colour]) for v in views], m) if name in model.colour_heads else (views, train)
+        mu = xs[0][scale_rows].mean(0) if scale_rows.any() else np.zeros(xs[0].shape[1])
+        sd = (xs[0][scale_rows].std(0) if scale_rows.any() else 0) + 1e-6
+        d = xs[0].shape[1]
         W = np.zeros((n_cls, d), dtype=np.float64)
         b = np.full(n_cls, -30.0)  # a class with no training photo is never predicted
         present = np.unique(y[m])
         if len(present) == 1:
             b[present] = 0.0
         elif len(present) > 1:
-            xtr = np.vstack([(v[m] - mu) / sd for v in views])
+            xtr = np.vstack([(v[m] - mu) / sd for v in xs])
             lr = LogisticRegression(C=c, max_iter=max_iter).fit(xtr, np.concatenate([y[m]] * len(views)))
             coef, icpt = lr.coef_, lr.intercept_
             if len(lr.classes_) == 2:  # sklearn's binary form: one row; softmax over (0, w.x + b) is the same model
@@ -647,6 +675,19 @@ def adapt_catalog(
         )
     )
 
+    # The colour heads' second input (`training/colour.py`), for the photos with a colour label: the refit learns
+    # on the training ones, the evaluation reads the held-out ones (other photos' colour outputs are never used).
+    cfeat = None
+    colour_cols = [h for h in heads if is_colour_column(h)] if cfg.colour_features and cfg.refit_heads else []
+    if colour_cols:
+        t_col = time.time()
+        rows = np.flatnonzero(np.any([labels[h] >= 0 for h in colour_cols], 0))
+        row_of = {ids[r]: r for r in rows}
+        got, f = colour_features_of_files({ids[r]: cat.image_paths[ids[r]] for r in rows}, pre, progress=progress)
+        cfeat = np.zeros((len(ids), COLOUR_FEATURES_DIM), np.float32)
+        cfeat[[row_of[i] for i in got]] = f
+        say(f"  colour features of {len(got)} labelled photos in {time.time() - t_col:.0f}s")
+
     # ImageNet features for the comparison, before training changes the shared trunk in place; also averaged over
     # the views, as the adapted embedding is (a fair baseline for the test-time augmentation).
     base_views = [trunk_prelogits(trunk, v, k) for v in V]
@@ -669,7 +710,11 @@ def adapt_catalog(
                 f"{cfg.init_from}: another split, heads, backbone or embedding size; "
                 "--init-from needs the same data, --seed, --holdout and columns"
             )
-        model.load_state_dict(prev.state_dict())
+        sd = prev.state_dict()
+        for j, n in enumerate(prev.head_names):  # training heads read the network's inputs only; refit adds colour
+            if n in prev.colour_heads:
+                sd[f"heads.{j}.weight"] = sd[f"heads.{j}.weight"][:, :-COLOUR_FEATURES_DIM]
+        model.load_state_dict(sd)
         say(f"  continuing from {cfg.init_from}")
     # Stage 1 starts from the ImageNet pre-logits; the embedding starts as a random projection of them.
     tr_rows = np.flatnonzero(train)
@@ -786,9 +831,13 @@ def adapt_catalog(
     xs = [xs[j] for j in colour]  # the heads read the colour views only
     if cfg.refit_heads and heads:
         t_refit = time.time()
-        refit_heads(model, xs, labels, train, c=cfg.head_c)
-        say(f"  heads refit on blocks {list(model.head_taps)} + pre-logits in {time.time() - t_refit:.0f}s")
-    view_probs = [head_probs(model, x) for x in xs]
+        refit_heads(model, xs, labels, train, c=cfg.head_c, colour=cfeat)
+        say(
+            f"  heads refit on blocks {list(model.head_taps)} + pre-logits"
+            + (f" (+ colour features: {', '.join(model.colour_heads)})" if model.colour_heads else "")
+            + f" in {time.time() - t_refit:.0f}s"
+        )
+    view_probs = [head_probs(model, x, cfeat if model.colour_heads else None) for x in xs]
     probs = {n: np.mean([p[n] for p in view_probs], 0) for n in model.head_names}
     # the folder embeds with these views averaged: evaluate (and cache) exactly that
     model.backbone.flip_tta, model.backbone.gray_tta = cfg.flips, cfg.gray

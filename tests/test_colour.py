@@ -1,0 +1,82 @@
+"""The garment colour descriptor the colour heads read (`training/colour.py`): known answers on drawn photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fashionrec.training.colour import (
+    BINS,
+    COLOUR_FEATURES_DIM,
+    colour_features,
+    garment_mask,
+    srgb_to_lab,
+)
+
+NB = BINS[0] * BINS[1] * BINS[2]
+
+
+def _photo(garment, background=(255, 255, 255), size=40, box=(8, 30, 12, 28)):
+    """A plain backdrop with a rectangular garment (rows box[0]:box[1], columns box[2]:box[3])."""
+    im = np.empty((size, size, 3), np.uint8)
+    im[:] = background
+    im[box[0] : box[1], box[2] : box[3]] = garment
+    return im
+
+
+def _bin_of(rgb) -> int:
+    L, a, b = srgb_to_lab(np.array(rgb, np.float32))
+    li = min(int(L / 100 * BINS[0]), BINS[0] - 1)
+    ai = min(max(int((a + 60) / 120 * BINS[1]), 0), BINS[1] - 1)
+    bi = min(max(int((b + 60) / 120 * BINS[2]), 0), BINS[2] - 1)
+    return (li * BINS[1] + ai) * BINS[2] + bi
+
+
+def test_lab_known_values():
+    """CIE Lab (D65) of sRGB white, black, mid grey and pure red, against the standard's published values."""
+    lab = srgb_to_lab(np.array([[255, 255, 255], [0, 0, 0], [119, 119, 119], [255, 0, 0]], np.float32))
+    assert np.allclose(lab[0], [100, 0, 0], atol=0.1)
+    assert np.allclose(lab[1], [0, 0, 0], atol=0.1)
+    assert np.allclose(lab[2], [50.0, 0, 0], atol=0.5) and abs(lab[2, 1]) < 0.1  # greys have no chroma
+    assert np.allclose(lab[3], [53.24, 80.09, 67.20], atol=0.3)
+
+
+def test_garment_mask_is_the_drawn_garment_on_any_backdrop():
+    for bg in [(255, 255, 255), (235, 235, 232), (40, 40, 40)]:
+        m = garment_mask(_photo((200, 30, 30), background=bg)[None])[0]
+        want = np.zeros((40, 40), bool)
+        want[8:30, 12:28] = True
+        assert (m == want).all(), bg
+
+
+def test_histogram_holds_the_garment_colour_not_the_backdrop():
+    red, navy = (200, 30, 30), (20, 30, 90)
+    f = colour_features(np.stack([_photo(red), _photo(red, background=(230, 230, 230)), _photo(navy)]))
+    assert f.shape == (3, COLOUR_FEATURES_DIM) and f.dtype == np.float32
+    h = f[:, :NB] ** 2  # the histogram is stored square-rooted
+    assert np.allclose(h.sum(1), 1, atol=1e-5)
+    # all the mass in the garment's own bin, whatever the backdrop
+    assert h[0, _bin_of(red)] == pytest.approx(1.0) and h[2, _bin_of(navy)] == pytest.approx(1.0)
+    assert np.allclose(f[0], f[1], atol=1e-6)
+    # the statistics: mean L, a, b of the garment; navy is darker and bluer than red
+    mean_red, mean_navy = f[0, NB : NB + 3] * 50, f[2, NB : NB + 3] * 50
+    assert np.allclose(mean_red, srgb_to_lab(np.array(red, np.float32)), atol=0.1)
+    assert mean_navy[0] < mean_red[0] and mean_navy[2] < 0 < mean_red[1]
+    assert f[0, -1] == pytest.approx(22 * 16 / 40**2)  # the garment's share of the photo
+
+
+def test_two_colour_garment_and_mirror_image():
+    im = _photo((200, 30, 30))
+    im[8:19, 12:28] = (30, 160, 40)  # top half green
+    f = colour_features(np.stack([im, im[:, ::-1]]))
+    h = f[0, :NB] ** 2
+    assert h[_bin_of((30, 160, 40))] == pytest.approx(0.5) and h[_bin_of((200, 30, 30))] == pytest.approx(0.5)
+    assert np.allclose(f[0], f[1])  # a mirror image has the same descriptor
+
+
+def test_tiny_or_missing_garment_uses_the_whole_photo_and_bad_shapes_are_refused():
+    plain = np.full((1, 20, 20, 3), 128, np.uint8)  # nothing unlike the backdrop
+    f = colour_features(plain)
+    assert f[0, _bin_of((128, 128, 128))] == pytest.approx(1.0) and f[0, -1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="expected"):
+        colour_features(np.zeros((2, 20, 20), np.uint8))
