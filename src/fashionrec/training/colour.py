@@ -29,10 +29,18 @@ _SRGB_TO_XYZ = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.
 _WHITE = np.array([0.95047, 1.0, 1.08883], np.float32)  # D65
 
 
+def _linear(c: np.ndarray) -> np.ndarray:
+    """sRGB gamma (0-1) -> linear light."""
+    return np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92).astype(np.float32)
+
+
+_LINEAR_U8 = _linear(np.arange(256, dtype=np.float32) / 255.0)  # uint8 photos: a table look-up, not a power
+
+
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) sRGB in 0-255 -> CIE Lab (D65): L in 0..100, a and b roughly -100..100."""
-    c = np.asarray(rgb, np.float32) / 255.0
-    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    """(..., 3) sRGB in 0-255 (uint8 or float) -> CIE Lab (D65): L in 0..100, a and b roughly -100..100."""
+    rgb = np.asarray(rgb)
+    c = _LINEAR_U8[rgb] if rgb.dtype == np.uint8 else _linear(rgb.astype(np.float32) / 255.0)
     xyz = (c @ _SRGB_TO_XYZ.T) / _WHITE
     f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
     return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
