@@ -410,7 +410,7 @@ class AdaptConfig:
     flips: bool = True
     gray: bool = True  # greyscale views: cached, trained on (metric loss; colour heads skip them) and averaged in
     refit_heads: bool = True  # after training: heads refit on pooled taps + pre-logits (`refit_heads`)
-    # the refit colour heads also read a colour histogram of the garment (`training/colour.py`): +3.3 points
+    # the refit colour heads also read a colour histogram of the garment (`training/colour.py`): +3.4 points
     colour_features: bool = True
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
     max_steps: int | None = None  # tests: stop after this many steps

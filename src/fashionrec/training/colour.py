@@ -2,8 +2,9 @@
 
 Deep features trained for style (and for ImageNet's classes) keep only part of what tells "Dark Grey" from "Black"
 or "Beige" from "Light Beige": on the H&M sample's held-out products a logistic regression on this descriptor alone
-tags the colour group as well as the fashion-adapted network's own inputs (0.659 vs 0.651), and the two together
-score 0.685 (+3.3 points, bootstrap over products [+1.9, +4.8]; see the README). Pure numpy, no learning:
+tags the colour group as well as the fashion-adapted network's own inputs (0.658 vs 0.644), and the two together
+score 0.678 (+3.4 points, bootstrap over products [+2.1, +4.9]; `benchmarks/colour_ceiling.py`). Pure numpy, no
+learning:
 
 - the garment: pixels that differ from the photo's background (the median of its border pixels: studio photos
   stand on a plain backdrop, and `Preprocess` pads with white) by more than `threshold` in some channel; a photo
