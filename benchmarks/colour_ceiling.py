@@ -22,17 +22,6 @@ from pathlib import Path
 import numpy as np
 
 
-def _paired_interval(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0):
-    uniq, inv = np.unique(groups, return_inverse=True)
-    na, nb, cnt = (np.bincount(inv, weights=v, minlength=len(uniq)) for v in (a, b, np.ones_like(a)))
-    rng = np.random.default_rng(seed)
-    d = []
-    for _ in range(n):
-        w = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
-        d.append((w * (nb - na)).sum() / (w * cnt).sum())
-    return np.percentile(d, [2.5, 97.5])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/data/hm")
@@ -47,6 +36,7 @@ def main(argv=None) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from fashionrec.evaluation.metrics import paired_bootstrap_by_group
     from fashionrec.features import Preprocess, decode_images_to_array
     from fashionrec.training.adapt import (
         AdaptedModel,
@@ -105,7 +95,7 @@ def main(argv=None) -> int:
             right[name] = (p.argmax(1) == y[te]).astype(float)
             print(f"  colour head refit on {name}: {right[name].mean():.3f}")
         a, b = right.values()
-        lo, hi = _paired_interval(a, b, groups[te])
+        _, (lo, hi) = paired_bootstrap_by_group(a, b, groups[te])
         print(f"  difference: {b.mean() - a.mean():+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
         t = json.loads((Path(args.model) / "metrics.json").read_text())["tagging_heldout"].get(args.column)
         if t:

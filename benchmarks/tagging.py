@@ -18,26 +18,11 @@ from pathlib import Path
 import numpy as np
 
 
-def _bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, groups: np.ndarray, n: int = 2000, seed: int = 0):
-    """95% intervals of accuracy b and of b - a, resampling products (photos of one product are not independent)."""
-    uniq, inv = np.unique(groups, return_inverse=True)
-    na = np.bincount(inv, weights=correct_a, minlength=len(uniq))
-    nb = np.bincount(inv, weights=correct_b, minlength=len(uniq))
-    cnt = np.bincount(inv, minlength=len(uniq))
-    rng = np.random.default_rng(seed)
-    acc, diff = [], []
-    for _ in range(n):
-        w = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
-        tot = (w * cnt).sum()
-        acc.append((w * nb).sum() / tot)
-        diff.append((w * (nb - na)).sum() / tot)
-    return np.percentile(acc, [2.5, 97.5]), np.percentile(diff, [2.5, 97.5])
-
-
 def measure(data: str, model: str, progress: bool = True) -> tuple[list[str], float]:
     import torch
 
     from fashionrec.data.products import pool_by_product, product_groups, product_level_columns
+    from fashionrec.evaluation.metrics import paired_bootstrap_by_group
     from fashionrec.features import decode_images_to_array
     from fashionrec.training.adapt import catalog_for_training, heldout_tagging, load_adapted
 
@@ -80,7 +65,7 @@ def measure(data: str, model: str, progress: bool = True) -> tuple[list[str], fl
         cls = np.array(m.classes[c], dtype=object)
         a = (cls[probs[c][has].argmax(1)] == raw[has]).astype(float)
         b = (cls[pooled[c][has].argmax(1)] == raw[has]).astype(float)
-        ci, dci = _bootstrap(a, b, groups[has])
+        ci, dci = paired_bootstrap_by_group(a, b, groups[has])
         mark = " *" if c in plevel else ""
         lines.append(
             f"| {c}{mark} | {int(has.sum())} | {per_photo[c]['accuracy']:.3f} | {by_product[c]['accuracy']:.3f} "

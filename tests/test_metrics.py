@@ -68,3 +68,20 @@ def test_bootstrap_ci_contains_mean_and_narrows():
     assert lo < v.mean() < hi
     lo2, hi2 = M.bootstrap_ci(v[:100])
     assert (hi - lo) < (hi2 - lo2)
+
+
+def test_paired_bootstrap_by_group_resamples_whole_groups():
+    """Known answers: the same hits give a zero-width difference; a product right in b and wrong in a moves the
+    difference by its whole size; resampling products, not photos, keeps a product's photos together."""
+    groups = np.repeat(np.arange(20), 3)  # 20 products x 3 photos
+    a = np.zeros(60)
+    ci_b, ci_d = M.paired_bootstrap_by_group(a, a, groups)
+    assert np.allclose(ci_b, 0) and np.allclose(ci_d, 0)
+    b = (groups < 10).astype(float)  # half the products right in b, all wrong in a
+    ci_b, ci_d = M.paired_bootstrap_by_group(a, b, groups, n_boot=500)
+    assert ci_b[0] < 0.5 < ci_b[1] and np.allclose(ci_b, ci_d)  # a is all zeros: b - a is b
+    # per-product resampling: every resampled accuracy is a multiple of 1/20 (whole products), never of 1/60
+    assert np.allclose(np.round(ci_b * 20), ci_b * 20)
+    # photos as independent samples would give a narrower interval than products do
+    ci_photos, _ = M.paired_bootstrap_by_group(a, b, np.arange(60), n_boot=500)
+    assert (ci_photos[1] - ci_photos[0]) < (ci_b[1] - ci_b[0])

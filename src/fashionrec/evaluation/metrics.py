@@ -106,3 +106,22 @@ def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05,
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+def paired_bootstrap_by_group(
+    correct_a: np.ndarray, correct_b: np.ndarray, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """95% intervals of accuracy b and of b - a (0/1 hits per photo), resampling whole groups (photos of one product
+    are not independent, so the products are what is resampled). Returns (interval of b, interval of b - a)."""
+    uniq, inv = np.unique(groups, return_inverse=True)
+    na = np.bincount(inv, weights=correct_a, minlength=len(uniq))
+    nb = np.bincount(inv, weights=correct_b, minlength=len(uniq))
+    cnt = np.bincount(inv, minlength=len(uniq))
+    rng = np.random.default_rng(seed)
+    acc, diff = [], []
+    for _ in range(n_boot):
+        w = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
+        tot = (w * cnt).sum()
+        acc.append((w * nb).sum() / tot)
+        diff.append((w * (nb - na)).sum() / tot)
+    return np.percentile(acc, [2.5, 97.5]), np.percentile(diff, [2.5, 97.5])
