@@ -74,11 +74,10 @@ def colour_features(images: np.ndarray, chunk: int = 256) -> np.ndarray:
             w = fg[j] if fg[j].sum() >= MIN_PIXELS else np.ones_like(fg[j])
             h = np.bincount(code[j][w], minlength=nb).astype(np.float32)
             px = lab[j][w]
-            stats = np.concatenate(
-                [px.mean(0), px.std(0), np.percentile(px, PERCENTILES, axis=0).ravel(), [w.mean() * 50]]
-            )
+            stats = np.concatenate([px.mean(0), px.std(0), np.percentile(px, PERCENTILES, axis=0).ravel()])
             out[s + j, :nb] = np.sqrt(h / h.sum())
-            out[s + j, nb:] = stats / 50  # Lab units to roughly the histogram's scale (the heads standardise anyway)
+            out[s + j, nb:-1] = stats / 50  # Lab units to roughly the histogram's scale (the heads standardise anyway)
+            out[s + j, -1] = w.mean()
     return out
 
 
@@ -94,5 +93,5 @@ def colour_features_of_files(items: dict, preprocess, chunk: int = 2048, progres
         part = {i: items[i] for i in keys[s : s + chunk]}
         ok, arr, _ = decode_images_to_array(part, preprocess, progress=progress, desc="colour features")
         ids += ok
-        feats.append(colour_features(arr) if len(arr) else np.zeros((0, COLOUR_FEATURES_DIM), np.float32))
+        feats.append(colour_features(arr))  # (0, dim) when nothing decoded
     return ids, np.concatenate(feats) if feats else np.zeros((0, COLOUR_FEATURES_DIM), np.float32)
