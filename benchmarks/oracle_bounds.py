@@ -89,11 +89,11 @@ def main(argv=None) -> int:
                     sure = [i for i in pop[:m] if buyers.get(i, 0) - (i in own) >= 2]
                     rest = [i for i in r + pop if i not in sure]
                     lists[f"oracle's {m} surest first, then repurchase + oracle fill"][u] = (sure + rest)[:k]
+                c = _rank_loo(buyers, own, cold_pool, rng)[:12]  # one ranking per pool: its top 4 is in its top 12
+                nw = _rank_loo(buyers, own, new_pool, rng)[:12]
                 for kk in (4, 12):
-                    c = _rank_loo(buyers, own, cold_pool, rng)[:kk]
-                    nw = _rank_loo(buyers, own, new_pool, rng)[:kk]
-                    cold_hits[kk] = cold_hits.get(kk, 0) + len(set(c) & cold[u]) / args.seeds
-                    new_hits[kk] = new_hits.get(kk, 0) + len(set(nw) & new[u]) / args.seeds
+                    cold_hits[kk] = cold_hits.get(kk, 0) + len(set(c[:kk]) & cold[u]) / args.seeds
+                    new_hits[kk] = new_hits.get(kk, 0) + len(set(nw[:kk]) & new[u]) / args.seeds
             for name, recs in lists.items():
                 ap_var.setdefault(name, {}).setdefault(seed, []).extend(per_user_scores(recs, truth, k, "map").tolist())
     base = np.array(ap_rep)
