@@ -1,5 +1,6 @@
-"""How well can colour_group_name be read from H&M photos? The garment's colour descriptor alone, the adapted
-network's head inputs alone, and both together (what `fashionrec adapt` fits by default).
+"""How well can colour_group_name be read from H&M photos? The garment's colour descriptor alone (logistic
+regression, and the LightGBM booster), the adapted network's head inputs alone, both together, and both times the
+booster (what `fashionrec adapt` fits by default).
 
     python benchmarks/colour_ceiling.py --data ../shared/data/hm [--model MODEL_DIR] [--input-size 160]
 
@@ -8,7 +9,8 @@ and `--seed` as `adapt` splits). The colour descriptor is `fashionrec.training.c
 histogram of the pixels unlike the backdrop, plus their statistics; no CNN), computed on the photos as the model's
 preprocessing makes them. With `--model`, the colour head is refit exactly as `adapt` refits it (`refit_heads`:
 logistic regression on the photo and its mirror image, the folder's C) on the network's inputs alone and with the
-descriptor, and the paired difference gets a 95% interval from a bootstrap over products. Prints figures.
+descriptor, then combined with the booster (`fit_colour_booster` on the training photos' descriptors); each
+paired difference gets a 95% interval from a bootstrap over products. Prints figures.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
         refit_heads,
         split_products,
     )
-    from fashionrec.training.colour import colour_features
+    from fashionrec.training.colour import colour_features, combine_with_booster, fit_colour_booster
 
     t0 = time.time()
     m = load_adapted(args.model) if args.model else None
@@ -77,6 +79,11 @@ def main(argv=None) -> int:
     print(f"  majority class ({classes[majority]}): {float((y[te] == majority).mean()):.3f}")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=500)).fit(H[tr], y[tr])
     print(f"  colour descriptor alone + logistic regression: {float((clf.predict(H[te]) == y[te]).mean()):.3f}")
+    t_b = time.time()
+    booster = fit_colour_booster(H[tr], y[tr], len(classes), seed=args.seed)
+    p_tree = booster.predict(H[te])
+    print(f"  colour descriptor alone + LightGBM booster: {float((p_tree.argmax(1) == y[te]).mean()):.3f}", end="")
+    print(f" (fit {time.time() - t_b:.0f}s)")
     if m is not None:
         c = float(m.config.get("adapt_config", {}).get("head_c", 0.05))
         bb, views = m.backbone, ([], [])
@@ -94,9 +101,14 @@ def main(argv=None) -> int:
             p = np.mean([head_probs(head, x[te], None if col is None else col[te])[args.column] for x in X], 0)
             right[name] = (p.argmax(1) == y[te]).astype(float)
             print(f"  colour head refit on {name}: {right[name].mean():.3f}")
-        a, b = right.values()
-        _, (lo, hi) = paired_bootstrap_by_group(a, b, groups[te])
-        print(f"  difference: {b.mean() - a.mean():+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
+        p = combine_with_booster(p, booster, H[te])
+        right["the network's inputs + the descriptor, x the booster"] = b = (p.argmax(1) == y[te]).astype(float)
+        print(f"  colour head refit on the network's inputs + the descriptor, x the booster: {b.mean():.3f}")
+        names = list(right)
+        for a, b in ((names[0], names[1]), (names[1], names[2]), (names[0], names[2])):
+            _, (lo, hi) = paired_bootstrap_by_group(right[a], right[b], groups[te])
+            d = right[b].mean() - right[a].mean()
+            print(f"  {b} vs {a}: {d:+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
         t = json.loads((Path(args.model) / "metrics.json").read_text())["tagging_heldout"].get(args.column)
         if t:
             print(f"  the folder's own held-out figure (metrics.json): {t['accuracy']:.3f}")

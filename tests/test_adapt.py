@@ -298,6 +298,10 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert conf["embedding_tta"] == "flip+gray"  # evaluated, cached and embedded as photo + mirror image + greys
     assert conf["head_taps"] == [0, 1] and conf["heads_on"] == "pooled taps + pre-logits"  # refit on both blocks
     assert conf["colour_heads"] == ["colour_group_name"]  # the colour head also reads the garment's colour histogram
+    # ... and a LightGBM model of that histogram multiplies in, saved as text beside the weights
+    assert list(conf["colour_boosters"]) == ["colour_group_name"]
+    assert (out / conf["colour_boosters"]["colour_group_name"]["file"]).is_file()
+    assert set(load_adapted(out).colour_boosters) == {"colour_group_name"}
     held = set(conf["heldout_products"])
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())
@@ -426,6 +430,11 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     expected = str(out.resolve()) if entry["better"] else DEFAULT_BACKBONE
     assert resolve_backbone("auto", shapes_shop, ws)[0] == expected
 
+    # a tampered booster file is refused too
+    booster_file = out / conf["colour_boosters"]["colour_group_name"]["file"]
+    booster_file.write_text(booster_file.read_text().replace("num_leaves", "num_leaves "))
+    with pytest.raises(FashionrecError, match="SHA-256"):
+        load_adapted(out)
     # a tampered weights file is refused, not half-loaded
     (out / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(FashionrecError, match="weights"):

@@ -9,6 +9,8 @@ from fashionrec.training.colour import (
     BINS,
     COLOUR_FEATURES_DIM,
     colour_features,
+    combine_with_booster,
+    fit_colour_booster,
     garment_mask,
     srgb_to_lab,
 )
@@ -80,3 +82,31 @@ def test_tiny_or_missing_garment_uses_the_whole_photo_and_bad_shapes_are_refused
     assert f[0, _bin_of((128, 128, 128))] == pytest.approx(1.0) and f[0, -1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="expected"):
         colour_features(np.zeros((2, 20, 20), np.uint8))
+
+
+def test_booster_learns_what_a_linear_model_cannot_and_multiplies_in():
+    """Known answer: the class is the XOR of two descriptor bins' being lit (a two-tone garment's pair of colours),
+    which no linear model of the descriptor separates and trees do."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    x = rng.random((600, 20)).astype(np.float32)
+    y = ((x[:, 3] > 0.5) ^ (x[:, 7] > 0.5)).astype(int)
+    tr, te = slice(0, 400), slice(400, None)
+    booster = fit_colour_booster(x[tr], y[tr], 2, seed=0, threads=1)
+    p = booster.predict(x[te])
+    assert p.shape == (200, 2) and np.allclose(p.sum(1), 1)
+    assert (p.argmax(1) == y[te]).mean() > 0.9
+    assert (LogisticRegression().fit(x[tr], y[tr]).predict(x[te]) == y[te]).mean() < 0.7
+    # multiplied with a head that knows nothing (uniform), the booster decides; with no booster nothing changes
+    flat = np.full((200, 2), 0.5, np.float32)
+    assert np.allclose(combine_with_booster(flat, booster, x[te]), p, atol=1e-6)
+    assert combine_with_booster(flat, None, x[te]) is flat
+    # a confident head and a confident booster that disagree: the product renormalises, the stronger wins
+    head = np.tile([[0.9, 0.1]], (200, 1)).astype(np.float32)
+    both = combine_with_booster(head, booster, x[te])
+    expected = head * p / (head * p).sum(1, keepdims=True)
+    assert np.allclose(both, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="classes"):
+        combine_with_booster(np.full((200, 3), 1 / 3), booster, x[te])
+    assert fit_colour_booster(x[:10], np.zeros(10, int), 2) is None  # one class: nothing to learn

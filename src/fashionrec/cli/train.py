@@ -152,6 +152,7 @@ def _adapt_config(args, cols):
         gray=not args.no_gray,
         refit_heads=not args.no_refit_heads,
         colour_features=not args.no_colour_features,
+        colour_booster=not args.no_colour_booster,
         seed=args.seed,
         init_from=args.init_from,
         head_fraction=args.head_fraction,
@@ -279,6 +280,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="colour heads read the network only (default: also a colour histogram of the garment, "
         "training/colour.py: +3.4 points on held-out colour groups)",
+    )
+    a.add_argument(
+        "--no-colour-booster",
+        action="store_true",
+        help="no LightGBM model of the colour histogram next to the colour heads (default: one, its probabilities "
+        "multiplied with the head's)",
     )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     a.add_argument("--seed", type=int, default=0)

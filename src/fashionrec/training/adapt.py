@@ -48,7 +48,13 @@ from fashionrec.config import ADAPT_MAX_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_
 from fashionrec.data.products import pool_by_product, product_groups, product_level_columns, split_products
 from fashionrec.errors import FashionrecError
 from fashionrec.features import Preprocess
-from fashionrec.training.colour import COLOUR_FEATURES_DIM, colour_features, colour_features_of_files
+from fashionrec.training.colour import (
+    COLOUR_FEATURES_DIM,
+    colour_features,
+    colour_features_of_files,
+    combine_with_booster,
+    fit_colour_booster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,21 @@ class AdaptedModel(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.config: dict = {}
+        # {colour head: LightGBM booster on `colour_features` alone}; its probabilities multiply the head's
+        # (`with_colour_boosters`); fitted by `adapt` after the refit, saved beside the weights as text
+        self.colour_boosters: dict = {}
+
+    def with_colour_boosters(self, probs: dict[str, np.ndarray], colour: np.ndarray | None) -> dict[str, np.ndarray]:
+        """`probs` ({head: proba}) with each boosted colour head's probabilities combined with its booster's, read
+        from `colour` (`colour_features` of the same photos)."""
+        if not self.colour_boosters:
+            return probs
+        if colour is None:
+            raise ValueError(f"heads {list(self.colour_boosters)} read colour features: pass colour=")
+        out = dict(probs)
+        for n, booster in self.colour_boosters.items():
+            out[n] = combine_with_booster(probs[n], booster, colour)
+        return out
 
     def head_inputs(self, h: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(embedding, what the heads read: pooled taps + pre-logits)."""
@@ -133,7 +154,7 @@ class AdaptedModel(nn.Module):
         self.eval()
         pre = self.preprocess
         bb = self.backbone
-        embs, probs = [], {n: [] for n in self.head_names}
+        embs, probs, descs = [], {n: [] for n in self.head_names}, []
         bar = tqdm(total=len(images), desc="tag" if not embed else "embed + tag", unit="img", disable=not progress)
         for s in range(0, len(images), batch_size):
             x = pre.arrays_to_tensor(images[s : s + batch_size])
@@ -141,8 +162,9 @@ class AdaptedModel(nn.Module):
             b = len(x)
             xv = bb.views(x, gray=None if embed else False)
             col = None
-            if self.colour_heads:  # a mirror image has the same colour features; grey views' outputs are unused
-                col = torch.from_numpy(colour_features(images[s : s + batch_size])).repeat(len(xv) // b, 1)
+            if self.colour_heads or self.colour_boosters:  # a mirror image has the same colour features
+                descs.append(colour_features(images[s : s + batch_size]))
+                col = torch.from_numpy(descs[-1]).repeat(len(xv) // b, 1)  # (grey views' outputs are unused)
             e, logits = self.upper(bb.forward_lower(xv, 0), 0, col)
             parts = e.split(b)
             if embed:
@@ -153,10 +175,10 @@ class AdaptedModel(nn.Module):
                 probs[n].append(torch.stack([p[i] for i in colour]).mean(0).numpy())
         bar.close()
         d = bb.embed_dim
-        return (
-            None if not embed else np.concatenate(embs) if embs else np.zeros((0, d), np.float32),
-            {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()},
-        )
+        probs = {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()}
+        if descs:
+            probs = self.with_colour_boosters(probs, np.concatenate(descs))
+        return None if not embed else np.concatenate(embs) if embs else np.zeros((0, d), np.float32), probs
 
 
 def tta_name(flips: bool, gray: bool) -> str:
@@ -191,6 +213,12 @@ def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path
     sd = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS_FILE, suffix=".tmp.safetensors") as tmp:
         save_file(sd, str(tmp), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    boosters = {}
+    for n, booster in model.colour_boosters.items():  # LightGBM's own text format: no pickle, no code runs
+        name = f"colour_booster.{model.head_names.index(n)}.txt"
+        with atomic_path(out / name, suffix=".tmp.txt") as tmp:
+            booster.save_model(str(tmp))
+        boosters[n] = {"file": name, "sha256": file_sha256(out / name)}
     cfg = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -198,6 +226,7 @@ def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path
         "heads": {n: model.classes[n] for n in model.head_names},
         "head_taps": list(model.head_taps),
         "colour_heads": list(model.colour_heads),  # heads that also read `training.colour.colour_features`
+        "colour_boosters": boosters,  # {head: LightGBM model of those features alone, multiplied in}
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_sha256(out / WEIGHTS_FILE),
     }
@@ -216,8 +245,8 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     from fashionrec.backbones.adapted import build_adapted_backbone, read_adapted_config
 
     cfg, wpath = read_adapted_config(path)
-    st = wpath.stat()
-    key = (str(wpath.resolve()), st.st_size, st.st_mtime_ns)
+    files = [wpath] + [wpath.parent / e["file"] for e in (cfg.get("colour_boosters") or {}).values()]
+    key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) if f.exists() else str(f) for f in files)
     if key in _LOADED:
         return _LOADED[key]
     model = AdaptedModel(
@@ -230,10 +259,35 @@ def load_adapted(path: str | Path) -> AdaptedModel:
         model.load_state_dict(load_file(str(wpath)), strict=True)
     except Exception as e:  # safetensors' own errors (a damaged file) and shape/key mismatches alike
         raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
+    model.colour_boosters = _load_boosters(wpath.parent, cfg.get("colour_boosters") or {}, model.classes)
     model.config = cfg
     model.eval()
     _LOADED[key] = model
     return model
+
+
+def _load_boosters(folder: Path, entries: dict, classes: dict[str, list[str]]) -> dict:
+    """The folder's colour boosters, each checked against the SHA-256 its JSON lists."""
+    if not entries:
+        return {}
+    import lightgbm as lgb
+
+    out = {}
+    for n, e in entries.items():
+        path = folder / e["file"]
+        if n not in classes:
+            raise FashionrecError(f"{folder / CONFIG_FILE}: colour booster for '{n}', which is not a head")
+        if not path.is_file():
+            raise FashionrecError(f"{path}: missing (listed in {CONFIG_FILE} as the colour booster of '{n}')")
+        if file_sha256(path) != e["sha256"]:
+            raise FashionrecError(f"{path}: SHA-256 differs from {CONFIG_FILE}'s; the file was changed or damaged")
+        booster = lgb.Booster(model_file=str(path))
+        if booster.num_model_per_iteration() != len(classes[n]):
+            raise FashionrecError(
+                f"{path}: {booster.num_model_per_iteration()} classes, head '{n}' has {len(classes[n])}"
+            )
+        out[n] = booster
+    return out
 
 
 # ---------------------------------------------------------------- data
@@ -412,6 +466,8 @@ class AdaptConfig:
     refit_heads: bool = True  # after training: heads refit on pooled taps + pre-logits (`refit_heads`)
     # the refit colour heads also read a colour histogram of the garment (`training/colour.py`): +3.4 points
     colour_features: bool = True
+    # ... and a LightGBM model of that histogram alone multiplies in (`training/colour.py`; needs colour_features)
+    colour_booster: bool = True
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
     max_steps: int | None = None  # tests: stop after this many steps
     init_from: str | None = None  # continue from a model folder of an earlier run (same data, split and heads)
@@ -744,6 +800,8 @@ def adapt_catalog(
         eval_secs += (
             2e-4 * len(ids) * len(colour) * len(heads)
         )  # the refit: measured 64-89 s for 7 heads, 2 x 17.6k rows
+    if cfeat is not None and cfg.colour_booster:
+        eval_secs += 5e-3 * int(cfeat.any(1).sum()) * len(colour_cols)  # measured 28-36 s for 6.7k photos
     train_secs = budget - (time.time() - t_start) - eval_secs
     if train_secs < 30 and cfg.max_steps is None:
         raise FashionrecError(
@@ -837,8 +895,17 @@ def adapt_catalog(
             + (f" (+ colour features: {', '.join(model.colour_heads)})" if model.colour_heads else "")
             + f" in {time.time() - t_refit:.0f}s"
         )
+    if model.colour_heads and cfg.colour_booster:
+        t_boost = time.time()
+        for n in model.colour_heads:
+            rows = train & (labels[n] >= 0)
+            booster = fit_colour_booster(cfeat[rows], labels[n][rows], len(heads[n]), seed=cfg.seed)
+            if booster is not None:
+                model.colour_boosters[n] = booster
+        say(f"  colour boosters ({', '.join(model.colour_boosters)}) in {time.time() - t_boost:.0f}s")
     view_probs = [head_probs(model, x, cfeat if model.colour_heads else None) for x in xs]
     probs = {n: np.mean([p[n] for p in view_probs], 0) for n in model.head_names}
+    probs = model.with_colour_boosters(probs, cfeat)
     # the folder embeds with these views averaged: evaluate (and cache) exactly that
     model.backbone.flip_tta, model.backbone.gray_tta = cfg.flips, cfg.gray
     emb = model.backbone.average_views(*map(torch.from_numpy, embs)).numpy() if len(V) > 1 else embs[0]
