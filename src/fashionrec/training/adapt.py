@@ -10,14 +10,16 @@ computed once per photo in four views (the photo, its greyscale version and thei
 the workspace; only blocks[k:], the final conv, the embedding layer and the heads train, each photo in a random
 view (colour heads skip the grey ones). Training is time-boxed (`max_minutes`): the learning rate follows the wall
 clock (warm-up, cosine decay), so a busy machine trains fewer steps rather than overrunning. At the end the heads
-are refit by logistic regression on the pooled outputs of blocks k-1..n-2 plus the pre-logits (`refit_heads`), and
-the folder embeds every photo as the average of its four views (`embedding_tta` "flip+gray"): grey views make
-another colour of the same product the nearest neighbour more often.
+are refit by logistic regression on the pooled outputs of blocks k-1..n-2 plus the pre-logits (`refit_heads`), the
+colour heads also on a colour descriptor of the garment, times a LightGBM model of that descriptor alone
+(`training/colour.py`), and the folder embeds every photo as the average of its four views (`embedding_tta`
+"flip+gray"): grey views make another colour of the same product the nearest neighbour more often.
 
 The result is a model folder:
 - `weights.safetensors`: every tensor (no pickle: loading runs no code);
 - `fashionrec_model.json`: format version, base backbone, input size and preprocessing, embedding size,
   heads and their class lists, the held-out products, training settings;
+- `colour_booster.<head index>.txt`: the colour heads' LightGBM models (LightGBM's text format; SHA-256 in the JSON);
 - `metrics.json`: held-out tagging accuracy / macro-F1 and same-product retrieval, ImageNet vs adapted.
 
 `create_backbone(folder)` gives its embedding backbone (L2-normalised, used by embed/similar/recommenders);
