@@ -901,7 +901,9 @@ def adapt_catalog(
         t_boost = time.time()
         for n in model.colour_heads:
             rows = train & (labels[n] >= 0)
-            booster = fit_colour_booster(cfeat[rows], labels[n][rows], len(heads[n]), seed=cfg.seed)
+            booster = fit_colour_booster(
+                cfeat[rows], labels[n][rows], len(heads[n]), seed=cfg.seed, threads=torch.get_num_threads()
+            )  # as many threads as the network (`--threads`), not LightGBM's default of every core
             if booster is not None:
                 model.colour_boosters[n] = booster
         say(f"  colour boosters ({', '.join(model.colour_boosters)}) in {time.time() - t_boost:.0f}s")
