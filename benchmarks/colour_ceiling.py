@@ -3,6 +3,11 @@ regression, and the LightGBM booster), the adapted network's head inputs alone, 
 booster (what `fashionrec adapt` fits by default).
 
     python benchmarks/colour_ceiling.py --data ../shared/data/hm [--model MODEL_DIR] [--input-size 160]
+    python benchmarks/colour_ceiling.py --data ../shared/data/hm --probe
+
+`--probe` (no model folder): the classifier `fashionrec tag --label-column colour_group_name` trains without
+`--model` (frozen ImageNet backbone + logistic head, default settings, input size chosen as `tag` chooses it), alone
+and times the booster fitted on the same training photos (what `tag` does by default).
 
 Photos: the labelled photos; split by product (a folder's own held-out products with `--model`, else `--holdout`
 and `--seed` as `adapt` splits). The colour descriptor is `fashionrec.training.colour.colour_features` (a Lab
@@ -29,7 +34,13 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default="../shared/data/hm")
     ap.add_argument("--column", default="colour_group_name")
     ap.add_argument("--model", default=None, help="an adapted folder: refit its colour head with and without")
-    ap.add_argument("--input-size", type=int, default=160, help="without --model (with it: the folder's)")
+    ap.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="without --model (with it: the folder's); default 160, --probe: auto",
+    )
+    ap.add_argument("--probe", action="store_true", help="the classifier `tag` trains without --model, x the booster")
     ap.add_argument("--holdout", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -38,6 +49,7 @@ def main(argv=None) -> int:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from fashionrec.config import DEFAULT_BACKBONE
     from fashionrec.evaluation.metrics import paired_bootstrap_by_group
     from fashionrec.features import Preprocess, decode_images_to_array
     from fashionrec.training.adapt import (
@@ -51,6 +63,7 @@ def main(argv=None) -> int:
         split_products,
     )
     from fashionrec.training.colour import colour_features, combine_with_booster, fit_colour_booster
+    from fashionrec.workflows.classify import photo_decoder, resolve_input_size
 
     t0 = time.time()
     m = load_adapted(args.model) if args.model else None
@@ -65,7 +78,9 @@ def main(argv=None) -> int:
     else:
         held = split_products(product_groups(list(cat.item_ids), meta), args.holdout, args.seed)
         held = held[np.isin(np.array(list(cat.item_ids)), lab)]
-        pre = Preprocess(args.input_size, (0.5,) * 3, (0.5,) * 3)
+        size = args.input_size or (resolve_input_size(None, args.data, DEFAULT_BACKBONE) if args.probe else 160)
+        pre = photo_decoder(size) if args.probe else Preprocess(size, (0.5,) * 3, (0.5,) * 3)
+        print(f"input size {size} px")
     ids, imgs, failures = decode_images_to_array({i: cat.image_paths[i] for i in lab}, pre, progress=False)
     keep = np.isin(np.array(lab), ids)
     groups, held = groups[keep], held[keep]
@@ -84,6 +99,21 @@ def main(argv=None) -> int:
     p_tree = booster.predict(H[te])
     print(f"  colour descriptor alone + LightGBM booster: {float((p_tree.argmax(1) == y[te]).mean()):.3f}", end="")
     print(f" (fit {time.time() - t_b:.0f}s)")
+    if args.probe and m is None:
+        from fashionrec.training.tasks import ClassifierConfig, train_image_classifier
+
+        t_p = time.time()
+        clf = train_image_classifier(imgs[tr], y[tr], list(classes), ClassifierConfig(input_size=size), progress=False)
+        p = clf.predict_proba(imgs[te])
+        right = {"the probe alone": (p.argmax(1) == y[te]).astype(float)}
+        print(f"  ImageNet probe as `tag` trains it without --model: {right['the probe alone'].mean():.3f}", end="")
+        print(f" ({time.time() - t_p:.0f}s)")
+        p = combine_with_booster(p, booster, H[te])
+        right["the probe x the booster"] = b = (p.argmax(1) == y[te]).astype(float)
+        print(f"  the probe x the booster (as `tag` does by default): {b.mean():.3f}")
+        _, (lo, hi) = paired_bootstrap_by_group(right["the probe alone"], b, groups[te])
+        d = b.mean() - right["the probe alone"].mean()
+        print(f"  the probe x the booster vs the probe alone: {d:+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
     if m is not None:
         c = float(m.config.get("adapt_config", {}).get("head_c", 0.05))
         bb, views = m.backbone, ([], [])

@@ -662,6 +662,14 @@ def test_tag_with_probe_takes_product_columns_from_labelled_colours(shapes_shop,
     assert "product_group_name (6 photos from labelled photos of the same product)" in out
     line = next(x for x in out.splitlines() if x.startswith("product-level columns"))
     assert "colour_group_name" not in line  # colour is not a product's: tagged photo by photo
+    # a colour column: the probe times the colour booster (known answer: the drawn colour, the id's last digit)
+    drawn = {c: name for c, (_, name) in COLOURS.items()}
+    assert all(df.loc[i, "colour_group_name"] == drawn[i[-1]] for i in df.index)
+    tagged = {x.split(" (")[0].split()[-1]: x for x in out.splitlines() if x.startswith("tagged ")}
+    assert "x the colour booster" in tagged["colour_group_name"]
+    assert "x the colour booster" not in tagged["product_group_name"]
+    assert main(args[:-4] + ["--no-colour-booster"] + args[-4:]) == 0
+    assert not any("colour booster" in x for x in capsys.readouterr().out.splitlines())
 
 
 def test_continue_from_a_folder_whose_colour_heads_read_colour_features(shapes_shop, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from fashionrec.training.colour import (
     BINS,
     COLOUR_FEATURES_DIM,
+    boost_colour_probs,
     colour_features,
     combine_with_booster,
     fit_colour_booster,
@@ -110,3 +111,32 @@ def test_booster_learns_what_a_linear_model_cannot_and_multiplies_in():
     with pytest.raises(ValueError, match="classes"):
         combine_with_booster(np.full((200, 3), 1 / 3), booster, x[te])
     assert fit_colour_booster(x[:10], np.zeros(10, int), 2) is None  # one class: nothing to learn
+
+
+def test_boost_colour_probs_tags_colour_a_colour_blind_classifier_misses():
+    """What `tag` without --model does for a colour column: drawn garments in three colours on varied backdrops; a
+    classifier that knows nothing (uniform) times the booster fitted on the labelled photos gets every colour right,
+    a confident classifier is combined as the product, greyscale photos are returned unchanged."""
+    rng = np.random.default_rng(0)
+    rgb = [(200, 30, 30), (30, 30, 200), (30, 160, 30)]
+
+    def photos(n):
+        y = rng.integers(0, 3, n)
+        ims = [
+            _photo(np.clip(np.array(rgb[k]) + rng.integers(-20, 21, 3), 0, 255), background=(int(g),) * 3)
+            for k, g in zip(y, rng.integers(200, 256, n))
+        ]
+        return np.stack(ims), y
+
+    x_tr, y_tr = photos(90)
+    x_te, y_te = photos(30)
+    flat = np.full((30, 3), 1 / 3, np.float32)
+    p = boost_colour_probs(flat, x_tr, y_tr, x_te, seed=0, threads=1)
+    assert p.shape == (30, 3) and np.allclose(p.sum(1), 1, atol=1e-5)
+    assert (p.argmax(1) == y_te).all() and not np.allclose(p, flat)
+    wrong = np.eye(3, dtype=np.float32)[(y_te + 1) % 3] * 0.4 + 0.2  # a classifier that leans the wrong way
+    both = boost_colour_probs(wrong, x_tr, y_tr, x_te, seed=0, threads=1)
+    booster = fit_colour_booster(colour_features(x_tr), y_tr, 3, seed=0, threads=1)
+    assert np.allclose(both, combine_with_booster(wrong, booster, colour_features(x_te)), atol=1e-6)
+    grey = x_te[..., 0]
+    assert boost_colour_probs(flat, x_tr, y_tr, grey) is flat

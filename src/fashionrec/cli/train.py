@@ -71,6 +71,7 @@ def cmd_tag(args) -> int:
             cols,
             min_confidence=args.min_confidence,
             by_product=not args.per_photo,
+            colour_booster=not args.no_colour_booster,
             progress=common.progress(args),
         )
     else:
@@ -81,6 +82,7 @@ def cmd_tag(args) -> int:
             common.classifier_config(args),
             min_confidence=args.min_confidence,
             by_product=not args.per_photo,
+            colour_booster=not args.no_colour_booster,
             cache=common.feature_cache(args),
             progress=common.progress(args),
         )
@@ -88,8 +90,9 @@ def cmd_tag(args) -> int:
         print("every image already has a catalog row: nothing to tag", file=sys.stderr)
     for c in tags.per_column:
         print(
-            f"tagged {c.n_tagged} images with {c.column} ({c.n_classes} classes, trained on {c.n_labelled} labelled; "
-            f"{c.n_unreadable} unreadable skipped)"
+            f"tagged {c.n_tagged} images with {c.column} ({c.n_classes} classes, trained on {c.n_labelled} labelled"
+            + ("; x the colour booster" if c.colour_booster else "")
+            + f"; {c.n_unreadable} unreadable skipped)"
         )
     if tags.from_siblings:
         print(
@@ -204,6 +207,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="tag every photo on its own (default: the columns that describe a product, such as its type, agree "
         "within a product: taken from its labelled photos in other colours, else pooled over its photos)",
+    )
+    tg.add_argument(
+        "--no-colour-booster",
+        action="store_true",
+        help="tag colour columns without the LightGBM model of the garment's colour descriptor (default: with "
+        "--model, the folder's; without, one fitted on the same labelled photos as the classifier)",
     )
     tg.add_argument("--out", required=True)
     common.add_classifier_args(tg)

@@ -147,3 +147,24 @@ def combine_with_booster(p_linear: np.ndarray, booster, features: np.ndarray) ->
     logp = np.log(np.clip(p_linear, 1e-12, None)) + np.log(np.clip(p_tree, 1e-12, None))
     p = np.exp(logp - logp.max(1, keepdims=True))
     return (p / p.sum(1, keepdims=True)).astype(p_linear.dtype)
+
+
+def boost_colour_probs(
+    p_linear: np.ndarray,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    images: np.ndarray,
+    *,
+    seed: int = 0,
+    threads: int = 0,
+) -> np.ndarray:
+    """A classifier's colour probabilities on `images` times a booster fitted on the labelled `train_images`'
+    descriptors (labels 0..p_linear.shape[1]-1): what `tag` without `--model` does for a colour column. Photos as
+    `Preprocess` makes them (uint8 RGB); greyscale photos carry no colour, so their probabilities are returned
+    unchanged."""
+    if np.asarray(images).ndim != 4 or np.asarray(train_images).ndim != 4 or not len(p_linear):
+        return p_linear
+    booster = fit_colour_booster(
+        colour_features(train_images), train_labels, p_linear.shape[1], seed=seed, threads=threads
+    )
+    return combine_with_booster(p_linear, booster, colour_features(images))

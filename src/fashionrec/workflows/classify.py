@@ -5,6 +5,7 @@ The one place that decides which photos are labelled, how they are decoded, and 
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -279,6 +280,7 @@ class ColumnTagging:
     n_labelled: int
     n_unreadable: int
     n_from_siblings: int | None = None  # None: the column was tagged per photo (not product-level, or by_product off)
+    colour_booster: bool = False  # the probabilities were multiplied by the colour booster
 
 
 @dataclass
@@ -299,9 +301,11 @@ def tag_with_model(
     *,
     min_confidence: float = 0.0,
     by_product: bool = True,
+    colour_booster: bool = True,
     progress: bool = True,
 ) -> Tags:
-    """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo).
+    """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo);
+    `colour_booster` False: its colour heads without their boosters.
 
     `by_product`: the columns that describe a product, not a photo (type, group, department, ...: measured on the
     catalog's rows, `product_level_columns`) agree within a product: taken from the product's labelled photos where
@@ -311,6 +315,9 @@ def tag_with_model(
     from fashionrec.training.adapt import catalog_for_training, load_adapted
 
     adapted = load_adapted(model)
+    if not colour_booster and adapted.colour_boosters:
+        adapted = copy.copy(adapted)  # a shallow copy: the cached model keeps its boosters
+        adapted.colour_boosters = {}
     cols = list(columns or adapted.head_names)
     missing = [c for c in cols if c not in adapted.head_names]
     if missing:
@@ -351,15 +358,21 @@ def tag_with_probe(
     *,
     min_confidence: float = 0.0,
     by_product: bool = True,
+    colour_booster: bool = True,
     cache=None,
     progress: bool = True,
 ) -> Tags:
     """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row
-    (`by_product` as in `tag_with_model`)."""
+    (`by_product` as in `tag_with_model`). `colour_booster`: a colour column's probabilities are also multiplied by
+    a LightGBM model of the garment's colour descriptor fitted on the same labelled photos (`boost_colour_probs`,
+    as `adapt` does for its colour heads)."""
+    from fashionrec.training.adapt import is_colour_column
+
     tag_columns(",".join(columns), required=True)
     merged, per_column, n_unl, n_bad, from_siblings = None, [], 0, 0, {}
     for c in columns:
-        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress, by_product)
+        boost = colour_booster and is_colour_column(c)
+        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress, by_product, boost)
         per_column.append(info)
         if info.n_from_siblings is not None:
             from_siblings[c] = info.n_from_siblings
@@ -369,8 +382,11 @@ def tag_with_probe(
     return Tags(merged, n_unl, n_bad, list(columns), per_column, from_siblings)
 
 
-def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool, by_product: bool):
-    """A classifier on the labelled photos (frozen-backbone features + logistic head by default)."""
+def _tag_one_column(
+    data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool, by_product: bool, boost: bool
+):
+    """A classifier on the labelled photos (frozen-backbone features + logistic head by default); `boost`: times the
+    colour booster (a colour column)."""
     from fashionrec.data.products import tag_by_product
     from fashionrec.features import decode_images_to_array
     from fashionrec.training.tasks import train_image_classifier
@@ -391,6 +407,12 @@ def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cac
         progress=progress,
     )
     proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
+    if boost:
+        import torch
+
+        from fashionrec.training.colour import boost_colour_probs
+
+        proba = boost_colour_probs(proba, x, photos.labels, u_x, seed=cfg.seed, threads=torch.get_num_threads())
     n_sib = None
     if by_product and len(u_ids):
         pooled, sib = tag_by_product(
@@ -407,5 +429,5 @@ def _tag_one_column(data_dir, label_column: str, cfg, min_confidence: float, cac
             "confidence": conf,
         }
     )
-    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures), n_sib)
+    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures), n_sib, boost)
     return df, info, len(unl), len(failures)
