@@ -410,6 +410,12 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
         == 0
     )
     assert set(pd.read_csv(tags, dtype=str)["colour_group_name"]) == {"unsure"}
+    # --no-colour-booster: the colour head alone, other confidences; the cached folder keeps its booster
+    args = ["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "colour_group_name"]
+    assert main(args + ["--no-colour-booster", "--out", str(tags)]) == 0
+    alone = pd.read_csv(tags, dtype=str).set_index("article_id")["colour_group_name_confidence"].astype(float)
+    assert not np.allclose(alone.loc[df.index], df["colour_group_name_confidence"].astype(float), atol=1e-3)
+    assert load_adapted(out).colour_boosters
     assert (
         main(
             ["-q", "tag", "--data", str(shapes_shop), "--model", str(out), "--label-column", "nope", "--out", str(tags)]
