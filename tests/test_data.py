@@ -273,3 +273,39 @@ def test_nothing_valid_left_is_a_clear_error(tiny_hm, body, match):
     (tiny_hm / "transactions.csv").write_text("t_dat,customer_id,article_id,price,sales_channel_id\n" + body)
     with pytest.raises(DataError, match=match):
         load_hm_transactions(tiny_hm, on_bad="skip")
+
+
+def test_batch_decoding_reads_large_jpegs_at_reduced_scale_and_small_ones_exactly(tmp_path, monkeypatch):
+    """`Preprocess.load` (what embed, adapt, tag and predict decode with): a shop-size JPEG is decoded by libjpeg at
+    a reduced scale that still covers the input size, close to the full decode; a photo near the input size decodes
+    exactly as before; `decode_images_to_array` goes through it; the feature-cache key names the decoder."""
+    from PIL import Image, ImageDraw
+
+    import fashionrec.data.images as images_mod
+    from fashionrec.features import DECODE_VERSION, Preprocess, decode_images_to_array
+
+    big = Image.new("RGB", (1200, 1800), (235, 235, 235))
+    ImageDraw.Draw(big).rectangle([300, 400, 900, 1500], fill=(40, 60, 160))
+    big.save(tmp_path / "big.jpg", quality=92)
+    big.resize((128, 192)).save(tmp_path / "small.jpg", quality=92)
+    pre = Preprocess(160, (0.5,) * 3, (0.5,) * 3)
+    sizes = []
+    real = images_mod.decode_image
+
+    def spy(data, **kw):
+        img = real(data, **kw)
+        sizes.append(img.size)
+        return img
+
+    monkeypatch.setattr(images_mod, "decode_image", spy)
+    fast = pre.load(tmp_path / "big.jpg")
+    assert 160 <= min(sizes[-1]) and max(sizes[-1]) <= 1800 // 4  # 1/4 scale: 300x450, not 1200x1800
+    full = pre.pil_to_array(real((tmp_path / "big.jpg").read_bytes()))
+    assert fast.shape == full.shape == (160, 160, 3)
+    assert np.abs(fast.astype(int) - full).mean() < 2.0
+    small = pre.load(tmp_path / "small.jpg")
+    assert sizes[-1] == (128, 192)
+    assert np.array_equal(small, pre.pil_to_array(real((tmp_path / "small.jpg").read_bytes())))
+    ids, arr, failures = decode_images_to_array({"big": tmp_path / "big.jpg"}, pre, progress=False, num_workers=0)
+    assert ids == ["big"] and not failures and np.array_equal(arr[0], fast)
+    assert f'"decode": {DECODE_VERSION}' in pre.key()

@@ -49,13 +49,13 @@ class _Embedder:
         self.pre = Preprocess.for_backbone(self.bb)
 
     def __call__(self, batch: dict) -> dict:
-        from fashionrec.data.images import ImageDecodeError, load_image
+        from fashionrec.data.images import ImageDecodeError
         from fashionrec.features import InferencePath, _forward
 
         arrays, ok = [], []
         for p in batch["path"]:
             try:
-                arrays.append(self.pre.pil_to_array(load_image(p)))
+                arrays.append(self.pre.load(p))
                 ok.append(True)
             except ImageDecodeError:
                 ok.append(False)

@@ -29,6 +29,10 @@ from fashionrec.io import atomic_path, default_workspace, write_json
 log = logging.getLogger(__name__)
 
 
+# Part of every feature-cache key: 2 = large JPEGs decoded at reduced scale (`Preprocess.load`)
+DECODE_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """How raw pixels become model input. `input_size`, `mean`, `std` come from the backbone's data config.
@@ -52,7 +56,14 @@ class Preprocess:
         return cls(**kw)
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps({**asdict(self), "decode": DECODE_VERSION}, sort_keys=True)
+
+    def load(self, path: str | Path) -> np.ndarray:
+        """An image file -> uint8 (S, S, 3), as `pil_to_array` makes it. A JPEG much larger than the input is
+        decoded at libjpeg's 1/2, 1/4 or 1/8 scale that still covers `input_size` on both sides (`draft`): 6x faster
+        for a 1166x1750 H&M original at 160 px (35 -> 6 ms), mean pixel difference 0.5 of 255; photos at most about
+        twice the input size decode exactly as before."""
+        return self.pil_to_array(load_image(path, draft_size=self.input_size))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """x: float (B, 3, H, W) in [0, 1] -> resized, normalised model input."""
@@ -737,7 +748,7 @@ class _ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            return i, self.pre.pil_to_array(load_image(self.paths[i])), None
+            return i, self.pre.load(self.paths[i]), None
         except ImageDecodeError as e:
             return i, None, str(e)
 
@@ -783,7 +794,7 @@ def embed_image_files(
             if len(arrays) >= n:
                 break
             try:
-                arrays.append(pre.pil_to_array(load_image(items[i])))
+                arrays.append(pre.load(items[i]))
             except (ImageDecodeError, OSError):
                 continue
         return pre.arrays_to_tensor(np.stack(arrays)) if arrays else None

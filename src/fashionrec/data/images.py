@@ -90,13 +90,14 @@ def to_display_rgb(img: Image.Image) -> Image.Image:
     return img
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """`decode_image` of a file's bytes (`draft_size`: see there)."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ImageDecodeError(f"cannot read: {e.strerror}", path=path) from None
-    return decode_image(data, source=path)
+    return decode_image(data, source=path, draft_size=draft_size)
 
 
 def list_images(folder: str | Path) -> list[Path]:

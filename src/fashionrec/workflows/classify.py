@@ -216,23 +216,23 @@ def predict_images(
         from fashionrec.training.adapt import load_adapted
 
         adapted = load_adapted(model)
-        to_array, greyscale = adapted.preprocess.pil_to_array, False
+        pre, greyscale = adapted.preprocess, False
     else:
         from fashionrec.training.checkpoint import load_classifier
 
         clf = load_classifier(model)
-        to_array, greyscale = clf.preprocess.pil_to_array, bool(clf.preprocess.invert)
+        pre, greyscale = clf.preprocess, bool(clf.preprocess.invert)
     arrays, names = [], []
     for p in image_paths(images):
         try:
-            img = load_image(p)
+            img = load_image(p, draft_size=pre.input_size)  # decoded as training decoded it (`Preprocess.load`)
         except ImageDecodeError as e:
             if on_skip is not None:
                 on_skip(str(e))
             continue
         if greyscale:  # a greyscale-trained model gets the same input mapping
             img = img.convert("L")
-        arrays.append(to_array(img))
+        arrays.append(pre.pil_to_array(img))
         names.append(str(p))
     if not arrays:
         raise FashionrecError("no readable images given")
