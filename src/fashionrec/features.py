@@ -60,9 +60,9 @@ class Preprocess:
 
     def load(self, path: str | Path) -> np.ndarray:
         """An image file -> uint8 (S, S, 3), as `pil_to_array` makes it. A JPEG much larger than the input is
-        decoded at libjpeg's 1/2, 1/4 or 1/8 scale that still covers `input_size` on both sides (`draft`): 6x faster
-        for a 1166x1750 H&M original at 160 px (35 -> 6 ms), mean pixel difference 0.5 of 255; photos at most about
-        twice the input size decode exactly as before."""
+        decoded at libjpeg's 1/2, 1/4 or 1/8 scale that still covers `input_size` on both sides (`draft`): 5x faster
+        for a 1166x1750 H&M original at 160 px (22 -> 4 ms, `benchmarks/decode_speed.py`), mean pixel difference
+        0.45 of 255; a photo whose shorter side is under twice the input size decodes exactly as before."""
         return self.pil_to_array(load_image(path, draft_size=self.input_size))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
