@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap.add_argument("--holdout", type=float, default=0.15)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.probe and args.model:
+        ap.error("--probe measures the classifier `tag` trains without a model folder: leave out --model")
     import torch
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
