@@ -109,10 +109,11 @@ def main(argv=None) -> int:
         p = clf.predict_proba(imgs[te])
         right = {"the probe alone": (p.argmax(1) == y[te]).astype(float)}
         print(f"  ImageNet probe as `tag` trains it without --model: {right['the probe alone'].mean():.3f}", end="")
-        print(f" ({time.time() - t_p:.0f}s)")
+        print(f" (mean confidence {p.max(1).mean():.3f}; {time.time() - t_p:.0f}s)")
         p = combine_with_booster(p, booster, H[te])
         right["the probe x the booster"] = b = (p.argmax(1) == y[te]).astype(float)
-        print(f"  the probe x the booster (as `tag` does by default): {b.mean():.3f}")
+        print(f"  the probe x the booster (as `tag` does by default): {b.mean():.3f}", end="")
+        print(f" (mean confidence {p.max(1).mean():.3f}; booster alone {p_tree.max(1).mean():.3f})")
         _, (lo, hi) = paired_bootstrap_by_group(right["the probe alone"], b, groups[te])
         d = b.mean() - right["the probe alone"].mean()
         print(f"  the probe x the booster vs the probe alone: {d:+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
