@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -16,6 +17,7 @@ from fashionrec.cli import main
 from fashionrec.config import DEFAULT_BACKBONE
 from fashionrec.data.products import pool_by_product, product_level_columns, tag_by_product
 from fashionrec.errors import FashionrecError
+from fashionrec.evaluation.calibration import apply_temperature
 from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
 from fashionrec.training.adapt import (
@@ -23,6 +25,7 @@ from fashionrec.training.adapt import (
     AdaptedModel,
     adapt_catalog,
     catalog_for_training,
+    format_adapt_metrics,
     head_probs,
     load_adapted,
     product_groups,
@@ -302,12 +305,22 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert list(conf["colour_boosters"]) == ["colour_group_name"]
     assert (out / conf["colour_boosters"]["colour_group_name"]["file"]).is_file()
     assert set(load_adapted(out).colour_boosters) == {"colour_group_name"}
+    # confidences calibrated on the held-out products: a temperature per head (and the colour head's without its
+    # booster), saved and loaded; the reported figures calibrated across halves of the held-out products
+    assert set(conf["temperatures"]) == set(conf["heads"]) and list(conf["temperatures_no_booster"]) == [
+        "colour_group_name"
+    ]
+    assert load_adapted(out).temperatures == pytest.approx(conf["temperatures"])
     held = set(conf["heldout_products"])
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_heldout_photos"] == 18 and m["retrieval_heldout"]["adapted"]["n_queries"] == 18
     # colour is a solid fill: the colour head gets it right on products it never saw
     assert m["tagging_heldout"]["colour_group_name"]["accuracy"] >= 0.9
+    cal = m["calibration_heldout"]["colour_group_name"]
+    assert cal["after"]["n"] == 18 and len(cal["fold_temperatures"]) == 2
+    assert cal["temperature"] == pytest.approx(conf["temperatures"]["colour_group_name"], abs=1e-3)
+    assert "confidence calibration" in format_adapt_metrics(m) and "| colour_group_name | " in format_adapt_metrics(m)
     # what `tag` does (product-level columns pooled per product) and per photo; colour is not product-level
     assert set(m["tagging_heldout_per_photo"]) == set(m["tagging_heldout"])
     assert (
@@ -328,6 +341,13 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     with torch.no_grad():
         e_bb = bb.eval()(load_adapted(out).preprocess.arrays_to_tensor(arr)).numpy()
     assert np.allclose(e_model, e_bb, atol=1e-5)
+    # the heads' probabilities are the uncalibrated ones with each head's temperature applied
+    raw = copy.copy(load_adapted(out))
+    raw.temperatures = {}
+    _, p_raw = raw.predict_arrays(arr, embed=False)
+    for n, t in conf["temperatures"].items():
+        assert np.allclose(p_heads[n], apply_temperature(p_raw[n], t), atol=1e-5)
+    assert any(not np.allclose(p_heads[n], p_raw[n], atol=1e-3) for n in p_raw)
     cat = catalog_for_training(shapes_shop)
     fresh = embed_image_files(bb, cat.image_paths, progress=False)
     cached = embed_image_files(bb, cat.image_paths, cache=FeatureCache(ws), progress=False)

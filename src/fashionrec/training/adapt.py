@@ -28,6 +28,7 @@ The result is a model folder:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -49,6 +50,7 @@ from fashionrec.backbones.base import Backbone
 from fashionrec.config import ADAPT_MAX_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
 from fashionrec.data.products import pool_by_product, product_groups, product_level_columns, split_products
 from fashionrec.errors import FashionrecError
+from fashionrec.evaluation.calibration import THRESHOLDS, apply_temperature
 from fashionrec.features import Preprocess
 from fashionrec.training.colour import (
     COLOUR_FEATURES_DIM,
@@ -98,6 +100,27 @@ class AdaptedModel(nn.Module):
         # {colour head: LightGBM booster on `colour_features` alone}; its probabilities multiply the head's
         # (`with_colour_boosters`); fitted by `adapt` after the refit, saved beside the weights as text
         self.colour_boosters: dict = {}
+        # {head: T}: the temperature that calibrates the head's final probabilities (`calibrated`), fitted by `adapt`
+        # on the held-out products; `temperatures_no_booster`: a boosted colour head's, for its probabilities
+        # without the booster (`tag --no-colour-booster`)
+        self.temperatures: dict[str, float] = {}
+        self.temperatures_no_booster: dict[str, float] = {}
+
+    def calibrated(self, probs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`probs` ({head: proba}, after the boosters) with each head's temperature applied
+        (`evaluation.calibration`): confidences that match accuracy; the highest class is unchanged."""
+        return {n: apply_temperature(p, self.temperatures.get(n, 1.0)) for n, p in probs.items()}
+
+    def without_colour_boosters(self) -> AdaptedModel:
+        """A shallow copy whose colour heads go without their boosters (and take the temperatures fitted for
+        that); this model, which may be cached, keeps them."""
+        m = copy.copy(self)
+        m.colour_boosters = {}
+        m.temperatures = {**self.temperatures, **self.temperatures_no_booster}
+        for n in self.colour_boosters:
+            if n not in self.temperatures_no_booster:
+                m.temperatures.pop(n, None)
+        return m
 
     def with_colour_boosters(self, probs: dict[str, np.ndarray], colour: np.ndarray | None) -> dict[str, np.ndarray]:
         """`probs` ({head: proba}) with each boosted colour head's probabilities combined with its booster's, read
@@ -180,6 +203,7 @@ class AdaptedModel(nn.Module):
         probs = {n: np.concatenate(v) if v else np.zeros((0, len(self.classes[n]))) for n, v in probs.items()}
         if descs:
             probs = self.with_colour_boosters(probs, np.concatenate(descs))
+        probs = self.calibrated(probs)
         return None if not embed else np.concatenate(embs) if embs else np.zeros((0, d), np.float32), probs
 
 
@@ -229,6 +253,8 @@ def save_adapted(model: AdaptedModel, out_dir: str | Path, config: dict) -> Path
         "head_taps": list(model.head_taps),
         "colour_heads": list(model.colour_heads),  # heads that also read `training.colour.colour_features`
         "colour_boosters": boosters,  # {head: LightGBM model of those features alone, multiplied in}
+        "temperatures": model.temperatures,  # {head: T}: probabilities ** (1/T), renormalised (calibration)
+        "temperatures_no_booster": model.temperatures_no_booster,  # a boosted head's T without its booster
         "weights_file": WEIGHTS_FILE,
         "weights_sha256": file_sha256(out / WEIGHTS_FILE),
     }
@@ -262,6 +288,8 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     except Exception as e:  # safetensors' own errors (a damaged file) and shape/key mismatches alike
         raise FashionrecError(f"{wpath}: weights do not match {CONFIG_FILE}: {str(e)[:300]}") from None
     model.colour_boosters = _load_boosters(wpath.parent, cfg.get("colour_boosters") or {}, model.classes)
+    for attr in ("temperatures", "temperatures_no_booster"):  # folders from before calibration: none (T = 1)
+        setattr(model, attr, {n: float(t) for n, t in (cfg.get(attr) or {}).items() if n in model.classes})
     model.config = cfg
     model.eval()
     _LOADED[key] = model
@@ -298,6 +326,47 @@ def catalog_for_training(data_dir: str | Path):
     from fashionrec.data.catalog import load_catalog
 
     return load_catalog(data_dir)
+
+
+def calibrate_on_heldout(
+    model: AdaptedModel,
+    probs: dict[str, np.ndarray],
+    head_only: dict[str, np.ndarray],
+    labels: dict[str, np.ndarray],
+    held: np.ndarray,
+    groups: np.ndarray,
+    *,
+    seed: int = 0,
+    min_photos: int = 10,
+) -> tuple[dict[str, np.ndarray], dict]:
+    """Fit each head's temperature on the held-out products' labelled photos (`model.temperatures`; and for a boosted
+    colour head also the one without its booster), which the heads never trained on. -> (`probs` with the held-out
+    rows calibrated by temperatures fitted on the *other* held-out products (2 folds by product, so the reported
+    figures are not fitted on the photos they score), {head: temperature, the folds' temperatures, and
+    `calibration_report` before and after}). Heads with fewer than `min_photos` labelled held-out photos keep T = 1.
+    """
+    from fashionrec.evaluation.calibration import calibration_report, crossfit_temperature, fit_temperature
+
+    rows = np.flatnonzero(held)
+    out, report = dict(probs), {}
+    for n in model.head_names:
+        y = labels[n][rows]
+        if (y >= 0).sum() < min_photos:
+            continue
+        p = probs[n][rows]
+        model.temperatures[n] = fit_temperature(p, y)
+        if n in model.colour_boosters:
+            model.temperatures_no_booster[n] = fit_temperature(head_only[n][rows], y)
+        honest, folds = crossfit_temperature(p, y, groups[rows], seed=seed)
+        out[n] = np.array(probs[n], dtype=np.float64, copy=True)
+        out[n][rows] = honest
+        report[n] = {
+            "temperature": round(model.temperatures[n], 4),
+            "fold_temperatures": [round(t, 4) for t in folds],
+            "before": calibration_report(p, y),
+            "after": calibration_report(honest, y),
+        }
+    return out, report
 
 
 def heldout_tagging(
@@ -908,8 +977,17 @@ def adapt_catalog(
                 model.colour_boosters[n] = booster
         say(f"  colour boosters ({', '.join(model.colour_boosters)}) in {time.time() - t_boost:.0f}s")
     view_probs = [head_probs(model, x, cfeat if model.colour_heads else None) for x in xs]
-    probs = {n: np.mean([p[n] for p in view_probs], 0) for n in model.head_names}
-    probs = model.with_colour_boosters(probs, cfeat)
+    head_only = {n: np.mean([p[n] for p in view_probs], 0) for n in model.head_names}
+    probs = model.with_colour_boosters(head_only, cfeat)
+    probs, calibration = calibrate_on_heldout(model, probs, head_only, labels, held, groups, seed=cfg.seed)
+    if calibration:
+        say(
+            "  confidences calibrated on the held-out products: "
+            + ", ".join(
+                f"{n} T={c['temperature']:.2f} (ECE {c['before']['ece']:.3f} -> {c['after']['ece']:.3f})"
+                for n, c in calibration.items()
+            )
+        )
     # the folder embeds with these views averaged: evaluate (and cache) exactly that
     model.backbone.flip_tta, model.backbone.gray_tta = cfg.flips, cfg.gray
     emb = model.backbone.average_views(*map(torch.from_numpy, embs)).numpy() if len(V) > 1 else embs[0]
@@ -939,6 +1017,7 @@ def adapt_catalog(
         "retrieval_heldout": ret,
         "tagging_heldout": tagging,
         "tagging_heldout_per_photo": per_photo,
+        "calibration_heldout": calibration,
         "product_level_columns": plevel,
         "wall_seconds": round(wall, 1),
         "n_photos": len(ids),
@@ -1032,4 +1111,26 @@ def format_adapt_metrics(m: dict) -> str:
             f"| {name}{' *' if name in plevel else ''} | {t['n_classes']} | {t['n']} | {t['accuracy']:.3f} | "
             f"{t['macro_f1']:.3f} | {'-' if pp is None else f'{pp:.3f}'} |"
         )
+    cal = m.get("calibration_heldout") or {}
+    if cal:
+        lines += [
+            "",
+            "confidence calibration per photo (held-out products; each half's temperature fitted on the other half); "
+            "`--min-confidence X` keeps the tags at or above X: share kept, their accuracy",
+            "| attribute | T | accuracy | mean confidence: raw -> calibrated | ECE: raw -> calibrated | "
+            + " | ".join(f">= {t}" for t in THRESHOLDS)
+            + " |",
+            "|---|---|---|---|---|" + "---|" * len(THRESHOLDS),
+        ]
+        for name, c in cal.items():
+            b, a = c["before"], c["after"]
+            keep = [a["at_min_confidence"][str(t)] for t in THRESHOLDS]
+            lines.append(
+                f"| {name} | {c['temperature']:.2f} | {a['accuracy']:.3f} | {b['mean_confidence']:.3f} -> "
+                f"{a['mean_confidence']:.3f} | {b['ece']:.3f} -> {a['ece']:.3f} | "
+                + " | ".join(
+                    f"{k['coverage']:.2f}, {k['accuracy']:.3f}" if k["accuracy"] is not None else "0, -" for k in keep
+                )
+                + " |"
+            )
     return "\n".join(lines)

@@ -5,7 +5,6 @@ The one place that decides which photos are labelled, how they are decoded, and 
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -316,8 +315,7 @@ def tag_with_model(
 
     adapted = load_adapted(model)
     if not colour_booster and adapted.colour_boosters:
-        adapted = copy.copy(adapted)  # a shallow copy: the cached model keeps its boosters
-        adapted.colour_boosters = {}
+        adapted = adapted.without_colour_boosters()  # a shallow copy: the cached model keeps its boosters
     cols = list(columns or adapted.head_names)
     missing = [c for c in cols if c not in adapted.head_names]
     if missing:
