@@ -7,7 +7,9 @@ booster (what `fashionrec adapt` fits by default).
 
 `--probe` (no model folder): the classifier `fashionrec tag --label-column colour_group_name` trains without
 `--model` (frozen ImageNet backbone + logistic head, default settings, input size chosen as `tag` chooses it), alone
-and times the booster fitted on the same training photos (what `tag` does by default).
+and times the booster fitted on the same training photos (what `tag` does by default); then its confidences before
+and after the calibration `tag` applies (a temperature fitted on held-back *training* products, `probe_temperature`),
+scored on the held-out photos.
 
 Photos: the labelled photos; split by product (a folder's own held-out products with `--model`, else `--holdout`
 and `--seed` as `adapt` splits). The colour descriptor is `fashionrec.training.colour.colour_features` (a Lab
@@ -102,7 +104,9 @@ def main(argv=None) -> int:
     print(f"  colour descriptor alone + LightGBM booster: {float((p_tree.argmax(1) == y[te]).mean()):.3f}", end="")
     print(f" (fit {time.time() - t_b:.0f}s)")
     if args.probe and m is None:
+        from fashionrec.evaluation.calibration import apply_temperature, calibration_report
         from fashionrec.training.tasks import ClassifierConfig, train_image_classifier
+        from fashionrec.workflows.classify import probe_temperature
 
         t_p = time.time()
         clf = train_image_classifier(imgs[tr], y[tr], list(classes), ClassifierConfig(input_size=size), progress=False)
@@ -117,6 +121,19 @@ def main(argv=None) -> int:
         _, (lo, hi) = paired_bootstrap_by_group(right["the probe alone"], b, groups[te])
         d = b.mean() - right["the probe alone"].mean()
         print(f"  the probe x the booster vs the probe alone: {d:+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
+        # calibration as `tag` does it: T from a refit on 80% of the *training* products, scored on held-out ones
+        t, cal = probe_temperature(clf, imgs[tr], y[tr], groups[tr], boost=True)
+        before, after = calibration_report(p, y[te]), calibration_report(apply_temperature(p, t), y[te])
+        print(f"  calibrated as `tag` does (T={t:.2f}, fitted on {cal['n']} photos of held-back training products):")
+        for name, r in (("raw", before), ("calibrated", after)):
+            keep = ", ".join(
+                f">= {k}: {v['coverage']:.2f} kept at {v['accuracy'] or 0:.3f}"
+                for k, v in r["at_min_confidence"].items()
+            )
+            print(
+                f"    {name}: mean confidence {r['mean_confidence']:.3f} for accuracy {r['accuracy']:.3f}, "
+                f"ECE {r['ece']:.3f}, log-loss {r['log_loss']:.3f}; {keep}"
+            )
     if m is not None:
         c = float(m.config.get("adapt_config", {}).get("head_c", 0.05))
         bb, views = m.backbone, ([], [])

@@ -694,6 +694,9 @@ def test_tag_with_probe_takes_product_columns_from_labelled_colours(shapes_shop,
     tagged = {x.split(" (")[0].split()[-1]: x for x in out.splitlines() if x.startswith("tagged ")}
     assert "x the colour booster" in tagged["colour_group_name"]
     assert "x the colour booster" not in tagged["product_group_name"]
+    # both columns' confidences calibrated on the labelled photos of the 4 products (of 18) held back from a refit
+    calibrated = [x for x in out.splitlines() if "confidences calibrated on" in x]
+    assert len(calibrated) == 2 and all("on 12 labelled photos" in x for x in calibrated)
     assert main(args[:-4] + ["--no-colour-booster"] + args[-4:]) == 0
     assert not any("colour booster" in x for x in capsys.readouterr().out.splitlines())
 

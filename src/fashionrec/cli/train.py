@@ -94,6 +94,13 @@ def cmd_tag(args) -> int:
             + ("; x the colour booster" if c.colour_booster else "")
             + f"; {c.n_unreadable} unreadable skipped)"
         )
+        if c.temperature is not None:
+            b, a = c.calibration["before"], c.calibration["after"]
+            print(
+                f"  {c.column} confidences calibrated on {c.calibration['n']} labelled photos of products held back "
+                f"from a refit: T={c.temperature:.2f}, mean confidence {b['mean_confidence']:.3f} -> "
+                f"{a['mean_confidence']:.3f} for accuracy {a['accuracy']:.3f}"
+            )
     if tags.from_siblings:
         print(
             "product-level columns, consistent within each product: "
@@ -200,7 +207,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--min-confidence",
         type=float,
         default=0.0,
-        help="below this probability the tag is 'unsure' (default 0: always the best guess)",
+        help="below this probability the tag is 'unsure' (default 0: always the best guess); the probabilities are "
+        "calibrated, so 0.7 keeps tags that are right about 70%% of the time or more",
     )
     tg.add_argument(
         "--per-photo",

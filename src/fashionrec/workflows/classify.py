@@ -280,6 +280,9 @@ class ColumnTagging:
     n_unreadable: int
     n_from_siblings: int | None = None  # None: the column was tagged per photo (not product-level, or by_product off)
     colour_booster: bool = False  # the probabilities were multiplied by the colour booster
+    # the temperature that calibrates the confidences (`probe_temperature`); None: not calibrated
+    temperature: float | None = None
+    calibration: dict | None = None  # `calibration_report` on the labelled photos that fitted it: before, after
 
 
 @dataclass
@@ -411,6 +414,14 @@ def _tag_one_column(
         from fashionrec.training.colour import boost_colour_probs
 
         proba = boost_colour_probs(proba, x, photos.labels, u_x, seed=cfg.seed, threads=torch.get_num_threads())
+    temperature, calibration = None, None
+    if len(u_ids):
+        from fashionrec.data.products import product_groups
+        from fashionrec.evaluation.calibration import apply_temperature
+
+        groups = product_groups(photos.ids, cat.metadata)
+        temperature, calibration = probe_temperature(trained, x, photos.labels, groups, boost=boost, cache=cache)
+        proba = apply_temperature(proba, temperature or 1.0)
     n_sib = None
     if by_product and len(u_ids):
         pooled, sib = tag_by_product(
@@ -427,5 +438,40 @@ def _tag_one_column(
             "confidence": conf,
         }
     )
-    info = ColumnTagging(label_column, len(df), len(classes), len(photos.ids), len(failures), n_sib, boost)
+    info = ColumnTagging(
+        label_column, len(df), len(classes), len(photos.ids), len(failures), n_sib, boost, temperature, calibration
+    )
     return df, info, len(unl), len(failures)
+
+
+def probe_temperature(
+    trained, x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, boost: bool, cache=None, fraction: float = 0.2
+) -> tuple[float | None, dict | None]:
+    """The temperature that calibrates a linear-probe classifier's confidences (times the colour booster when
+    `boost`), as `tag` without `--model` reports them: the probe (and booster) refit on the labelled photos of 80% of
+    the products (`groups`), the photos of the other 20% fit T (`evaluation.calibration`). The backbone features
+    come from `cache` when the classifier's training put them there. -> (T, {"n", "before", "after"}: the
+    `calibration_report` of those photos, so "after" is measured on the photos that fitted T); (None, None) for a
+    fine-tuned classifier or fewer than 10 photos to fit on."""
+    from fashionrec.data.products import split_products
+    from fashionrec.evaluation.calibration import apply_temperature, calibration_report, fit_temperature
+    from fashionrec.features import embed_arrays
+    from fashionrec.training.classifier import expand_proba
+    from fashionrec.training.probe import fit_linear_probe
+
+    cfg = trained.config
+    held = split_products(np.asarray(groups), fraction, cfg.seed)
+    if trained.probe is None or held.sum() < 10 or len(np.unique(y[~held])) < 2:
+        return None, None
+    feats = embed_arrays(trained.backbone, x, preprocess=trained.preprocess, cache=cache, progress=False)
+    probe = fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed)
+    p = expand_proba(probe.predict_proba(feats[held]), probe.steps[-1][1].classes_, len(trained.classes))
+    if boost:
+        import torch
+
+        from fashionrec.training.colour import boost_colour_probs
+
+        p = boost_colour_probs(p, x[~held], y[~held], x[held], seed=cfg.seed, threads=torch.get_num_threads())
+    t = fit_temperature(p, y[held])
+    before, after = calibration_report(p, y[held]), calibration_report(apply_temperature(p, t), y[held])
+    return t, {"n": int(held.sum()), "before": before, "after": after}
