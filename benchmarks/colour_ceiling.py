@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         d = b.mean() - right["the probe alone"].mean()
         print(f"  the probe x the booster vs the probe alone: {d:+.3f} [95% CI over products {lo:+.3f}, {hi:+.3f}]")
         # calibration as `tag` does it: T from a refit on 80% of the *training* products, scored on held-out ones
-        t, cal = probe_temperature(clf, imgs[tr], y[tr], groups[tr], boost=True)
+        t, cal = probe_temperature(clf, imgs[tr], y[tr], groups[tr], colour=H[tr])
         before, after = calibration_report(p, y[te]), calibration_report(apply_temperature(p, t), y[te])
         print(f"  calibrated as `tag` does (T={t:.2f}, fitted on {cal['n']} photos of held-back training products):")
         for name, r in (("raw", before), ("calibrated", after)):

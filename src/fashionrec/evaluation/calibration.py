@@ -69,7 +69,7 @@ def crossfit_temperature(
     out = np.array(probs, dtype=np.float64, copy=True)
     ts = []
     for f in range(folds):
-        t = fit_temperature(probs[fold != f], np.where(fold != f, labels, -1)[fold != f])
+        t = fit_temperature(np.asarray(probs)[fold != f], np.asarray(labels)[fold != f])
         ts.append(t)
         out[fold == f] = apply_temperature(np.asarray(probs, np.float64)[fold == f], t)
     return out, ts

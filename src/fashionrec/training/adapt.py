@@ -50,7 +50,13 @@ from fashionrec.backbones.base import Backbone
 from fashionrec.config import ADAPT_MAX_INPUT_SIZE, ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
 from fashionrec.data.products import pool_by_product, product_groups, product_level_columns, split_products
 from fashionrec.errors import FashionrecError
-from fashionrec.evaluation.calibration import THRESHOLDS, apply_temperature
+from fashionrec.evaluation.calibration import (
+    THRESHOLDS,
+    apply_temperature,
+    calibration_report,
+    crossfit_temperature,
+    fit_temperature,
+)
 from fashionrec.features import Preprocess
 from fashionrec.training.colour import (
     COLOUR_FEATURES_DIM,
@@ -345,8 +351,6 @@ def calibrate_on_heldout(
     figures are not fitted on the photos they score), {head: temperature, the folds' temperatures, and
     `calibration_report` before and after}). Heads with fewer than `min_photos` labelled held-out photos keep T = 1.
     """
-    from fashionrec.evaluation.calibration import calibration_report, crossfit_temperature, fit_temperature
-
     rows = np.flatnonzero(held)
     out, report = dict(probs), {}
     for n in model.head_names:

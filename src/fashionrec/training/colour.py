@@ -157,14 +157,16 @@ def boost_colour_probs(
     *,
     seed: int = 0,
     threads: int = 0,
+    train_features: np.ndarray | None = None,
+    features: np.ndarray | None = None,
 ) -> np.ndarray:
     """A classifier's colour probabilities on `images` times a booster fitted on the labelled `train_images`'
     descriptors (labels 0..p_linear.shape[1]-1): what `tag` without `--model` does for a colour column. Photos as
     `Preprocess` makes them (uint8 RGB); greyscale photos carry no colour, so their probabilities are returned
-    unchanged."""
+    unchanged. `train_features` / `features`: those photos' `colour_features` when the caller already has them."""
     if np.asarray(images).ndim != 4 or np.asarray(train_images).ndim != 4 or not len(p_linear):
         return p_linear
-    booster = fit_colour_booster(
-        colour_features(train_images), train_labels, p_linear.shape[1], seed=seed, threads=threads
-    )
-    return combine_with_booster(p_linear, booster, colour_features(images))
+    if train_features is None:
+        train_features = colour_features(train_images)
+    booster = fit_colour_booster(train_features, train_labels, p_linear.shape[1], seed=seed, threads=threads)
+    return combine_with_booster(p_linear, booster, colour_features(images) if features is None else features)

@@ -408,19 +408,23 @@ def _tag_one_column(
         progress=progress,
     )
     proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
-    if boost:
+    colour = None  # the labelled photos' colour descriptors: computed once, for the booster and its calibration
+    if boost and x.ndim == 4:
         import torch
 
-        from fashionrec.training.colour import boost_colour_probs
+        from fashionrec.training.colour import boost_colour_probs, colour_features
 
-        proba = boost_colour_probs(proba, x, photos.labels, u_x, seed=cfg.seed, threads=torch.get_num_threads())
+        colour = colour_features(x)
+        proba = boost_colour_probs(
+            proba, x, photos.labels, u_x, seed=cfg.seed, threads=torch.get_num_threads(), train_features=colour
+        )
     temperature, calibration = None, None
     if len(u_ids):
         from fashionrec.data.products import product_groups
         from fashionrec.evaluation.calibration import apply_temperature
 
         groups = product_groups(photos.ids, cat.metadata)
-        temperature, calibration = probe_temperature(trained, x, photos.labels, groups, boost=boost, cache=cache)
+        temperature, calibration = probe_temperature(trained, x, photos.labels, groups, colour=colour, cache=cache)
         proba = apply_temperature(proba, temperature or 1.0)
     n_sib = None
     if by_product and len(u_ids):
@@ -445,18 +449,26 @@ def _tag_one_column(
 
 
 def probe_temperature(
-    trained, x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, boost: bool, cache=None, fraction: float = 0.2
+    trained,
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    colour: np.ndarray | None = None,
+    cache=None,
+    fraction: float = 0.2,
 ) -> tuple[float | None, dict | None]:
     """The temperature that calibrates a linear-probe classifier's confidences (times the colour booster when
-    `boost`), as `tag` without `--model` reports them: the probe (and booster) refit on the labelled photos of 80% of
-    the products (`groups`), the photos of the other 20% fit T (`evaluation.calibration`). The backbone features
+    `colour`, the photos' `colour_features`, is given), as `tag` without `--model` reports them: the probe (and
+    booster) refit on the labelled photos of 80% of the products (`groups`), the photos of the other 20% fit T
+    (`evaluation.calibration`). The backbone features
     come from `cache` when the classifier's training put them there. -> (T, {"n", "before", "after"}: the
     `calibration_report` of those photos, so "after" is measured on the photos that fitted T); (None, None) for a
     fine-tuned classifier or fewer than 10 photos to fit on."""
     from fashionrec.data.products import split_products
     from fashionrec.evaluation.calibration import apply_temperature, calibration_report, fit_temperature
     from fashionrec.features import embed_arrays
-    from fashionrec.training.classifier import expand_proba
+    from fashionrec.training.classifier import ProbeHead
     from fashionrec.training.probe import fit_linear_probe
 
     cfg = trained.config
@@ -464,14 +476,23 @@ def probe_temperature(
     if trained.probe is None or held.sum() < 10 or len(np.unique(y[~held])) < 2:
         return None, None
     feats = embed_arrays(trained.backbone, x, preprocess=trained.preprocess, cache=cache, progress=False)
-    probe = fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed)
-    p = expand_proba(probe.predict_proba(feats[held]), probe.steps[-1][1].classes_, len(trained.classes))
-    if boost:
+    probe = ProbeHead.from_sklearn(fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed))
+    p = probe.predict_proba(feats[held], len(trained.classes))  # as the classifier itself predicts
+    if colour is not None:
         import torch
 
         from fashionrec.training.colour import boost_colour_probs
 
-        p = boost_colour_probs(p, x[~held], y[~held], x[held], seed=cfg.seed, threads=torch.get_num_threads())
+        p = boost_colour_probs(
+            p,
+            x[~held],
+            y[~held],
+            x[held],
+            seed=cfg.seed,
+            threads=torch.get_num_threads(),
+            train_features=colour[~held],
+            features=colour[held],
+        )
     t = fit_temperature(p, y[held])
     before, after = calibration_report(p, y[held]), calibration_report(apply_temperature(p, t), y[held])
     return t, {"n": int(held.sum()), "before": before, "after": after}
