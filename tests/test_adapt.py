@@ -341,6 +341,9 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     with torch.no_grad():
         e_bb = bb.eval()(load_adapted(out).preprocess.arrays_to_tensor(arr)).numpy()
     assert np.allclose(e_model, e_bb, atol=1e-5)
+    # the network through ONNX Runtime (what large tagging jobs take) gives what torch gives
+    e_ort, p_ort = load_adapted(out).predict_arrays(arr, onnx=True)
+    assert np.allclose(e_ort, e_model, atol=1e-4) and all(np.allclose(p_ort[n], p_model[n], atol=1e-4) for n in p_model)
     # the heads' probabilities are the uncalibrated ones with each head's temperature applied
     raw = copy.copy(load_adapted(out))
     raw.temperatures = {}
@@ -719,3 +722,61 @@ def test_continue_from_a_folder_whose_colour_heads_read_colour_features(shapes_s
     assert again.model.colour_heads == ("colour_group_name",)
     assert again.model.heads[j].weight.shape == w_first.shape
     assert again.metrics["continued_from"] == str(tmp_path / "a")
+
+
+def test_onnx_function_matches_torch_and_refuses_a_graph_that_differs():
+    """`onnx_function` runs a module method through ONNX Runtime, checked against torch; a function whose export
+    does not reproduce it (fresh random numbers each call) is refused (None): the caller runs torch."""
+    pytest.importorskip("onnxruntime")
+    from fashionrec.features import onnx_function
+
+    bb = create_backbone("efficientnet_lite0", input_size=64)
+    x = torch.randn(5, 3, 64, 64)
+    run = onnx_function(bb, lambda t: bb.forward_lower(t, 4), x)
+    assert run is not None
+    with torch.no_grad():
+        ref = bb.forward_lower(x, 4).numpy()
+    (got,) = run(x.numpy())
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-3 * np.abs(ref).max()
+    # two outputs, another batch size than the example's
+    lin = torch.nn.Linear(4, 3)
+    run2 = onnx_function(lin, lambda t: (lin(t), lin(t).sum(1)), torch.randn(2, 4))
+    xs = np.random.default_rng(0).normal(size=(7, 4)).astype(np.float32)
+    a, b = run2(xs)
+    with torch.no_grad():
+        ra = lin(torch.from_numpy(xs)).numpy()
+    assert a.shape == (7, 3) and np.allclose(a, ra, atol=1e-5) and np.allclose(b, ra.sum(1), atol=1e-5)
+    assert onnx_function(lin, lambda t: lin(t) + torch.rand_like(t[:, :3]), torch.randn(2, 4)) is None
+
+
+@pytest.mark.parametrize("onnx", [True, False])
+def test_cached_lower_maps_and_upper_pass_agree_across_engines(shapes_shop, tmp_path, onnx):
+    """The frozen lower part and the evaluation's upper pass give the same arrays through ONNX Runtime and torch
+    (within float16 rounding), the cache keys differ by engine, and the model folder's features do not depend on
+    it."""
+    if onnx:
+        pytest.importorskip("onnxruntime")
+    from fashionrec.training.adapt import head_features, lower_maps, trunk_prelogits, view_names
+
+    bb = create_backbone("efficientnet_lite0", input_size=64)
+    pre = Preprocess.for_backbone(bb)
+    paths = cat_paths(shapes_shop)[:10]
+    views = view_names(True, True)
+    got, ok = lower_maps(bb, paths, pre, 4, tmp_path / "ws", views=views, progress=False, onnx=onnx)
+    ref, _ = lower_maps(bb, paths, pre, 4, tmp_path / "ws", views=views, progress=False, onnx=not onnx)
+    assert ok.all() and len(list((tmp_path / "ws" / "adapt").glob("lower-*.npz"))) == 2  # one cache per engine
+    for v in views:
+        a, b = got[v].astype(np.float32), ref[v].astype(np.float32)
+        assert np.abs(a - b).max() <= 2e-3 * np.abs(b).max()
+    V = [got[v].astype(np.float32) for v in views]
+    p1 = trunk_prelogits(bb, V, 4, batch_size=4, onnx=onnx)
+    p2 = trunk_prelogits(bb, V, 4, batch_size=4, onnx=not onnx)
+    assert all(np.allclose(a, b, atol=1e-3) for a, b in zip(p1, p2))
+    from fashionrec.backbones.adapted import AdaptedBackbone
+
+    model = AdaptedModel(AdaptedBackbone(bb, 8, weights_id="t"), {"c": ["a", "b"]}, head_taps=(3, 4, 5))
+    f1 = head_features(model, V, 4, batch_size=3, onnx=onnx)
+    f2 = head_features(model, V, 4, batch_size=3, onnx=not onnx)
+    for (e1, x1), (e2, x2) in zip(f1, f2):
+        assert e1.shape == (10, 8) and x1.shape[0] == 10
+        assert np.allclose(e1, e2, atol=1e-4) and np.allclose(x1, x2, atol=1e-3 * np.abs(x2).max())

@@ -73,6 +73,7 @@ FORMAT_VERSION = 1
 CONFIG_FILE = ADAPTED_MODEL_JSON
 WEIGHTS_FILE = "weights.safetensors"
 DEFAULT_LABEL_COLUMNS = CATALOG_TAG_COLUMNS
+ONNX_MIN_IMAGES = 512  # `predict_arrays` exports the network to ONNX Runtime from this many photos on
 
 
 # ---------------------------------------------------------------- the model
@@ -173,18 +174,29 @@ class AdaptedModel(nn.Module):
 
     @torch.no_grad()
     def predict_arrays(
-        self, images: np.ndarray, batch_size: int = 128, embed: bool = True, progress: bool = False
+        self,
+        images: np.ndarray,
+        batch_size: int = 128,
+        embed: bool = True,
+        progress: bool = False,
+        onnx: bool | None = None,
     ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         """uint8 images already padded/resized by `self.preprocess.pil_to_array` -> (embeddings, {head: proba}).
         The embedding averages the backbone's test-time views (adapted folders: the photo and its mirror image, and
         their greyscale versions with "flip+gray"), as `embed` computes it; the heads average the colour views.
         `embed=False` (tagging): heads only, so the grey views are not computed (half the work); embeddings None.
-        `progress`: a progress bar (photos, rate, ETA)."""
+        `progress`: a progress bar (photos, rate, ETA). `onnx`: the network runs through ONNX Runtime where it
+        matches torch (`features.onnx_function`; the heads stay in torch); None (default): from ONNX_MIN_IMAGES
+        photos on, where the export's few seconds pay (tagging 12,728 H&M photos: `benchmarks/onnx_speed.py`)."""
         from tqdm.auto import tqdm
 
         self.eval()
         pre = self.preprocess
         bb = self.backbone
+        if onnx is None:
+            onnx = len(images) >= ONNX_MIN_IMAGES
+        n = pre.input_size
+        run = _onnx_or_none(onnx, self, lambda t: self.head_inputs(bb.forward_lower(t, 0), 0), (3, n, n))
         embs, probs, descs = [], {n: [] for n in self.head_names}, []
         bar = tqdm(total=len(images), desc="tag" if not embed else "embed + tag", unit="img", disable=not progress)
         for s in range(0, len(images), batch_size):
@@ -196,7 +208,11 @@ class AdaptedModel(nn.Module):
             if self.colour_heads or self.colour_boosters:  # a mirror image has the same colour features
                 descs.append(colour_features(images[s : s + batch_size]))
                 col = torch.from_numpy(descs[-1]).repeat(len(xv) // b, 1)  # (grey views' outputs are unused)
-            e, logits = self.upper(bb.forward_lower(xv, 0), 0, col)
+            if run is not None:
+                e, hx = (torch.from_numpy(a) for a in run(xv.numpy()))
+                logits = self.head_logits(hx, col)
+            else:
+                e, logits = self.upper(bb.forward_lower(xv, 0), 0, col)
             parts = e.split(b)
             if embed:
                 embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
@@ -442,15 +458,22 @@ def lower_maps(
     views: tuple[str, ...] = ("photo", "photo_flip"),
     batch_size: int = 64,
     progress: bool = True,
+    onnx: bool = True,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The frozen lower part's output for every photo in each view (`view_names`: the photo, its greyscale version,
-    and their mirror images), float16, cached in the workspace.
+    and their mirror images), float16, cached in the workspace. `onnx`: run it through ONNX Runtime where it
+    matches torch (`features.onnx_function`; 3.8x faster on 2 cores), the time going to training steps.
 
     Returns ({view: maps}, ok mask); undecodable photos are reported and left out (ok False)."""
     from fashionrec.features import _collate, _ImageFiles
 
+    trunk.eval()
+    run = _onnx_or_none(onnx, trunk, lambda x: trunk.forward_lower(x, k), (3, pre.input_size, pre.input_size))
     key = hashlib.sha1(
-        "|".join([trunk.name, trunk.feature_key(), pre.key(), str(k), ",".join(views), _fingerprints(paths)]).encode()
+        "|".join(
+            [trunk.name, trunk.feature_key(), pre.key(), str(k), ",".join(views), _fingerprints(paths)]
+            + (["ort"] if run is not None else [])
+        ).encode()
     ).hexdigest()[:16]
     cache = workspace / "adapt" / f"lower-{key}.npz"
     if cache.exists():
@@ -459,7 +482,6 @@ def lower_maps(
                 return {v: z[v] for v in views}, z["ok"]
         except Exception as e:  # a damaged cache is recomputed
             log.warning("%s: unreadable (%s); recomputing", cache, e)
-    trunk.eval()
     trunk.to(memory_format=torch.channels_last)  # NHWC: measured 1.7x faster CNN inference on these CPUs
     ds = _ImageFiles(paths, pre)
     loader = torch.utils.data.DataLoader(
@@ -484,7 +506,8 @@ def lower_maps(
                 for v in views:
                     xv = trunk.to_gray(x) if v.startswith("gray") else x
                     xv = (xv.flip(-1) if v.endswith("_flip") else xv).contiguous(memory_format=torch.channels_last)
-                    h = trunk.forward_lower(xv, k).half().numpy()
+                    h = run(xv.numpy())[0] if run is not None else trunk.forward_lower(xv, k).numpy()
+                    h = h.astype(np.float16)
                     if v not in out:
                         out[v] = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
                     out[v][rows] = h
@@ -544,6 +567,9 @@ class AdaptConfig:
     # ... and a LightGBM model of that histogram alone multiplies in (`training/colour.py`; needs colour_features)
     colour_booster: bool = True
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
+    # inference passes (caching the lower part, ImageNet and adapted features for evaluation) through ONNX Runtime
+    # where it matches torch (`features.onnx_function`): caching 3.8x faster on 2 cores, the time goes to training
+    onnx: bool = True
     max_steps: int | None = None  # tests: stop after this many steps
     init_from: str | None = None  # continue from a model folder of an earlier run (same data, split and heads)
     seed: int = 0
@@ -634,14 +660,34 @@ def _fmt(model: nn.Module) -> torch.memory_format:
     return memory_format_of(model)
 
 
+def _onnx_or_none(onnx: bool, owner: nn.Module, fn, shape: tuple[int, ...]):
+    """`features.onnx_function` of `fn` (checked on a fixed random batch of `shape`), or None: torch runs it."""
+    if not onnx:
+        return None
+    from fashionrec.features import onnx_function
+
+    g = torch.Generator().manual_seed(0)
+    return onnx_function(owner, fn, torch.randn((8,) + tuple(shape), generator=g))
+
+
 @torch.no_grad()
-def trunk_prelogits(trunk: Backbone, maps: np.ndarray, k: int, batch_size: int = 256) -> np.ndarray:
+def trunk_prelogits(
+    trunk: Backbone, maps: list[np.ndarray], k: int, batch_size: int = 256, onnx: bool = True
+) -> list[np.ndarray]:
+    """ImageNet pre-logits of each array of cached lower maps (one export for all of them)."""
     trunk.eval()
-    out = []
-    for s in range(0, len(maps), batch_size):
-        h = torch.from_numpy(maps[s : s + batch_size].astype(np.float32)).contiguous(memory_format=_fmt(trunk))
-        out.append(trunk.forward_upper(h, k).numpy())
-    return np.concatenate(out)
+    run = _onnx_or_none(onnx, trunk, lambda h: trunk.forward_upper(h, k), maps[0].shape[1:]) if len(maps[0]) else None
+    res = []
+    for m in maps:
+        out = []
+        for s in range(0, len(m), batch_size):
+            h = m[s : s + batch_size].astype(np.float32)
+            if run is not None:
+                out.append(run(h)[0])
+            else:
+                out.append(trunk.forward_upper(torch.from_numpy(h).contiguous(memory_format=_fmt(trunk)), k).numpy())
+        res.append(np.concatenate(out))
+    return res
 
 
 def head_taps_for(n_blocks: int, k: int) -> tuple[int, ...]:
@@ -650,19 +696,34 @@ def head_taps_for(n_blocks: int, k: int) -> tuple[int, ...]:
     return tuple(range(max(k - 1, 0), max(n_blocks - 1, 0)))
 
 
-@torch.no_grad()
-def head_features(
-    model: AdaptedModel, maps: np.ndarray, k: int, batch_size: int = 256
-) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, head inputs) from cached lower maps, in eval mode: one upper pass gives both."""
+def upper_pass(model: AdaptedModel, k: int, shape: tuple[int, ...], onnx: bool = True):
+    """maps (float32 array) -> (embeddings, head inputs), in eval mode with the model's current weights: through ONNX
+    Runtime where it matches torch (`features.onnx_function`), else torch."""
     model.eval()
-    embs, xs = [], []
-    for s in range(0, len(maps), batch_size):
-        h = torch.from_numpy(maps[s : s + batch_size].astype(np.float32)).contiguous(memory_format=_fmt(model))
-        e, x = model.head_inputs(h, k)
-        embs.append(e.numpy())
-        xs.append(x.numpy())
-    return np.concatenate(embs), np.concatenate(xs)
+    run = _onnx_or_none(onnx, model, lambda h: model.head_inputs(h, k), shape)
+    if run is not None:
+        return lambda h: tuple(run(h))
+
+    @torch.no_grad()
+    def torch_pass(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        e, x = model.head_inputs(torch.from_numpy(h).contiguous(memory_format=_fmt(model)), k)
+        return e.numpy(), x.numpy()
+
+    return torch_pass
+
+
+def head_features(
+    model: AdaptedModel, maps: list[np.ndarray], k: int, batch_size: int = 256, onnx: bool = True, run=None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """[(embeddings, head inputs)] from each array of cached lower maps, in eval mode: one upper pass gives both
+    (`upper_pass`, built once for all the arrays unless `run` is given)."""
+    model.eval()
+    run = run or upper_pass(model, k, maps[0].shape[1:], onnx)
+    res = []
+    for m in maps:
+        parts = [run(m[s : s + batch_size].astype(np.float32)) for s in range(0, len(m), batch_size)]
+        res.append((np.concatenate([e for e, _ in parts]), np.concatenate([x for _, x in parts])))
+    return res
 
 
 @torch.no_grad()
@@ -778,7 +839,7 @@ def adapt_catalog(
         f"training blocks {k}..{n_blocks - 1} + head; budget {cfg.max_minutes:g} min"
     )
     vnames = view_names(cfg.flips, cfg.gray)
-    views_all, ok = lower_maps(trunk, paths, pre, k, ws, views=vnames, progress=progress)
+    views_all, ok = lower_maps(trunk, paths, pre, k, ws, views=vnames, progress=progress, onnx=cfg.onnx)
     keep = np.flatnonzero(ok)
     ids = [ids[i] for i in keep]
     V = [views_all[v][keep] for v in vnames]  # V[0]: the photo itself
@@ -821,7 +882,9 @@ def adapt_catalog(
 
     # ImageNet features for the comparison, before training changes the shared trunk in place; also averaged over
     # the views, as the adapted embedding is (a fair baseline for the test-time augmentation).
-    base_views = [trunk_prelogits(trunk, v, k) for v in V]
+    t_base = time.time()
+    base_views = trunk_prelogits(trunk, V, k, onnx=cfg.onnx)
+    say(f"  ImageNet pre-logits of {len(V)} x {len(ids)} views in {time.time() - t_base:.0f}s")
     base = base_views[0]
     bb = AdaptedBackbone(trunk, cfg.embed_dim, weights_id="adapting")
     prev = load_adapted(cfg.init_from) if cfg.init_from else None
@@ -866,9 +929,10 @@ def adapt_catalog(
     batches = _batches(rng, multi, labelled, cfg)
 
     # Time left for training = budget - time so far - evaluation (measured: one upper pass over every photo).
-    t_eval0 = time.time()
     probe_rows = np.arange(min(256, len(ids)))
-    head_features(model, maps[probe_rows], k)
+    run = upper_pass(model, k, maps.shape[1:], cfg.onnx)  # the evaluation's pass, timed without its export
+    t_eval0 = time.time()
+    head_features(model, [maps[probe_rows]], k, run=run)
     views = len(V)  # the evaluation embeds every view
     eval_secs = (time.time() - t_eval0) / len(probe_rows) * len(ids) * 1.4 * views + 30  # upper passes + retrieval
     if cfg.refit_heads:
@@ -960,7 +1024,9 @@ def adapt_catalog(
     model.eval()
     if cfg.refit_heads and heads:
         model.head_taps = head_taps_for(n_blocks, k)
-    embs, xs = zip(*(head_features(model, v, k) for v in V))
+    t_feat = time.time()
+    embs, xs = zip(*head_features(model, V, k, onnx=cfg.onnx))
+    say(f"  adapted embeddings + head inputs of {len(V)} x {len(ids)} views in {time.time() - t_feat:.0f}s")
     xs = [xs[j] for j in colour]  # the heads read the colour views only
     if cfg.refit_heads and heads:
         t_refit = time.time()
