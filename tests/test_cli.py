@@ -104,6 +104,22 @@ def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):
     )
     m = json.loads((out / "metrics.json").read_text())
     assert 0.4 < m["test_accuracy"] <= 1.0 and 0 < m["macro_f1"] <= 1.0 and m["n_train"] == 50
+    # the probe's confidences are calibrated on 10 of the 50 labelled images (the probe refit on the other 40); the
+    # saved model applies T, the test images' report shows both sides, and the best class (accuracy) is unchanged
+    from fashionrec.evaluation.calibration import T_RANGE, apply_temperature
+    from fashionrec.training.checkpoint import load_classifier
+
+    fit, cal = m["calibration_fit"], m["calibration_test"]
+    t = cal["temperature"]
+    assert fit["n"] == 10 and fit["temperature"] == t and T_RANGE[0] <= t <= T_RANGE[1] and t != 1.0
+    assert cal["after"]["accuracy"] == pytest.approx(m["test_accuracy"]) == pytest.approx(cal["before"]["accuracy"])
+    assert cal["before"]["mean_confidence"] != pytest.approx(cal["after"]["mean_confidence"])
+    clf = load_classifier(out / "model.pt")
+    assert clf.temperature == pytest.approx(t, abs=1e-4)
+    x = np.random.default_rng(0).integers(0, 255, (4, 28, 28), dtype=np.uint8)
+    p = clf.predict_proba(x)
+    clf.temperature = 1.0
+    assert np.allclose(p, apply_temperature(clf.predict_proba(x), t), atol=1e-5)
 
 
 def test_recommend_contract(tmp_path, capsys):

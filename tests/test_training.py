@@ -1,10 +1,13 @@
 """Training: staged fine-tuning, discriminative learning rates, AdaBN, checkpoints, on data with a known answer."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
 from fashionrec.backbones import create_backbone
+from fashionrec.evaluation.calibration import apply_temperature
 from fashionrec.features import Preprocess
 from fashionrec.training.checkpoint import load_classifier
 from fashionrec.training.domain import adapt_batchnorm
@@ -117,6 +120,17 @@ def test_checkpoint_roundtrip(method, tmp_path):
     assert back.classes == ["vertical", "horizontal"]
     assert np.allclose(back.predict_proba(x[60:]), p1, atol=1e-4)
     assert type(back) is type(tr)  # one classifier type: trained and loaded predict through the same code
+    if method == "finetune":  # calibrated on the 12 validation images early stopping read (60 // 5)
+        assert tr.metrics["calibration_fit"]["n"] == 12 and back.temperature == pytest.approx(tr.temperature)
+    # the temperature is applied to whatever the classifier predicts, and saved with it; the best class stays
+    raw = copy.copy(tr)
+    raw.temperature = 1.0
+    tr.temperature = 2.5
+    p25 = tr.predict_proba(x[60:], progress=False)
+    assert np.allclose(p25, apply_temperature(raw.predict_proba(x[60:], progress=False), 2.5), atol=1e-5)
+    assert np.array_equal(p25.argmax(1), p1.argmax(1))
+    tr.save(tmp_path / "m25.pt")
+    assert np.allclose(load_classifier(tmp_path / "m25.pt").predict_proba(x[60:]), p25, atol=1e-4)
     metrics = evaluate_classifier(tr, x[60:], y[60:])
     # the metrics are those of the predictions, computed independently (sklearn as the reference)
     from sklearn.metrics import confusion_matrix, f1_score

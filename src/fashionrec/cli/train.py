@@ -44,6 +44,14 @@ def cmd_train(args) -> int:
         f"test_accuracy {m['test_accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
         f"({m['n_test']} test images, {m['n_train']} labelled, {m['wall_seconds']:.0f}s) -> {out}/metrics.json"
     )
+    if "calibration_test" in m:
+        c, fit = m["calibration_test"], m["calibration_fit"]
+        b, a = c["before"], c["after"]
+        print(
+            f"confidences calibrated: T={c['temperature']:.2f} (fitted on {fit['n']} images: {fit['on']}); test "
+            f"images: mean confidence {b['mean_confidence']:.3f} -> {a['mean_confidence']:.3f} for accuracy "
+            f"{a['accuracy']:.3f}, ECE {b['ece']:.3f} -> {a['ece']:.3f}"
+        )
     return 0
 
 

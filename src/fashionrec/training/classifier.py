@@ -29,6 +29,7 @@ import torch
 from fashionrec.backbones import create_backbone
 from fashionrec.backbones.base import Backbone
 from fashionrec.errors import FashionrecError
+from fashionrec.evaluation.calibration import apply_temperature
 from fashionrec.features import FeatureCache, Preprocess, embed_arrays
 from fashionrec.io import atomic_path
 from fashionrec.training.finetune import ImageClassifier, predict_logits
@@ -96,6 +97,9 @@ class Classifier:
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     progress: bool = True  # default for predict_proba's progress bar (a loaded checkpoint predicts quietly)
+    # calibrates the confidences (`evaluation.calibration.apply_temperature`; the best class is unchanged): fitted by
+    # `fashionrec train` on labelled images the classifier did not fit on; 1.0 = as trained (older checkpoints)
+    temperature: float = 1.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -106,7 +110,7 @@ class Classifier:
         """Probabilities from backbone features (linear-probe classifiers only)."""
         if self.probe is None:
             raise FashionrecError("a fine-tuned classifier predicts from images, not from frozen features")
-        return self.probe.predict_proba(feats, len(self.classes))
+        return apply_temperature(self.probe.predict_proba(feats, len(self.classes)), self.temperature)
 
     def predict_proba(
         self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool | None = None
@@ -114,7 +118,7 @@ class Classifier:
         """uint8 images (N, H, W) or (N, H, W, 3), already padded/resized by `preprocess.pil_to_array` or raw
         arrays of any size (resized by the preprocessing) -> (N, len(classes)) probabilities."""
         if self.model is not None:
-            return softmax(predict_logits(self.model, images, self.preprocess))
+            return apply_temperature(softmax(predict_logits(self.model, images, self.preprocess)), self.temperature)
         progress = self.progress if progress is None else progress
         feats = embed_arrays(
             self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress
@@ -134,6 +138,7 @@ class Classifier:
             "backbone": cfg_dict.get("backbone", self.backbone.name),
             "taps": taps,
             "preprocess": asdict(self.preprocess),
+            "temperature": float(self.temperature),
             "extra": {**self.extra, "config": cfg_dict},
         }
         blob: dict = {"format": FORMAT, "version": VERSION}
@@ -164,7 +169,14 @@ class Classifier:
             backbone.load_state_dict(blob["bn_state"])
         extra = dict(meta.get("extra", {}))
         out = cls(
-            meta["classes"], pre, backbone, kind=meta["kind"], config=extra.get("config"), extra=extra, progress=False
+            meta["classes"],
+            pre,
+            backbone,
+            kind=meta["kind"],
+            config=extra.get("config"),
+            extra=extra,
+            progress=False,
+            temperature=float(meta.get("temperature", 1.0)),
         )
         if out.kind == "finetune":
             out.model = ImageClassifier(backbone, len(out.classes))

@@ -23,7 +23,7 @@ from fashionrec.io import write_json
 from fashionrec.training import probe as probe_module
 from fashionrec.training.classifier import Classifier, ProbeHead, expand_proba, softmax  # noqa: F401  (public here)
 from fashionrec.training.domain import adapt_batchnorm
-from fashionrec.training.finetune import FinetuneConfig, finetune
+from fashionrec.training.finetune import FinetuneConfig, finetune, predict_logits
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,16 @@ def train_image_classifier(
         trained.probe = None
         trained.metrics["finetune_history"] = res.history
         trained.metrics["finetune_seconds"] = round(res.wall_seconds, 1)
+        if n_val >= 10:  # its confidences, calibrated on the validation split (which the weights never fitted)
+            from fashionrec.evaluation.calibration import fit_temperature
+
+            p_val = softmax(predict_logits(res.model, x_val, pre))
+            trained.temperature = fit_temperature(p_val, y_val)
+            trained.metrics["calibration_fit"] = {
+                "on": "the validation split early stopping read",
+                "n": int(n_val),
+                "temperature": round(trained.temperature, 4),
+            }
     return trained
 
 

@@ -175,7 +175,28 @@ def train_and_evaluate(
     trained = train_image_classifier(
         data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled, cache=cache, progress=progress
     )
-    result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)
+    if trained.probe is not None:  # a fine-tuned one was calibrated on its validation split
+        t, fit = probe_temperature(trained, data.x_train, data.y_train, np.arange(len(data.y_train)), cache=cache)
+        if t is not None:
+            trained.temperature = t
+            trained.metrics["calibration_fit"] = {
+                "on": "20% of the labelled images, the probe refit on the rest",
+                "n": fit["n"],
+                "temperature": round(t, 4),
+            }
+    t, trained.temperature = trained.temperature, 1.0
+    result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)  # raw confidences
+    trained.temperature = t
+    if t != 1.0:  # the test images' confidences before and after (the best class, so accuracy, is unchanged)
+        from fashionrec.evaluation.calibration import apply_temperature, calibration_report
+
+        raw = result["_proba"]
+        result["_proba"] = apply_temperature(raw, t)
+        result["calibration_test"] = {
+            "temperature": round(t, 4),
+            "before": calibration_report(raw, data.y_test),
+            "after": calibration_report(result["_proba"], data.y_test),
+        }
     return write_run(
         Path(out),
         trained,
