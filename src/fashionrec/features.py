@@ -303,8 +303,9 @@ def onnx_function(
     """`fn(x)` (a tensor or a tuple of tensors from `owner`'s weights, in eval mode) run by ONNX Runtime fp32:
     returns run(x: float32 array) -> [outputs as arrays]. The exported graph is checked against torch on `example`
     (largest difference <= rtol x the largest output); None where onnxruntime is missing, the export fails or the
-    check does, and the caller runs torch. Measured on 2 cores (Lite0 at 160 px): the layers below block 4, 120 ->
-    463 photos/s; blocks 4-6 + tail, 380 -> 694 (`benchmarks/onnx_speed.py`)."""
+    check does, and the caller runs torch. Measured on 2 cores, Lite0 at 160 px, real photos: the layers below block
+    4, 143 -> 445 photos/s; blocks 4-6 + tail, 684 -> 671 (no gain); the whole network, 98 -> 269
+    (`benchmarks/onnx_speed.py`, `docs/results/onnx_speed.txt`)."""
     import importlib.util
     import tempfile
     import warnings

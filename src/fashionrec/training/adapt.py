@@ -462,7 +462,7 @@ def lower_maps(
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The frozen lower part's output for every photo in each view (`view_names`: the photo, its greyscale version,
     and their mirror images), float16, cached in the workspace. `onnx`: run it through ONNX Runtime where it
-    matches torch (`features.onnx_function`; 3.8x faster on 2 cores), the time going to training steps.
+    matches torch (`features.onnx_function`; 3.1x faster on 2 cores), the time going to training steps.
 
     Returns ({view: maps}, ok mask); undecodable photos are reported and left out (ok False)."""
     from fashionrec.features import _collate, _ImageFiles
@@ -568,7 +568,7 @@ class AdaptConfig:
     colour_booster: bool = True
     head_c: float = 0.05  # inverse L2 strength of the refit heads (measured 0.02-0.2: within 0.5 points)
     # inference passes (caching the lower part, ImageNet and adapted features for evaluation) through ONNX Runtime
-    # where it matches torch (`features.onnx_function`): caching 3.8x faster on 2 cores, the time goes to training
+    # where it matches torch (`features.onnx_function`): caching 3.1x faster on 2 cores, the time goes to training
     onnx: bool = True
     max_steps: int | None = None  # tests: stop after this many steps
     init_from: str | None = None  # continue from a model folder of an earlier run (same data, split and heads)
