@@ -121,14 +121,18 @@ def test_fast_path_close_to_reference():
 
 
 @pytest.mark.parametrize("name", ["onnx-fp32", "fp32-cl"])
-def test_exact_fast_paths_match_reference(name):
+def test_exact_fast_paths_match_reference(name, tmp_path, monkeypatch):
+    import tempfile
+
     bb = create_backbone("efficientnet_lite0", input_size=64)
     x = np.random.default_rng(1).integers(0, 255, (6, 28, 28), dtype=np.uint8)
     ref = embed_arrays(bb, x, progress=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where an export writes its files
     fast = embed_arrays(
         create_backbone("efficientnet_lite0", input_size=64), x, progress=False, path=InferencePath.parse(name)
     )
     assert np.allclose(ref, fast, atol=1e-3), np.abs(ref - fast).max()
+    assert not list(tmp_path.iterdir())  # the exported model's files are gone once the session holds it
 
 
 @pytest.mark.parametrize("name", ["onnx-fp32", "fp32-cl"])

@@ -398,20 +398,22 @@ def _onnx_session(backbone: Backbone, x: torch.Tensor, path: InferencePath, cali
     sess = _ONNX_SESSIONS.get(key)
     if sess is not None:
         return sess
-    tmp = Path(tempfile.mkdtemp(prefix="fashionrec-onnx-"))
-    model_path = export_onnx(backbone, x, tmp / "model.onnx")
-    if path.precision == "int8":
-        if not _INT8_WARNED:
-            _INT8_WARNED.append(1)
-            log.warning(
-                "onnx-int8: features differ from fp32 (mean cosine about %s on H&M photos, see "
-                "docs/results/int8_calibration.md); never chosen automatically, use it only knowingly",
-                INT8_MEASURED_COSINE,
-            )
-        model_path = quantize_int8(model_path, tmp / "model.int8.onnx", calib[: INT8_RECIPE.calib_images].numpy())
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    # the session holds the model in memory: its files go once it is built (they piled up in /tmp before)
+    with tempfile.TemporaryDirectory(prefix="fashionrec-onnx-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        model_path = export_onnx(backbone, x, tmp / "model.onnx")
+        if path.precision == "int8":
+            if not _INT8_WARNED:
+                _INT8_WARNED.append(1)
+                log.warning(
+                    "onnx-int8: features differ from fp32 (mean cosine about %s on H&M photos, see "
+                    "docs/results/int8_calibration.md); never chosen automatically, use it only knowingly",
+                    INT8_MEASURED_COSINE,
+                )
+            model_path = quantize_int8(model_path, tmp / "model.int8.onnx", calib[: INT8_RECIPE.calib_images].numpy())
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
     _ONNX_SESSIONS[key] = sess
     return sess
 
