@@ -196,7 +196,7 @@ class AdaptedModel(nn.Module):
         if onnx is None:
             onnx = len(images) >= ONNX_MIN_IMAGES
         n = pre.input_size
-        run = _onnx_or_none(onnx, self, lambda t: self.head_inputs(bb.forward_lower(t, 0), 0), (3, n, n))
+        run = _runner(onnx, self, lambda t: self.head_inputs(bb.forward_lower(t, 0), 0), (3, n, n))
         embs, probs, descs = [], {n: [] for n in self.head_names}, []
         bar = tqdm(total=len(images), desc="tag" if not embed else "embed + tag", unit="img", disable=not progress)
         for s in range(0, len(images), batch_size):
@@ -208,11 +208,8 @@ class AdaptedModel(nn.Module):
             if self.colour_heads or self.colour_boosters:  # a mirror image has the same colour features
                 descs.append(colour_features(images[s : s + batch_size]))
                 col = torch.from_numpy(descs[-1]).repeat(len(xv) // b, 1)  # (grey views' outputs are unused)
-            if run is not None:
-                e, hx = (torch.from_numpy(a) for a in run(xv.numpy()))
-                logits = self.head_logits(hx, col)
-            else:
-                e, logits = self.upper(bb.forward_lower(xv, 0), 0, col)
+            e, hx = (torch.from_numpy(a) for a in run(xv.numpy()))  # eval mode: no dropout before the heads
+            logits = self.head_logits(hx, col)
             parts = e.split(b)
             if embed:
                 embs.append((bb.average_views(*parts) if len(parts) > 1 else e).numpy())
@@ -467,12 +464,12 @@ def lower_maps(
     Returns ({view: maps}, ok mask); undecodable photos are reported and left out (ok False)."""
     from fashionrec.features import _collate, _ImageFiles
 
-    trunk.eval()
-    run = _onnx_or_none(onnx, trunk, lambda x: trunk.forward_lower(x, k), (3, pre.input_size, pre.input_size))
+    trunk.to(memory_format=torch.channels_last)  # NHWC: measured 1.7x faster CNN inference on these CPUs
+    run = _runner(onnx, trunk, lambda x: trunk.forward_lower(x, k), (3, pre.input_size, pre.input_size))
     key = hashlib.sha1(
         "|".join(
             [trunk.name, trunk.feature_key(), pre.key(), str(k), ",".join(views), _fingerprints(paths)]
-            + (["ort"] if run is not None else [])
+            + (["ort"] if run.engine == "onnx" else [])
         ).encode()
     ).hexdigest()[:16]
     cache = workspace / "adapt" / f"lower-{key}.npz"
@@ -482,7 +479,6 @@ def lower_maps(
                 return {v: z[v] for v in views}, z["ok"]
         except Exception as e:  # a damaged cache is recomputed
             log.warning("%s: unreadable (%s); recomputing", cache, e)
-    trunk.to(memory_format=torch.channels_last)  # NHWC: measured 1.7x faster CNN inference on these CPUs
     ds = _ImageFiles(paths, pre)
     loader = torch.utils.data.DataLoader(
         ds,
@@ -505,9 +501,8 @@ def lower_maps(
                 rows = [i for i, _ in good]
                 for v in views:
                     xv = trunk.to_gray(x) if v.startswith("gray") else x
-                    xv = (xv.flip(-1) if v.endswith("_flip") else xv).contiguous(memory_format=torch.channels_last)
-                    h = run(xv.numpy())[0] if run is not None else trunk.forward_lower(xv, k).numpy()
-                    h = h.astype(np.float16)
+                    xv = xv.flip(-1) if v.endswith("_flip") else xv
+                    h = run(xv.numpy())[0].astype(np.float16)
                     if v not in out:
                         out[v] = np.zeros((len(paths),) + h.shape[1:], dtype=np.float16)
                     out[v][rows] = h
@@ -660,14 +655,32 @@ def _fmt(model: nn.Module) -> torch.memory_format:
     return memory_format_of(model)
 
 
-def _onnx_or_none(onnx: bool, owner: nn.Module, fn, shape: tuple[int, ...]):
-    """`features.onnx_function` of `fn` (checked on a fixed random batch of `shape`), or None: torch runs it."""
-    if not onnx:
-        return None
-    from fashionrec.features import onnx_function
+def _runner(onnx: bool, owner: nn.Module, fn, shape: tuple[int, ...]):
+    """`fn` (a tensor or a tuple of tensors from `owner`'s weights, in eval mode) as float32 array -> tuple of arrays:
+    through ONNX Runtime when `onnx` and `features.onnx_function` (checked on a fixed random batch of `shape`) gives
+    it, else torch. The runner's `engine` says which ("onnx" or "torch")."""
+    owner.eval()
+    if onnx:
+        from fashionrec.features import onnx_function
 
-    g = torch.Generator().manual_seed(0)
-    return onnx_function(owner, fn, torch.randn((8,) + tuple(shape), generator=g))
+        g = torch.Generator().manual_seed(0)
+        ort_run = onnx_function(owner, fn, torch.randn((8,) + tuple(shape), generator=g))
+        if ort_run is not None:
+
+            def onnx_pass(x: np.ndarray) -> tuple[np.ndarray, ...]:
+                return tuple(ort_run(x))
+
+            onnx_pass.engine = "onnx"
+            return onnx_pass
+    fmt = _fmt(owner)
+
+    @torch.no_grad()
+    def torch_pass(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        out = fn(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).contiguous(memory_format=fmt))
+        return tuple(t.numpy() for t in ((out,) if isinstance(out, torch.Tensor) else out))
+
+    torch_pass.engine = "torch"
+    return torch_pass
 
 
 @torch.no_grad()
@@ -675,19 +688,8 @@ def trunk_prelogits(
     trunk: Backbone, maps: list[np.ndarray], k: int, batch_size: int = 256, onnx: bool = True
 ) -> list[np.ndarray]:
     """ImageNet pre-logits of each array of cached lower maps (one export for all of them)."""
-    trunk.eval()
-    run = _onnx_or_none(onnx, trunk, lambda h: trunk.forward_upper(h, k), maps[0].shape[1:]) if len(maps[0]) else None
-    res = []
-    for m in maps:
-        out = []
-        for s in range(0, len(m), batch_size):
-            h = m[s : s + batch_size].astype(np.float32)
-            if run is not None:
-                out.append(run(h)[0])
-            else:
-                out.append(trunk.forward_upper(torch.from_numpy(h).contiguous(memory_format=_fmt(trunk)), k).numpy())
-        res.append(np.concatenate(out))
-    return res
+    run = _runner(onnx, trunk, lambda h: trunk.forward_upper(h, k), maps[0].shape[1:])
+    return [np.concatenate([run(m[s : s + batch_size])[0] for s in range(0, len(m), batch_size)]) for m in maps]
 
 
 def head_taps_for(n_blocks: int, k: int) -> tuple[int, ...]:
@@ -698,18 +700,8 @@ def head_taps_for(n_blocks: int, k: int) -> tuple[int, ...]:
 
 def upper_pass(model: AdaptedModel, k: int, shape: tuple[int, ...], onnx: bool = True):
     """maps (float32 array) -> (embeddings, head inputs), in eval mode with the model's current weights: through ONNX
-    Runtime where it matches torch (`features.onnx_function`), else torch."""
-    model.eval()
-    run = _onnx_or_none(onnx, model, lambda h: model.head_inputs(h, k), shape)
-    if run is not None:
-        return lambda h: tuple(run(h))
-
-    @torch.no_grad()
-    def torch_pass(h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        e, x = model.head_inputs(torch.from_numpy(h).contiguous(memory_format=_fmt(model)), k)
-        return e.numpy(), x.numpy()
-
-    return torch_pass
+    Runtime where it matches torch (`features.onnx_function`), else torch (`_runner`)."""
+    return _runner(onnx, model, lambda h: model.head_inputs(h, k), shape)
 
 
 def head_features(
@@ -721,7 +713,7 @@ def head_features(
     run = run or upper_pass(model, k, maps[0].shape[1:], onnx)
     res = []
     for m in maps:
-        parts = [run(m[s : s + batch_size].astype(np.float32)) for s in range(0, len(m), batch_size)]
+        parts = [run(m[s : s + batch_size]) for s in range(0, len(m), batch_size)]
         res.append((np.concatenate([e for e, _ in parts]), np.concatenate([x for _, x in parts])))
     return res
 
