@@ -45,8 +45,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="folder for oracle_bounds_<data name>.md")
     args = ap.parse_args(argv)
 
+    from fashionrec.data.products import product_code_of
     from fashionrec.evaluation.metrics import bootstrap_ci, per_user_scores
-    from fashionrec.evaluation.protocol import product_code_of, window_splits
+    from fashionrec.evaluation.protocol import window_splits
     from fashionrec.recommend import create_recommender
     from fashionrec.workflows.shop import load_shop, rec_data
 

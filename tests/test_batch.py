@@ -182,12 +182,14 @@ def test_recommend_all_writes_every_customer_in_order(hybrid, tmp_path):
     assert out.read_bytes() == out2.read_bytes()
 
 
-def test_recommend_all_on_a_model_without_a_block_api(hybrid, tmp_path):
+def test_recommend_all_on_a_model_with_the_default_block_api(hybrid, tmp_path):
+    """A model that only implements `scores` gets the contract's `recommend_block` (per-customer lists)."""
     from fashionrec.recommend import create_recommender
+    from fashionrec.recommend.base import Recommender
     from fashionrec.recommend.batch import recommend_all
 
     rep = create_recommender("repurchase").fit(hybrid.data)
-    assert getattr(rep, "recommend_block", None) is None
+    assert type(rep).recommend_block is Recommender.recommend_block
     users = _users(hybrid)[:20]
     recommend_all(rep, users, 5, tmp_path / "r.csv", block_size=6, progress=False)
     df = _read(tmp_path / "r.csv")

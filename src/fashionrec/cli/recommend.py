@@ -8,11 +8,11 @@ import sys
 from fashionrec.cli import common
 from fashionrec.config import DEFAULT_MODEL
 
-ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,hybrid"
+ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,taste,hybrid"
 
 
 def cmd_recommend(args) -> int:
-    from fashionrec.workflows.recommend import read_users, recommend_all
+    from fashionrec.workflows.recommend import read_items, read_users, recommend_all
 
     sub = recommend_all(
         args.data,
@@ -28,6 +28,7 @@ def cmd_recommend(args) -> int:
         block_size=args.block_size,
         workers=args.workers,
         ray_address=args.ray_address,
+        items=read_items(args.items) if args.items else None,
     )
     print(
         f"wrote {sub.n_rows} rows ({args.k} items each, model {sub.model}) to {args.out}: load+embed "
@@ -73,6 +74,8 @@ def cmd_evaluate(args) -> int:
         inference=args.inference,
         workspace=common.workspace(args),
         progress=common.progress(args),
+        taste=not args.no_taste,
+        taste_reference=args.taste_reference,
     )
     print(c.markdown)
     if args.out:
@@ -90,6 +93,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", required=True)
     r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
     r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
+    r.add_argument(
+        "--items",
+        default=None,
+        help="rank only these items for every customer (a 'new in' list): one article_id per line, or a CSV with an "
+        "article_id column; every listed item is ranked by the model, none added (default: the whole catalog)",
+    )
     common.add_backbone_args(r, adapted_by_default=True)
     r.add_argument(
         "--block-size",
@@ -122,7 +131,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--test-days", type=int, default=28)
     e.add_argument("--k", type=int, default=12)
     e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
-    e.add_argument("--models", default=ALL_MODELS)
+    e.add_argument("--models", default=ALL_MODELS, help="comma-separated recommenders to compare")
+    e.add_argument(
+        "--taste-reference",
+        default=None,
+        help="model the taste metrics (new-item taste AUC, colour pick) are compared with, paired (default: visual "
+        "when evaluated, else --baseline)",
+    )
+    e.add_argument(
+        "--no-taste", action="store_true", help="skip the taste metrics (they score every new item for every customer)"
+    )
     common.add_backbone_args(e, adapted_by_default=True)
     e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
     e.set_defaults(func=cmd_evaluate)

@@ -13,6 +13,12 @@ import pandas as pd
 from fashionrec.errors import FashionrecError
 
 
+def product_code_of(item: str) -> str:
+    """H&M's id scheme: 10 digits = 7-digit product code + 3-digit colour; any other id is its own product."""
+    item = str(item)
+    return item[:7] if len(item) == 10 and item.isdigit() else item
+
+
 def product_groups(ids: list[str], metadata, group_column: str = "auto") -> np.ndarray:
     """Group key per photo: same product = positives for the metric loss.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fashionrec.data.products import product_code_of
 from fashionrec.evaluation.metrics import bootstrap_ci, per_user_scores
 
 
@@ -59,11 +60,6 @@ def window_splits(events: pd.DataFrame, n_windows: int = 4, test_days: int = 28,
     return out
 
 
-def product_code_of(item: str) -> str:
-    """H&M's id scheme: 10 digits = 7-digit product code + 3-digit colour; other ids are their own product."""
-    return item[:7] if len(item) == 10 and item.isdigit() else item
-
-
 def evaluate_windows(
     make_data,
     factories: dict,
@@ -76,6 +72,8 @@ def evaluate_windows(
     n_boot: int = 2000,
     progress: bool = True,
     on_window=None,
+    taste: bool = True,
+    taste_reference: str | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Fit every model on each window's training log and score the window; pool all (customer, window) pairs.
 
@@ -85,7 +83,13 @@ def evaluate_windows(
     on items never bought before the split (cold) and on new products (no colour of the product sold before),
     the MAP of each window, and the paired bootstrap interval of MAP(model) - MAP(baseline) over the same pairs.
     details: per-model per-pair AP arrays, per-source candidate tables, window facts.
+
+    taste: also the taste metrics of `evaluation.taste` (new-item taste AUC overall, on new products and on new
+    colours of known products; colour pick top-1 with chance and popularity), each with a bootstrap interval and a
+    paired interval against `taste_reference` (default: `visual` when evaluated, else the baseline).
     """
+    from fashionrec.evaluation.taste import pick_baselines, score_task, taste_task
+
     splits = window_splits(events, n_windows, test_days)
     per = {
         m: {
@@ -98,9 +102,14 @@ def evaluate_windows(
             "secs": 0.0,
             "window_map": [],
             "items": set(),
+            "auc": [],
+            "auc_new_product": [],
+            "auc_new_colour": [],
+            "pick": [],
         }
         for m in factories
     }
+    pick_chance, pick_pop = [], []
     totals = {"warm": 0, "cold": 0, "newprod": 0, "pairs": 0, "purchases": 0}
     windows, sources = [], {}
     for w, split in enumerate(splits):
@@ -125,11 +134,28 @@ def evaluate_windows(
                 "cold_share": sum(len(s) for s in cold.values()) / max(1, n_p),
             }
         )
+        task = None
+        if taste:
+            has_photo = None
+            if data.image_features is not None:
+                has_photo = data.image_features.aligned(data.item_ids)[1]
+            task = taste_task(data, split.train, split.test, has_photo)
+            pop = np.asarray(data.matrix.sum(0)).ravel()
+            ch, pp = pick_baselines(task, pop)
+            pick_chance += ch
+            pick_pop += pp
+            windows[-1].update(taste_pool=len(task.pool), taste_customers=len(task.users), colour_picks=len(task.picks))
         for name, make in factories.items():
             t0 = time.time()
             model = make().fit(data)
             recs = model.recommend_many(users, k)
             p = per[name]
+            if task is not None:
+                ts_ = score_task(model, task)
+                p["auc"] += ts_.auc
+                p["auc_new_product"] += ts_.auc_new_product
+                p["auc_new_colour"] += ts_.auc_new_colour
+                p["pick"] += ts_.pick
             p["secs"] += time.time() - t0
             ordered = {u: truth[u] for u in users}  # the same order for every model: differences are paired
             aps = per_user_scores(recs, ordered, k, "map")
@@ -167,6 +193,9 @@ def evaluate_windows(
                 on_window(w, name, model)
     rows = []
     base_ap = np.array(per[baseline]["ap"]) if baseline in per else None
+    if taste_reference is None:
+        taste_reference = "visual" if "visual" in per else baseline
+    ref = per.get(taste_reference)
     for name, p in per.items():
         ap = np.array(p["ap"])
         lo, hi = bootstrap_ci(ap, n_boot=n_boot)
@@ -193,6 +222,8 @@ def evaluate_windows(
                     "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan"),
                 }
             )
+        if taste:
+            row.update(_taste_row(p, ref, n_boot))
         rows.append(row)
     df = pd.DataFrame(rows).set_index("model")
     df.attrs.update(
@@ -204,6 +235,11 @@ def evaluate_windows(
         newprod_share=totals["newprod"] / max(1, totals["purchases"]),
         baseline=baseline,
         test_days=test_days,
+        taste=taste,
+        taste_reference=taste_reference if taste else None,
+        pick_chance=float(np.mean(pick_chance)) if pick_chance else float("nan"),
+        pick_popularity=float(np.mean(pick_pop)) if pick_pop else float("nan"),
+        colour_picks=len(pick_chance),
     )
     src_tables = {}
     for name, tab in sources.items():
@@ -217,7 +253,32 @@ def evaluate_windows(
             }
             for s, r in tab.items()
         }
-    return df, {"ap": {m: list(map(float, p["ap"])) for m, p in per.items()}, "sources": src_tables, "windows": windows}
+    return df, {
+        "ap": {m: list(map(float, p["ap"])) for m, p in per.items()},
+        "taste_auc": {m: list(map(float, p["auc"])) for m, p in per.items()},
+        "colour_pick": {m: list(map(float, p["pick"])) for m, p in per.items()},
+        "sources": src_tables,
+        "windows": windows,
+    }
+
+
+def _taste_row(p: dict, ref: dict | None, n_boot: int) -> dict:
+    """The taste columns of one model's row: means, bootstrap intervals and paired intervals against `ref` (the
+    same customer-windows and picks, in the same order, for every model)."""
+    out = {}
+    for key in ("auc", "auc_new_product", "auc_new_colour", "pick"):
+        a = np.asarray(p[key], dtype=np.float64)
+        ok = ~np.isnan(a)
+        out[f"taste_{key}"] = float(a[ok].mean()) if ok.any() else float("nan")
+        out[f"taste_{key}_ci"] = bootstrap_ci(a[ok], n_boot=n_boot)
+        if ref is not None and len(ref[key]) == len(a):
+            b = np.asarray(ref[key], dtype=np.float64)
+            both = ok & ~np.isnan(b)
+            d = a[both] - b[both]
+            out[f"taste_{key}_diff"] = float(d.mean()) if len(d) else float("nan")
+            out[f"taste_{key}_diff_ci"] = bootstrap_ci(d, n_boot=n_boot)
+    out["taste_n"] = int((~np.isnan(np.asarray(p["auc"], dtype=np.float64))).sum())
+    return out
 
 
 def format_windows_table(df: pd.DataFrame, sources: dict | None = None) -> str:
@@ -258,6 +319,8 @@ def format_windows_table(df: pd.DataFrame, sources: dict | None = None) -> str:
             f"{r['secs_per_window']:.1f} |"
         )
     out = head + "\n".join(lines) + "\n"
+    if df.attrs.get("taste"):
+        out += "\n" + format_taste_table(df)
     for name, tab in (sources or {}).items():
         out += (
             f"\ncandidate sources of `{name}` (test windows; sizes per customer; recall = share of all purchases "
@@ -266,6 +329,43 @@ def format_windows_table(df: pd.DataFrame, sources: dict | None = None) -> str:
         )
         for s, r in sorted(tab.items(), key=lambda kv: -kv[1]["recall"]):
             out += f"| {s} | {r['mean_size']:.1f} | {r['recall']:.4f} | {r['cold_recall']:.4f} | {r['share_of_hits']:.3f} |\n"
+    return out
+
+
+def format_taste_table(df: pd.DataFrame) -> str:
+    """The taste metrics (evaluation.taste) of every model, with intervals and paired differences."""
+    ref = df.attrs.get("taste_reference")
+    k = df.attrs.get("k", 12)
+    ws = df.attrs.get("windows", [])
+    pool = sum(w.get("taste_pool", 0) for w in ws)
+    out = (
+        f"taste: {int(df['taste_n'].max()) if 'taste_n' in df else 0} customer-windows with a history that buy items "
+        f"first sold in the window (pools of {' / '.join(str(w.get('taste_pool', 0)) for w in ws)} such items, "
+        f"{pool} in all); {df.attrs.get('colour_picks', 0)} colour picks (chance {df.attrs.get('pick_chance', 0):.3f}, "
+        f"popularity {df.attrs.get('pick_popularity', 0):.3f}); paired intervals against `{ref}`\n\n"
+        "| model | new-item taste AUC [95% CI] | vs ref [paired 95% CI] | AUC new products | AUC new colours | "
+        f"colour pick top-1 [95% CI] | vs ref [paired] | recall@{k} never-bought |\n"
+        "|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def iv(r, key, fmt="{:.3f}"):
+        v, ci = r.get(f"taste_{key}"), r.get(f"taste_{key}_ci")
+        if v is None or v != v:
+            return "-"
+        return f"{fmt.format(v)} [{fmt.format(ci[0])}, {fmt.format(ci[1])}]"
+
+    def dv(r, key):
+        v, ci = r.get(f"taste_{key}_diff"), r.get(f"taste_{key}_diff_ci")
+        if v is None or v != v or not isinstance(ci, tuple):
+            return "-"
+        return f"{v:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+    for name, r in df.iterrows():
+        r = r.to_dict()
+        out += (
+            f"| {name} | {iv(r, 'auc')} | {dv(r, 'auc')} | {iv(r, 'auc_new_product')} | {iv(r, 'auc_new_colour')} | "
+            f"{iv(r, 'pick')} | {dv(r, 'pick')} | {r['recall_cold']:.4f} |\n"
+        )
     return out
 
 

@@ -176,6 +176,7 @@ class RecData:
         now: pd.Timestamp | None = None,
         predicted: pd.DataFrame | None = None,
         users: pd.DataFrame | None = None,
+        colour_features: ItemFeatures | None = None,
     ):
         self.item_ids = list(item_ids)
         self.item_index = {i: j for j, i in enumerate(self.item_ids)}
@@ -196,6 +197,8 @@ class RecData:
             pd.Timestamp(now) if now is not None else (ev["timestamp"].max() if len(ev) else pd.Timestamp("1970-01-01"))
         )
         self.image_features = image_features
+        # A colour descriptor of the garment in each photo (training.colour), raw (not normalised); optional.
+        self.colour_features = colour_features
         self.metadata = metadata if metadata is not None else pd.DataFrame()
         # Tags predicted from photos for every item (fashionrec.recommend.attributes), and per-customer facts
         # (index customer id; column `age`). Both optional.
@@ -349,6 +352,31 @@ class Recommender(ABC):
         self._check_fitted()
         return {u: [r.item for r in self.recommend(u, k, explain=False)] for u in users}
 
+    def score_items(self, users: Sequence[str], items: np.ndarray) -> np.ndarray:
+        """(len(users), len(items)) scores of the given item indices for each user (higher is better; -inf: never).
+        Every item is scored, not only a model's candidates: the taste metrics and `--items` rank a whole pool."""
+        self._check_fitted()
+        items = np.asarray(items, dtype=np.int64)
+        out = np.empty((len(users), len(items)))
+        for r, u in enumerate(users):
+            h, t = self.data.history(u)
+            out[r] = self.scores(h, t, u)[items]
+        return out
+
+    def recommend_block(self, users: Sequence[str], k: int = 12, *, items: np.ndarray | None = None) -> list[list[str]]:
+        """Top-k item ids of each customer of a block (the batch job's unit). `items`: rank only these item indices
+        (a "new in" list), every one of them by the model's own score, best first; ties by catalog position."""
+        self._check_fitted()
+        users = list(users)
+        if items is None:
+            recs = self.recommend_many(users, k)
+            return [list(recs.get(u, [])) for u in users]
+        return top_of_scores(self.score_items(users, items), items, self.data.item_ids, k)
+
+    def batch_copy(self) -> Recommender:
+        """What a batch worker needs of the fitted model (models with a large training log ship a slim copy)."""
+        return self
+
     def similar_items(self, item: str, k: int = 12) -> list[Rec]:
         self._check_fitted()
         if item not in self.data.item_index:
@@ -377,6 +405,17 @@ class Recommender(ABC):
         if not isinstance(model, cls):
             raise FashionrecError(f"{path}: holds a '{model.name}' recommender, not a {cls.__name__}")
         return model
+
+
+def top_of_scores(S: np.ndarray, items: np.ndarray, item_ids: Sequence[str], k: int) -> list[list[str]]:
+    """Per row of S (scores of `items`), the k best item ids (finite scores only), ties broken by item position."""
+    items = np.asarray(items, dtype=np.int64)
+    out = []
+    for s in np.asarray(S, dtype=np.float64):
+        order = np.lexsort((items, -s))
+        order = order[np.isfinite(s[order])][:k]
+        out.append([item_ids[j] for j in items[order]])
+    return out
 
 
 def recency_weights(hist_ts: np.ndarray, now, half_life_days: float) -> np.ndarray:

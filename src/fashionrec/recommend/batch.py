@@ -22,6 +22,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from fashionrec.io import atomic_path
 
 AUTO_WORKERS_FROM = 100_000  # customers: below, Ray's start-up and the model transfer cost more than a 2nd core saves
@@ -51,9 +53,16 @@ def popular_fill(model, k: int) -> list[str]:
     return [r.item for r in Popularity().fit(model.data).recommend(None, 2 * k, explain=False)]
 
 
-def recommend_lists(model, users: Sequence[str], k: int, timings: dict | None = None) -> list[list[str]]:
-    """Top-k item ids of each customer, through the fastest API the model has (block, many, one by one)."""
+def recommend_lists(model, users: Sequence[str], k: int, timings: dict | None = None, items=None) -> list[list[str]]:
+    """Top-k item ids of each customer, through the fastest API the model has (block, many, one by one).
+    `items`: item indices to rank (only these, each by the model's score)."""
     block = getattr(model, "recommend_block", None)
+    if items is not None:
+        t0 = time.perf_counter()
+        out = block(users, k, items=items)
+        if timings is not None:
+            timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t0
+        return out
     if block is not None:
         if timings is not None and "timings" in inspect.signature(block).parameters:
             return block(users, k, timings=timings)
@@ -68,6 +77,23 @@ def recommend_lists(model, users: Sequence[str], k: int, timings: dict | None = 
     if timings is not None:
         timings["candidates"] = timings.get("candidates", 0.0) + time.perf_counter() - t0
     return out
+
+
+def item_indices(model, items: Sequence[str]):
+    """Indices of `items` in the fitted model's catalog (duplicates dropped, order kept); unknown ids are an error."""
+    from fashionrec.errors import FashionrecError
+
+    index = model.data.item_index
+    items = list(dict.fromkeys(str(i) for i in items))
+    unknown = [i for i in items if i not in index]
+    if unknown:
+        raise FashionrecError(
+            f"{len(unknown)} of {len(items)} item ids are not in the catalog (no photo and no catalog row): "
+            f"{', '.join(unknown[:5])}"
+        )
+    if not items:
+        raise FashionrecError("the item list is empty")
+    return np.array([index[i] for i in items], dtype=np.int64)
 
 
 def complete(items: list[str], fill: list[str], k: int) -> list[str]:
@@ -96,8 +122,12 @@ def recommend_all(
     workers: int | str = 1,
     address: str | None = None,
     timings: dict | None = None,
+    items: Sequence[str] | None = None,
 ) -> Path:
     """Write `customer_id,prediction` (k space-separated item ids) for every customer in `users`, in that order.
+
+    items: rank only these item ids (a "new in" list) for everyone, each by the model's own score, never padded
+    (a row holds min(k, len(items)) items); ids the model does not know are a FashionrecError naming them.
 
     block_size: customers per block (memory ~ block_size x ~200 candidate rows x 47 features, ~75 MB at 2048);
     fill: items that complete short lists (default: `popular_fill`); workers > 1: Ray (local, or `address`),
@@ -109,6 +139,15 @@ def recommend_all(
         raise ValueError("block_size must be a positive integer")
     users = list(users)
     workers = resolve_workers(workers, len(users))
+    restrict = None
+    if items is not None:
+        restrict = item_indices(model, items)
+        # every listed item is scored by the model; a customer it cannot score (no history for a content model)
+        # gets the listed items by sales
+        sales = np.asarray(model.data.matrix.sum(0)).ravel()
+        known = restrict[restrict < len(sales)]
+        order = np.concatenate([known[np.argsort(-sales[known], kind="stable")], restrict[restrict >= len(sales)]])
+        fill, workers = [model.data.item_ids[j] for j in order], 1
     if fill is None:
         fill = popular_fill(model, k)
     if workers > 1:
@@ -145,7 +184,7 @@ def recommend_all(
                 f.write("customer_id,prediction\n")
             for b in range(0, len(users), block_size):
                 part = users[b : b + block_size]
-                lists = recommend_lists(model, part, k, t)
+                lists = recommend_lists(model, part, k, t, restrict)
                 t0 = time.perf_counter()
                 write_rows(f, part, lists, fill, k)
                 t["write"] = t.get("write", 0.0) + time.perf_counter() - t0

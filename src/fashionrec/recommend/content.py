@@ -90,7 +90,7 @@ class _VectorProfile(Recommender):
             s[:] = -np.inf
         return s
 
-    def recommend_block(self, users, k: int = 12, *, ann: bool | None = None) -> list[list[str]]:
+    def recommend_block(self, users, k: int = 12, *, ann: bool | None = None, items=None) -> list[list[str]]:
         """Top-k item ids for a block of customers (the batch job's unit, `fashionrec.recommend.batch`).
 
         ann=None: below 100k items with a vector (the project's exact-index threshold) the dense per-customer scores
@@ -100,6 +100,8 @@ class _VectorProfile(Recommender):
         that shortlist only."""
         self._check_fitted()
         users = list(users)
+        if items is not None:
+            return super().recommend_block(users, k, items=items)
         if ann is None:
             from fashionrec.index.base import choose_index_kind
 

@@ -49,6 +49,7 @@ SOURCES = [
     "new_colour",
     "visual",
     "new_arrival",
+    "taste",
 ]
 SHARE_COLUMNS = TAG_COLUMNS
 ITEM_FEATURES = [
@@ -67,19 +68,23 @@ ITEM_FEATURES = [
     "item_price",
 ]
 USER_FEATURES = ["age", "n_purchases", "n_distinct", "days_since_last", "user_price"]
-PAIR_FEATURES = [
-    "n_own",
-    "own_w",
-    "own_days",
-    "n_code",
-    "code_days",
-    "vis_max",
-    "vis_profile",
-    "age_diff",
-    "price_ratio",
-    "als",
-    "pair_score",
-] + [f"share_{c}" for c in SHARE_COLUMNS]
+PAIR_FEATURES = (
+    [
+        "n_own",
+        "own_w",
+        "own_days",
+        "n_code",
+        "code_days",
+        "vis_max",
+        "vis_profile",
+        "age_diff",
+        "price_ratio",
+        "als",
+        "pair_score",
+    ]
+    + [f"share_{c}" for c in SHARE_COLUMNS]
+    + ["taste_pct"]
+)
 FEATURES = [f"rank_{s}" for s in SOURCES] + ITEM_FEATURES + USER_FEATURES + PAIR_FEATURES
 RANKERS = {"buckets", "binary", "lambdarank", "heuristic"}
 # The bucket ranker's evidence: how recently the customer bought the item / its product, and each source's rank.
@@ -97,6 +102,9 @@ BUCKETS = [
     ("rank_pairs", [0, 3, 6, 10, _INF]),
     ("rank_visual", [0, 3, 6, 10, _INF]),
     ("vis_max", [-_INF, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, _INF]),
+    ("rank_taste", [0, 1, 2, 3, 5, 10, 20, _INF]),
+    # the candidate's taste score as a percentile of every item's, for this customer (`recommend.taste`)
+    ("taste_pct", [0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 1.01]),
 ]
 # The columns the bucket ranker reads (source ranks, own/product recency, visual similarity) and those its
 # own-purchases-first rule reads: with ranker='buckets' only these are computed in the batch path (the others stay
@@ -106,6 +114,7 @@ BUCKET_FEATURES = frozenset(
 )
 AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
 WINDOW_CACHE_ROWS = 2_000_000  # training rows kept for reuse across rankers (~0.4 GB); beyond, windows are rebuilt
+BEYOND = -1e6  # offset of the taste scores of items that are not candidates: below every ranked candidate
 BLOCK = 1024  # customers whose candidates and features are built together (memory ~ BLOCK x ~200 rows x 47 floats)
 
 
@@ -665,6 +674,8 @@ class Hybrid(Recommender):
         seed: int = 0,
         val_days: int | None = None,
         source_sizes: str = "fixed",
+        taste: bool = True,
+        n_taste: int = 20,
     ):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
@@ -724,10 +735,16 @@ class Hybrid(Recommender):
         if source_sizes not in {"auto", "fixed"}:
             raise ValueError("source_sizes must be 'auto' (chosen on the training windows) or 'fixed'")
         self.source_sizes = source_sizes
+        # The learned taste model (`recommend.taste`): a candidate source (the customer's best-liked photos in the
+        # whole catalog), the order of the never-sold pool before it is cut, a feature of every candidate, and the
+        # score of every item beyond the candidates (full rankings, `--items`, the taste metrics).
+        if n_taste < 0:
+            raise ValueError("n_taste must be >= 0")
+        self.use_taste, self.n_taste = bool(taste), n_taste
         # The n_* above are each source's size; with source_sizes="auto" they are maxima: the training windows use
         # them, and `fit` cuts each source to the size its hit rates earn (`choose_source_sizes`), for the ranker and
         # for serving. Not the default: on the leak-free protocol it scored MAP@12 0.0090 against 0.0097 (README).
-        self.max_sizes = {s: getattr(self, f"n_{s}") for s in SOURCES}
+        self.max_sizes = {s: getattr(self, f"n_{s}", 0) for s in SOURCES}
 
     # ------------------------------------------------------------------ shared item facts
     def _prepare(self, data: RecData):
@@ -742,7 +759,27 @@ class Hybrid(Recommender):
     def _state(self, data: RecData, t) -> _State:
         st = _State(data, t, self, self.V, self.has_vec, self.codes)
         st._codes = self.codes
+        st.taste = getattr(self, "_taste_cur", None)
+        if st.taste is not None:  # the whole never-sold pool: personalised by taste before it is cut
+            n = len(st.sold)
+            st.arrival_pool = np.flatnonzero(~st.sold & self.has_vec[:n] & st.taste.has[:n])
         return st
+
+    def _taste_all(self, st: _State, h, ts) -> np.ndarray | None:
+        """The customer's taste score of every item (-inf: no photo), or None without a taste model."""
+        tm = getattr(st, "taste", None)
+        if tm is None:
+            return None
+        return tm.taste(np.asarray(h, dtype=np.int64), np.asarray(ts).astype("datetime64[ns]"))
+
+    @staticmethod
+    def _taste_percentile(tv: np.ndarray, cand: np.ndarray) -> np.ndarray:
+        """Share of the items with a photo that this customer likes less than each candidate."""
+        fin = np.sort(tv[np.isfinite(tv)])
+        if not len(fin):
+            return np.full(len(cand), np.nan)
+        v = tv[cand]
+        return np.where(np.isfinite(v), np.searchsorted(fin, v, side="left") / len(fin), np.nan)
 
     def _all_neighbours(self) -> None:
         """Visual neighbours of every item with a photo (time-independent): one exact FAISS search below 100k photos,
@@ -805,9 +842,11 @@ class Hybrid(Recommender):
         return self._nb_cache[j]
 
     # ------------------------------------------------------------------ candidates and features
-    def _candidates(self, st: _State, h: np.ndarray, ts: np.ndarray, user) -> dict[str, np.ndarray]:
-        """Source name -> candidate indices, best first."""
+    def _candidates(self, st: _State, h: np.ndarray, ts: np.ndarray, user, tv=None) -> dict[str, np.ndarray]:
+        """Source name -> candidate indices, best first. tv: the customer's taste of every item (`_taste_all`)."""
         src: dict[str, np.ndarray] = {}
+        if tv is None:
+            tv = self._taste_all(st, h, ts)
         n = len(st.pop_all)
         if len(h):
             order = np.argsort(ts, kind="stable")[::-1]  # newest first
@@ -855,11 +894,16 @@ class Hybrid(Recommender):
                 src["dept_pop"] = np.array(list(dict.fromkeys(np.concatenate(lists).tolist())), dtype=np.int64)
         if len(st.arrival_pool) and self.n_new_arrival:
             pool = st.arrival_pool[st.arrival_pool < n]
-            s = st.trend[pool].copy()
-            prof = self._profile(h, ts)
-            if prof is not None:
-                s = s + self.V[pool] @ prof
+            if tv is not None:
+                s = tv[pool]
+            else:
+                s = st.trend[pool].copy()
+                prof = self._profile(h, ts)
+                if prof is not None:
+                    s = s + self.V[pool] @ prof
             src["new_arrival"] = pool[np.argsort(-s, kind="stable")[: self.n_new_arrival]]
+        if tv is not None and self.n_taste:
+            src["taste"] = _top(tv, self.n_taste, np.isfinite(tv))
         return src
 
     def _profile(self, h, ts):
@@ -879,7 +923,8 @@ class Hybrid(Recommender):
         return float(a) if a == a else np.nan
 
     def _features(self, st: _State, h, ts, prices, user) -> tuple[np.ndarray, np.ndarray, dict]:
-        src = self._candidates(st, h, ts, user)
+        tv = self._taste_all(st, h, ts)
+        src = self._candidates(st, h, ts, user, tv)
         cand = np.array(
             list(dict.fromkeys(np.concatenate([v for v in src.values()] or [np.zeros(0)]).astype(np.int64).tolist())),
             dtype=np.int64,
@@ -966,6 +1011,7 @@ class Hybrid(Recommender):
             pair = np.asarray(st.pairs[h].sum(0)).ravel()[cand]
         cols += [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair]
         cols += [shares[c] for c in SHARE_COLUMNS]
+        cols += [self._taste_percentile(tv, cand) if tv is not None else np.full(m, np.nan)]
         X = np.column_stack(cols).astype(np.float32) if m else np.zeros((0, len(FEATURES)), np.float32)
         return cand, X, src
 
@@ -1036,6 +1082,7 @@ class Hybrid(Recommender):
         Vpool = self.V[pool] if pool is not None and self.V is not None else None
         band_of = np.searchsorted(AGE_BANDS, ages, side="right") - 1
         cands, row_parts, src_parts, rank_parts, ucols, vis_m, vis_p, als_parts = [], [], [], [], [], [], [], []
+        taste_parts = []
         src_num = {s: k for k, s in enumerate(SOURCES)}
         offset = 0
         for b in range(B):
@@ -1067,12 +1114,18 @@ class Hybrid(Recommender):
                     lists = [st.dept_lists.get(int(v), np.zeros(0, dtype=np.int64)) for v in vals[np.argsort(-cnt)][:2]]
                     src["dept_pop"] = np.array(list(dict.fromkeys(np.concatenate(lists).tolist())), dtype=np.int64)
             prof = None
+            tv = self._taste_all(st, h, ts)
             if pool is not None:
-                s = st.trend[pool].copy()
-                prof = self._profile_from(ru)
-                if prof is not None:
-                    s = s + Vpool @ prof
+                if tv is not None:
+                    s = tv[pool]
+                else:
+                    s = st.trend[pool].copy()
+                    prof = self._profile_from(ru)
+                    if prof is not None:
+                        s = s + Vpool @ prof
                 src["new_arrival"] = pool[np.argsort(-s, kind="stable")[: self.n_new_arrival]]
+            if tv is not None and self.n_taste:
+                src["taste"] = _top(tv, self.n_taste, np.isfinite(tv))
             names = list(src)
             parts = [np.asarray(src[s_], dtype=np.int64) for s_ in names]
             concat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
@@ -1109,6 +1162,7 @@ class Hybrid(Recommender):
                         vp = Vc @ (p / max(np.linalg.norm(p), 1e-12))
             vis_m.append(vm)
             vis_p.append(vp)
+            taste_parts.append(self._taste_percentile(tv, cand) if tv is not None else np.full(m, np.nan))
             if want("als") and st.als_items is not None and users[b] in st.als_user:
                 als_parts.append(st.als_items[cand] @ st.als_user[users[b]])
             else:
@@ -1197,9 +1251,12 @@ class Hybrid(Recommender):
         vis_max = np.concatenate(vis_m) if M else np.zeros(0)
         vis_prof = np.concatenate(vis_p) if M else np.zeros(0)
         als = np.concatenate(als_parts) if M else np.zeros(0)
-        for v in [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair] + [
-            shares[c] for c in SHARE_COLUMNS
-        ]:
+        taste_pct = np.concatenate(taste_parts) if M else np.zeros(0)
+        for v in (
+            [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair]
+            + [shares[c] for c in SHARE_COLUMNS]
+            + [taste_pct]
+        ):
             X[:, col] = v
             col += 1
         if needed is not None:
@@ -1282,12 +1339,15 @@ class Hybrid(Recommender):
         p = self.V[recent].mean(0)
         return p / max(np.linalg.norm(p), 1e-12)
 
-    def recommend_block(self, users, k: int = 12, timings: dict | None = None) -> list[list[str]]:
+    def recommend_block(self, users, k: int = 12, timings: dict | None = None, *, items=None) -> list[list[str]]:
         """Top-k item ids for a block of customers (the batch job's unit): the lists `recommend(u, k)` gives each
-        (with short lists filled from the month's and week's best sellers, as `recommend_many` does).
+        (lists longer than the candidates continue in taste order; without a taste model they are filled from the
+        month's and week's best sellers). items: rank only these item indices (`Recommender.recommend_block`).
         timings: if a dict, seconds in candidates (+features) and ranking are added to it."""
         import time
 
+        if items is not None:
+            return super().recommend_block(users, k, items=items)
         self._check_fitted()
         st = self.state
         users = list(users)
@@ -1296,7 +1356,7 @@ class Hybrid(Recommender):
             cands, X, _ = self._features_block(st, users, needed=self._needed_features())
         t1 = time.perf_counter()
         s = self._predict(X) if len(X) else np.zeros(0)
-        out = self._rank_block(cands, s, k)
+        out = self._rank_block(cands, s, k, users)
         if timings is not None:
             timings["candidates"] = timings.get("candidates", 0.0) + t1 - t0
             timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - t1
@@ -1319,17 +1379,31 @@ class Hybrid(Recommender):
         d._coded = {k: v[:0] for k, v in self.data.coded().items()}
         d.matrix = sp.csr_matrix((0, self.data.n_items), dtype=np.float32)
         d.image_features, d.metadata, d.predicted, d.users = None, pd.DataFrame(), None, None
+        d.colour_features = None
         slim.data = d
+        if getattr(self, "taste_model", None) is not None:  # the taste model reads only its own arrays and `now`
+            tm = copy.copy(self.taste_model)
+            tm.data = d
+            slim.taste_model = slim._taste_cur = tm
+            slim.state = copy.copy(self.state)
+            slim.state.taste = tm
         return slim
 
-    def _rank_block(self, cands, s, k) -> list[list[str]]:
+    def _rank_block(self, cands, s, k, users=None) -> list[list[str]]:
         st, ids = self.state, self.data.item_ids
         fill = [ids[j] for j in st.list_month] + [ids[j] for j in st.list_week]
         out, o = [], 0
-        for cand in cands:
+        for b, cand in enumerate(cands):
             sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
             o += len(cand)
             items = [ids[j] for j in self._with_arrivals(cand, sc, k)]
+            if len(items) < k and users is not None and getattr(st, "taste", None) is not None:
+                h, ts, _ = self._history(st, users[b])  # beyond the candidates: every other item by taste
+                tv = self._taste_all(st, h, ts)
+                seen = set(cand.tolist())
+                order = np.lexsort((np.arange(len(tv)), -tv))
+                more = [j for j in order[: k + len(cand)].tolist() if j not in seen and np.isfinite(tv[j])]
+                items += [ids[j] for j in more[: k - len(items)]]
             if len(items) < k:
                 seen = set(items)
                 items += [i for i in fill if i not in seen and not seen.add(i)][: k - len(items)]
@@ -1373,6 +1447,8 @@ class Hybrid(Recommender):
             self._needed_features(training=True),
             self.max_train_users,
             self.seed,
+            getattr(self, "use_taste", False),
+            getattr(self, "n_taste", 0),
         )
 
     def _window(self, data: RecData, t: pd.Timestamp, rng):
@@ -1435,6 +1511,14 @@ class Hybrid(Recommender):
         self._prepare(data)
         rng = np.random.default_rng(self.seed)
         now = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1)
+        self.taste_model = self._taste_cur = None
+        if getattr(self, "use_taste", False) and self.V is not None and self.has_vec.any():
+            from fashionrec.recommend.taste import Taste
+
+            # The training windows see a taste model that stands before the oldest of them (it never learned from
+            # their labels); serving and the taste metrics get one fitted on the whole log.
+            oldest = now - pd.Timedelta(days=self.label_days + (self.n_windows - 1) * self.window_step_days)
+            self._taste_cur = Taste(seed=self.seed).fit(data, until=oldest)
         sets = []
         # The default ranker needs only each bucket's rows and purchases: counted window by window, so that the
         # training rows of all windows are never in memory at once (6 windows x 50k customers x ~200 candidates).
@@ -1571,6 +1655,10 @@ class Hybrid(Recommender):
             self.booster = lgb.train(params, self._dataset(lgb, sets), num_boost_round=n_iter)
             self.best_iteration = n_iter
             stats["trees"] = n_iter
+        if self._taste_cur is not None:
+            from fashionrec.recommend.taste import Taste
+
+            self.taste_model = self._taste_cur = Taste(seed=self.seed).fit(data)
         self.state = self._state(data, now)
         bar.update(1)
         bar.close()
@@ -1624,8 +1712,38 @@ class Hybrid(Recommender):
         else:
             h, ts, pr = np.asarray(hist_idx, dtype=np.int64), np.asarray(hist_ts).astype("datetime64[ns]"), None
         cand, X, _ = self._features(st, h, ts, pr, user)
+        tv = self._taste_all(st, h, ts)
+        if tv is not None:  # every other item by taste, below every candidate (full rankings, `--items`)
+            out[: len(tv)] = BEYOND + tv
         if len(cand):
             out[cand] = self._predict(X) + 1e-9 * st.pop_month[cand]  # popularity breaks ties deterministically
+        return out
+
+    def score_items(self, users, items) -> np.ndarray:
+        """Scores of `items` for a block of customers: the ranker's for their candidates, the taste model's (below
+        every candidate) for the rest; one feature pass for the whole block."""
+        self._check_fitted()
+        st, users = self.state, list(users)
+        items = np.asarray(items, dtype=np.int64)
+        out = np.full((len(users), len(items)), -np.inf)
+        pos = {int(j): c for c, j in enumerate(items)}
+        for b0 in range(0, len(users), BLOCK):
+            part = users[b0 : b0 + BLOCK]
+            with _one_thread():
+                cands, X, _ = self._features_block(st, part, needed=self._needed_features())
+            s = self._predict(X) if len(X) else np.zeros(0)
+            o = 0
+            for r, (u, cand) in enumerate(zip(part, cands)):
+                sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
+                o += len(cand)
+                h, ts, _ = self._history(st, u)
+                tv = self._taste_all(st, h, ts)
+                if tv is not None:
+                    inside = items < len(tv)
+                    out[b0 + r, inside] = BEYOND + tv[items[inside]]
+                cols = np.array([pos.get(int(j), -1) for j in cand], dtype=np.int64)
+                ok = cols >= 0
+                out[b0 + r, cols[ok]] = sc[ok]
         return out
 
     def recommend_many(self, users, k: int = 12) -> dict[str, list[str]]:
@@ -1650,7 +1768,7 @@ class Hybrid(Recommender):
                 parts.append((cand, X))
             allX = np.vstack([p[1] for p in parts]) if parts else np.zeros((0, len(FEATURES)), np.float32)
             s = self._predict(allX) if len(allX) else np.zeros(0)
-            out.update(zip(users[b : b + block], self._rank_block([p[0] for p in parts], s, k)))
+            out.update(zip(users[b : b + block], self._rank_block([p[0] for p in parts], s, k, users[b : b + block])))
         return out
 
     def _with_arrivals(self, cand: np.ndarray, sc: np.ndarray, k: int) -> np.ndarray:

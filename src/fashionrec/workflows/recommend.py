@@ -39,6 +39,26 @@ def read_users(path: str | Path) -> list[str]:
     return [line.strip() for line in p.read_text().splitlines() if line.strip()]
 
 
+def read_items(path: str | Path) -> list[str]:
+    """Item ids to rank (a "new in" list): a CSV/Parquet with an `article_id` column (else `item_id`, else the
+    first), or a text file with one id per line. Ids are strings (leading zeros kept); duplicates are dropped."""
+    from fashionrec.data.catalog import read_table
+
+    p = Path(path)
+    if not p.exists():
+        raise FashionrecError(f"{p}: items file not found")
+    if p.suffix.lower() in {".csv", ".parquet"}:
+        df = read_table(p, dtype=str)
+        col = next((c for c in ("article_id", "item_id", "item") if c in df.columns), df.columns[0])
+        ids = df[col].dropna().astype(str).str.strip().tolist()
+    else:
+        ids = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    ids = list(dict.fromkeys(i for i in ids if i))
+    if not ids:
+        raise FashionrecError(f"{p}: no item ids in the file")
+    return ids
+
+
 def everyone(shop: Shop) -> list[str]:
     """Everyone in customers.csv, then buyers missing from it (they still get a row), sorted."""
     known = set(shop.customers)
@@ -76,9 +96,12 @@ def recommend_all(
     block_size: int = 2048,
     workers: int | str = 1,
     ray_address: str | None = None,
+    items: list[str] | None = None,
 ) -> Submission:
     """Top-k for `users` (default: everyone) streamed to `out` in blocks (`fashionrec.recommend.batch`), every row
-    filled to k from popularity; `workers` > 1 shards the customers over Ray actors (identical output)."""
+    filled to k from popularity; `workers` > 1 shards the customers over Ray actors (identical output).
+    `items`: rank only these ids for everyone (personalised "new in"): each by the model's own score, never padded;
+    an id with a photo and no catalog row is ranked like any other."""
     from fashionrec.recommend.batch import recommend_all as batch_recommend_all
 
     t0 = time.time()
@@ -99,7 +122,15 @@ def recommend_all(
     users = everyone(shop) if users is None else users
     t1 = time.time()
     path = batch_recommend_all(
-        fitted, users, k, out, block_size=block_size, progress=progress, workers=workers, address=ray_address
+        fitted,
+        users,
+        k,
+        out,
+        block_size=block_size,
+        progress=progress,
+        workers=workers,
+        address=ray_address,
+        items=items,
     )
     return Submission(
         path,
@@ -174,6 +205,8 @@ def evaluate_recommenders(
     inference: str = "auto",
     workspace=None,
     progress: bool = True,
+    taste: bool = True,
+    taste_reference: str | None = None,
 ) -> Comparison:
     """Leak-free comparison on `windows` consecutive test windows ending at the last date (or one window starting
     at `split_date`), against `baseline` (paired bootstrap) when it is one of `models`."""
@@ -205,6 +238,8 @@ def evaluate_recommenders(
         k=k,
         baseline=baseline if baseline in models else None,
         progress=progress,
+        taste=taste,
+        taste_reference=taste_reference if taste_reference in models else None,
     )
     return Comparison(df, details, format_windows_table(df, details["sources"]))
 
