@@ -540,3 +540,11 @@ def test_config_supplies_required_options_and_the_command_line_wins(tmp_path):
     cfg = _config(tmp_path, "train:\n  data: fashion-mnist\n  invert: no\n  input_size: '48'\n")
     args = parse_args(["--config", cfg, "train", "--out", "o"])
     assert args.dataset == "fashion-mnist" and args.invert == "no" and args.input_size == 48
+
+
+def test_config_old_spelling_warns(tmp_path, capsys):
+    from fashionrec.cli.main import parse_args
+
+    cfg = _config(tmp_path, "recommend:\n  model: als\n")
+    assert parse_args(["--config", cfg, "recommend", "--data", "d", "--out", "o"]).model == "als"
+    assert "'model' is deprecated; use 'recommender'" in capsys.readouterr().err

@@ -15,7 +15,8 @@ MAX_LINES = 250
 QUICK_START = ["bash scripts/setup.sh && .venv/bin/fashionrec demo", ".venv/bin/python -m pytest"]
 #: phrases of a lab notebook, not of a product's documentation
 HISTORY = re.compile(
-    r"\b(this|last|previous|next) stop\b|\bstop \d+\b|\bstops? ago\b|earlier runs?\b|slow machine|\btargets?\b",
+    r"\b(this|last|previous|next) stop\b|\bstop \d+\b|\bstops? ago\b|earlier runs?\b|slow machine|the issue\b"
+    r"|\btargets? (?:was|were|is|are|reached|met|not)\b|\b(?:reached|missed|met) the targets?\b",
     re.I,
 )
 

@@ -109,6 +109,15 @@ def _config_value(path, key: str, action: argparse.Action, value):
     return value
 
 
+def _warn_if_renamed(path, key: str, action: argparse.Action) -> bool:
+    old = "--" + key.split(".")[-1].replace("_", "-")
+    if isinstance(action, common.RenamedOption) and old in action.deprecated:
+        new = action.option_strings[0].lstrip("-")
+        print(f"fashionrec: warning: {path}: '{key}' is deprecated; use '{new}'", file=sys.stderr)
+        return True
+    return False
+
+
 def _set_default(parser: argparse.ArgumentParser, action: argparse.Action, value) -> None:
     parser.set_defaults(**{action.dest: value})
     action.required = False  # a config file may supply a required option
@@ -143,6 +152,7 @@ def _apply_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> 
                 if sub_key not in tables[key]:
                     raise _unknown(path, sub_key, tables[key], f" for `fashionrec {key}`")
                 action = tables[key][sub_key]
+                _warn_if_renamed(path, sub_key, action)
                 _set_default(commands[key], action, _config_value(path, f"{key}.{sub_key}", action, sub_value))
         elif key in top:
             _set_default(parser, top[key], _config_value(path, key, top[key], value))
@@ -150,8 +160,10 @@ def _apply_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> 
             owners = [name for name, table in tables.items() if key in table]
             if not owners:
                 raise _unknown(path, key, set().union(*tables.values(), top), "")
+            warned = False
             for name in owners:
                 action = tables[name][key]
+                warned = warned or _warn_if_renamed(path, key, action)
                 _set_default(commands[name], action, _config_value(path, key, action, value))
 
 
