@@ -441,6 +441,13 @@ def test_every_command_has_an_example_that_parses(capsys):
         assert "--help" not in capsys.readouterr().err
 
 
+def test_every_help_page_renders():
+    """A stray '%' or a bad default in a help string only fails when --help is asked for: render them all."""
+    for name, parser in _all_parsers():
+        text = parser.format_help()
+        assert "usage:" in text and "example" in text, name
+
+
 def test_help_output_shows_defaults_and_examples(capsys):
     with pytest.raises(SystemExit) as e:
         main(["recommend", "--help"])
