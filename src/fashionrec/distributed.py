@@ -18,12 +18,19 @@ from pathlib import Path
 import numpy as np
 
 
+def _require_ray() -> None:
+    from fashionrec.extras import require
+
+    require("distributed", "ray", what="Ray is not installed")
+
+
 def _start_ray(address: str | None, cpus: int) -> bool:
     """Connect to `address`, or start a local Ray with `cpus` CPUs, unless Ray is already up. True if this call
     started it (the caller shuts it down when done)."""
     import os
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage reporting from offline machines
+    _require_ray()
     import ray
 
     if ray.is_initialized():
@@ -78,6 +85,7 @@ def embed_with_ray(
     backbone_kwargs: dict | None = None,
 ) -> tuple[list[str], np.ndarray]:
 
+    _require_ray()
     import ray
 
     started = _start_ray(address, num_actors)
@@ -159,6 +167,7 @@ def recommend_all_ray(
     import shutil
     import tempfile
 
+    _require_ray()
     import ray
     from tqdm.auto import tqdm
 

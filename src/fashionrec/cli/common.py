@@ -7,9 +7,70 @@ Command modules import this and the workflows, never each other. Nothing heavy i
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
+
+
+# ---------------------------------------------------------------- parsers
+class HelpFormatter(argparse.HelpFormatter):
+    """Text with line breaks (the examples of an epilog) is kept as written, other text is wrapped; each option's
+    help ends with its default unless the help already says it (the word "default") or the option is an on/off
+    flag, and a required option's with "(required)"."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return text + " (required)"
+        if (
+            "default" in text
+            or "%(default)" in text
+            or action.default in (None, argparse.SUPPRESS)
+            or isinstance(action.default, bool)
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """Every `fashionrec` parser: the help formatter above (sub-commands get it through `parser_class`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def examples(*commands: str) -> str:
+    """A sub-command's epilog: one example command per line, shown by `fashionrec COMMAND --help`."""
+    return "example" + ("s" if len(commands) > 1 else "") + ":\n" + "\n".join(f"  {c}" for c in commands)
+
+
+class RenamedOption(argparse._StoreAction):
+    """An option with a new name that still takes its old spelling for one release, with a warning:
+    `p.add_argument("--data", "--dataset", action=RenamedOption, deprecated=("--dataset",), ...)`."""
+
+    def __init__(self, option_strings, dest, deprecated: tuple[str, ...] = (), **kwargs):
+        self.deprecated = tuple(deprecated)
+        kwargs.setdefault("metavar", option_strings[0].lstrip("-").upper().replace("-", "_"))
+        super().__init__(option_strings, dest, **kwargs)
+        if self.help and self.deprecated:
+            self.help += f" ({', '.join(self.deprecated)}: former spelling, deprecated)"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string in self.deprecated:
+            print(
+                f"fashionrec: warning: {option_string} is deprecated and will be removed in the next release; "
+                f"use {self.option_strings[0]}",
+                file=sys.stderr,
+            )
+        setattr(namespace, self.dest, values)
 
 
 # ---------------------------------------------------------------- run context
@@ -61,7 +122,7 @@ def add_backbone_args(
         p.add_argument("--backbone", default="auto", help=AUTO_BACKBONE_HELP)
     else:
         p.add_argument("--backbone", default=DEFAULT_BACKBONE, help=BACKBONE_HELP)
-    p.add_argument("--input-size", type=int, default=input_size)
+    p.add_argument("--input-size", type=int, default=input_size, help="square input resolution in pixels")
     if inference:
         p.add_argument(
             "--inference",
@@ -74,8 +135,16 @@ def add_backbone_args(
 
 def add_classifier_args(p: argparse.ArgumentParser) -> None:
     """How an image classifier is built and trained (train, tag, experiment)."""
-    p.add_argument("--method", choices=["linear-probe", "finetune"], default="linear-probe")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE, help="registered name or any timm model name")
+    p.add_argument(
+        "--method",
+        choices=["linear-probe", "finetune"],
+        default="linear-probe",
+        help="linear-probe: logistic regression on frozen pretrained features (best with few labels); finetune: "
+        "train the network too, in the stages of --stages",
+    )
+    p.add_argument(
+        "--backbone", default=DEFAULT_BACKBONE, help="registered name (`fashionrec backbones`) or any timm model name"
+    )
     p.add_argument(
         "--input-size",
         type=int,
@@ -112,9 +181,14 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
         help="fine-tuning: BatchNorm uses batch statistics (train, re-estimated each epoch) or keeps its "
         "running statistics (frozen)",
     )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-steps-per-epoch", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (feature extraction and fine-tuning)")
+    p.add_argument(
+        "--max-steps-per-epoch",
+        type=int,
+        default=None,
+        help="fine-tuning: at most this many steps per epoch (default: one pass over the training images)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (label sampling, splits, initialisation)")
 
 
 def resolve_input_size(args: argparse.Namespace, data_dir: str | Path | None) -> int:

@@ -41,16 +41,22 @@ def cmd_demo(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser("demo", help="offline end-to-end demo on Fashion-MNIST; writes a report folder")
-    d.add_argument("--out", default="fashionrec-demo")
-    d.add_argument("--data-dir", help="Fashion-MNIST IDX folder")
+    d = sub.add_parser(
+        "demo",
+        help="offline end-to-end demo on Fashion-MNIST; writes a report folder",
+        description="Embed Fashion-MNIST with a pretrained backbone, train a classifier from a few labels per class, "
+        "evaluate it and write a report folder (metrics.json, confusion.png, predictions.png, label_efficiency/).",
+        epilog=common.examples("fashionrec demo", "fashionrec demo --labels-per-class 5 --out demo5"),
+    )
+    d.add_argument("--out", default="fashionrec-demo", help="report folder to write")
+    d.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     common.add_backbone_args(d, inference=False)
-    d.add_argument("--labels-per-class", type=int, default=10)
+    d.add_argument("--labels-per-class", type=int, default=10, help="labelled training images per class")
     d.add_argument("--pool", type=int, default=3000, help="train images available (labelled subset drawn from them)")
-    d.add_argument("--test-size", type=int, default=2000)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--test-size", type=int, default=2000, help="test images to evaluate on")
+    d.add_argument("--seed", type=int, default=0, help="random seed (which images are labelled)")
     d.add_argument("--serve", action="store_true", help="then serve the web page on the H&M sample (--data)")
     d.add_argument("--data", default="../shared/data/hm", help="with --serve: the catalog to serve")
-    d.add_argument("--port", type=int, default=8000)
-    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8000, help="with --serve: TCP port")
+    d.add_argument("--host", default="127.0.0.1", help="with --serve: address to bind")
     d.set_defaults(func=cmd_demo)

@@ -33,12 +33,25 @@ def cmd_embed(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    m = sub.add_parser("embed", help="embed every catalog image (local or Ray)")
-    m.add_argument("--data", required=True)
+    m = sub.add_parser(
+        "embed",
+        help="embed every catalog image (local or Ray)",
+        description="Write every catalog photo's backbone features to an .npz (arrays ids and features).",
+        epilog=common.examples(
+            "fashionrec embed --data shop --out feats.npz",
+            "fashionrec embed --data shop --backbone models/shop --engine ray --num-actors 8 --out feats.npz",
+        ),
+    )
+    m.add_argument("--data", required=True, help="H&M-layout folder or images/ folder")
     m.add_argument("--out", required=True, help=".npz with ids and features")
-    m.add_argument("--engine", choices=["local", "ray"], default="local")
+    m.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process; ray: Ray actors (needs the distributed extra)",
+    )
     common.add_backbone_args(m)
-    m.add_argument("--batch-size", type=int, default=64)
-    m.add_argument("--num-actors", type=int, default=2)
+    m.add_argument("--batch-size", type=int, default=64, help="photos per forward pass")
+    m.add_argument("--num-actors", type=int, default=2, help="with --engine ray: embedding actors")
     m.add_argument("--ray-address", default=None, help="existing Ray cluster (default: start a local one)")
     m.set_defaults(func=cmd_embed)

@@ -32,25 +32,45 @@ def cmd_experiment(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    e = sub.add_parser("experiment", help="run an experiment: label-efficiency")
-    e.add_argument("name", choices=["label-efficiency"])
-    e.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist' or an H&M folder (with --label-column)")
-    e.add_argument("--data-dir")
-    e.add_argument("--label-column", default="product_group_name")
-    e.add_argument("--ks", default="1,5,10,50,100,500,all")
-    e.add_argument("--seeds", type=int, default=3)
-    e.add_argument("--methods", default="pixels,scratch,probe,finetune")
+    e = sub.add_parser(
+        "experiment",
+        help="run an experiment: label-efficiency",
+        description="label-efficiency: accuracy against labelled examples per class for raw pixels, a CNN from "
+        "scratch, the pretrained probe and fine-tuning, over several seeds; writes results.json, table.md and "
+        "curve.png to --out (resumes unless --fresh).",
+        epilog=common.examples(
+            "fashionrec experiment label-efficiency --ks 1,10,100 --seeds 2 --out runs/le",
+            "fashionrec experiment label-efficiency --data shop --label-column product_group_name --out runs/le_shop",
+        ),
+    )
+    e.add_argument("name", choices=["label-efficiency"], help="the experiment to run")
+    e.add_argument(
+        "--data",
+        "--dataset",
+        dest="dataset",
+        action=common.RenamedOption,
+        deprecated=("--dataset",),
+        default="fashion-mnist",
+        help="'fashion-mnist' or a data folder (with --label-column)",
+    )
+    e.add_argument(
+        "--data-dir", help="with --data fashion-mnist: its IDX folder (default /usr/share/datasets/fashion-mnist)"
+    )
+    e.add_argument("--label-column", default="product_group_name", help="for a data folder: the column to learn")
+    e.add_argument("--ks", default="1,5,10,50,100,500,all", help="labelled examples per class to measure")
+    e.add_argument("--seeds", type=int, default=3, help="repetitions with different labelled subsets")
+    e.add_argument("--methods", default="pixels,scratch,probe,finetune", help="comma-separated methods to compare")
     e.add_argument(
         "--pool", type=int, default=10000, help="Fashion-MNIST train images to draw labels from ('all' = pool)"
     )
-    e.add_argument("--test-size", type=int, default=10000)
+    e.add_argument("--test-size", type=int, default=10000, help="test images to evaluate on")
     e.add_argument(
         "--finetune-max-k",
         type=int,
         default=100,
         help="fine-tune only up to this k (CPU budget); 'all' counts as the pool size",
     )
-    e.add_argument("--out", default="label-efficiency")
+    e.add_argument("--out", default="label-efficiency", help="folder for results.json, table.md and curve.png")
     e.add_argument(
         "--fresh",
         action="store_true",

@@ -85,14 +85,32 @@ def cmd_evaluate(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    r = sub.add_parser("recommend", help="top-k for every customer, in the H&M Kaggle submission format")
+    r = sub.add_parser(
+        "recommend",
+        help="top-k for every customer, in the H&M Kaggle submission format",
+        description="Write customer_id,prediction (k space-separated item ids) for every customer (or --users).",
+        epilog=common.examples(
+            "fashionrec recommend --data shop --out recs.csv",
+            "fashionrec recommend --data shop --recommender repurchase --k 24 --users vip.csv --out vip.csv",
+        ),
+    )
     r.add_argument(
         "--data", required=True, help="H&M-layout folder: transactions.csv, customers.csv, images/, articles.csv"
     )
-    r.add_argument("--k", type=int, default=12)
-    r.add_argument("--out", required=True)
-    r.add_argument("--model", default=None, help=f"{ALL_MODELS.replace(',', '|')} (default {DEFAULT_MODEL})")
-    r.add_argument("--users", help="file of customer ids (CSV with customer_id, or one per line)")
+    r.add_argument("--k", type=int, default=12, help="items per customer")
+    r.add_argument("--out", required=True, help="CSV file to write")
+    r.add_argument(
+        "--recommender",
+        "--model",
+        dest="model",
+        action=common.RenamedOption,
+        deprecated=("--model",),
+        default=None,
+        help=f"which recommender: {ALL_MODELS.replace(',', ', ')} (default {DEFAULT_MODEL})",
+    )
+    r.add_argument(
+        "--users", help="file of customer ids (CSV with customer_id, or one per line; default: every customer)"
+    )
     r.add_argument(
         "--items",
         default=None,
@@ -111,27 +129,61 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=_workers,
         default="auto",
         help="above 1: shard the customers over this many Ray workers (same output, row for row); auto (default): "
-        "every core from 100,000 customers on, 1 below",
+        "every core from 100,000 customers on, 1 below (and 1 without the distributed extra, with a warning)",
     )
     r.add_argument("--ray-address", default=None, help="with --workers: existing Ray cluster (default: a local one)")
     r.set_defaults(func=cmd_recommend)
 
-    s = sub.add_parser("similar", help="items similar to one item")
-    s.add_argument("--data", required=True)
-    s.add_argument("--item", required=True)
-    s.add_argument("--k", type=int, default=12)
-    s.add_argument("--model", default="visual")
+    s = sub.add_parser(
+        "similar",
+        help="items similar to one item",
+        description="Print the items most similar to --item: item id, score and name, one per line.",
+        epilog=common.examples("fashionrec similar --data shop --item 0706016001 --k 12"),
+    )
+    s.add_argument("--data", required=True, help="H&M-layout folder")
+    s.add_argument("--item", required=True, help="the article id to start from")
+    s.add_argument("--k", type=int, default=12, help="items to list")
+    s.add_argument(
+        "--recommender",
+        "--model",
+        dest="model",
+        action=common.RenamedOption,
+        deprecated=("--model",),
+        default="visual",
+        help=f"which recommender's notion of similar: {ALL_MODELS.replace(',', ', ')}",
+    )
     common.add_backbone_args(s, adapted_by_default=True)
     s.set_defaults(func=cmd_similar)
 
-    e = sub.add_parser("evaluate", help="leak-free evaluation on several time windows: compare recommenders")
-    e.add_argument("--data", required=True)
+    e = sub.add_parser(
+        "evaluate",
+        help="leak-free evaluation on several time windows: compare recommenders",
+        description="Refit each recommender before each test window and score its top-k on the window's purchases "
+        "(MAP@k, recall, hit rate, paired bootstrap against --baseline); prints a table.",
+        epilog=common.examples(
+            "fashionrec evaluate --data shop --out runs/eval",
+            "fashionrec evaluate --data shop --recommenders repurchase,hybrid --windows 2 --test-days 14",
+        ),
+    )
+    e.add_argument("--data", required=True, help="H&M-layout folder")
     e.add_argument("--windows", type=int, default=4, help="consecutive test windows ending at the last date (pooled)")
-    e.add_argument("--split-date", default=None, help="evaluate one window starting at this date instead")
-    e.add_argument("--test-days", type=int, default=28)
-    e.add_argument("--k", type=int, default=12)
+    e.add_argument(
+        "--split-date",
+        default=None,
+        help="evaluate one window starting at this date instead (YYYY-MM-DD; default: --windows windows)",
+    )
+    e.add_argument("--test-days", type=int, default=28, help="length of each test window in days")
+    e.add_argument("--k", type=int, default=12, help="list length scored (MAP@k, Recall@k)")
     e.add_argument("--baseline", default="repurchase", help="model the others are compared with (paired bootstrap)")
-    e.add_argument("--models", default=ALL_MODELS, help="comma-separated recommenders to compare")
+    e.add_argument(
+        "--recommenders",
+        "--models",
+        dest="models",
+        action=common.RenamedOption,
+        deprecated=("--models",),
+        default=ALL_MODELS,
+        help="comma-separated recommenders to compare",
+    )
     e.add_argument(
         "--taste-reference",
         default=None,
@@ -142,7 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-taste", action="store_true", help="skip the taste metrics (they score every new item for every customer)"
     )
     common.add_backbone_args(e, adapted_by_default=True)
-    e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png")
+    e.add_argument("--out", default=None, help="folder for comparison.md/.json/.png (default: print the table only)")
     e.set_defaults(func=cmd_evaluate)
 
 

@@ -33,16 +33,33 @@ def cmd_serve(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    s = sub.add_parser("serve", help="REST API + web page for a shop's data folder")
-    s.add_argument("--data", required=True)
-    s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--model", default=DEFAULT_MODEL, help="default recommender")
+    s = sub.add_parser(
+        "serve",
+        help="REST API + web page for a shop's data folder",
+        description="Serve the web page (/) and the REST API (/docs) for --data until interrupted; builds the "
+        "artifacts in the workspace on the first start. Needs the serve extra.",
+        epilog=common.examples(
+            "fashionrec serve --data shop --port 8000",
+            "FASHIONREC_WRITE_TOKEN=... fashionrec serve --data shop --host 0.0.0.0",
+        ),
+    )
+    s.add_argument("--data", required=True, help="H&M-layout folder")
+    s.add_argument("--port", type=int, default=8000, help="TCP port")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: every interface)")
+    s.add_argument(
+        "--recommender",
+        "--model",
+        dest="model",
+        action=common.RenamedOption,
+        deprecated=("--model",),
+        default=DEFAULT_MODEL,
+        help="the recommender used when a request names none",
+    )
     s.add_argument(
         "--write-token",
         default=None,
         help=f"enable POST/DELETE /items for requests with 'Authorization: Bearer TOKEN' (or set "
-        f"${WRITE_TOKEN_ENV}); without it the server is read-only",
+        f"${WRITE_TOKEN_ENV}); default: none, the server is read-only",
     )
     s.add_argument(
         "--workers",

@@ -188,30 +188,75 @@ def cmd_backbones(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="train an image classifier and evaluate it")
-    t.add_argument("--dataset", default="fashion-mnist", help="'fashion-mnist' or an H&M-layout/image folder")
-    t.add_argument("--data-dir", help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
-    t.add_argument("--label-column", help="for a data folder: the articles.csv column to learn")
+    t = sub.add_parser(
+        "train",
+        help="train an image classifier and evaluate it",
+        description="Train an image classifier on a labelled folder (or Fashion-MNIST) and evaluate it on a held-out "
+        "fifth; writes model.pt (for `fashionrec predict`), metrics.json, confusion.png and config.json to --out.",
+        epilog=common.examples(
+            "fashionrec train --data shop --label-column product_group_name --out runs/group",
+            "fashionrec train --data fashion-mnist --labels-per-class 10 --out runs/k10",
+        ),
+    )
+    t.add_argument(
+        "--data",
+        "--dataset",
+        dest="dataset",
+        action=common.RenamedOption,
+        deprecated=("--dataset",),
+        required=True,
+        help="a data folder (H&M layout, or images/ + labels.csv) or 'fashion-mnist'",
+    )
+    t.add_argument(
+        "--data-dir", help="with --data fashion-mnist: its IDX folder (default /usr/share/datasets/fashion-mnist)"
+    )
+    t.add_argument(
+        "--label-column",
+        help="for a data folder: the articles.csv / labels.csv column to learn (required there; default: none)",
+    )
     t.add_argument("--labels-per-class", default="all", help="K labelled examples per class, or 'all'")
-    t.add_argument("--test-size", type=int, default=None, help="evaluate on the first N test images only")
-    t.add_argument("--out", required=True)
+    t.add_argument(
+        "--test-size", type=int, default=None, help="evaluate on the first N test images only (default: all)"
+    )
+    t.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the plots")
     common.add_classifier_args(t)
     t.set_defaults(func=cmd_train)
 
-    pr = sub.add_parser("predict", help="top-k labels with probabilities for new images")
-    pr.add_argument("--model", required=True, help="model.pt written by `fashionrec train`")
+    pr = sub.add_parser(
+        "predict",
+        help="top-k labels with probabilities for new images",
+        description="Print image,rank,label,probability (CSV) for each image; unreadable images are skipped.",
+        epilog=common.examples("fashionrec predict --model runs/group/model.pt new_photos/ > predictions.csv"),
+    )
+    pr.add_argument(
+        "--model", required=True, help="model.pt written by `fashionrec train`, or a `fashionrec adapt` folder"
+    )
     pr.add_argument("images", nargs="+", help="image files or folders")
-    pr.add_argument("--top-k", type=int, default=3)
+    pr.add_argument("--top-k", type=int, default=3, help="labels per image")
     pr.set_defaults(func=cmd_predict)
 
-    tg = sub.add_parser("tag", help="auto-tag catalog images that have no catalog row")
-    tg.add_argument("--data", required=True)
+    tg = sub.add_parser(
+        "tag",
+        help="auto-tag catalog images that have no catalog row",
+        description="Tag the photos of --data that have no catalog row: one classifier per column trained on the "
+        "labelled photos (or the heads of an adapted --model). Writes a CSV: article_id, each column's tag and "
+        "<column>_confidence.",
+        epilog=common.examples(
+            "fashionrec tag --data shop --label-column product_type_name,colour_group_name --out tags.csv",
+            "fashionrec tag --data shop --model models/shop --min-confidence 0.7 --out tags.csv",
+        ),
+    )
+    tg.add_argument("--data", required=True, help="H&M-layout folder (images/ + articles.csv) or images/ + labels.csv")
     tg.add_argument(
         "--label-column",
         default=None,
         help="comma-separated attributes, e.g. product_type_name,colour_group_name (with --model: default all heads)",
     )
-    tg.add_argument("--model", default=None, help="model folder from `fashionrec adapt`: tag with its heads")
+    tg.add_argument(
+        "--model",
+        default=None,
+        help="model folder from `fashionrec adapt`: tag with its heads (default: train a classifier per column)",
+    )
     tg.add_argument(
         "--min-confidence",
         type=float,
@@ -231,16 +276,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="tag colour columns without the LightGBM model of the garment's colour descriptor (default: with "
         "--model, the folder's; without, one fitted on the same labelled photos as the classifier)",
     )
-    tg.add_argument("--out", required=True)
+    tg.add_argument("--out", required=True, help="CSV file to write")
     common.add_classifier_args(tg)
     tg.set_defaults(func=cmd_tag)
 
     a = sub.add_parser(
-        "adapt", help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder"
+        "adapt",
+        help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder",
+        description="Adapt an ImageNet backbone to the shop: attribute heads + a same-product similarity loss, within "
+        "--max-minutes. Writes a model folder (weights.safetensors, fashionrec_model.json, metrics.json) that "
+        "tag --model, predict --model and --backbone take; similar/recommend/evaluate/serve use it by default.",
+        epilog=common.examples(
+            "fashionrec adapt --data shop --out models/shop",
+            "fashionrec adapt --data shop --out models/quick --max-minutes 10 --input-size 128",
+        ),
     )
     a.add_argument("--data", required=True, help="H&M-layout folder (images + articles.csv) or images/ + labels.csv")
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
-    a.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the ImageNet backbone to start from")
     a.add_argument(
         "--input-size",
         type=int,
@@ -259,7 +312,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code",
     )
     a.add_argument("--holdout", type=float, default=0.15, help="share of products held out for evaluation")
-    a.add_argument("--embed-dim", type=int, default=256)
+    a.add_argument("--embed-dim", type=int, default=256, help="size of the similarity embedding")
     a.add_argument(
         "--train-blocks", type=int, default=3, help="top blocks that train; lower ones stay ImageNet (cached)"
     )
@@ -267,12 +320,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-minutes",
         type=float,
         default=58.0,
-        help="wall-clock budget of the whole run (measured: 56.4 min on 2 cores)",
+        help="wall-clock budget of the whole run, in minutes",
     )
     a.add_argument("--lr", type=float, default=2e-3, help="heads and embedding learning rate")
     a.add_argument("--trunk-lr", type=float, default=6e-4, help="top block's learning rate (x0.7 per block below)")
     a.add_argument("--temperature", type=float, default=0.1, help="SupConLoss temperature")
-    a.add_argument("--metric-weight", type=float, default=1.0)
+    a.add_argument(
+        "--metric-weight", type=float, default=1.0, help="weight of the same-product loss against the heads' losses"
+    )
     a.add_argument(
         "--memory-size",
         type=int,
@@ -285,8 +340,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="BatchNorm uses batch statistics while the trunk trains (default: it keeps its ImageNet statistics)",
     )
-    a.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    a.add_argument("--init-from", default=None, help="continue training an earlier model folder (same data and split)")
+    a.add_argument(
+        "--max-steps", type=int, default=None, help="stop after this many steps (default: no limit but the time)"
+    )
+    a.add_argument(
+        "--init-from",
+        default=None,
+        help="continue training an earlier model folder, same data and split (default: start from ImageNet)",
+    )
     a.add_argument("--head-fraction", type=float, default=0.1, help="share of the time with the trunk frozen (stage 1)")
     a.add_argument("--no-flips", action="store_true", help="no mirror-image augmentation (halves the caching pass)")
     a.add_argument(
@@ -318,9 +379,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run the inference passes (caching, evaluation) in torch, not ONNX Runtime (3.1x faster caching)",
     )
-    a.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    a.add_argument("--seed", type=int, default=0, help="random seed (held-out split, initialisation, sampling)")
     a.set_defaults(func=cmd_adapt)
 
-    b = sub.add_parser("backbones", help="list registered backbones")
+    b = sub.add_parser("backbones", help="list registered backbones", epilog=common.examples("fashionrec backbones"))
     b.set_defaults(func=cmd_backbones)

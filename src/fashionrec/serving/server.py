@@ -80,8 +80,9 @@ def run(
         gc.collect()
         gc.freeze()
         print(f"fashionrec serving {data} at {url} (API docs {url}docs); start-up {time.time() - t0:.1f}s", flush=True)
-        # uvloop + httptools: the C event loop and HTTP parser, about twice the requests per core of the defaults
-        uvicorn.run(app, host=host, port=port, log_level="warning", loop="uvloop", http="httptools")
+        # auto: uvloop + httptools (the C event loop and HTTP parser, about twice the requests per core) when
+        # installed, else asyncio's loop and h11
+        uvicorn.run(app, host=host, port=port, log_level="warning", loop="auto", http="auto")
         return
     ensure_artifacts(data, progress=progress, **args)  # built once here; the workers only load them
     fd, cfg_path = tempfile.mkstemp(prefix="fashionrec-serve-", suffix=".json")
@@ -101,8 +102,8 @@ def run(
             host=host,
             port=port,
             log_level="warning",
-            loop="uvloop",
-            http="httptools",
+            loop="auto",
+            http="auto",
         )
     finally:
         Path(cfg_path).unlink(missing_ok=True)

@@ -147,7 +147,7 @@ def training_set(
             x_te, y_te = x_te[:test_size], y_te[:test_size]
         return TrainingSet(d.x_train[idx], d.y_train[idx], x_te, y_te, list(d.classes), d.x_train)
     if not label_column:
-        raise FashionrecError("--label-column is required when --dataset is a data folder")
+        raise FashionrecError("--label-column is required when --data is a data folder")
     photos = load_labelled_photos(Path(dataset), label_column, cfg.input_size, progress)
     x, y = photos.images, photos.labels
     rng = np.random.default_rng(cfg.seed)

@@ -81,6 +81,25 @@ class Submission:
     recommend_seconds: float = 0.0
 
 
+def local_if_no_ray(workers: int | str, customers: int) -> int | str:
+    """--workers auto picks Ray from `AUTO_WORKERS_FROM` customers on; without Ray installed, run in this process
+    (same output, one core) with a warning rather than fail."""
+    from fashionrec.extras import available, install_hint
+    from fashionrec.recommend.batch import resolve_workers
+
+    if str(workers) != "auto" or resolve_workers(workers, customers) == 1 or available("ray"):
+        return workers
+    import logging
+
+    logging.getLogger("fashionrec").warning(
+        "--workers auto: %d customers would be sharded over Ray, which is not installed; running in one process "
+        "(%s for several cores)",
+        customers,
+        install_hint("distributed"),
+    )
+    return 1
+
+
 def recommend_all(
     data_dir: str | Path,
     out: str | Path,
@@ -104,6 +123,10 @@ def recommend_all(
     an id with a photo and no catalog row is ranked like any other."""
     from fashionrec.recommend.batch import recommend_all as batch_recommend_all
 
+    if str(workers) != "auto" and int(workers) > 1:
+        from fashionrec.extras import require
+
+        require("distributed", "ray", what=f"--workers {workers} shards the customers over Ray")
     t0 = time.time()
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
@@ -120,6 +143,7 @@ def recommend_all(
     fitted = fit_recommender(shop, name, cache_dir=workspace)
     t_fit = time.time() - t0 - t_load
     users = everyone(shop) if users is None else users
+    workers = local_if_no_ray(workers, len(users))
     t1 = time.time()
     path = batch_recommend_all(
         fitted,
@@ -288,6 +312,9 @@ def embed_catalog_images(
     t0 = time.time()
     if engine == "ray":
         from fashionrec.distributed import embed_with_ray
+        from fashionrec.extras import require
+
+        require("distributed", "ray", what="--engine ray needs Ray")
 
         ids, feats = embed_with_ray(
             cat.image_paths,

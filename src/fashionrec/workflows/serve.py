@@ -44,6 +44,9 @@ def serve_shop(
 
     `workers` > 1: that many uvicorn processes over the same memory-mapped artifacts, read-only (see
     `fashionrec.serving.server`). Prints the address and whether writes are enabled (a server's start-up lines)."""
+    from fashionrec.extras import require
+
+    require("serve", what="fashionrec serve needs the web server stack")
     from fashionrec.serving.server import check_workers, run
 
     token = resolve_write_token(write_token)
