@@ -126,3 +126,36 @@ def plot_bars(
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
+
+
+def plot_taste(df, path: str | Path) -> Path:
+    """Two panels from an evaluation table (`evaluation.protocol`): new-item taste AUC per model (chance 0.5) and
+    colour pick top-1 (chance and popularity drawn as lines), each with its 95% interval."""
+    plt = _plt()
+    names = list(df.index)
+    xs = np.arange(len(names))
+    fig, axes = plt.subplots(1, 2, figsize=(max(9, 1.2 * len(names) + 4), 4))
+    for ax, key, title, lines in (
+        (axes[0], "taste_auc", "new-item taste AUC", [(0.5, "chance")]),
+        (
+            axes[1],
+            "taste_pick",
+            "colour pick top-1",
+            [(df.attrs.get("pick_chance", np.nan), "chance"), (df.attrs.get("pick_popularity", np.nan), "popularity")],
+        ),
+    ):
+        vals = np.array([float(df.loc[n, key]) for n in names])
+        cis = [df.loc[n, f"{key}_ci"] for n in names]
+        err = np.clip(np.array([[v - c[0] for v, c in zip(vals, cis)], [c[1] - v for v, c in zip(vals, cis)]]), 0, None)
+        ax.bar(xs, vals, yerr=err, capsize=3, color="#4c72b0")
+        for y, label in lines:
+            if y == y:
+                ax.axhline(y, ls="--", lw=1, color="#c44e52" if label == "chance" else "#55a868", label=label)
+        ax.set_xticks(xs, names, rotation=30, ha="right")
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="lower right")
+        lo = np.nanmin([c[0] for c in cis] + [y for y, _ in lines if y == y])
+        ax.set_ylim(max(0.0, lo - 0.05), None)
+    fig.tight_layout()
+    return _save(fig, path)

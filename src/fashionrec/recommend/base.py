@@ -328,10 +328,26 @@ class Recommender(ABC):
             if np.isfinite(s[j])
         ]
 
-    def recommend(self, user: str, k: int = 12, *, exclude_bought: bool = False, explain: bool = True) -> list[Rec]:
+    def recommend(
+        self, user: str, k: int = 12, *, exclude_bought: bool = False, explain: bool = True, items=None
+    ) -> list[Rec]:
+        """Top-k for a known customer (an unknown one gets what the model gives an empty history). `items`: rank
+        only these item ids (a "new in" list)."""
         self._check_fitted()
         h, t = self.data.history(user)
-        return self._top(self.scores(h, t, user), k, h, t, set(h.tolist()) if exclude_bought else None, explain)
+        s = self._only(self.scores(h, t, user), items)
+        return self._top(s, k, h, t, set(h.tolist()) if exclude_bought else None, explain)
+
+    def _only(self, s: np.ndarray, items) -> np.ndarray:
+        """Scores with every item outside `items` (ids) set to -inf; unknown ids are a FashionrecError."""
+        if items is None:
+            return s
+        unknown = [i for i in items if i not in self.data.item_index]
+        if unknown:
+            raise FashionrecError(f"unknown item id(s): {unknown[:5]}")
+        keep = np.zeros(len(s), dtype=bool)
+        keep[[self.data.item_index[i] for i in items]] = True
+        return np.where(keep, s, -np.inf)
 
     def recommend_from_history(
         self,
@@ -341,11 +357,14 @@ class Recommender(ABC):
         *,
         exclude_bought: bool = False,
         explain: bool = True,
+        only: Sequence[str] | None = None,
     ) -> list[Rec]:
-        """A new or anonymous user: the history is given at query time; nothing is refitted."""
+        """A new or anonymous user: the history is given at query time; nothing is refitted. `only`: rank only
+        these item ids."""
         self._check_fitted()
         h, t = self.data.history_from_ids(items, timestamps)
-        return self._top(self.scores(h, t, None), k, h, t, set(h.tolist()) if exclude_bought else None, explain)
+        s = self._only(self.scores(h, t, None), only)
+        return self._top(s, k, h, t, set(h.tolist()) if exclude_bought else None, explain)
 
     def recommend_many(self, users: Sequence[str], k: int = 12) -> dict[str, list[str]]:
         """Top-k item ids for many users at once (batch jobs, evaluation); models may vectorise it."""

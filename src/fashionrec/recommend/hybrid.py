@@ -765,12 +765,12 @@ class Hybrid(Recommender):
             st.arrival_pool = np.flatnonzero(~st.sold & self.has_vec[:n] & st.taste.has[:n])
         return st
 
-    def _taste_all(self, st: _State, h, ts) -> np.ndarray | None:
+    def _taste_all(self, st: _State, h, ts, user=None) -> np.ndarray | None:
         """The customer's taste score of every item (-inf: no photo), or None without a taste model."""
         tm = getattr(st, "taste", None)
         if tm is None:
             return None
-        return tm.taste(np.asarray(h, dtype=np.int64), np.asarray(ts).astype("datetime64[ns]"))
+        return tm.taste(np.asarray(h, dtype=np.int64), np.asarray(ts).astype("datetime64[ns]"), user=user)
 
     @staticmethod
     def _taste_percentile(tv: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -846,7 +846,7 @@ class Hybrid(Recommender):
         """Source name -> candidate indices, best first. tv: the customer's taste of every item (`_taste_all`)."""
         src: dict[str, np.ndarray] = {}
         if tv is None:
-            tv = self._taste_all(st, h, ts)
+            tv = self._taste_all(st, h, ts, user)
         n = len(st.pop_all)
         if len(h):
             order = np.argsort(ts, kind="stable")[::-1]  # newest first
@@ -923,7 +923,7 @@ class Hybrid(Recommender):
         return float(a) if a == a else np.nan
 
     def _features(self, st: _State, h, ts, prices, user) -> tuple[np.ndarray, np.ndarray, dict]:
-        tv = self._taste_all(st, h, ts)
+        tv = self._taste_all(st, h, ts, user)
         src = self._candidates(st, h, ts, user, tv)
         cand = np.array(
             list(dict.fromkeys(np.concatenate([v for v in src.values()] or [np.zeros(0)]).astype(np.int64).tolist())),
@@ -1114,7 +1114,7 @@ class Hybrid(Recommender):
                     lists = [st.dept_lists.get(int(v), np.zeros(0, dtype=np.int64)) for v in vals[np.argsort(-cnt)][:2]]
                     src["dept_pop"] = np.array(list(dict.fromkeys(np.concatenate(lists).tolist())), dtype=np.int64)
             prof = None
-            tv = self._taste_all(st, h, ts)
+            tv = self._taste_all(st, h, ts, users[b])
             if pool is not None:
                 if tv is not None:
                     s = tv[pool]
@@ -1399,7 +1399,7 @@ class Hybrid(Recommender):
             items = [ids[j] for j in self._with_arrivals(cand, sc, k)]
             if len(items) < k and users is not None and getattr(st, "taste", None) is not None:
                 h, ts, _ = self._history(st, users[b])  # beyond the candidates: every other item by taste
-                tv = self._taste_all(st, h, ts)
+                tv = self._taste_all(st, h, ts, users[b])
                 seen = set(cand.tolist())
                 order = np.lexsort((np.arange(len(tv)), -tv))
                 more = [j for j in order[: k + len(cand)].tolist() if j not in seen and np.isfinite(tv[j])]
@@ -1712,7 +1712,7 @@ class Hybrid(Recommender):
         else:
             h, ts, pr = np.asarray(hist_idx, dtype=np.int64), np.asarray(hist_ts).astype("datetime64[ns]"), None
         cand, X, _ = self._features(st, h, ts, pr, user)
-        tv = self._taste_all(st, h, ts)
+        tv = self._taste_all(st, h, ts, user)
         if tv is not None:  # every other item by taste, below every candidate (full rankings, `--items`)
             out[: len(tv)] = BEYOND + tv
         if len(cand):
@@ -1737,7 +1737,7 @@ class Hybrid(Recommender):
                 sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
                 o += len(cand)
                 h, ts, _ = self._history(st, u)
-                tv = self._taste_all(st, h, ts)
+                tv = self._taste_all(st, h, ts, u)
                 if tv is not None:
                     inside = items < len(tv)
                     out[b0 + r, inside] = BEYOND + tv[items[inside]]

@@ -28,7 +28,9 @@ from fashionrec.errors import FashionrecError
 from fashionrec.recommend.base import DAY, ItemFeatures, RecData, Recommender, recency_weights, register_recommender
 
 
-def item_inputs(data: RecData, colour: bool, colour_dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+def item_inputs(
+    data: RecData, colour: bool, colour_dims: int, seed: int = 0, tags: bool = False
+) -> tuple[np.ndarray, np.ndarray, dict]:
     """(X, has_input, colour_map): one row per item of `data` (image vector, then the colour descriptor's PCA
     whitened to the same scale), a mask of the items with a photo, and the colour PCA (mean, components, scale)
     used, so new arrivals' descriptors map the same way."""
@@ -52,7 +54,35 @@ def item_inputs(data: RecData, colour: bool, colour_dims: int, seed: int = 0) ->
             Z = np.where(has_c[:, None], ((C - mean) @ comp.T) / np.maximum(scale, 1e-6), 0.0).astype(np.float32)
             cmap = {"mean": mean.astype(np.float32), "components": comp.astype(np.float32), "scale": scale}
             parts.append(Z)
+    pred = getattr(data, "predicted", None)
+    if tags and pred is not None and len(pred):
+        # tags predicted from the photo (the same for every item, row or not: leak-free), one-hot per column
+        cols = [c for c in TAG_INPUTS if c in pred.columns]
+        P = pred.reindex(pd.Index(data.item_ids, dtype=object))
+        for c in cols:
+            cat = pd.Categorical(P[c])
+            oh = np.zeros((len(P), len(cat.categories)), np.float32)
+            ok = cat.codes >= 0
+            oh[np.flatnonzero(ok), cat.codes[ok]] = 1.0 / np.sqrt(len(cols))
+            parts.append(oh)
     return np.hstack(parts).astype(np.float32), has, cmap
+
+
+TAG_INPUTS = ("index_group_name", "product_group_name", "department_name", "garment_group_name", "product_type_name")
+AGE_BANDS = np.array([0, 22, 26, 30, 35, 40, 45, 50, 55, 60, 200])
+
+
+def age_bands(data: RecData, users) -> np.ndarray:
+    """Age band per user (0..9), or 10 where the age is unknown."""
+    out = np.full(len(users), len(AGE_BANDS) - 1, dtype=np.int64)
+    tab = getattr(data, "users", None)
+    if tab is None or "age" not in getattr(tab, "columns", []):
+        return out
+    ages = pd.to_numeric(tab["age"], errors="coerce")
+    ages = ages[~ages.index.duplicated(keep="first")].reindex(pd.Index(list(users), dtype=object)).to_numpy()
+    ok = ~np.isnan(ages)
+    out[ok] = np.clip(np.searchsorted(AGE_BANDS, ages[ok], side="right") - 1, 0, len(AGE_BANDS) - 2)
+    return out
 
 
 def _aligned_raw(f: ItemFeatures, item_ids) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +104,7 @@ def training_examples(data: RecData, max_history: int, half_life: float):
     order = np.lexsort((ts, users))
     items, users, ts = items[order], users[order], ts[order]
     day = ts.astype("datetime64[D]")
-    pos, H, W, T = [], [], [], []
+    pos, H, W, T, U = [], [], [], [], []
     start = 0
     n = len(items)
     while start < n:
@@ -96,6 +126,7 @@ def training_examples(data: RecData, max_history: int, half_life: float):
             H.append(np.pad(hh, (0, pad), constant_values=-1))
             W.append(np.pad(w, (0, pad)))
             T.append(ts[e])
+            U.append(users[e])
         start = end
     if not pos:
         return None
@@ -104,6 +135,7 @@ def training_examples(data: RecData, max_history: int, half_life: float):
         np.vstack(H).astype(np.int64),
         np.vstack(W).astype(np.float32),
         np.array(T, dtype="datetime64[ns]"),
+        np.array(U, dtype=np.int64),
     )
 
 
@@ -126,6 +158,10 @@ class Taste(Recommender):
         colour: bool = True,
         colour_dims: int = 32,
         appeal: bool = True,
+        hidden: int = 0,
+        tags: bool = False,
+        age: bool = True,
+        fresh_days: int | None = None,
         seed: int = 0,
     ):
         super().__init__()
@@ -139,6 +175,7 @@ class Taste(Recommender):
         self.max_history, self.history_half_life_days = max_history, history_half_life_days
         self.batch_size, self.lr, self.weight_decay = batch_size, lr, weight_decay
         self.colour, self.colour_dims, self.appeal, self.seed = colour, colour_dims, appeal, seed
+        self.hidden, self.tags, self.age, self.fresh_days = hidden, tags, age, fresh_days
 
     # ------------------------------------------------------------------ fitting
     def fit(self, data: RecData, until=None) -> Taste:
@@ -149,22 +186,40 @@ class Taste(Recommender):
         from fashionrec.data.products import product_code_of
 
         self.data = data
-        X, self.has, self.colour_map = item_inputs(data, self.colour, self.colour_dims, self.seed)
+        X, self.has, self.colour_map = item_inputs(data, self.colour, self.colour_dims, self.seed, self.tags)
         n, D = X.shape
         g = torch.Generator().manual_seed(self.seed)
-        W = torch.nn.Parameter(torch.randn(D, self.dim, generator=g) / np.sqrt(D))
+        if self.hidden:
+            W1 = torch.nn.Parameter(torch.randn(D, self.hidden, generator=g) * np.sqrt(2.0 / D))
+            b1 = torch.nn.Parameter(torch.zeros(self.hidden))
+            W = torch.nn.Parameter(torch.randn(self.hidden, self.dim, generator=g) / np.sqrt(self.hidden))
+            params = [W1, b1, W]
+
+            def tower(x):
+                return torch.relu(x @ W1 + b1) @ W
+        else:
+            W = torch.nn.Parameter(torch.randn(D, self.dim, generator=g) / np.sqrt(D))
+            params = [W]
+
+            def tower(x):
+                return x @ W
+
         a = torch.nn.Parameter(torch.zeros(D))
         log_scale = torch.nn.Parameter(torch.tensor(np.log(10.0), dtype=torch.float32))
+        n_bands = len(AGE_BANDS)
+        E = torch.nn.Parameter(torch.zeros(n_bands, self.dim))
+        params += [a, log_scale] + ([E] if self.age else [])
         ex = training_examples(data, self.max_history, self.history_half_life_days)
         cut = None if until is None else np.datetime64(pd.Timestamp(until).to_datetime64(), "ns")
         self.train_loss = []
         if ex is not None and self.epochs:
-            pos, H, Wt, T = ex
+            pos, H, Wt, T, U = ex
             ok = self.has[pos] if cut is None else self.has[pos] & (T < cut)
-            pos, H, Wt, T = pos[ok], H[ok], Wt[ok], T[ok]
+            pos, H, Wt, T, U = pos[ok], H[ok], Wt[ok], T[ok], U[ok]
             H = np.where((H >= 0) & self.has[np.maximum(H, 0)], H, -1)
             live = (H >= 0).any(1)
-            pos, H, Wt, T = pos[live], H[live], Wt[live], T[live]
+            pos, H, Wt, T, U = pos[live], H[live], Wt[live], T[live], U[live]
+            band = age_bands(data, data.user_ids)[U]
             c = data.coded()
             first = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
             last = np.full(n, np.datetime64("NaT"), dtype="datetime64[ns]")
@@ -184,7 +239,7 @@ class Taste(Recommender):
             remap = np.full(n, -1, dtype=np.int64)
             remap[active] = np.arange(len(active))
             Xt = torch.from_numpy(X[active])
-            opt = torch.optim.Adam([W, a, log_scale], lr=self.lr, weight_decay=self.weight_decay)
+            opt = torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay)
             rng = np.random.default_rng(self.seed)
             days = np.timedelta64(1, "D")
             for _ in range(self.epochs if len(pos) and len(sold) else 0):
@@ -196,12 +251,14 @@ class Taste(Recommender):
                     neg = sold[rng.integers(0, len(sold), size=(B, self.negatives))]
                     t = T[r][:, None]
                     on_sale = (first[neg] <= t + 7 * days) & (last[neg] >= t - self.sale_days * days)
+                    if self.fresh_days:  # negatives among the arrivals of the time only
+                        on_sale &= first[neg] >= t - self.fresh_days * days
                     sib = _sample_siblings(siblings, pos[r], self.same_product_negatives, rng)
                     cand = np.concatenate([pos[r][:, None], neg, np.maximum(sib, 0)], 1)
                     valid = np.concatenate([np.ones((B, 1), bool), on_sale, sib >= 0], 1)
                     valid[:, 1:] &= cand[:, 1:] != pos[r][:, None]
                     cand = remap[cand]
-                    F = torch.nn.functional.normalize(Xt @ W, dim=1)
+                    F = torch.nn.functional.normalize(tower(Xt), dim=1)
                     bias = Xt @ a if self.appeal else torch.zeros(len(active))
                     hb = torch.from_numpy(np.where(H[r] >= 0, remap[np.maximum(H[r], 0)], -1))
                     hm = hb >= 0
@@ -212,6 +269,8 @@ class Taste(Recommender):
                     z = log_scale.exp() * cos + lw[:, None, :]
                     z = z.masked_fill(~hm[:, None, :], -1e9)
                     s = torch.logsumexp(z, dim=2) + bias[torch.from_numpy(cand)]
+                    if self.age:  # what customers of this age buy, in taste space
+                        s = s + torch.einsum("bd,bcd->bc", E[torch.from_numpy(band[r])], Fc)
                     s = s.masked_fill(~torch.from_numpy(valid), -1e9)
                     loss = -torch.log_softmax(s, dim=1)[:, 0].mean()
                     opt.zero_grad()
@@ -221,10 +280,13 @@ class Taste(Recommender):
                 self.train_loss.append(total / max(len(perm), 1))
         with torch.no_grad():
             Xt = torch.from_numpy(X)
-            self.W = W.detach().numpy().astype(np.float32)
+            self.layers = [p.detach().numpy().astype(np.float32) for p in params[: 3 if self.hidden else 1]]
             self.a = a.detach().numpy().astype(np.float32)
             self.scale = float(log_scale.exp())
-            self.F = torch.nn.functional.normalize(Xt @ W, dim=1).numpy().astype(np.float32)
+            self.age_emb = (
+                E.detach().numpy().astype(np.float32) if self.age else np.zeros((n_bands, self.dim), np.float32)
+            )
+            self.F = torch.nn.functional.normalize(tower(Xt), dim=1).numpy().astype(np.float32)
             self.bias = (Xt @ a).numpy().astype(np.float32) if self.appeal else np.zeros(n, np.float32)
         self.F[~self.has] = 0.0
         self.bias[~self.has] = 0.0
@@ -242,11 +304,23 @@ class Taste(Recommender):
         ok = (h < len(self.has)) & self.has[np.minimum(h, len(self.has) - 1)]
         return h[ok], recency_weights(t[ok], self.data.now, self.history_half_life_days)
 
-    def taste(self, hist_idx, hist_ts, items: np.ndarray | None = None) -> np.ndarray:
-        """The taste score of `items` (default: every item) for this history; items without a photo get -inf."""
+    def _tower(self, x: np.ndarray) -> np.ndarray:
+        if len(self.layers) == 3:
+            W1, b1, W = self.layers
+            f = np.maximum(x @ W1 + b1, 0) @ W
+        else:
+            f = x @ self.layers[0]
+        return (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def taste(self, hist_idx, hist_ts, items: np.ndarray | None = None, user=None) -> np.ndarray:
+        """The taste score of `items` (default: every item) for this history (and the customer's age band, when
+        `user` is known); items without a photo get -inf."""
         items = np.arange(len(self.F)) if items is None else np.asarray(items, dtype=np.int64)
         h, w = self._recent(hist_idx, hist_ts)
         s = self.bias[items].astype(np.float64)
+        if getattr(self, "age", False):
+            band = age_bands(self.data, [user])[0] if user is not None else len(AGE_BANDS) - 1
+            s = s + self.F[items] @ self.age_emb[band]
         if len(h):
             z = self.scale * (self.F[items] @ self.F[h].T) + np.log(np.maximum(w, 1e-6))[None, :]
             m = z.max(1, keepdims=True)
@@ -254,7 +328,7 @@ class Taste(Recommender):
         return np.where(self.has[items], s, -np.inf)
 
     def scores(self, hist_idx, hist_ts, user=None):
-        return self.taste(hist_idx, hist_ts)
+        return self.taste(hist_idx, hist_ts, user=user)
 
     def score_items(self, users, items) -> np.ndarray:
         self._check_fitted()
@@ -262,7 +336,7 @@ class Taste(Recommender):
         out = np.empty((len(users), len(items)))
         for r, u in enumerate(users):
             h, t = self.data.history(u)
-            out[r] = self.taste(h, t, items)
+            out[r] = self.taste(h, t, items, user=u)
         return out
 
     def because(self, item, hist_idx, hist_ts):
@@ -276,14 +350,21 @@ class Taste(Recommender):
         colour descriptors (`training.colour.colour_features`); without them the colour part is the average."""
         v = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        if not self.colour_map:
-            return v
+        parts = [v]
         cm = self.colour_map
-        if colour_descriptors is None:
-            z = np.zeros((len(v), len(cm["scale"])), np.float32)
-        else:
-            z = ((np.atleast_2d(colour_descriptors) - cm["mean"]) @ cm["components"].T) / np.maximum(cm["scale"], 1e-6)
-        return np.hstack([v, z]).astype(np.float32)
+        if cm:
+            if colour_descriptors is None:
+                z = np.zeros((len(v), len(cm["scale"])), np.float32)
+            else:
+                z = ((np.atleast_2d(colour_descriptors) - cm["mean"]) @ cm["components"].T) / np.maximum(
+                    cm["scale"], 1e-6
+                )
+            parts.append(z)
+        n_in = self.layers[0].shape[0]
+        width = sum(p.shape[1] for p in parts)
+        if width < n_in:  # predicted tags of a new photo are not known here: left blank
+            parts.append(np.zeros((len(v), n_in - width), np.float32))
+        return np.hstack(parts).astype(np.float32)
 
     def add_items(self, ids, vectors=None, metadata=None):
         super().add_items(ids)
@@ -295,8 +376,7 @@ class Taste(Recommender):
         has = np.zeros(n_new, dtype=bool)
         if vectors is not None:
             x = self.embed_inputs(np.asarray(vectors)[-n_new:])
-            f = x @ self.W
-            F = (f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+            F = self._tower(x)
             b = (x @ self.a).astype(np.float32) if self.appeal else b
             has[:] = np.linalg.norm(np.asarray(vectors)[-n_new:], axis=1) > 0
         self.F = np.vstack([self.F, F])

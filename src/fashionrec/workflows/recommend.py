@@ -269,7 +269,8 @@ def evaluate_recommenders(
 
 
 def write_comparison(c: Comparison, out: str | Path, args: dict) -> None:
-    """comparison.md, comparison.json (with the run's arguments), per_pair_ap.json and comparison.png in `out`."""
+    """comparison.md, comparison.json (with the run's arguments), per_pair_ap.json and comparison.png in `out`; with
+    the taste metrics also taste.png and per_pair_taste.json."""
     from fashionrec.evaluation.protocol import plot_windows
     from fashionrec.io import write_json, write_text
 
@@ -281,6 +282,11 @@ def write_comparison(c: Comparison, out: str | Path, args: dict) -> None:
     )
     write_json(out / "per_pair_ap.json", c.details["ap"])
     plot_windows(c.table, out / "comparison.png")
+    if c.table.attrs.get("taste") and "taste_auc" in c.table.columns:
+        from fashionrec.evaluation.plots import plot_taste
+
+        plot_taste(c.table, out / "taste.png")
+        write_json(out / "per_pair_taste.json", {"auc": c.details["taste_auc"], "pick": c.details["colour_pick"]})
 
 
 @dataclass
