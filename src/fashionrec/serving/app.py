@@ -313,9 +313,10 @@ def writer(request: Request, state: State, _cred: HTTPAuthorizationCredentials |
     denied = write_denied(request.headers.get("authorization", "").encode("latin-1") or None, request.app.state.token)
     if denied:
         raise HTTPException(status_code=denied[0], detail=denied[1])
-    if not state.writes_allowed:
+    if not state.writes_allowed or state.write_refusal:
         raise WritesRefused(
-            "writes are refused by a server with several workers (each worker holds its own copy "
+            state.write_refusal
+            or "writes are refused by a server with several workers (each worker holds its own copy "
             "of the models; a new arrival would reach only one): run it with one worker to add items"
         )
 

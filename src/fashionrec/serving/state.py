@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -35,8 +35,9 @@ import pandas as pd
 
 from fashionrec.artifacts import ArtifactFormatError
 from fashionrec.errors import FashionrecError
-from fashionrec.io import atomic_path, default_workspace, write_json
-from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageFull
+from fashionrec.io import default_workspace
+from fashionrec.serving.arrivals import REGISTRY_FORMAT, UNCOMMITTED, ArrivalStore, fault_point, shop_identity
+from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageError, StorageFull, WritesRefused
 from fashionrec.serving.store import load_arrays, read_config, save_arrays
 
 log = logging.getLogger(__name__)
@@ -352,6 +353,9 @@ class ServingState:
     pending_bytes: int = 0
     max_arrivals: int = 10_000
     max_arrival_bytes: int = 512 * 1024 * 1024  # total stored arrival images
+    store: ArrivalStore | None = None  # the arrivals folder (serving.arrivals)
+    write_refusal: str | None = None  # why writes are refused (read-only workspace, several workers), else None
+    leftover_bytes: int = 0  # uncommitted uploads of killed writers: counted by the storage cap
     _backbone: object = None
     _backbone_ready: threading.Event = field(default_factory=threading.Event)
     _backbone_error: BaseException | None = None
@@ -776,6 +780,18 @@ def build_state(
         state.max_arrivals = max_arrivals
     if max_arrival_bytes is not None:
         state.max_arrival_bytes = max_arrival_bytes
+    customers = np.ascontiguousarray(pre[names[0]].users).tobytes()
+    state.store = ArrivalStore(ws, shop_identity(_catalog_ids(catalog), [customers]), state.data_root)
+    if not writes_allowed:
+        state.write_refusal = (
+            "writes are refused by a server with several workers (each worker holds its own copy "
+            "of the models; a new arrival would reach only one): run it with one worker to add items"
+        )
+    else:
+        state.write_refusal = state.store.writable()
+        if state.write_refusal:
+            state.writes_allowed = False
+            log.warning("new arrivals are refused: %s", state.write_refusal)
     replay_arrivals(state, dim=int(cfg.get("dim", 0)))
     state.rows()
     state.predicted_rows(state.snapshot)
@@ -783,10 +799,20 @@ def build_state(
 
 
 # ------------------------------------------------------------------------------------------- new arrivals
+def _catalog_ids(catalog) -> set[str]:
+    ids = set(catalog.image_paths)
+    meta = getattr(catalog, "metadata", None)
+    if meta is not None and len(meta.index):
+        ids.update(str(i) for i in meta.index)
+    return ids
+
+
 def arrivals_dir(state: ServingState) -> Path:
-    """Arrivals belong to the data folder, not to one version of its files: keyed by the folder's path, so a new
-    customers.csv or transactions file (a new fingerprint, refitted models) keeps the items added through the API."""
-    return state.workspace / "arrivals" / hashlib.sha1(str(state.data_root).encode()).hexdigest()[:12]
+    """The shop's arrivals folder: keyed by the shop's content (catalog and customer ids), not by the data folder's
+    path, so a moved or copied data folder keeps the items added through the API (serving.arrivals)."""
+    if state.store is None:  # a state assembled by hand (tests): nothing persisted
+        return state.workspace / "arrivals" / "unsaved"
+    return state.store.folder
 
 
 def embed_image(state: ServingState, img) -> tuple[np.ndarray, np.ndarray]:
@@ -807,19 +833,25 @@ def embed_upload(state: ServingState, data: bytes, source: str) -> tuple[np.ndar
 def reserve_arrival(state: ServingState, item_id: str, n_bytes: int) -> None:
     """Claim `item_id` for one POST before any slow work: a second POST of the same id gets 409 at once, so exactly
     one of N concurrent duplicates is added (first come, first served; nothing is ever replaced)."""
+    if state.write_refusal:
+        raise WritesRefused(state.write_refusal)
     with state.lock:
         snap = state.snapshot
         if item_id in snap.removed:
             raise Conflict(f"item '{item_id}' was deleted in this run; its id can be reused after a restart")
         if state.known_item(item_id, snap) or item_id in state.pending:
             raise Conflict(f"item '{item_id}' already exists")
+        if state.store is not None and state.store.image_path(item_id).exists():
+            raise Conflict(f"item '{item_id}' already exists (added by another server sharing this workspace)")
         if len(snap.arrivals) + len(state.pending) >= state.max_arrivals:
             raise LimitReached(f"the server holds {state.max_arrivals:,} new arrivals, its limit; delete some first")
         used = sum(int(a.get("bytes", 0)) for a in snap.arrivals.values()) + state.pending_bytes
+        used += state.leftover_bytes
         if used + n_bytes > state.max_arrival_bytes:
             raise StorageFull(
                 f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
-                f"({used:,} bytes used); delete some arrivals first"
+                f"({used:,} bytes used, {state.leftover_bytes:,} of them by uncommitted uploads in "
+                f"{arrivals_dir(state) / UNCOMMITTED}); delete some arrivals first"
             )
         state.pending.add(item_id)
         state.pending_bytes += n_bytes
@@ -861,53 +893,113 @@ def _commit_arrivals(state: ServingState, new: dict[str, dict]) -> None:
 def add_arrival(
     state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True, image=None
 ) -> dict:
-    """Make a new item recommendable at once: every model, the index; persisted (atomically) for restarts.
-    `image`: `data` already decoded (the server decodes an upload once, with its limits)."""
+    """Make a new item recommendable at once: every model, the index; persisted for restarts.
+    `image`: `data` already decoded (the server decodes an upload once, with its limits).
+
+    Write order (the folder locked against other processes): metadata file, image file, registry naming the id (the
+    commit point), vectors, then the in-memory snapshot. A process killed at any step leaves either an arrival the
+    next start replays, or files the next start sweeps into `uncommitted/`."""
     raw, vec = (
         embed_image(state, image) if image is not None else embed_upload(state, data, source=f"upload for {item_id}")
     )
-    img_path = arrivals_dir(state) / f"{item_id}.img"
-    if persist:  # the id is reserved, so no other request writes this file; written before the commit
-        with atomic_path(img_path) as tmp:
-            tmp.write_bytes(data)
-    rec = {"image": str(img_path), "metadata": dict(metadata), "bytes": len(data), "vector": vec}
-    with state.lock:
-        _commit_arrivals(state, {item_id: rec})
-        snap = state.snapshot
-    if persist:
-        _save_registry(state)
+    if not persist:
+        rec = {"image": "", "metadata": dict(metadata), "bytes": len(data), "vector": vec}
+        with state.lock:
+            _commit_arrivals(state, {item_id: rec})
+            snap = state.snapshot
+        return state.item_info(item_id, snap)
+    store = state.store
+    rec = {"image": str(store.image_path(item_id)), "metadata": dict(metadata), "bytes": len(data), "vector": vec}
+    with state.persist_lock, store.locked():
+        try:
+            store.write_files(item_id, data, rec["metadata"])
+            snap = state.snapshot
+            _persist(state, {**snap.arrivals, item_id: rec}, snap.removed)
+        except OSError as e:
+            store.remove_files(item_id)
+            raise StorageError(f"could not store new arrival '{item_id}' in {store.folder}: {e}") from None
+        fault_point("commit")
+        with state.lock:
+            _commit_arrivals(state, {item_id: rec})
+            snap = state.snapshot
     return state.item_info(item_id, snap)
 
 
-def _save_registry(state: ServingState) -> None:
-    # The snapshot is read under persist_lock, so the last files written always hold every committed arrival.
-    # Vectors are saved beside the registry (keyed by the artifacts' fingerprint): a restart replays arrivals
-    # without the backbone.
-    with state.persist_lock:
-        snap = state.snapshot
-        folder = arrivals_dir(state)
-        ids = list(snap.arrivals)
-        if ids:
-            save_arrays(
-                folder / "vectors",
-                ARRIVALS_KIND,
-                1,
-                {
-                    "ids": np.array(ids, dtype=str),
-                    "vectors": np.stack([snap.arrivals[i]["vector"] for i in ids]).astype(np.float32),
-                },
-                {"fingerprint": state.fingerprint},
-            )
-        write_json(
-            folder / "arrivals.json",
-            {k: {kk: vv for kk, vv in v.items() if kk != "vector"} for k, v in snap.arrivals.items()},
-        )
+def _persist(state: ServingState, arrivals: Mapping[str, dict], removed) -> None:
+    """Write the registry and vectors naming `arrivals`, plus arrivals another process sharing this workspace
+    committed (in the registry on disk, not in this process's snapshot, not deleted here). Caller holds
+    `state.persist_lock` and `state.store.locked()`."""
+    store = state.store
+    _, disk = store.read_registry()
+    rows = {i: {"metadata": r.get("metadata") or {}, "bytes": int(r.get("bytes", 0))} for i, r in arrivals.items()}
+    others = [i for i in disk if i not in rows and i not in removed and store.image_path(i).is_file()]
+    rows.update({i: disk[i] for i in others})
+    store.write_registry(rows)
+    vectors = {i: r["vector"] for i, r in arrivals.items() if r.get("vector") is not None}
+    if others:
+        saved = _saved_vectors(state)
+        vectors.update({i: saved[i] for i in others if i in saved})
+    _save_vectors(state, vectors)
+
+
+def _model_key(state: ServingState) -> str:
+    """What the arrivals' vectors depend on: the backbone, its input size and the projection (not the data
+    folder's path or file times, which key the artifacts)."""
+    h = hashlib.sha1(f"{state.backbone_name}|{state.input_size}".encode())
+    for a in (state.projection.mean, state.projection.components):
+        if a is not None:
+            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_vectors(state: ServingState, vectors: Mapping[str, np.ndarray]) -> None:
+    ids = list(vectors)
+    folder = arrivals_dir(state) / "vectors"
+    if not ids:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # derived data: rebuilt from the images
+        return
+    save_arrays(
+        folder,
+        ARRIVALS_KIND,
+        1,
+        {"ids": np.array(ids, dtype=str), "vectors": np.stack([vectors[i] for i in ids]).astype(np.float32)},
+        {"fingerprint": state.fingerprint, "model_key": _model_key(state)},
+    )
+
+
+def _saved_vectors(state: ServingState, dim: int = 0) -> dict[str, np.ndarray]:
+    """The saved arrival vectors that fit these artifacts ({} when none, damaged or computed for another model:
+    the images are embedded again)."""
+    folder = arrivals_dir(state) / "vectors"
+    try:
+        arrays, cfg = load_arrays(folder, ARRIVALS_KIND, 1)
+        ids, vecs = arrays["ids"], arrays["vectors"]
+        if cfg.get("fingerprint") != state.fingerprint and cfg.get("model_key") != _model_key(state):
+            log.info("%s: computed for another model; embedding the arrivals' images again", folder)
+            return {}
+        if ids.ndim != 1 or vecs.ndim != 2 or len(ids) != len(vecs) or vecs.dtype.kind != "f":
+            raise ArtifactFormatError(f"{folder}: {len(ids)} ids for vectors of shape {vecs.shape} ({vecs.dtype})")
+        if dim and vecs.shape[1] != dim:
+            raise ArtifactFormatError(f"{folder}: vectors of dimension {vecs.shape[1]}, the models use {dim}")
+        if not np.isfinite(vecs).all():
+            raise ArtifactFormatError(f"{folder}: vectors hold NaN or infinity")
+    except ArtifactFormatError as e:
+        if folder.exists():
+            log.warning("arrival vectors not reused (%s); embedding the images again", e)
+        return {}
+    except KeyError as e:
+        log.warning("arrival vectors not reused (%s: no array %s); embedding the images again", folder, e)
+        return {}
+    return {str(i): np.asarray(v, np.float32) for i, v in zip(ids.tolist(), vecs)}
 
 
 def remove_arrival(state: ServingState, item_id: str) -> None:
-    """DELETE /items/{id}: an arrival leaves the index, every answer and the registry (its image file is deleted).
+    """DELETE /items/{id}: an arrival leaves the index, every answer and the registry (its files are deleted).
     The fitted models keep a column for it until a restart, so its id is not reusable before then."""
-    with state.lock:
+    if state.write_refusal:
+        raise WritesRefused(state.write_refusal)
+    with state.persist_lock, state.store.locked():
         snap = state.snapshot
         if item_id not in snap.arrivals:
             if state.known_item(item_id, snap):
@@ -917,53 +1009,93 @@ def remove_arrival(state: ServingState, item_id: str) -> None:
             raise NotFound(f"unknown item '{item_id}'")
         rec = snap.arrivals[item_id]
         arrivals = {k: v for k, v in snap.arrivals.items() if k != item_id}
-        index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
-        state.snapshot = replace(
-            snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id}, version=snap.version + 1
-        )
-    _save_registry(state)
-    Path(rec["image"]).unlink(missing_ok=True)
+        try:
+            _persist(state, arrivals, snap.removed | {item_id})
+        except OSError as e:
+            raise StorageError(f"could not update the arrivals registry in {state.store.folder}: {e}") from None
+        with state.lock:
+            snap = state.snapshot  # writers are serialised by persist_lock: only readers ran meanwhile
+            index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
+            state.snapshot = replace(
+                snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id}, version=snap.version + 1
+            )
+        state.store.remove_files(item_id)
 
 
 def replay_arrivals(state: ServingState, dim: int = 0) -> None:
-    """Restore the arrivals posted in earlier runs, in one snapshot. Their vectors come from the saved vectors
-    when those were computed for these artifacts; otherwise the images are embedded again (needs the backbone)."""
-    folder = arrivals_dir(state)
-    registry = folder / "arrivals.json"
-    if not registry.exists():
-        legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != folder]
-        if legacy:  # before issue 14 the folder was keyed by the data's fingerprint, which has changed since
-            log.warning(
-                "arrivals registered by an older fashionrec are not replayed: %s; post them again "
-                "(their images are kept there)",
-                ", ".join(str(p) for p in legacy[:3]),
+    """Restore the arrivals posted in earlier runs, in one snapshot (see serving.arrivals for the folder): the
+    registry read and checked (a damaged one set aside and rebuilt from the files), registries of this shop under
+    another key migrated, leftovers of a killed writer swept. Vectors come from the saved vectors when they fit;
+    otherwise the images are embedded again (needs the backbone). Never raises for a damaged file."""
+    from fashionrec import __version__
+
+    store = state.store
+    adopted: list[Path] = []
+    with store.locked():
+        header, rows = store.read_registry()
+        changed = False
+        if header is None:
+            for reg in store.candidates():
+                try:
+                    got = store.adopt(reg, rows)
+                except (OSError, ValueError) as e:
+                    log.warning("arrivals of %s not migrated: %s", reg, e)
+                    continue
+                rows.update(got)
+                adopted.append(reg)
+                log.warning("migrated %d new arrival(s) from %s into %s", len(got), reg, store.folder)
+            changed = bool(adopted)
+        elif header.get("recovered"):
+            changed = True
+        elif header.get("format") != REGISTRY_FORMAT or header.get("fashionrec") != __version__:
+            log.info(
+                "arrivals registry %s was written by fashionrec %s (format %s): migrated",
+                store.registry,
+                header.get("fashionrec", "0.1"),
+                header.get("format"),
             )
-        return
-    saved = json.loads(registry.read_text())
-    vectors = {}
-    try:
-        arrays, cfg = load_arrays(folder / "vectors", ARRIVALS_KIND, 1)
-        if cfg.get("fingerprint") == state.fingerprint:
-            vectors = {str(i): v for i, v in zip(arrays["ids"], arrays["vectors"])}
-    except ArtifactFormatError as e:
-        log.info("arrival vectors not reused (%s); embedding the images again", e)
-    new = {}
-    for item_id, rec in saved.items():
-        try:
-            if state.known_item(item_id):
-                log.warning("new arrival %s is now in the catalog; the catalog's row is used", item_id)
-                continue
-            vec = vectors.get(item_id)
-            if vec is None or (dim and len(vec) != dim):
-                vec = embed_upload(state, Path(rec["image"]).read_bytes(), source=rec["image"])[1]
-            new[item_id] = {
-                "image": rec["image"],
-                "metadata": rec.get("metadata") or {},
-                "bytes": int(rec.get("bytes", 0)),
-                "vector": np.asarray(vec, np.float32),
-            }
-        except Exception as e:  # one bad arrival must not stop the server
-            log.warning("could not restore new arrival %s: %s", item_id, e)
+            changed = True
+        for item_id in [i for i in rows if not store.image_path(i).is_file()]:
+            log.warning("new arrival %s: its image %s is missing; not restored", item_id, store.image_path(item_id))
+            del rows[item_id]
+            changed = True
+        if state.write_refusal is None:
+            state.leftover_bytes = store.sweep(set(rows))
+            if changed:
+                try:
+                    store.write_registry(rows)
+                    for reg in adopted:
+                        store.retire(reg)
+                except OSError as e:
+                    log.warning("could not rewrite %s: %s", store.registry, e)
+        else:
+            state.leftover_bytes = store.uncommitted_bytes()
+        vectors = _saved_vectors(state, dim)
+        new = {}
+        embedded = 0
+        for item_id, rec in rows.items():
+            try:
+                if state.known_item(item_id):
+                    log.warning("new arrival %s is now in the catalog; the catalog's row is used", item_id)
+                    continue
+                img = store.image_path(item_id)
+                vec = vectors.get(item_id)
+                if vec is None or (dim and len(vec) != dim):
+                    vec = embed_upload(state, img.read_bytes(), source=str(img))[1]
+                    embedded += 1
+                new[item_id] = {
+                    "image": str(img),
+                    "metadata": rec.get("metadata") or {},
+                    "bytes": int(rec.get("bytes", 0)),
+                    "vector": np.asarray(vec, np.float32),
+                }
+            except Exception as e:  # one bad arrival must not stop the server; its files stay where they are
+                log.warning("could not restore new arrival %s: %s", item_id, e)
+        if (embedded or changed) and state.write_refusal is None:
+            try:
+                _save_vectors(state, {i: r["vector"] for i, r in new.items()})
+            except OSError as e:
+                log.warning("could not save the arrivals' vectors: %s", e)
     if new:
         with state.lock:
             _commit_arrivals(state, new)
