@@ -654,14 +654,114 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
     ]
     proj = Projection(arrays.get("proj.mean"), arrays.get("proj.components"))
     neighbours = Neighbours.from_arrays(arrays)
-    try:
-        models = {n: load_recommender(art / "models" / f"{n}.npz") for n in names}
-        index = load_index(art / "index.npz")
-    except ArtifactFormatError:
-        raise
-    except Exception as e:  # a model or index file of an older fashionrec (pickle, other layout): rebuild
-        raise ArtifactFormatError(f"{art}: unreadable model or index ({type(e).__name__}: {e})") from None
+    models = {}
+    for path in [*(art / "models" / f"{n}.npz" for n in names), art / "index.npz"]:
+        try:
+            obj = load_index(path) if path.name == "index.npz" else load_recommender(path)
+        except ArtifactFormatError as e:
+            raise ArtifactFormatError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+        except Exception as e:  # a damaged file, or one of an older fashionrec (pickle, other layout): rebuild
+            raise ArtifactFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        if path.name == "index.npz":
+            index = obj
+        else:
+            models[path.stem] = obj
+    check_artifacts(art, cfg, pre, taggers, proj, neighbours, models, index)
     return pre, taggers, proj, models, index, cfg, neighbours
+
+
+def _bad(path: Path, what: str) -> ArtifactFormatError:
+    return ArtifactFormatError(f"{path}: {what}; it will be rebuilt")
+
+
+def _check_array(path: Path, a, ndim: int, kinds: str, length: int | None = None) -> None:
+    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    if a.ndim != ndim or a.dtype.kind not in kinds:
+        raise _bad(path, f"an array of shape {a.shape} and dtype {a.dtype}, expected {ndim}-d of kind '{kinds}'")
+    if length is not None and len(a) != length:
+        raise _bad(path, f"{len(a):,} rows, expected {length:,}")
+
+
+def _check_offsets(path: Path, off, rows: int, total: int) -> None:
+    _check_array(path, off, 1, "iu", rows + 1)
+    if int(off[0]) != 0 or int(off[-1]) != total or (rows and bool((np.diff(off) < 0).any())):
+        raise _bad(path, f"offsets are not 0 .. {total:,} in order")
+
+
+def _check_range(path: Path, a, lo: int, hi: int) -> None:
+    if len(a) and (int(a.min()) < lo or int(a.max()) >= hi):
+        raise _bad(path, f"values from {int(a.min())} to {int(a.max())}, outside {lo} .. {hi - 1}")
+
+
+def _check_sorted_ids(path: Path, ids) -> None:
+    _check_array(path, ids, 1, "S")
+    if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise _bad(path, "ids not in sorted order (lookups would miss)")
+
+
+def check_artifacts(art: Path, cfg: dict, pre, taggers, proj, neighbours, models, index) -> None:
+    """Shapes, dtypes, index ranges and agreement between the loaded artifacts: a damaged or mismatched table is
+    an ArtifactFormatError naming its file (rebuilt at start-up), never an IndexError in a request."""
+    t = art / "tables"
+    dim = int(cfg.get("dim", 0))
+    for n, p in pre.items():
+        f = lambda k, n=n: t / f"pre.{n}.{k}.npy"  # noqa: E731
+        _check_sorted_ids(t / "users.npy", p.users)
+        _check_array(f("item_ids"), p.item_ids, 1, "S")
+        _check_array(f("items"), p.items, 1, "iu")
+        _check_offsets(f("offsets"), p.offsets, len(p.users), len(p.items))
+        _check_range(f("items"), p.items, 0, len(p.item_ids))
+        _check_array(f("scores"), p.scores, 1, "f", len(p.items))
+        _check_array(f("because_items"), p.because_items, 1, "iu")
+        _check_offsets(f("because_offsets"), p.because_offsets, len(p.items), len(p.because_items))
+        _check_range(f("because_items"), p.because_items, 0, len(p.item_ids))
+    ids = list(index.ids)
+    try:
+        if index.dim != dim or len(index.categories) != len(ids):
+            raise ValueError(f"dimension {index.dim} for {len(ids):,} ids, the tables say {dim}")
+        if ids:
+            v = index.vector(ids[-1])
+            found, _ = index.search(np.asarray(v, np.float32)[None], min(3, len(ids)))
+            if v.shape != (dim,) or any(i and i not in index for i in found[0]):
+                raise ValueError("a search returned rows it does not hold")
+    except Exception as e:
+        raise _bad(art / "index.npz", f"inconsistent index ({type(e).__name__}: {e})") from None
+    if neighbours is not None:
+        _check_sorted_ids(t / "nb.ids.npy", neighbours.ids)
+        _check_array(t / "nb.rows.npy", neighbours.rows, 2, "iu", len(neighbours.ids))
+        _check_array(t / "nb.scores.npy", neighbours.scores, 2, "f", len(neighbours.ids))
+        if neighbours.scores.shape != neighbours.rows.shape or neighbours.rows.shape[1] < 1:
+            raise _bad(t / "nb.scores.npy", f"shape {neighbours.scores.shape}, rows are {neighbours.rows.shape}")
+        _check_range(t / "nb.rows.npy", neighbours.rows.ravel(), -1, len(neighbours.ids))
+        if len(neighbours.ids) != len(index) or any(
+            i.decode("utf-8", "surrogatepass") not in index for i in neighbours.ids.tolist()
+        ):
+            raise _bad(t / "nb.ids.npy", f"{len(neighbours.ids):,} items, not the {len(index):,} of the index")
+    raw_dim = dim
+    if proj.components is not None or proj.mean is not None:
+        _check_array(t / "proj.components.npy", proj.components, 2, "f", dim)
+        raw_dim = proj.components.shape[1]
+        _check_array(t / "proj.mean.npy", proj.mean, 1, "f", raw_dim)
+    for tg in taggers:
+        f = lambda k, c=tg.column: t / f"tag.{c}.{k}.npy"  # noqa: E731
+        _check_array(f("classes"), tg.classes, 1, "US")
+        _check_array(f("mean"), tg.mean, 1, "f", raw_dim)
+        _check_array(f("scale"), tg.scale, 1, "f", raw_dim)
+        rows = 1 if len(tg.classes) == 2 else len(tg.classes)
+        _check_array(f("coef"), tg.coef, 2, "f", rows)
+        _check_array(f("intercept"), tg.intercept, 1, "f", rows)
+        if tg.coef.shape[1] != raw_dim or not (np.asarray(tg.scale) > 0).all():
+            raise _bad(f("coef"), f"shape {tg.coef.shape} for {raw_dim}-d features, or a scale <= 0")
+    for n, m in models.items():
+        try:
+            data = m.data
+            users = [u for u in data.user_ids[:1]]
+            if users:
+                m.recommend(users[0], 3)
+            if ids and ids[0] in data.item_index:
+                m.recommend_from_history([ids[0]], 3)
+        except Exception as e:
+            raise _bad(art / "models" / f"{n}.npz", f"does not answer ({type(e).__name__}: {e})") from None
 
 
 def _locate(data_dir, workspace, backbone, input_size):
@@ -940,6 +1040,7 @@ def _persist(state: ServingState, arrivals: Mapping[str, dict], removed) -> None
         saved = _saved_vectors(state)
         vectors.update({i: saved[i] for i in others if i in saved})
     _save_vectors(state, vectors)
+    fault_point("vectors")
 
 
 def _model_key(state: ServingState) -> str:
