@@ -398,10 +398,29 @@ def _until_closed(s: socket.socket) -> bytes:
 
 
 def test_slow_body_answered_408_and_connection_closed(hostile):
+    """A client that keeps sending a byte now and then (so the server's keep-alive timer never fires) is answered
+    408 once the body is late, and disconnected."""
     with running_server(create_app(hostile["state"], body_timeout=1.0)) as url:
         port = int(url.rsplit(":", 1)[1])
-        reply = _until_closed(_slow_upload(port))  # returns once the server has closed the connection
+        s = _slow_upload(port)
+        done = threading.Event()
+
+        def drip():
+            while not done.wait(0.2):
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    return
+
+        t = threading.Thread(target=drip, daemon=True)
+        t.start()
+        try:
+            reply = _until_closed(s)  # returns once the server has closed the connection (socket timeout: 30 s)
+        finally:
+            done.set()
+            t.join(10)
         assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 seconds" in reply
+        assert b"connection: close" in reply.lower()
         assert httpx.get(f"{url}/health").status_code == 200
 
 

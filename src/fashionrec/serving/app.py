@@ -248,12 +248,15 @@ class GuardMiddleware:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         csp = self._csp(path)
         started = False
+        close = False  # the body was cut short (too slow, too large): the connection is closed after the answer
 
         async def send_secured(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                if close:  # else the server would keep reading the rest of the body as the next request's bytes
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
                 message = {**message, "headers": headers + SECURITY_HEADERS + [(b"content-security-policy", csp)]}
             await send(message)
 
@@ -302,19 +305,21 @@ class GuardMiddleware:
             body_done = False
 
             async def capped_receive():
-                nonlocal received, body_done
+                nonlocal received, body_done, close
                 if body_done:  # after the body: disconnect notices are not timed
                     return await receive()
                 left = deadline - time.monotonic()
                 try:
                     message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
                 except TimeoutError:
+                    close = True
                     raise _BodyTimeout(
                         408, f"the request body did not arrive within {self.body_timeout:g} seconds"
                     ) from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:  # a chunked body (no Content-Length) that keeps coming
+                        close = True
                         raise _BodyTooLarge(
                             413,
                             f"request body is over the {limit:,}-byte limit "
@@ -329,7 +334,7 @@ class GuardMiddleware:
                 return await self.app(scope, capped_receive, send_secured)
             except (_BodyTooLarge, _BodyTimeout) as e:
                 if not started:  # answered, and the connection closed: the rest of the body is never read
-                    return await answer(e.status_code, e.detail, extra=[(b"connection", b"close")])
+                    return await answer(e.status_code, e.detail)
                 raise
             finally:
                 if upload:
