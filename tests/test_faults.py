@@ -407,3 +407,39 @@ def test_two_servers_share_one_workspace(env):
             _stop(p)
     check(root, ws, ids, users, expect=(*ARRIVALS, *posted))
     _no_leftovers(_folder(ws))
+
+
+def test_two_worker_server_with_damaged_table_and_registry(env):
+    """`serve --workers 2`: the parent rebuilds a damaged table before the workers load it; both workers recover
+    the arrivals from a damaged registry in memory (neither renames it: they do not write)."""
+    root, ws, ids, users = env
+    _set(_tables(ws) / "nb.rows.npy", lambda a: a + 1000)
+    folder = _folder(ws)
+    (folder / REGISTRY).write_text("[]")
+    port = free_port()
+    env_ = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, "FASHIONREC_WRITE_TOKEN")}
+    cmd = [sys.executable, "-m", "fashionrec.cli", "-q", "--workspace", str(ws), "serve", "--data", str(root)]
+    proc = subprocess.Popen(
+        [*cmd, "--port", str(port), "--workers", "2"], env=env_, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+            assert time.time() < deadline, "server did not start"
+            try:
+                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for _ in range(6):  # new connections: both workers answer some
+            for path in [f"/items/{ids[0]}/similar?k=40", *(f"/items/{a}" for a in ARRIVALS)]:
+                r = httpx.get(url + path, timeout=30)
+                assert r.status_code == 200, (path, r.text)
+            assert set(ARRIVALS) <= {s["id"] for s in httpx.get(f"{url}/items/{ids[0]}/similar?k=40").json()}
+    finally:
+        _stop(proc)
+    assert (folder / REGISTRY).read_text() == "[]" and not list(folder.glob(f"{REGISTRY}.corrupt-*"))
+    check(root, ws, ids, users)  # a writing server then sets it aside and rewrites it
+    assert list(folder.glob(f"{REGISTRY}.corrupt-*"))

@@ -211,16 +211,17 @@ class ArrivalStore:
         self._write(self.registry, (json.dumps(obj, indent=1) + "\n").encode(), "registry")
 
     # ------------------------------------------------------------------------------------------------ reads
-    def read_registry(self) -> tuple[dict | None, dict[str, dict]]:
+    def read_registry(self, set_aside: bool = True) -> tuple[dict | None, dict[str, dict]]:
         """(header, {id: row}) of this folder's registry: (None, {}) when there is none; a damaged one is set
-        aside (renamed, named in the log) and its arrivals recovered from the files. Caller holds `locked()`."""
+        aside (renamed, named in the log; left in place with `set_aside=False`) and its arrivals recovered from
+        the files. Caller holds `locked()`."""
         try:
             text = self.registry.read_bytes().decode("utf-8")
             header, raw = parse_registry(text)
         except FileNotFoundError:
             return None, {}
         except (OSError, UnicodeDecodeError, RegistryError) as e:
-            return self._set_aside(str(e))
+            return self._set_aside(str(e), move=set_aside)
         rows = {}
         for item_id, row in raw.items():
             try:
@@ -234,13 +235,15 @@ class ArrivalStore:
                     log.warning("%s: arrival %r skipped: %s (no file to recover it from)", self.registry, item_id, e)
         return header, rows
 
-    def _set_aside(self, why: str) -> tuple[dict, dict[str, dict]]:
+    def _set_aside(self, why: str, move: bool = True) -> tuple[dict, dict[str, dict]]:
         aside = self.registry.with_name(f"{REGISTRY}.corrupt-{_stamp()}")
-        try:
-            os.replace(self.registry, aside)
-            where = f"set aside as {aside}"
-        except OSError as e:
-            where = f"left in place ({e.strerror or e})"
+        where = "left in place (this server does not write)"
+        if move:
+            try:
+                os.replace(self.registry, aside)
+                where = f"set aside as {aside}"
+            except OSError as e:
+                where = f"left in place ({e.strerror or e})"
         rows = self.rows_from_files()
         log.warning(
             "arrivals registry %s is damaged (%s): %s; %d arrival(s) recovered from their image files",

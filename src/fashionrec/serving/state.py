@@ -38,7 +38,7 @@ from fashionrec.errors import FashionrecError
 from fashionrec.io import default_workspace
 from fashionrec.serving.arrivals import REGISTRY_FORMAT, UNCOMMITTED, ArrivalStore, fault_point, shop_identity
 from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageError, StorageFull, WritesRefused
-from fashionrec.serving.store import load_arrays, read_config, save_arrays
+from fashionrec.serving.store import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
@@ -794,19 +794,17 @@ def ensure_artifacts(
     input_size: int | None = None,
     **_ignored,
 ) -> Path:
-    """Build the serving artifacts unless a complete set of this format exists (only its config is read): what the
-    parent of a multi-worker server does before its workers load them. Returns the artifacts' folder."""
+    """Build the serving artifacts unless a complete, sound set of this format exists (loaded once, memory-mapped,
+    and checked like a worker checks it): what the parent of a multi-worker server does before its workers load
+    them, so that no worker finds a damaged file. Returns the artifacts' folder."""
+    import gc
+
     data_dir, ws, _, _, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
     names = _model_names(default_model)
     try:
-        cfg = read_config(art / "tables", TABLES_KIND, TABLES_VERSION)["config"]
-        files = [art / "index.npz", *(art / "models" / f"{n}.npz" for n in names)]
-        if (
-            [n for n in names if n not in cfg.get("models", [])]
-            or cfg.get("k_precomputed") != k_precomputed
-            or not all(f.is_file() for f in files)
-        ):
-            raise ArtifactFormatError(f"{art}: incomplete for models {names} with top-{k_precomputed}")
+        loaded = _load_artifacts(art, names, k_precomputed, mmap=True)
+        del loaded
+        gc.collect()
     except ArtifactFormatError as e:
         _rebuild(art, data_dir, ws, names, e, progress, index_kind, k_precomputed, backbone, input_size)
     return art
@@ -1133,9 +1131,11 @@ def replay_arrivals(state: ServingState, dim: int = 0) -> None:
     store = state.store
     adopted: list[Path] = []
     with store.locked():
-        header, rows = store.read_registry()
+        # a server that cannot write (several workers, read-only workspace) changes nothing on disk: a damaged
+        # registry is recovered in memory and left for a writing server to set aside
+        header, rows = store.read_registry(set_aside=state.write_refusal is None)
         changed = False
-        if header is None:
+        if header is None and state.write_refusal is None:
             for reg in store.candidates():
                 try:
                     got = store.adopt(reg, rows)
