@@ -457,3 +457,20 @@ def test_probe_made_under_load_is_redone_when_idle(tmp_path, monkeypatch):
     calls.clear()
     assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table, calls), **kw).name == "fp32"
     assert not calls  # the idle probe's record is reused
+
+
+def test_feature_cache_of_an_older_fashionrec_is_imported(tmp_path, monkeypatch):
+    """A per-model .npz of fashionrec 0.1 (rows keyed by path|size|mtime): its unchanged rows are reused, not
+    embedded again, and moved into the store; the file is kept under another name."""
+    bb = create_backbone("tiny_cnn")
+    items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 30, 10, 10)) for i in range(4)}
+    ref = embed_image_files(bb, items, progress=False, num_workers=0)
+    cache = FeatureCache(tmp_path / "ws")
+    key = f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    fps = [FT.file_fingerprint(items[i]) for i in ref.ids[:3]]  # the fourth was not in the old cache
+    np.savez(cache.root.mkdir(parents=True) or cache.path(key), fingerprints=np.array(fps), features=ref.features[:3])
+    seen = _embed_counter(monkeypatch)
+    r = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
+    assert seen == [1] and np.allclose(r.features, ref.features, atol=1e-5)
+    assert not cache.path(key).exists() and cache.path(key).with_suffix(".npz.imported").exists()
+    assert cache.store().count(key) == 4

@@ -1021,6 +1021,29 @@ def _collate(batch):
     return batch
 
 
+def _import_legacy_file_features(cache: FeatureCache, key: str, paths, contents, feats, done) -> None:
+    """Features of fashionrec 0.1's per-model `.npz` (rows keyed by path|size|mtime): rows whose file is unchanged
+    fill `feats` and go into the store; the file is then renamed `.npz.imported` (kept, never read again)."""
+    legacy = cache.load(key)
+    if legacy is not None and "fingerprints" in legacy and legacy["features"].shape[1:] == feats.shape[1:]:
+        lookup = {fp: r for r, fp in enumerate(legacy["fingerprints"].tolist())}
+        rows = []
+        for j in np.flatnonzero(~done):
+            try:
+                r = lookup.get(file_fingerprint(Path(paths[j])))
+            except OSError:
+                continue
+            if r is not None and contents[j]:
+                feats[j], done[j] = legacy["features"][r], True
+                rows.append((contents[j], feats[j]))
+        cache.store().put(key, rows)
+        log.info("%s: %d features of an older fashionrec moved into the feature store", cache.path(key), len(rows))
+    try:
+        os.replace(cache.path(key), cache.path(key).with_suffix(".npz.imported"))
+    except OSError:
+        pass
+
+
 def file_fingerprint(p: Path) -> str:
     st = p.stat()
     return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -1084,6 +1107,8 @@ def embed_image_files(
         for j, c in enumerate(contents):
             if c in hit:
                 feats[j], done[j] = hit[c], True
+        if not done.all() and cache.path(key).exists():
+            _import_legacy_file_features(cache, key, [items[i] for i in ids], contents, feats, done)
     todo = np.flatnonzero(~done)
     if len(todo):
         _prepare(backbone, path)
