@@ -7,7 +7,9 @@ Layout of `<workspace>/arrivals/<shop key>/`:
   an id is an arrival when the registry names it (the commit point);
 - `vectors/`: the arrivals' projected vectors (`serving.store` arrays), so a restart needs no backbone;
 - `uncommitted/`: files of uploads whose writer died before the registry named them (counted by the storage cap);
-- `.lock`: taken (fcntl.flock) around every change of the folder, so several server processes can share it.
+- `.lock`: taken (fcntl.flock) around every change of the folder, so several server processes can share it
+  (each writes the registry merged with what the others committed; a server sees the others' arrivals after its
+  next start).
 
 The key is a hash of the catalog's ids and the customers' ids, not of the data folder's path: a moved or copied
 data folder keeps its arrivals. A registry found under another key that belongs to the same shop (same catalog, or

@@ -7,8 +7,10 @@ Artifacts (under <workspace>/serving/<data fingerprint>/, all data, no pickle):
   maps raw backbone vectors to the recommenders' space, and the format version;
 - `models/<name>.npz`: the fitted recommenders, through `Recommender.save`/`load_recommender` (fashionrec.artifacts);
 - `index.npz`: the vector index over catalog photos (`VectorIndex.save`/`load_index`).
-A warm start loads these (never fits: no load_shop, no LogisticRegression, no precompute, no index build); a missing
-artifact or one of another format version is rebuilt, with a progress bar, from the data folder.
+A warm start loads these (never fits: no load_shop, no LogisticRegression, no precompute, no index build) and checks
+them (`check_artifacts`: shapes, dtypes, index ranges, agreement between files); a missing, damaged or mismatched
+artifact, or one of another format version, is rebuilt, with a progress bar and a message naming the file, from the
+data folder. New arrivals live in the workspace's arrivals folder (serving.arrivals).
 
 Concurrency: `ServingState.snapshot` is one reference to an immutable `Snapshot` (models, index, arrivals, removed
 ids). A request reads `state.snapshot` once and uses only that object, so it never sees one model with the new
