@@ -111,6 +111,82 @@ def test_image_files_incremental_cache_and_corrupt_skip(tmp_path, monkeypatch):
     assert not np.allclose(r3.features[2], r1.features[2]) and np.allclose(r3.features[0], r1.features[0])
 
 
+def _embed_counter(monkeypatch):
+    import fashionrec.features as F
+
+    seen = []
+    real = F._forward
+    monkeypatch.setattr(F, "_forward", lambda bb_, x, p: seen.append(len(x)) or real(bb_, x, p))
+    return seen
+
+
+def test_feature_store_keyed_by_content_across_folders(tmp_path, monkeypatch):
+    """Photos embedded once are reused from any folder, under any name (a copy, a hard link); embedding folder B
+    keeps folder A's features; a photo whose bytes change is computed again."""
+    import os
+
+    bb = create_backbone("tiny_cnn")
+    cache = FeatureCache(tmp_path / "ws")
+    a = {f"i{i}": make_image(tmp_path / "a" / f"i{i}.jpg", (i * 40, 10, 200 - i * 30)) for i in range(4)}
+    b = {f"j{i}": make_image(tmp_path / "b" / f"j{i}.jpg", (10, i * 50, 20)) for i in range(3)}
+    ra = embed_image_files(bb, a, cache=cache, progress=False, num_workers=0)
+    embed_image_files(bb, b, cache=cache, progress=False, num_workers=0)
+    (tmp_path / "c").mkdir()
+    linked = {}
+    for n, p in enumerate(a.values()):  # the same photos under other names: hard links and copies
+        linked[f"k{n}"] = tmp_path / "c" / f"other{n}.jpg"
+        if n % 2:
+            os.link(p, linked[f"k{n}"])
+        else:
+            linked[f"k{n}"].write_bytes(p.read_bytes())
+    seen = _embed_counter(monkeypatch)
+    rc = embed_image_files(bb, linked, cache=cache, progress=False, num_workers=0)
+    ra2 = embed_image_files(bb, a, cache=cache, progress=False, num_workers=0)  # A not forgotten after B
+    assert seen == [] and np.array_equal(rc.features, ra.features) and np.array_equal(ra2.features, ra.features)
+    make_image(linked["k0"], (1, 250, 1))  # new bytes under a known path
+    embed_image_files(bb, linked, cache=cache, progress=False, num_workers=0)
+    assert seen == [1]
+
+
+def test_feature_store_shared_by_processes(tmp_path):
+    """Two processes embedding different folders into one store at once: both folders' features are kept."""
+    import subprocess
+    import sys
+    import textwrap
+
+    for name in ("a", "b"):
+        for i in range(6):
+            make_image(tmp_path / name / f"{name}{i}.jpg", (i * 40, 90 if name == "a" else 160, 30))
+    code = textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from fashionrec.backbones import create_backbone
+        from fashionrec.features import FeatureCache, embed_image_files
+        bb = create_backbone("tiny_cnn")
+        files = sorted(Path(sys.argv[1]).glob("*.jpg"))
+        for _ in range(3):  # repeated: the writes of both processes interleave
+            embed_image_files(bb, files, cache=FeatureCache(sys.argv[2]), progress=False, num_workers=0, batch_size=2)
+    """)
+    ws = tmp_path / "ws"
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / n), str(ws)]) for n in ("a", "b")]
+    assert [p.wait(300) for p in procs] == [0, 0]
+    assert FeatureCache(ws).store().count() == 12
+
+
+def test_damaged_feature_store_is_set_aside(tmp_path, monkeypatch, caplog):
+    bb = create_backbone("tiny_cnn")
+    cache = FeatureCache(tmp_path / "ws")
+    items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 30, 10, 10)) for i in range(3)}
+    r1 = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
+    db = cache.store().path
+    for p in db.parent.glob(db.name + "*"):
+        p.write_bytes(b"garbage" * 100)
+    r2 = embed_image_files(bb, items, cache=FeatureCache(tmp_path / "ws"), progress=False, num_workers=0)
+    assert np.allclose(r1.features, r2.features, atol=1e-6)
+    assert "damaged" in caplog.text and list(db.parent.glob(db.name + ".corrupt-*"))
+    assert FeatureCache(tmp_path / "ws").store().count() == 3  # a new store, filled again
+
+
 def test_fast_path_close_to_reference():
     bb = create_backbone("efficientnet_lite0", input_size=64)
     x = np.random.default_rng(0).integers(0, 255, (8, 28, 28), dtype=np.uint8)
@@ -349,8 +425,8 @@ def test_auto_on_image_files_probes_once_and_keeps_fp32_cache_key(tmp_path, monk
     r = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
     (rec,) = json.loads((tmp_path / "ws" / FT.PROBE_FILE).read_text()).values()
     assert rec["chosen"] in ("fp32", "fp32-cl") and rec["key"]["batch_size"] == 64
-    (entry,) = (tmp_path / "ws" / "features").glob("files-*.npz")
-    assert entry.stem == f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    key = f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    assert cache.store().count(key) == len(items) == cache.store().count()  # stored under the fp32 key only
     ref = embed_image_files(bb, items, progress=False, num_workers=0)
     assert r.ids == list(items) and np.allclose(r.features, ref.features, atol=1e-4)
     seen = []
@@ -381,3 +457,20 @@ def test_probe_made_under_load_is_redone_when_idle(tmp_path, monkeypatch):
     calls.clear()
     assert resolve_path("auto", bb, pre, 8, measure=_fake_measure(table, calls), **kw).name == "fp32"
     assert not calls  # the idle probe's record is reused
+
+
+def test_feature_cache_of_an_older_fashionrec_is_imported(tmp_path, monkeypatch):
+    """A per-model .npz of fashionrec 0.1 (rows keyed by path|size|mtime): its unchanged rows are reused, not
+    embedded again, and moved into the store; the file is kept under another name."""
+    bb = create_backbone("tiny_cnn")
+    items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 30, 10, 10)) for i in range(4)}
+    ref = embed_image_files(bb, items, progress=False, num_workers=0)
+    cache = FeatureCache(tmp_path / "ws")
+    key = f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    fps = [FT.file_fingerprint(items[i]) for i in ref.ids[:3]]  # the fourth was not in the old cache
+    np.savez(cache.root.mkdir(parents=True) or cache.path(key), fingerprints=np.array(fps), features=ref.features[:3])
+    seen = _embed_counter(monkeypatch)
+    r = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
+    assert seen == [1] and np.allclose(r.features, ref.features, atol=1e-5)
+    assert not cache.path(key).exists() and cache.path(key).with_suffix(".npz.imported").exists()
+    assert cache.store().count(key) == 4

@@ -555,3 +555,78 @@ def test_config_old_spelling_warns(tmp_path, capsys):
     cfg = _config(tmp_path, "recommend:\n  model: als\n")
     assert parse_args(["--config", cfg, "recommend", "--data", "d", "--out", "o"]).model == "als"
     assert "'model' is deprecated; use 'recommender'" in capsys.readouterr().err
+
+
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("fashionrec: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("where", ["directory", "under-a-file"])
+def test_recommend_out_that_cannot_be_written(tmp_path, capsys, where):
+    root, _, _ = make_shop(tmp_path / "shop")
+    if where == "directory":
+        out, match = tmp_path / "somedir", "is a directory"
+        out.mkdir()
+    else:
+        (tmp_path / "afile").write_text("x")
+        out, match = tmp_path / "afile" / "recs.csv", "cannot write there"
+    rc = main(["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)])
+    assert match in _one_line_error(capsys, rc)
+    assert out.is_dir() or not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name,text,match",
+    [
+        ("u.csv", 'customer_id\ncust001\n"cust\n002"\n', "u.csv: row 3, column customer_id: customer id 'cust\\n002'"),
+        ("u.txt", "cust001\n" + "x" * 10_000 + "\n", "u.txt: line 2: customer id 'xxxx"),
+        ("v.txt", "cust001\ncust\x85002\n", "contains the control character U+0085"),
+    ],
+)
+def test_recommend_refuses_customer_ids_the_output_cannot_hold(tmp_path, capsys, name, text, match):
+    root, _, _ = make_shop(tmp_path / "shop")
+    users = tmp_path / name
+    users.write_text(text)
+    out = tmp_path / "recs.csv"
+    args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
+    rc = main([*args, "--model", "popularity", "--users", str(users)])
+    assert match in _one_line_error(capsys, rc)
+    assert not out.exists()
+
+
+def test_recommend_warns_about_unknown_customer_ids(tmp_path, caplog):
+    root, _, _ = make_shop(tmp_path / "shop")
+    users = tmp_path / "u.txt"
+    users.write_text("cust001\nnobody\nghost\n")
+    out = tmp_path / "recs.csv"
+    args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
+    assert main([*args, "--model", "popularity", "--users", str(users)]) == 0
+    assert "2 of the 3 customer ids given are not in the data ('nobody', 'ghost')" in caplog.text
+    assert pd.read_csv(out)["customer_id"].tolist() == ["cust001", "nobody", "ghost"]
+
+
+def test_negative_or_missing_prices_are_named(tmp_path, caplog):
+    from fashionrec.data.interactions import load_transactions
+
+    p = tmp_path / "transactions.csv"
+    p.write_text(
+        "t_dat,customer_id,article_id,price,sales_channel_id\n"
+        "2020-01-01,u1,0100000001,0.01,2\n2020-01-02,u1,0100000002,-0.5,2\n"
+        "2020-01-03,u2,0100000001,nan,1\n2020-01-04,u2,0100000002,,1\n2020-01-05,u3,0100000001,0.02,1\n"
+    )
+    tx = load_transactions(p)
+    assert len(tx.events) == 5  # kept as read
+    assert "3 rows with a negative, missing or non-numeric price (rows 3, 4, 5)" in caplog.text
+
+
+def test_recommend_skips_data_customer_ids_the_output_cannot_hold(tmp_path, caplog):
+    root, _, users = make_shop(tmp_path / "shop")
+    with open(root / "customers.csv", "a") as f:
+        f.write('"bad\nid"\n' + "y" * 5000 + "\n")
+    out = tmp_path / "recs.csv"
+    args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
+    assert main([*args, "--model", "popularity"]) == 0
+    assert "2 customer id(s) of the data skipped" in caplog.text
+    assert set(pd.read_csv(out, dtype=str)["customer_id"]) == set(users) | {"newcust"}

@@ -251,6 +251,12 @@ def test_bad_ids_are_refused(hostile, item_id):
         ({"category": "c" * 101}, "category is 101 characters; at most 100"),
         ({"colour": "red\x00"}, "colour contains control characters"),
         ({"name": "line\nbreak"}, "name contains control characters"),
+        ({"name": "next\x85line"}, "name contains control characters (U+0085"),
+        ({"name": "csi\x9b31m red"}, "name contains control characters (U+009B"),
+        ({"name": "red top\x85"}, "name contains control characters (U+0085"),
+        ({"name": "gpj.\u202eexe"}, "name contains control characters (U+202E RIGHT-TO-LEFT OVERRIDE"),
+        ({"category": "Sho\u200bes"}, "category contains control characters (U+200B"),
+        ({"colour": "\u2066Blue\u2069"}, "colour contains control characters (U+2066"),
     ],
 )
 def test_field_limits(hostile, fields, match):
@@ -369,3 +375,81 @@ def test_new_customer_and_arrivals_survive_a_restart_on_the_same_workspace(tmp_p
         assert r.status_code == 200 and len(r.json()["items"]) == 5
         assert httpx.get(f"{url2}/items/0777000001").json()["name"] == "kept"
         assert httpx.get(f"{url2}/images/0777000001").status_code == 200
+
+
+# ----------------------------------------------------------------------------- slow bodies, uploads per client
+def _slow_upload(port: int, path: str = "/search/image", declared: int = 100_000) -> socket.socket:
+    """A client that declares a body and sends only its first bytes (then nothing)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)  # bounds every read below
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    s.sendall(head.encode() + b"--b\r\n")
+    return s
+
+
+def _until_closed(s: socket.socket) -> bytes:
+    chunks = []
+    while chunk := s.recv(65536):
+        chunks.append(chunk)
+    s.close()
+    return b"".join(chunks)
+
+
+def test_slow_body_answered_408_and_connection_closed(hostile):
+    """A client that keeps sending a byte now and then (so the server's keep-alive timer never fires) is answered
+    408 once the body is late, and disconnected."""
+    with running_server(create_app(hostile["state"], body_timeout=1.0)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        s = _slow_upload(port)
+        done = threading.Event()
+
+        def drip():
+            while not done.wait(0.2):
+                try:
+                    s.sendall(b"x")
+                except OSError:
+                    return
+
+        t = threading.Thread(target=drip, daemon=True)
+        t.start()
+        try:
+            reply = _until_closed(s)  # returns once the server has closed the connection (socket timeout: 30 s)
+        finally:
+            done.set()
+            t.join(10)
+        assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 seconds" in reply
+        assert b"connection: close" in reply.lower()
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_uploads_in_flight_per_client_capped(hostile):
+    with running_server(create_app(hostile["state"], body_timeout=5.0, max_uploads_per_client=2)) as url:
+        port = int(url.rsplit(":", 1)[1])
+        slow = [_slow_upload(port) for _ in range(2)]
+        refused = None
+        for _ in range(100):  # until the server has seen both slow uploads begin (bounded)
+            r = httpx.post(f"{url}/search/image", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, timeout=60)
+            if r.status_code == 429:
+                refused = r
+                break
+            assert r.status_code == 200, r.text
+        assert refused is not None and "2 uploads from this client" in refused.json()["detail"]
+        assert refused.headers["retry-after"] == "1"
+        assert httpx.get(f"{url}/health").status_code == 200  # other requests are not limited
+        for s in slow:
+            assert _until_closed(s).startswith(b"HTTP/1.1 408")
+        r = httpx.post(f"{url}/search/image", files={"file": ("a.jpg", _jpeg(), "image/jpeg")}, timeout=60)
+        assert r.status_code == 200, r.text  # their slots are free again
+
+
+@pytest.mark.parametrize(
+    "kw,match", [({"body_timeout": 0}, "--body-timeout"), ({"max_uploads_per_client": 0}, "--max")]
+)
+def test_request_limits_checked_before_start(tmp_path, kw, match):
+    from fashionrec.errors import FashionrecError
+    from fashionrec.serving.server import run
+
+    with pytest.raises(FashionrecError, match=match):
+        run(tmp_path / "no-data", **kw)  # refused before any data is read

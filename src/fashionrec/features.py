@@ -2,8 +2,9 @@
 
 The cache key is backbone (name + weights) + preprocessing + inference path + input data:
 - arrays (Fashion-MNIST): a hash of the array bytes;
-- image files: per file `path, size, mtime`; rows whose file is unchanged are reused, changed or new files are
-  recomputed, so adding ten images to a catalog of 100,000 embeds ten.
+- image files: per photo, a hash of its bytes (`FeatureStore`, one SQLite database for every folder and model):
+  a photo embedded before is reused under any path or name (a moved, copied or hard-linked folder), changed or
+  new photos are computed, so adding ten images to a catalog of 100,000 embeds ten.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import hashlib
 import json
 import logging
 import os
+import sqlite3
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -744,11 +748,191 @@ def _model_key(backbone: Backbone, pre: Preprocess, path: InferencePath) -> str:
     return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
+FEATURE_DB = "features.sqlite"
+_HASH_CHUNK = 1 << 20
+_SQL_BATCH = 500  # ids per `IN (...)` query (SQLite allows 32,766 variables; smaller keeps statements cheap)
+
+
+def content_hash(path: str | Path) -> str:
+    """A photo's identity in the feature store: BLAKE2b-128 of its bytes (its path, name and time play no part)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class FeatureStore:
+    """Image features keyed by (model key, content hash of the photo), in one SQLite database (WAL mode): every
+    folder's photos, under any path, for every model; several processes read and write it at once (each write is
+    one transaction; readers never wait for writers). A `files` table remembers the hash of each path by size,
+    modification time and inode, so unchanged photos are not read again.
+
+    A damaged database is set aside (`features.sqlite.corrupt-<time>`, named in the log) and a new one started:
+    features are derived data, recomputed when missing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._broken = False
+        self._lock = threading.Lock()
+
+    def _open(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        try:
+            con.execute("PRAGMA busy_timeout = 60000")
+            if con.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                con.execute("PRAGMA journal_mode = WAL")
+            con.execute("PRAGMA synchronous = NORMAL")
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS features (model TEXT NOT NULL, content TEXT NOT NULL, "
+                "vector BLOB NOT NULL, PRIMARY KEY (model, content)) WITHOUT ROWID"
+            )
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, size INTEGER NOT NULL, "
+                "mtime_ns INTEGER NOT NULL, inode INTEGER NOT NULL, content TEXT NOT NULL) WITHOUT ROWID"
+            )
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _run(self, fn, default):
+        """fn(connection) in a transaction; a damaged database is set aside once and fn retried on a new one; any
+        other failure (read-only workspace, disk full) logs and returns `default`: the caller computes instead."""
+        if self._broken:
+            return default
+        for attempt in (0, 1):
+            try:
+                con = self._open()
+                try:
+                    con.execute("BEGIN")
+                    out = fn(con)
+                    con.execute("COMMIT")
+                    return out
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as e:
+                damaged = "malformed" in str(e) or "not a database" in str(e) or "file is not" in str(e)
+                if attempt == 0 and damaged:
+                    self._set_aside(e)
+                    continue
+                log.warning("feature store %s unusable (%s); features are computed without it", self.path, e)
+            except OSError as e:
+                log.warning("feature store %s unusable (%s); features are computed without it", self.path, e)
+            self._broken = True
+            return default
+        return default
+
+    def _set_aside(self, why) -> None:
+        with self._lock:
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(f"{self.path}{suffix}")
+                if p.exists():
+                    try:
+                        os.replace(p, f"{self.path}.corrupt-{stamp}{suffix}")
+                    except OSError:
+                        pass
+            log.warning(
+                "feature store %s is damaged (%s): set aside as %s.corrupt-%s", self.path, why, self.path, stamp
+            )
+
+    def hashes(self, paths: Sequence[str | Path]) -> list[str | None]:
+        """The content hash of each file (None: missing or unreadable), read again only when its size,
+        modification time or inode changed since it was last hashed."""
+        stats: list[tuple | None] = []
+        for p in paths:
+            try:
+                st = os.stat(p)
+                stats.append((str(Path(p).absolute()), st.st_size, st.st_mtime_ns, st.st_ino))
+            except OSError:
+                stats.append(None)
+        keys = [s[0] for s in stats if s is not None]
+
+        def lookup(con):
+            memo = {}
+            for b in range(0, len(keys), _SQL_BATCH):
+                part = keys[b : b + _SQL_BATCH]
+                q = f"SELECT path, size, mtime_ns, inode, content FROM files WHERE path IN ({','.join('?' * len(part))})"
+                for row in con.execute(q, part):
+                    memo[row[0]] = row
+            return memo
+
+        memo = self._run(lookup, {})
+        out: list[str | None] = []
+        fresh = []
+        for s in stats:
+            if s is None:
+                out.append(None)
+                continue
+            m = memo.get(s[0])
+            if m is not None and tuple(m[1:4]) == s[1:4]:
+                out.append(m[4])
+                continue
+            try:
+                h = content_hash(s[0])
+            except OSError:
+                out.append(None)
+                continue
+            out.append(h)
+            fresh.append((*s, h))
+        if fresh:
+            self._run(
+                lambda con: con.executemany(
+                    "INSERT OR REPLACE INTO files (path, size, mtime_ns, inode, content) VALUES (?, ?, ?, ?, ?)", fresh
+                ),
+                None,
+            )
+        return out
+
+    def get(self, model: str, contents: Sequence[str], dim: int) -> dict[str, np.ndarray]:
+        """{content hash: vector} of the stored features of `model` among `contents` (vectors of another size,
+        written by a damaged or foreign entry, are ignored)."""
+        want = sorted(set(contents))
+
+        def read(con):
+            got = {}
+            for b in range(0, len(want), _SQL_BATCH):
+                part = want[b : b + _SQL_BATCH]
+                q = f"SELECT content, vector FROM features WHERE model = ? AND content IN ({','.join('?' * len(part))})"
+                for c, blob in con.execute(q, [model, *part]):
+                    if isinstance(blob, bytes) and len(blob) == 4 * dim:
+                        got[c] = np.frombuffer(blob, dtype=np.float32).copy()
+            return got
+
+        return self._run(read, {})
+
+    def put(self, model: str, rows: Iterable[tuple[str, np.ndarray]]) -> None:
+        data = [(model, c, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for c, v in rows if c]
+        if data:
+            self._run(
+                lambda con: con.executemany(
+                    "INSERT OR REPLACE INTO features (model, content, vector) VALUES (?, ?, ?)", data
+                ),
+                None,
+            )
+
+    def count(self, model: str | None = None) -> int:
+        if model is None:
+            return self._run(lambda con: con.execute("SELECT COUNT(*) FROM features").fetchone()[0], 0)
+        return self._run(
+            lambda con: con.execute("SELECT COUNT(*) FROM features WHERE model = ?", (model,)).fetchone()[0], 0
+        )
+
+
 class FeatureCache:
-    """Feature files under `<workspace>/features`. Writes are atomic."""
+    """Features under `<workspace>/features`: image files' features in the SQLite `FeatureStore` (keyed by model
+    and photo content), in-memory arrays' features in one `.npz` per key. Writes are atomic."""
 
     def __init__(self, workspace: str | Path | None = None):
         self.root = Path(workspace or default_workspace()) / "features"
+        self._store: FeatureStore | None = None
+
+    def store(self) -> FeatureStore:
+        if self._store is None:
+            self._store = FeatureStore(self.root / FEATURE_DB)
+        return self._store
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.npz"
@@ -765,6 +949,12 @@ class FeatureCache:
             return None
 
     def save(self, key: str, **arrays: np.ndarray) -> Path:
+        if key.startswith("files-") and "fingerprints" in arrays:
+            # image files' features (`file_fingerprint` strings: path|size|mtime): into the store, by content
+            paths = [str(fp).rsplit("|", 2)[0] for fp in np.asarray(arrays["fingerprints"]).tolist()]
+            store = self.store()
+            store.put(key, zip(store.hashes(paths), np.asarray(arrays["features"], np.float32)))
+            return store.path
         p = self.path(key)
         with atomic_path(p, suffix=".tmp.npz") as tmp:
             np.savez(tmp, **arrays)
@@ -831,6 +1021,29 @@ def _collate(batch):
     return batch
 
 
+def _import_legacy_file_features(cache: FeatureCache, key: str, paths, contents, feats, done) -> None:
+    """Features of fashionrec 0.1's per-model `.npz` (rows keyed by path|size|mtime): rows whose file is unchanged
+    fill `feats` and go into the store; the file is then renamed `.npz.imported` (kept, never read again)."""
+    legacy = cache.load(key)
+    if legacy is not None and "fingerprints" in legacy and legacy["features"].shape[1:] == feats.shape[1:]:
+        lookup = {fp: r for r, fp in enumerate(legacy["fingerprints"].tolist())}
+        rows = []
+        for j in np.flatnonzero(~done):
+            try:
+                r = lookup.get(file_fingerprint(Path(paths[j])))
+            except OSError:
+                continue
+            if r is not None and contents[j]:
+                feats[j], done[j] = legacy["features"][r], True
+                rows.append((contents[j], feats[j]))
+        cache.store().put(key, rows)
+        log.info("%s: %d features of an older fashionrec moved into the feature store", cache.path(key), len(rows))
+    try:
+        os.replace(cache.path(key), cache.path(key).with_suffix(".npz.imported"))
+    except OSError:
+        pass
+
+
 def file_fingerprint(p: Path) -> str:
     st = p.stat()
     return f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
@@ -882,24 +1095,20 @@ def embed_image_files(
         workspace=cache.root.parent if cache is not None else None,
     )
     cal = _int8_calibration(backbone, path, _sample)
-    fps = []
-    for i in ids:
-        try:
-            fps.append(file_fingerprint(items[i]))
-        except OSError:
-            fps.append(f"{items[i]}|missing")
     feats = np.zeros((len(ids), backbone.embed_dim), dtype=np.float32)
     done = np.zeros(len(ids), dtype=bool)
     failures: dict[str, str] = {}
     key = f"files-{_model_key(backbone, pre, path)}{cal}"
-    if cache is not None:
-        hit = cache.load(key)
-        if hit is not None and hit["features"].shape[1:] == (backbone.embed_dim,):
-            lookup = {fp: r for r, fp in enumerate(hit["fingerprints"].tolist())}
-            for j, fp in enumerate(fps):
-                r = lookup.get(fp)
-                if r is not None:
-                    feats[j], done[j] = hit["features"][r], True
+    store = cache.store() if cache is not None else None
+    contents: list[str | None] = [None] * len(ids)
+    if store is not None:  # photos seen before, under any path or name, by their bytes
+        contents = store.hashes([items[i] for i in ids])
+        hit = store.get(key, [c for c in contents if c], backbone.embed_dim)
+        for j, c in enumerate(contents):
+            if c in hit:
+                feats[j], done[j] = hit[c], True
+        if not done.all() and cache.path(key).exists():
+            _import_legacy_file_features(cache, key, [items[i] for i in ids], contents, feats, done)
     todo = np.flatnonzero(~done)
     if len(todo):
         _prepare(backbone, path)
@@ -920,10 +1129,9 @@ def embed_image_files(
                     f = _forward(backbone, x, path).numpy()
                     for (i, _), row in zip(good, f):
                         feats[todo[i]], done[todo[i]] = row, True
+                    if store is not None:  # stored per batch: an interrupted run keeps what it computed
+                        store.put(key, [(contents[todo[i]], row) for (i, _), row in zip(good, f)])
                 bar.update(len(batch))
-        if cache is not None:
-            ok = np.flatnonzero(done)
-            cache.save(key, fingerprints=np.array([fps[j] for j in ok]), features=feats[ok])
     ok = np.flatnonzero(done)
     return EmbeddedImages([ids[j] for j in ok], feats[ok], failures)
 

@@ -28,6 +28,8 @@ def cmd_serve(args) -> int:
         max_arrivals=args.max_arrivals,
         max_arrival_mb=args.max_arrival_mb,
         workers=args.workers,
+        body_timeout=args.body_timeout,
+        max_uploads_per_client=args.max_uploads_per_client,
     )
     return 0
 
@@ -69,4 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     s.add_argument("--max-arrivals", type=int, default=None, help="most new arrivals kept (default 10,000)")
     s.add_argument("--max-arrival-mb", type=float, default=None, help="storage cap for arrival images (default 512)")
+    s.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        help="seconds a request body may take to arrive; slower clients get 408 and are disconnected (default 30)",
+    )
+    s.add_argument(
+        "--max-uploads-per-client",
+        type=int,
+        default=None,
+        help="uploads (POST /items, /search/image) one client address may have in flight; more get 429 (default 4)",
+    )
     s.set_defaults(func=cmd_serve)

@@ -132,6 +132,17 @@ def _check_catalog_ids(df: pd.DataFrame, path: Path, catalog_ids: set[str] | Non
     return df
 
 
+def _warn_prices(price: pd.Series, path: Path) -> None:
+    """A warning naming the rows whose price is negative, missing, not a number or infinite (kept as read: prices
+    only describe purchases; they are not what is recommended from)."""
+    v = price.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(v) | (v < 0)
+    if bad.any():
+        rows = np.flatnonzero(bad) + 2  # 1-based file lines after the header
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        log.warning("%s: %d rows with a negative, missing or non-numeric price (rows %s)", path, int(bad.sum()), shown)
+
+
 def load_transactions(
     path: str | Path,
     *,
@@ -160,6 +171,7 @@ def load_transactions(
         )
         if "price" in head.columns:
             df["price"] = pd.to_numeric(head["price"], errors="coerce")
+            _warn_prices(df["price"], path)
     elif {"user", "item", "timestamp"} <= set(head.columns):
         ts = head["timestamp"]
         if pd.api.types.is_numeric_dtype(ts):

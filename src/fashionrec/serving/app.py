@@ -4,7 +4,9 @@ dependency. Bad input is answered (401/403/404/409/413/415/422, from typed error
 Hostile-input rules, in one place:
 - every response carries nosniff, X-Frame-Options DENY, Referrer-Policy no-referrer and a Content-Security-Policy
   (the page's allows only its own script, style and images; API answers allow nothing);
-- request bodies are capped before they are read: by Content-Length at once, and while streaming (chunked);
+- request bodies are capped before they are read: by Content-Length at once, and while streaming (chunked); a
+  body must arrive within `body_timeout` seconds (default 30) of the request, else 408 and the connection is
+  closed; each client (by address) has at most `max_uploads_per_client` uploads in flight (default 4), more: 429;
 - writes (POST /items, DELETE /items/{id}) need `Authorization: Bearer <token>` and a token configured with
   `fashionrec serve --write-token` / FASHIONREC_WRITE_TOKEN; checked before the body is read;
 - image decoding and embedding run in worker threads (never on the event loop), pixel counts are capped from the
@@ -15,11 +17,13 @@ Hostile-input rules, in one place:
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
 import threading
 import time
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,7 +70,8 @@ SERVED_FORMATS = {
 # fullmatch, so '.', '..', 'a/b' and 'x\n' (which `$` would let through) are refused.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 ID_RE = re.compile(ID_PATTERN[1:-1])
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+DEFAULT_BODY_TIMEOUT = 30.0  # seconds to receive a whole request body
+DEFAULT_UPLOADS_PER_CLIENT = 4  # uploads (POST /items, /search/image) one client address may have in flight
 
 CSP_PAGE = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -174,6 +179,10 @@ class _BodyTooLarge(HTTPException):
     pass
 
 
+class _BodyTimeout(HTTPException):
+    pass
+
+
 # ---------------------------------------------------------------------------------------------- middleware
 def write_denied(authorization: bytes | None, token: bytes | None) -> tuple[int, str] | None:
     """(status, reason) when a write must be refused, else None. 403: writes disabled or wrong token;
@@ -202,9 +211,22 @@ class GuardMiddleware:
     """Pure ASGI (no per-request task or body copy): security headers on every response; writes authorised and
     bodies capped before the application reads a byte of them."""
 
-    def __init__(self, app, write_token: str | None):
+    def __init__(
+        self,
+        app,
+        write_token: str | None,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_uploads_per_client: int = DEFAULT_UPLOADS_PER_CLIENT,
+    ):
         self.app = app
         self.token = write_token.encode() if write_token else None
+        self.body_timeout = float(body_timeout)
+        self.max_uploads = int(max_uploads_per_client)
+        self.uploads: dict[str, int] = {}  # client address -> uploads in flight (the event loop is one thread)
+
+    @staticmethod
+    def _is_upload(method: str, path: str) -> bool:
+        return method == "POST" and path.rstrip("/") in ("/items", "/search/image")
 
     @staticmethod
     def _csp(path: str) -> bytes:
@@ -226,12 +248,15 @@ class GuardMiddleware:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         csp = self._csp(path)
         started = False
+        close = False  # the body was cut short (too slow, too large): the connection is closed after the answer
 
         async def send_secured(message):
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                if close:  # else the server would keep reading the rest of the body as the next request's bytes
+                    headers = [(k, v) for k, v in headers if k.lower() != b"connection"] + [(b"connection", b"close")]
                 message = {**message, "headers": headers + SECURITY_HEADERS + [(b"content-security-policy", csp)]}
             await send(message)
 
@@ -267,27 +292,57 @@ class GuardMiddleware:
                     f"request body is {int(declared):,} bytes; the limit here is {limit:,} "
                     f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)",
                 )
+            client = (scope.get("client") or ("?", 0))[0]
+            upload = self._is_upload(method, path)
+            if upload and self.uploads.get(client, 0) >= self.max_uploads:
+                return await answer(
+                    429,
+                    f"{self.max_uploads} uploads from this client are in progress; send the next when one is done",
+                    extra=[(b"retry-after", b"1")],
+                )
             received = 0
+            deadline = time.monotonic() + self.body_timeout
+            body_done = False
 
             async def capped_receive():
-                nonlocal received
-                message = await receive()
+                nonlocal received, body_done, close
+                if body_done:  # after the body: disconnect notices are not timed
+                    return await receive()
+                left = deadline - time.monotonic()
+                try:
+                    message = await asyncio.wait_for(receive(), timeout=max(left, 0.001))
+                except TimeoutError:
+                    close = True
+                    raise _BodyTimeout(
+                        408, f"the request body did not arrive within {self.body_timeout:g} seconds"
+                    ) from None
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
                     if received > limit:  # a chunked body (no Content-Length) that keeps coming
+                        close = True
                         raise _BodyTooLarge(
                             413,
                             f"request body is over the {limit:,}-byte limit "
                             f"(uploads: {MAX_UPLOAD_BYTES:,} bytes per image)",
                         )
+                    body_done = not message.get("more_body", False)
                 return message
 
+            if upload:
+                self.uploads[client] = self.uploads.get(client, 0) + 1
             try:
                 return await self.app(scope, capped_receive, send_secured)
-            except _BodyTooLarge as e:
-                if not started:
-                    return await answer(413, e.detail)
+            except (_BodyTooLarge, _BodyTimeout) as e:
+                if not started:  # answered, and the connection closed: the rest of the body is never read
+                    return await answer(e.status_code, e.detail)
                 raise
+            finally:
+                if upload:
+                    n = self.uploads.get(client, 1) - 1
+                    if n > 0:
+                        self.uploads[client] = n
+                    else:
+                        self.uploads.pop(client, None)
         return await self.app(scope, receive, send_secured)
 
 
@@ -313,9 +368,10 @@ def writer(request: Request, state: State, _cred: HTTPAuthorizationCredentials |
     denied = write_denied(request.headers.get("authorization", "").encode("latin-1") or None, request.app.state.token)
     if denied:
         raise HTTPException(status_code=denied[0], detail=denied[1])
-    if not state.writes_allowed:
+    if not state.writes_allowed or state.write_refusal:
         raise WritesRefused(
-            "writes are refused by a server with several workers (each worker holds its own copy "
+            state.write_refusal
+            or "writes are refused by a server with several workers (each worker holds its own copy "
             "of the models; a new arrival would reach only one): run it with one worker to add items"
         )
 
@@ -396,11 +452,15 @@ def read_upload(file: UploadFile):
 def text_field(value: str | None, what: str, limit: int) -> str | None:
     if value is None:
         return None
-    value = value.strip()
+    value = value.strip(" \t\r\n\f\v")  # ASCII white space at the ends (U+0085 is checked below)
     if len(value) > limit:
         raise InvalidInput(f"{what} is {len(value):,} characters; at most {limit}")
-    if _CONTROL.search(value):
-        raise InvalidInput(f"{what} contains control characters")
+    bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if bad is not None:  # C0/C1 controls (U+0085, U+009B), bidi overrides (U+202E), zero-width and other formats
+        raise InvalidInput(
+            f"{what} contains control characters (U+{ord(bad):04X} {unicodedata.name(bad, 'unnamed')}; control and "
+            "format characters such as bidi overrides are refused)"
+        )
     return value or None
 
 
@@ -660,10 +720,22 @@ async def static(name: str):
 
 
 # ---------------------------------------------------------------------------------------------- the app
-def create_app(state: ServingState | None, *, write_token: str | None = None) -> FastAPI:
+def create_app(
+    state: ServingState | None,
+    *,
+    write_token: str | None = None,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT,
+    max_uploads_per_client: int = DEFAULT_UPLOADS_PER_CLIENT,
+) -> FastAPI:
     """The app for `state` (None: an app that only documents its schema). Nothing is loaded here or at import.
 
-    `write_token`: None (the default) disables writes; otherwise POST/DELETE /items need it as a Bearer token."""
+    `write_token`: None (the default) disables writes; otherwise POST/DELETE /items need it as a Bearer token.
+    `body_timeout`: seconds a request body may take to arrive (then 408, connection closed);
+    `max_uploads_per_client`: uploads one client address may have in flight (more: 429)."""
+    if not body_timeout > 0:
+        raise FashionrecError(f"body_timeout must be a positive number of seconds, not {body_timeout}")
+    if max_uploads_per_client < 1:
+        raise FashionrecError(f"max_uploads_per_client must be at least 1, not {max_uploads_per_client}")
     app = FastAPI(
         title="fashionrec",
         version="0.1.0",
@@ -674,7 +746,12 @@ def create_app(state: ServingState | None, *, write_token: str | None = None) ->
     app.state.token = write_token.encode() if write_token else None
     app.state.heavy = threading.BoundedSemaphore(2)  # uploads decoded/embedded at once; more wait, not thrash 2 cores
     app.state.image_checks = {}  # item -> (path, size, mtime_ns, media type or None)
-    app.add_middleware(GuardMiddleware, write_token=write_token)
+    app.add_middleware(
+        GuardMiddleware,
+        write_token=write_token,
+        body_timeout=body_timeout,
+        max_uploads_per_client=max_uploads_per_client,
+    )
     app.include_router(router)
     if state is not None:
         state.start_backbone()  # torch loads beside the server: lookups are answered meanwhile

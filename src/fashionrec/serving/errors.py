@@ -63,3 +63,9 @@ class WritesRefused(ServingError):
     """Writes are not possible on this server (several workers: a write in one would not reach the others)."""
 
     status = 403
+
+
+class StorageError(ServingError):
+    """The server could not write an arrival's files (disk full, or the workspace became read-only)."""
+
+    status = 507

@@ -37,6 +37,20 @@ def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb
     }
 
 
+def _limits(body_timeout: float | None, max_uploads_per_client: int | None) -> dict:
+    """create_app's request limits, checked: a positive body timeout, at least one upload per client."""
+    out = {}
+    if body_timeout is not None:
+        if not body_timeout > 0:
+            raise FashionrecError(f"--body-timeout must be a positive number of seconds, not {body_timeout}")
+        out["body_timeout"] = float(body_timeout)
+    if max_uploads_per_client is not None:
+        if max_uploads_per_client < 1:
+            raise FashionrecError(f"--max-uploads-per-client must be at least 1, not {max_uploads_per_client}")
+        out["max_uploads_per_client"] = int(max_uploads_per_client)
+    return out
+
+
 def check_workers(workers: int, write_token: str | None) -> None:
     """A positive worker count, and writes only with one worker."""
     if workers < 1:
@@ -60,21 +74,25 @@ def run(
     write_token: str | None = None,
     max_arrivals: int | None = None,
     max_arrival_mb: float | None = None,
+    body_timeout: float | None = None,
+    max_uploads_per_client: int | None = None,
 ) -> None:
-    """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes)."""
+    """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes).
+    `body_timeout` (seconds, default 30) and `max_uploads_per_client` (default 4): see `serving.app`."""
     import uvicorn
 
     from fashionrec.serving.app import create_app
     from fashionrec.serving.state import build_state, ensure_artifacts
 
     check_workers(workers, write_token)
+    limits = _limits(body_timeout, max_uploads_per_client)
     t0 = time.time()
     args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb)
     data = args.pop("data_dir")
     url = f"http://{host}:{port}/"
     if workers == 1:
         state = build_state(data, progress=progress, **args)  # loads, building what is missing first
-        app = create_app(state, write_token=write_token)
+        app = create_app(state, write_token=write_token, **limits)
         # Millions of long-lived objects: freezing them keeps later garbage collections from walking them again
         # (full collections otherwise show up as latency spikes under load).
         gc.collect()
@@ -87,7 +105,7 @@ def run(
     ensure_artifacts(data, progress=progress, **args)  # built once here; the workers only load them
     fd, cfg_path = tempfile.mkstemp(prefix="fashionrec-serve-", suffix=".json")
     with os.fdopen(fd, "w") as f:
-        json.dump({"data": data, **args}, f)
+        json.dump({"data": data, **args, "limits": limits}, f)
     os.environ[CONFIG_ENV] = cfg_path
     try:
         print(
@@ -118,7 +136,8 @@ def worker_app():
     if not path:
         raise FashionrecError(f"worker_app is started by fashionrec.serving.run (${CONFIG_ENV} is not set)")
     cfg = json.loads(Path(path).read_text())
+    limits = cfg.pop("limits", {})
     state = build_state(cfg.pop("data"), progress=False, mmap=True, build=False, writes_allowed=False, **cfg)
     gc.collect()
     gc.freeze()
-    return create_app(state, write_token=None)
+    return create_app(state, write_token=None, **limits)

@@ -7,8 +7,10 @@ Artifacts (under <workspace>/serving/<data fingerprint>/, all data, no pickle):
   maps raw backbone vectors to the recommenders' space, and the format version;
 - `models/<name>.npz`: the fitted recommenders, through `Recommender.save`/`load_recommender` (fashionrec.artifacts);
 - `index.npz`: the vector index over catalog photos (`VectorIndex.save`/`load_index`).
-A warm start loads these (never fits: no load_shop, no LogisticRegression, no precompute, no index build); a missing
-artifact or one of another format version is rebuilt, with a progress bar, from the data folder.
+A warm start loads these (never fits: no load_shop, no LogisticRegression, no precompute, no index build) and checks
+them (`check_artifacts`: shapes, dtypes, index ranges, agreement between files); a missing, damaged or mismatched
+artifact, or one of another format version, is rebuilt, with a progress bar and a message naming the file, from the
+data folder. New arrivals live in the workspace's arrivals folder (serving.arrivals).
 
 Concurrency: `ServingState.snapshot` is one reference to an immutable `Snapshot` (models, index, arrivals, removed
 ids). A request reads `state.snapshot` once and uses only that object, so it never sees one model with the new
@@ -22,8 +24,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Mapping
@@ -35,9 +37,10 @@ import pandas as pd
 
 from fashionrec.artifacts import ArtifactFormatError
 from fashionrec.errors import FashionrecError
-from fashionrec.io import atomic_path, default_workspace, write_json
-from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageFull
-from fashionrec.serving.store import load_arrays, read_config, save_arrays
+from fashionrec.io import default_workspace
+from fashionrec.serving.arrivals import REGISTRY_FORMAT, UNCOMMITTED, ArrivalStore, fault_point, shop_identity
+from fashionrec.serving.errors import Conflict, LimitReached, NotFound, StorageError, StorageFull, WritesRefused
+from fashionrec.serving.store import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
@@ -352,6 +355,9 @@ class ServingState:
     pending_bytes: int = 0
     max_arrivals: int = 10_000
     max_arrival_bytes: int = 512 * 1024 * 1024  # total stored arrival images
+    store: ArrivalStore | None = None  # the arrivals folder (serving.arrivals)
+    write_refusal: str | None = None  # why writes are refused (read-only workspace, several workers), else None
+    leftover_bytes: int = 0  # uncommitted uploads of killed writers: counted by the storage cap
     _backbone: object = None
     _backbone_ready: threading.Event = field(default_factory=threading.Event)
     _backbone_error: BaseException | None = None
@@ -650,14 +656,114 @@ def _load_artifacts(art: Path, names: list[str], k_precomputed: int, *, mmap: bo
     ]
     proj = Projection(arrays.get("proj.mean"), arrays.get("proj.components"))
     neighbours = Neighbours.from_arrays(arrays)
-    try:
-        models = {n: load_recommender(art / "models" / f"{n}.npz") for n in names}
-        index = load_index(art / "index.npz")
-    except ArtifactFormatError:
-        raise
-    except Exception as e:  # a model or index file of an older fashionrec (pickle, other layout): rebuild
-        raise ArtifactFormatError(f"{art}: unreadable model or index ({type(e).__name__}: {e})") from None
+    models = {}
+    for path in [*(art / "models" / f"{n}.npz" for n in names), art / "index.npz"]:
+        try:
+            obj = load_index(path) if path.name == "index.npz" else load_recommender(path)
+        except ArtifactFormatError as e:
+            raise ArtifactFormatError(f"{path}: {e}" if str(path) not in str(e) else str(e)) from None
+        except Exception as e:  # a damaged file, or one of an older fashionrec (pickle, other layout): rebuild
+            raise ArtifactFormatError(f"{path}: unreadable ({type(e).__name__}: {e})") from None
+        if path.name == "index.npz":
+            index = obj
+        else:
+            models[path.stem] = obj
+    check_artifacts(art, cfg, pre, taggers, proj, neighbours, models, index)
     return pre, taggers, proj, models, index, cfg, neighbours
+
+
+def _bad(path: Path, what: str) -> ArtifactFormatError:
+    return ArtifactFormatError(f"{path}: {what}; it will be rebuilt")
+
+
+def _check_array(path: Path, a, ndim: int, kinds: str, length: int | None = None) -> None:
+    a = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    if a.ndim != ndim or a.dtype.kind not in kinds:
+        raise _bad(path, f"an array of shape {a.shape} and dtype {a.dtype}, expected {ndim}-d of kind '{kinds}'")
+    if length is not None and len(a) != length:
+        raise _bad(path, f"{len(a):,} rows, expected {length:,}")
+
+
+def _check_offsets(path: Path, off, rows: int, total: int) -> None:
+    _check_array(path, off, 1, "iu", rows + 1)
+    if int(off[0]) != 0 or int(off[-1]) != total or (rows and bool((np.diff(off) < 0).any())):
+        raise _bad(path, f"offsets are not 0 .. {total:,} in order")
+
+
+def _check_range(path: Path, a, lo: int, hi: int) -> None:
+    if len(a) and (int(a.min()) < lo or int(a.max()) >= hi):
+        raise _bad(path, f"values from {int(a.min())} to {int(a.max())}, outside {lo} .. {hi - 1}")
+
+
+def _check_sorted_ids(path: Path, ids) -> None:
+    _check_array(path, ids, 1, "S")
+    if len(ids) > 1 and not bool((ids[1:] > ids[:-1]).all()):
+        raise _bad(path, "ids not in sorted order (lookups would miss)")
+
+
+def check_artifacts(art: Path, cfg: dict, pre, taggers, proj, neighbours, models, index) -> None:
+    """Shapes, dtypes, index ranges and agreement between the loaded artifacts: a damaged or mismatched table is
+    an ArtifactFormatError naming its file (rebuilt at start-up), never an IndexError in a request."""
+    t = art / "tables"
+    dim = int(cfg.get("dim", 0))
+    for n, p in pre.items():
+        f = lambda k, n=n: t / f"pre.{n}.{k}.npy"  # noqa: E731
+        _check_sorted_ids(t / "users.npy", p.users)
+        _check_array(f("item_ids"), p.item_ids, 1, "S")
+        _check_array(f("items"), p.items, 1, "iu")
+        _check_offsets(f("offsets"), p.offsets, len(p.users), len(p.items))
+        _check_range(f("items"), p.items, 0, len(p.item_ids))
+        _check_array(f("scores"), p.scores, 1, "f", len(p.items))
+        _check_array(f("because_items"), p.because_items, 1, "iu")
+        _check_offsets(f("because_offsets"), p.because_offsets, len(p.items), len(p.because_items))
+        _check_range(f("because_items"), p.because_items, 0, len(p.item_ids))
+    ids = list(index.ids)
+    try:
+        if index.dim != dim or len(index.categories) != len(ids):
+            raise ValueError(f"dimension {index.dim} for {len(ids):,} ids, the tables say {dim}")
+        if ids:
+            v = index.vector(ids[-1])
+            found, _ = index.search(np.asarray(v, np.float32)[None], min(3, len(ids)))
+            if v.shape != (dim,) or any(i and i not in index for i in found[0]):
+                raise ValueError("a search returned rows it does not hold")
+    except Exception as e:
+        raise _bad(art / "index.npz", f"inconsistent index ({type(e).__name__}: {e})") from None
+    if neighbours is not None:
+        _check_sorted_ids(t / "nb.ids.npy", neighbours.ids)
+        _check_array(t / "nb.rows.npy", neighbours.rows, 2, "iu", len(neighbours.ids))
+        _check_array(t / "nb.scores.npy", neighbours.scores, 2, "f", len(neighbours.ids))
+        if neighbours.scores.shape != neighbours.rows.shape or neighbours.rows.shape[1] < 1:
+            raise _bad(t / "nb.scores.npy", f"shape {neighbours.scores.shape}, rows are {neighbours.rows.shape}")
+        _check_range(t / "nb.rows.npy", neighbours.rows.ravel(), -1, len(neighbours.ids))
+        if len(neighbours.ids) != len(index) or any(
+            i.decode("utf-8", "surrogatepass") not in index for i in neighbours.ids.tolist()
+        ):
+            raise _bad(t / "nb.ids.npy", f"{len(neighbours.ids):,} items, not the {len(index):,} of the index")
+    raw_dim = dim
+    if proj.components is not None or proj.mean is not None:
+        _check_array(t / "proj.components.npy", proj.components, 2, "f", dim)
+        raw_dim = proj.components.shape[1]
+        _check_array(t / "proj.mean.npy", proj.mean, 1, "f", raw_dim)
+    for tg in taggers:
+        f = lambda k, c=tg.column: t / f"tag.{c}.{k}.npy"  # noqa: E731
+        _check_array(f("classes"), tg.classes, 1, "US")
+        _check_array(f("mean"), tg.mean, 1, "f", raw_dim)
+        _check_array(f("scale"), tg.scale, 1, "f", raw_dim)
+        rows = 1 if len(tg.classes) == 2 else len(tg.classes)
+        _check_array(f("coef"), tg.coef, 2, "f", rows)
+        _check_array(f("intercept"), tg.intercept, 1, "f", rows)
+        if tg.coef.shape[1] != raw_dim or not (np.asarray(tg.scale) > 0).all():
+            raise _bad(f("coef"), f"shape {tg.coef.shape} for {raw_dim}-d features, or a scale <= 0")
+    for n, m in models.items():
+        try:
+            data = m.data
+            users = [u for u in data.user_ids[:1]]
+            if users:
+                m.recommend(users[0], 3)
+            if ids and ids[0] in data.item_index:
+                m.recommend_from_history([ids[0]], 3)
+        except Exception as e:
+            raise _bad(art / "models" / f"{n}.npz", f"does not answer ({type(e).__name__}: {e})") from None
 
 
 def _locate(data_dir, workspace, backbone, input_size):
@@ -690,19 +796,17 @@ def ensure_artifacts(
     input_size: int | None = None,
     **_ignored,
 ) -> Path:
-    """Build the serving artifacts unless a complete set of this format exists (only its config is read): what the
-    parent of a multi-worker server does before its workers load them. Returns the artifacts' folder."""
+    """Build the serving artifacts unless a complete, sound set of this format exists (loaded once, memory-mapped,
+    and checked like a worker checks it): what the parent of a multi-worker server does before its workers load
+    them, so that no worker finds a damaged file. Returns the artifacts' folder."""
+    import gc
+
     data_dir, ws, _, _, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
     names = _model_names(default_model)
     try:
-        cfg = read_config(art / "tables", TABLES_KIND, TABLES_VERSION)["config"]
-        files = [art / "index.npz", *(art / "models" / f"{n}.npz" for n in names)]
-        if (
-            [n for n in names if n not in cfg.get("models", [])]
-            or cfg.get("k_precomputed") != k_precomputed
-            or not all(f.is_file() for f in files)
-        ):
-            raise ArtifactFormatError(f"{art}: incomplete for models {names} with top-{k_precomputed}")
+        loaded = _load_artifacts(art, names, k_precomputed, mmap=True)
+        del loaded
+        gc.collect()
     except ArtifactFormatError as e:
         _rebuild(art, data_dir, ws, names, e, progress, index_kind, k_precomputed, backbone, input_size)
     return art
@@ -776,6 +880,18 @@ def build_state(
         state.max_arrivals = max_arrivals
     if max_arrival_bytes is not None:
         state.max_arrival_bytes = max_arrival_bytes
+    customers = np.ascontiguousarray(pre[names[0]].users).tobytes()
+    state.store = ArrivalStore(ws, shop_identity(_catalog_ids(catalog), [customers]), state.data_root)
+    if not writes_allowed:
+        state.write_refusal = (
+            "writes are refused by a server with several workers (each worker holds its own copy "
+            "of the models; a new arrival would reach only one): run it with one worker to add items"
+        )
+    else:
+        state.write_refusal = state.store.writable()
+        if state.write_refusal:
+            state.writes_allowed = False
+            log.warning("new arrivals are refused: %s", state.write_refusal)
     replay_arrivals(state, dim=int(cfg.get("dim", 0)))
     state.rows()
     state.predicted_rows(state.snapshot)
@@ -783,10 +899,20 @@ def build_state(
 
 
 # ------------------------------------------------------------------------------------------- new arrivals
+def _catalog_ids(catalog) -> set[str]:
+    ids = set(catalog.image_paths)
+    meta = getattr(catalog, "metadata", None)
+    if meta is not None and len(meta.index):
+        ids.update(str(i) for i in meta.index)
+    return ids
+
+
 def arrivals_dir(state: ServingState) -> Path:
-    """Arrivals belong to the data folder, not to one version of its files: keyed by the folder's path, so a new
-    customers.csv or transactions file (a new fingerprint, refitted models) keeps the items added through the API."""
-    return state.workspace / "arrivals" / hashlib.sha1(str(state.data_root).encode()).hexdigest()[:12]
+    """The shop's arrivals folder: keyed by the shop's content (catalog and customer ids), not by the data folder's
+    path, so a moved or copied data folder keeps the items added through the API (serving.arrivals)."""
+    if state.store is None:  # a state assembled by hand (tests): nothing persisted
+        return state.workspace / "arrivals" / "unsaved"
+    return state.store.folder
 
 
 def embed_image(state: ServingState, img) -> tuple[np.ndarray, np.ndarray]:
@@ -807,19 +933,25 @@ def embed_upload(state: ServingState, data: bytes, source: str) -> tuple[np.ndar
 def reserve_arrival(state: ServingState, item_id: str, n_bytes: int) -> None:
     """Claim `item_id` for one POST before any slow work: a second POST of the same id gets 409 at once, so exactly
     one of N concurrent duplicates is added (first come, first served; nothing is ever replaced)."""
+    if state.write_refusal:
+        raise WritesRefused(state.write_refusal)
     with state.lock:
         snap = state.snapshot
         if item_id in snap.removed:
             raise Conflict(f"item '{item_id}' was deleted in this run; its id can be reused after a restart")
         if state.known_item(item_id, snap) or item_id in state.pending:
             raise Conflict(f"item '{item_id}' already exists")
+        if state.store is not None and state.store.image_path(item_id).exists():
+            raise Conflict(f"item '{item_id}' already exists (added by another server sharing this workspace)")
         if len(snap.arrivals) + len(state.pending) >= state.max_arrivals:
             raise LimitReached(f"the server holds {state.max_arrivals:,} new arrivals, its limit; delete some first")
         used = sum(int(a.get("bytes", 0)) for a in snap.arrivals.values()) + state.pending_bytes
+        used += state.leftover_bytes
         if used + n_bytes > state.max_arrival_bytes:
             raise StorageFull(
                 f"arrival storage would exceed its {state.max_arrival_bytes:,}-byte cap "
-                f"({used:,} bytes used); delete some arrivals first"
+                f"({used:,} bytes used, {state.leftover_bytes:,} of them by uncommitted uploads in "
+                f"{arrivals_dir(state) / UNCOMMITTED}); delete some arrivals first"
             )
         state.pending.add(item_id)
         state.pending_bytes += n_bytes
@@ -861,53 +993,114 @@ def _commit_arrivals(state: ServingState, new: dict[str, dict]) -> None:
 def add_arrival(
     state: ServingState, item_id: str, data: bytes, metadata: dict, *, persist: bool = True, image=None
 ) -> dict:
-    """Make a new item recommendable at once: every model, the index; persisted (atomically) for restarts.
-    `image`: `data` already decoded (the server decodes an upload once, with its limits)."""
+    """Make a new item recommendable at once: every model, the index; persisted for restarts.
+    `image`: `data` already decoded (the server decodes an upload once, with its limits).
+
+    Write order (the folder locked against other processes): metadata file, image file, registry naming the id (the
+    commit point), vectors, then the in-memory snapshot. A process killed at any step leaves either an arrival the
+    next start replays, or files the next start sweeps into `uncommitted/`."""
     raw, vec = (
         embed_image(state, image) if image is not None else embed_upload(state, data, source=f"upload for {item_id}")
     )
-    img_path = arrivals_dir(state) / f"{item_id}.img"
-    if persist:  # the id is reserved, so no other request writes this file; written before the commit
-        with atomic_path(img_path) as tmp:
-            tmp.write_bytes(data)
-    rec = {"image": str(img_path), "metadata": dict(metadata), "bytes": len(data), "vector": vec}
-    with state.lock:
-        _commit_arrivals(state, {item_id: rec})
-        snap = state.snapshot
-    if persist:
-        _save_registry(state)
+    if not persist:
+        rec = {"image": "", "metadata": dict(metadata), "bytes": len(data), "vector": vec}
+        with state.lock:
+            _commit_arrivals(state, {item_id: rec})
+            snap = state.snapshot
+        return state.item_info(item_id, snap)
+    store = state.store
+    rec = {"image": str(store.image_path(item_id)), "metadata": dict(metadata), "bytes": len(data), "vector": vec}
+    with state.persist_lock, store.locked():
+        try:
+            store.write_files(item_id, data, rec["metadata"])
+            snap = state.snapshot
+            _persist(state, {**snap.arrivals, item_id: rec}, snap.removed)
+        except OSError as e:
+            store.remove_files(item_id)
+            raise StorageError(f"could not store new arrival '{item_id}' in {store.folder}: {e}") from None
+        fault_point("commit")
+        with state.lock:
+            _commit_arrivals(state, {item_id: rec})
+            snap = state.snapshot
     return state.item_info(item_id, snap)
 
 
-def _save_registry(state: ServingState) -> None:
-    # The snapshot is read under persist_lock, so the last files written always hold every committed arrival.
-    # Vectors are saved beside the registry (keyed by the artifacts' fingerprint): a restart replays arrivals
-    # without the backbone.
-    with state.persist_lock:
-        snap = state.snapshot
-        folder = arrivals_dir(state)
-        ids = list(snap.arrivals)
-        if ids:
-            save_arrays(
-                folder / "vectors",
-                ARRIVALS_KIND,
-                1,
-                {
-                    "ids": np.array(ids, dtype=str),
-                    "vectors": np.stack([snap.arrivals[i]["vector"] for i in ids]).astype(np.float32),
-                },
-                {"fingerprint": state.fingerprint},
-            )
-        write_json(
-            folder / "arrivals.json",
-            {k: {kk: vv for kk, vv in v.items() if kk != "vector"} for k, v in snap.arrivals.items()},
-        )
+def _persist(state: ServingState, arrivals: Mapping[str, dict], removed) -> None:
+    """Write the registry and vectors naming `arrivals`, plus arrivals another process sharing this workspace
+    committed (in the registry on disk, not in this process's snapshot, not deleted here). Caller holds
+    `state.persist_lock` and `state.store.locked()`."""
+    store = state.store
+    _, disk = store.read_registry()
+    rows = {i: {"metadata": r.get("metadata") or {}, "bytes": int(r.get("bytes", 0))} for i, r in arrivals.items()}
+    others = [i for i in disk if i not in rows and i not in removed and store.image_path(i).is_file()]
+    rows.update({i: disk[i] for i in others})
+    store.write_registry(rows)
+    vectors = {i: r["vector"] for i, r in arrivals.items() if r.get("vector") is not None}
+    if others:
+        saved = _saved_vectors(state)
+        vectors.update({i: saved[i] for i in others if i in saved})
+    _save_vectors(state, vectors)
+    fault_point("vectors")
+
+
+def _model_key(state: ServingState) -> str:
+    """What the arrivals' vectors depend on: the backbone, its input size and the projection (not the data
+    folder's path or file times, which key the artifacts)."""
+    h = hashlib.sha1(f"{state.backbone_name}|{state.input_size}".encode())
+    for a in (state.projection.mean, state.projection.components):
+        if a is not None:
+            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _save_vectors(state: ServingState, vectors: Mapping[str, np.ndarray]) -> None:
+    ids = list(vectors)
+    folder = arrivals_dir(state) / "vectors"
+    if not ids:
+        if folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # derived data: rebuilt from the images
+        return
+    save_arrays(
+        folder,
+        ARRIVALS_KIND,
+        1,
+        {"ids": np.array(ids, dtype=str), "vectors": np.stack([vectors[i] for i in ids]).astype(np.float32)},
+        {"fingerprint": state.fingerprint, "model_key": _model_key(state)},
+    )
+
+
+def _saved_vectors(state: ServingState, dim: int = 0) -> dict[str, np.ndarray]:
+    """The saved arrival vectors that fit these artifacts ({} when none, damaged or computed for another model:
+    the images are embedded again)."""
+    folder = arrivals_dir(state) / "vectors"
+    try:
+        arrays, cfg = load_arrays(folder, ARRIVALS_KIND, 1)
+        ids, vecs = arrays["ids"], arrays["vectors"]
+        if cfg.get("fingerprint") != state.fingerprint and cfg.get("model_key") != _model_key(state):
+            log.info("%s: computed for another model; embedding the arrivals' images again", folder)
+            return {}
+        if ids.ndim != 1 or vecs.ndim != 2 or len(ids) != len(vecs) or vecs.dtype.kind != "f":
+            raise ArtifactFormatError(f"{folder}: {len(ids)} ids for vectors of shape {vecs.shape} ({vecs.dtype})")
+        if dim and vecs.shape[1] != dim:
+            raise ArtifactFormatError(f"{folder}: vectors of dimension {vecs.shape[1]}, the models use {dim}")
+        if not np.isfinite(vecs).all():
+            raise ArtifactFormatError(f"{folder}: vectors hold NaN or infinity")
+    except ArtifactFormatError as e:
+        if folder.exists():
+            log.warning("arrival vectors not reused (%s); embedding the images again", e)
+        return {}
+    except KeyError as e:
+        log.warning("arrival vectors not reused (%s: no array %s); embedding the images again", folder, e)
+        return {}
+    return {str(i): np.asarray(v, np.float32) for i, v in zip(ids.tolist(), vecs)}
 
 
 def remove_arrival(state: ServingState, item_id: str) -> None:
-    """DELETE /items/{id}: an arrival leaves the index, every answer and the registry (its image file is deleted).
+    """DELETE /items/{id}: an arrival leaves the index, every answer and the registry (its files are deleted).
     The fitted models keep a column for it until a restart, so its id is not reusable before then."""
-    with state.lock:
+    if state.write_refusal:
+        raise WritesRefused(state.write_refusal)
+    with state.persist_lock, state.store.locked():
         snap = state.snapshot
         if item_id not in snap.arrivals:
             if state.known_item(item_id, snap):
@@ -917,53 +1110,95 @@ def remove_arrival(state: ServingState, item_id: str) -> None:
             raise NotFound(f"unknown item '{item_id}'")
         rec = snap.arrivals[item_id]
         arrivals = {k: v for k, v in snap.arrivals.items() if k != item_id}
-        index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
-        state.snapshot = replace(
-            snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id}, version=snap.version + 1
-        )
-    _save_registry(state)
-    Path(rec["image"]).unlink(missing_ok=True)
+        try:
+            _persist(state, arrivals, snap.removed | {item_id})
+        except OSError as e:
+            raise StorageError(f"could not update the arrivals registry in {state.store.folder}: {e}") from None
+        with state.lock:
+            snap = state.snapshot  # writers are serialised by persist_lock: only readers ran meanwhile
+            index = LayeredIndex(snap.index.base, _arrivals_index(len(rec["vector"]), arrivals))
+            state.snapshot = replace(
+                snap, index=index, arrivals=arrivals, removed=snap.removed | {item_id}, version=snap.version + 1
+            )
+        state.store.remove_files(item_id)
 
 
 def replay_arrivals(state: ServingState, dim: int = 0) -> None:
-    """Restore the arrivals posted in earlier runs, in one snapshot. Their vectors come from the saved vectors
-    when those were computed for these artifacts; otherwise the images are embedded again (needs the backbone)."""
-    folder = arrivals_dir(state)
-    registry = folder / "arrivals.json"
-    if not registry.exists():
-        legacy = [p.parent for p in (state.workspace / "arrivals").glob("*/arrivals.json") if p.parent != folder]
-        if legacy:  # before issue 14 the folder was keyed by the data's fingerprint, which has changed since
-            log.warning(
-                "arrivals registered by an older fashionrec are not replayed: %s; post them again "
-                "(their images are kept there)",
-                ", ".join(str(p) for p in legacy[:3]),
+    """Restore the arrivals posted in earlier runs, in one snapshot (see serving.arrivals for the folder): the
+    registry read and checked (a damaged one set aside and rebuilt from the files), registries of this shop under
+    another key migrated, leftovers of a killed writer swept. Vectors come from the saved vectors when they fit;
+    otherwise the images are embedded again (needs the backbone). Never raises for a damaged file."""
+    from fashionrec import __version__
+
+    store = state.store
+    adopted: list[Path] = []
+    with store.locked():
+        # a server that cannot write (several workers, read-only workspace) changes nothing on disk: a damaged
+        # registry is recovered in memory and left for a writing server to set aside
+        header, rows = store.read_registry(set_aside=state.write_refusal is None)
+        changed = False
+        if header is None and state.write_refusal is None:
+            for reg in store.candidates():
+                try:
+                    got = store.adopt(reg, rows)
+                except (OSError, ValueError) as e:
+                    log.warning("arrivals of %s not migrated: %s", reg, e)
+                    continue
+                rows.update(got)
+                adopted.append(reg)
+                log.warning("migrated %d new arrival(s) from %s into %s", len(got), reg, store.folder)
+            changed = bool(adopted)
+        elif header.get("recovered"):
+            changed = True
+        elif header.get("format") != REGISTRY_FORMAT or header.get("fashionrec") != __version__:
+            log.info(
+                "arrivals registry %s was written by fashionrec %s (format %s): migrated",
+                store.registry,
+                header.get("fashionrec", "0.1"),
+                header.get("format"),
             )
-        return
-    saved = json.loads(registry.read_text())
-    vectors = {}
-    try:
-        arrays, cfg = load_arrays(folder / "vectors", ARRIVALS_KIND, 1)
-        if cfg.get("fingerprint") == state.fingerprint:
-            vectors = {str(i): v for i, v in zip(arrays["ids"], arrays["vectors"])}
-    except ArtifactFormatError as e:
-        log.info("arrival vectors not reused (%s); embedding the images again", e)
-    new = {}
-    for item_id, rec in saved.items():
-        try:
-            if state.known_item(item_id):
-                log.warning("new arrival %s is now in the catalog; the catalog's row is used", item_id)
-                continue
-            vec = vectors.get(item_id)
-            if vec is None or (dim and len(vec) != dim):
-                vec = embed_upload(state, Path(rec["image"]).read_bytes(), source=rec["image"])[1]
-            new[item_id] = {
-                "image": rec["image"],
-                "metadata": rec.get("metadata") or {},
-                "bytes": int(rec.get("bytes", 0)),
-                "vector": np.asarray(vec, np.float32),
-            }
-        except Exception as e:  # one bad arrival must not stop the server
-            log.warning("could not restore new arrival %s: %s", item_id, e)
+            changed = True
+        for item_id in [i for i in rows if not store.image_path(i).is_file()]:
+            log.warning("new arrival %s: its image %s is missing; not restored", item_id, store.image_path(item_id))
+            del rows[item_id]
+            changed = True
+        if state.write_refusal is None:
+            state.leftover_bytes = store.sweep(set(rows))
+            if changed:
+                try:
+                    store.write_registry(rows)
+                    for reg in adopted:
+                        store.retire(reg)
+                except OSError as e:
+                    log.warning("could not rewrite %s: %s", store.registry, e)
+        else:
+            state.leftover_bytes = store.uncommitted_bytes()
+        vectors = _saved_vectors(state, dim)
+        new = {}
+        embedded = 0
+        for item_id, rec in rows.items():
+            try:
+                if state.known_item(item_id):
+                    log.warning("new arrival %s is now in the catalog; the catalog's row is used", item_id)
+                    continue
+                img = store.image_path(item_id)
+                vec = vectors.get(item_id)
+                if vec is None or (dim and len(vec) != dim):
+                    vec = embed_upload(state, img.read_bytes(), source=str(img))[1]
+                    embedded += 1
+                new[item_id] = {
+                    "image": str(img),
+                    "metadata": rec.get("metadata") or {},
+                    "bytes": int(rec.get("bytes", 0)),
+                    "vector": np.asarray(vec, np.float32),
+                }
+            except Exception as e:  # one bad arrival must not stop the server; its files stay where they are
+                log.warning("could not restore new arrival %s: %s", item_id, e)
+        if (embedded or changed) and state.write_refusal is None:
+            try:
+                _save_vectors(state, {i: r["vector"] for i, r in new.items()})
+            except OSError as e:
+                log.warning("could not save the arrivals' vectors: %s", e)
     if new:
         with state.lock:
             _commit_arrivals(state, new)

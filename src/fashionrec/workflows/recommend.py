@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import tempfile
 import time
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +17,9 @@ from fashionrec.artifacts.registry import AUTO
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.errors import FashionrecError
 from fashionrec.workflows.shop import IMAGE_MODELS, Shop, fit_recommender, load_shop, rec_data
+
+log = logging.getLogger(__name__)
+MAX_CUSTOMER_ID_CHARS = 256  # H&M's ids are 64 hex characters
 
 #: The evaluation also embeds images for `content`: its attributes for never-sold items are predicted from photos.
 EVALUATION_IMAGE_MODELS = IMAGE_MODELS | {"content"}
@@ -26,17 +33,94 @@ def _workspace(workspace) -> Path:
 
 
 def read_users(path: str | Path) -> list[str]:
-    """Customer ids from a CSV/Parquet (column customer_id, else the first) or a text file (one per line)."""
+    """Customer ids from a CSV/Parquet (column customer_id, else the first) or a text file (one per line). An id
+    with a control character (a newline inside a quoted CSV field) or over MAX_CUSTOMER_ID_CHARS characters is a
+    FashionrecError naming the file and row: it would break the output file's rows."""
     from fashionrec.data.catalog import read_table
 
     p = Path(path)
     if p.suffix.lower() in {".csv", ".parquet"}:
         df = read_table(p, dtype=str)
         col = "customer_id" if "customer_id" in df.columns else df.columns[0]
-        return df[col].dropna().astype(str).drop_duplicates().tolist()
+        ids = df[col].dropna().astype(str)
+        for row, u in zip(ids.index.tolist(), ids.tolist()):
+            _check_customer_id(u, f"{p}: row {int(row) + 2}, column {col}")
+        return ids.drop_duplicates().tolist()
     if not p.exists():
         raise FashionrecError(f"{p}: users file not found")
-    return [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    with open(p, encoding="utf-8", newline="") as f:  # lines end at \n only: U+0085 or U+2028 stay in the id
+        lines = f.read().split("\n")
+    out = []
+    for n, line in enumerate(lines, 1):
+        u = line.strip(" \t\r")
+        if u:
+            _check_customer_id(u, f"{p}: line {n}")
+            out.append(u)
+    return out
+
+
+def customer_id_problem(u: str) -> str | None:
+    """Why `u` cannot be written as a customer id (a control or format character, or too long), else None."""
+    if len(u) > MAX_CUSTOMER_ID_CHARS:
+        return f"is {len(u):,} characters long (at most {MAX_CUSTOMER_ID_CHARS})"
+    bad = next((c for c in u if unicodedata.category(c) in ("Cc", "Cf")), None)
+    if bad is not None:
+        return f"contains the control character U+{ord(bad):04X}"
+    return None
+
+
+def _check_customer_id(u: str, where: str) -> None:
+    why = customer_id_problem(u)
+    if why:
+        raise FashionrecError(f"{where}: customer id {u[:40]!r}{'...' if len(u) > 40 else ''} {why}")
+
+
+def check_output_path(out: str | Path) -> Path:
+    """`out` must be a file name in a folder that can be written: a folder, a missing parent that cannot be
+    created, or a read-only place is a FashionrecError naming it, before any slow work."""
+    out = Path(out)
+    if out.is_dir():
+        raise FashionrecError(f"{out}: is a directory; --out takes a file name (e.g. {out / 'submission.csv'})")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise FashionrecError(f"{out}: cannot write there ({e.strerror or e})") from None
+    if out.exists() and not os.access(out, os.W_OK):
+        raise FashionrecError(f"{out}: exists and is not writable")
+    return out
+
+
+def _checked_users(shop: Shop, users: list[str] | None) -> list[str]:
+    """Everyone (ids the output cannot hold skipped, with a warning), or the given ids (unknown ones warned
+    about: they get the most popular items)."""
+    if users is None:
+        users = everyone(shop)
+        bad = [u for u in users if customer_id_problem(u)]
+        if bad:
+            log.warning(
+                "%d customer id(s) of the data skipped: %s (e.g. %r...)",
+                len(bad),
+                customer_id_problem(bad[0]),
+                bad[0][:40],
+            )
+            skip = set(bad)
+            users = [u for u in users if u not in skip]
+        return users
+    known = set(shop.customers) | set(shop.interactions.events["user"].unique().tolist())
+    unknown = [u for u in users if u not in known]
+    if unknown:
+        log.warning(
+            "%d of the %d customer ids given are not in the data (%s%s); they get the most popular items",
+            len(unknown),
+            len(users),
+            ", ".join(repr(u) for u in unknown[:5]),
+            ", ..." if len(unknown) > 5 else "",
+        )
+    return users
 
 
 def read_items(path: str | Path) -> list[str]:
@@ -128,6 +212,10 @@ def recommend_all(
 
         require("distributed", "ray", what=f"--workers {workers} shards the customers over Ray")
     t0 = time.time()
+    out = check_output_path(out)
+    if users is not None:
+        for n, u in enumerate(users, 1):
+            _check_customer_id(u, f"customer id #{n}")
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
     shop = load_shop(
@@ -142,20 +230,23 @@ def recommend_all(
     t_load = time.time() - t0
     fitted = fit_recommender(shop, name, cache_dir=workspace)
     t_fit = time.time() - t0 - t_load
-    users = everyone(shop) if users is None else users
+    users = _checked_users(shop, users)
     workers = local_if_no_ray(workers, len(users))
     t1 = time.time()
-    path = batch_recommend_all(
-        fitted,
-        users,
-        k,
-        out,
-        block_size=block_size,
-        progress=progress,
-        workers=workers,
-        address=ray_address,
-        items=items,
-    )
+    try:
+        path = batch_recommend_all(
+            fitted,
+            users,
+            k,
+            out,
+            block_size=block_size,
+            progress=progress,
+            workers=workers,
+            address=ray_address,
+            items=items,
+        )
+    except OSError as e:
+        raise FashionrecError(f"{out}: could not write the recommendations ({e.strerror or e})") from None
     return Submission(
         path,
         len(users),

@@ -39,6 +39,8 @@ def serve_shop(
     max_arrivals: int | None = None,
     max_arrival_mb: float | None = None,
     workers: int = 1,
+    body_timeout: float | None = None,
+    max_uploads_per_client: int | None = None,
 ) -> None:
     """Load the serving artifacts (building what is missing, with progress), then serve until interrupted.
 
@@ -78,4 +80,6 @@ def serve_shop(
         write_token=token,
         max_arrivals=max_arrivals,
         max_arrival_mb=max_arrival_mb,
+        body_timeout=body_timeout,
+        max_uploads_per_client=max_uploads_per_client,
     )
