@@ -66,9 +66,23 @@ def train_cornac(model, matrix, features: np.ndarray, seed: int):
     item_cols = np.fromiter(train.iid_map.keys(), dtype=np.int64, count=len(train.iid_map))
     assert list(train.iid_map.values()) == list(range(len(item_cols)))
     train.add_modalities(item_image=ImageModality(features=np.ascontiguousarray(features[item_cols], np.float32)))
-    with contextlib.redirect_stdout(io.StringIO()):  # Cornac prints "Optimization finished!"
+    with contextlib.redirect_stdout(io.StringIO()), _one_torch_thread():  # Cornac prints "Optimization finished!"
         model.fit(train)
     return model, user_rows, item_cols
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """Cornac's training steps are tiny (a batch of 100 x 256 features times 256 x 10): intra-op threads cost more
+    than they give (an epoch on the H&M sample took 33 s with torch's 2 threads on 2 busy cores, 2.9 s with one)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _CornacVisual(Recommender):
