@@ -253,8 +253,9 @@ class _CornacVisual(Recommender):
 class VBPR(_CornacVisual):
     """Visual Bayesian Personalized Ranking (He & McAuley 2016), trained by Cornac (`cornac.models.VBPR`).
 
-    k: collaborative factors gamma; k2: visual factors theta (E maps the image vector to k2 dims). Defaults sized for
-    a log of tens of thousands of purchases (the H&M sample: about a minute on 2 cores)."""
+    k: collaborative factors gamma; k2: visual factors theta (E maps the image vector to k2 dims). Defaults (Cornac's,
+    with 30 epochs instead of 50) sized for a log of tens of thousands of purchases: the H&M sample's 25k
+    customer-item pairs fit in 24 s on 2 busy cores (benchmarks/peers_fit.py)."""
 
     def _cornac_model(self):
         models, _, _ = _cornac()
@@ -287,12 +288,16 @@ class VBPR(_CornacVisual):
 class AMR(_CornacVisual):
     """Adversarial Multimedia Recommendation (Tang et al. 2020), trained by Cornac (`cornac.models.AMR`): VBPR's
     matching score gamma_u . (gamma_i + E^T f_i), learned with adversarial perturbations of the image features.
-    k2 is not used (the visual embedding has k dims, like gamma); lambda_b neither (AMR has no bias)."""
+    k2 is not used (the visual embedding has k dims, like gamma); lambda_b neither (AMR has no bias).
+
+    Larger batches than VBPR by default: Cornac's AMR differentiates through the whole training feature matrix, so
+    each step costs a dense gradient of it (an H&M epoch: 6.6 s in batches of 100, 1.7 s in batches of 1000);
+    batches of 500 with a doubled learning rate keep the fit near a minute (H&M sample: 58 s on 2 busy cores)."""
 
     tied = True
 
-    def __init__(self, *args, lambda_adv: float = 1.0, **kw):
-        super().__init__(*args, **kw)
+    def __init__(self, *, batch_size: int = 500, learning_rate: float = 0.01, lambda_adv: float = 1.0, **kw):
+        super().__init__(batch_size=batch_size, learning_rate=learning_rate, **kw)
         if lambda_adv < 0:
             raise ValueError("lambda_adv must be non-negative")
         self.lambda_adv = lambda_adv
