@@ -175,11 +175,16 @@ class _CornacVisual(Recommender):
         j = self.data.user_index.get(user) if user is not None else None
         if j is not None and j < len(self.user_known) and self.user_known[j]:
             return self.gamma_user[j] if self.tied else np.concatenate([self.gamma_user[j], self.theta_user[j]])
-        h = np.asarray(hist_idx, dtype=np.int64)[-self.max_history :]
-        h = np.unique(h[self.scorable[h]]) if len(h) else h
+        h = self._known_items(hist_idx)
         if not len(h):
             return None
         return self.fold_in(h)
+
+    def _known_items(self, hist_idx) -> np.ndarray:
+        """The distinct items of the last `max_history` history entries that the model can score."""
+        h = np.asarray(hist_idx, dtype=np.int64)[-self.max_history :]
+        h = h[h < len(self.scorable)]
+        return np.unique(h[self.scorable[h]])
 
     def fold_in(self, positives: np.ndarray) -> np.ndarray:
         """argmax_q mean_{i in positives, j in negatives} log sigmoid(x_i - x_j) - lambda_w / 2 |q|^2 (concave)."""
@@ -221,8 +226,7 @@ class _CornacVisual(Recommender):
         """The history item most like `item` (cosine of their item vectors)."""
         if item in set(hist_idx.tolist()):
             return [self.data.item_ids[item]]
-        h = np.asarray(hist_idx, dtype=np.int64)[-self.max_history :]
-        h = h[self.scorable[h]] if len(h) else h
+        h = self._known_items(hist_idx)
         if not len(h) or item >= len(self.scorable) or not self.scorable[item]:
             return []
         A = self._item_matrix()
