@@ -7,7 +7,7 @@ visual (image embeddings), hybrid (a ranker learned on purchases over all of the
 built-in plug-ins, whose `@register_recommender` fills the table (timm's shape).
 """
 
-from fashionrec.recommend import baselines, content, hybrid, taste  # noqa: F401,E402  (plug-ins register themselves)
+from fashionrec.recommend import baselines, content, hybrid, peers, taste  # noqa: F401,E402  (plug-ins register themselves)
 from fashionrec.recommend.base import (
     Rec,
     RecData,
