@@ -258,7 +258,7 @@ class VBPR(_CornacVisual):
 
     k: collaborative factors gamma; k2: visual factors theta (E maps the image vector to k2 dims). Defaults (Cornac's,
     with 30 epochs instead of 50) sized for a log of tens of thousands of purchases: the H&M sample's 25k
-    customer-item pairs fit in 24 s on 2 busy cores (benchmarks/peers_fit.py)."""
+    customer-item pairs fit in 24-40 s on 2 cores shared with other jobs (benchmarks/peers_fit.py)."""
 
     def _cornac_model(self):
         models, _, _ = _cornac()
@@ -295,7 +295,7 @@ class AMR(_CornacVisual):
 
     Larger batches than VBPR by default: Cornac's AMR differentiates through the whole training feature matrix, so
     each step costs a dense gradient of it (an H&M epoch: 6.6 s in batches of 100, 1.7 s in batches of 1000);
-    batches of 500 with a doubled learning rate keep the fit near a minute (H&M sample: 58 s on 2 busy cores)."""
+    batches of 500 with a doubled learning rate keep the fit near a minute (H&M sample: 58-78 s on 2 shared cores)."""
 
     tied = True
 
