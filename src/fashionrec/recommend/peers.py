@@ -163,11 +163,11 @@ class _CornacVisual(Recommender):
 
     # --- scoring
 
-    def _item_matrix(self) -> np.ndarray:
+    def _item_matrix(self, rows=slice(None)) -> np.ndarray:
         """Item side of the bilinear score: x_i = item_bias_i + item_matrix_i . q for a user vector q."""
         if self.tied:
-            return self.gamma_item + self.theta_item
-        return np.hstack([self.gamma_item, self.theta_item])
+            return self.gamma_item[rows] + self.theta_item[rows]
+        return np.hstack([self.gamma_item[rows], self.theta_item[rows]])
 
     def user_vector(self, hist_idx, user=None) -> np.ndarray | None:
         """The learned vector of a customer of the training log; else one folded in from the history; None when
@@ -191,12 +191,11 @@ class _CornacVisual(Recommender):
         from scipy.optimize import minimize
         from scipy.special import expit, log_expit
 
-        A = self._item_matrix().astype(np.float64)
-        b = self.item_bias.astype(np.float64)
         negs = self.negatives[~np.isin(self.negatives, positives)]
         if not len(negs):
             negs = self.negatives
-        Ap, An, bp, bn = A[positives], A[negs], b[positives], b[negs]
+        Ap, An = (self._item_matrix(r).astype(np.float64) for r in (positives, negs))
+        bp, bn = (self.item_bias[r].astype(np.float64) for r in (positives, negs))
         lam = self.lambda_w
         count = len(positives) * len(negs)
 
@@ -206,7 +205,7 @@ class _CornacVisual(Recommender):
             grad = Ap.T @ w.sum(1) - An.T @ w.sum(0)
             return -log_expit(d).sum() / count + 0.5 * lam * q @ q, -grad + lam * q
 
-        res = minimize(loss, np.zeros(A.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 200})
+        res = minimize(loss, np.zeros(Ap.shape[1]), jac=True, method="L-BFGS-B", options={"maxiter": 200})
         return res.x.astype(np.float32)
 
     def scores(self, hist_idx, hist_ts, user=None):
@@ -229,9 +228,9 @@ class _CornacVisual(Recommender):
         h = self._known_items(hist_idx)
         if not len(h) or item >= len(self.scorable) or not self.scorable[item]:
             return []
-        A = self._item_matrix()
-        v = A[item] / max(np.linalg.norm(A[item]), 1e-12)
-        H = A[h] / np.maximum(np.linalg.norm(A[h], axis=1, keepdims=True), 1e-12)
+        v, H = self._item_matrix(item), self._item_matrix(h)
+        v = v / max(np.linalg.norm(v), 1e-12)
+        H = H / np.maximum(np.linalg.norm(H, axis=1, keepdims=True), 1e-12)
         return [self.data.item_ids[h[np.argmax(H @ v)]]]
 
     def add_items(self, ids, vectors=None, metadata=None):
@@ -259,7 +258,7 @@ class VBPR(_CornacVisual):
 
     k: collaborative factors gamma; k2: visual factors theta (E maps the image vector to k2 dims). Defaults (Cornac's,
     with 30 epochs instead of 50) sized for a log of tens of thousands of purchases: the H&M sample's 25k
-    customer-item pairs fit in 24 s on 2 busy cores (benchmarks/peers_fit.py)."""
+    customer-item pairs fit in 24-40 s on 2 cores shared with other jobs (benchmarks/peers_fit.py)."""
 
     def _cornac_model(self):
         models, _, _ = _cornac()
@@ -296,7 +295,7 @@ class AMR(_CornacVisual):
 
     Larger batches than VBPR by default: Cornac's AMR differentiates through the whole training feature matrix, so
     each step costs a dense gradient of it (an H&M epoch: 6.6 s in batches of 100, 1.7 s in batches of 1000);
-    batches of 500 with a doubled learning rate keep the fit near a minute (H&M sample: 58 s on 2 busy cores)."""
+    batches of 500 with a doubled learning rate keep the fit near a minute (H&M sample: 58-78 s on 2 shared cores)."""
 
     tied = True
 
