@@ -85,6 +85,9 @@ def test_page_shows_item_customer_and_upload(page_server):
         resp = page.goto(url + "/")
         assert "script-src 'self'" in resp.headers["content-security-policy"]
         page.wait_for_selector("body[data-ready='1']", timeout=20000)
+        # the page opens on a customer: their purchases and recommendations, before anything is clicked
+        page.wait_for_selector("#recs .card img", timeout=20000)
+        assert page.locator("#history .card").count() >= 1
         # a customer: history and recommendations with "because you bought"
         page.click("#user-go")
         page.wait_for_selector("#recs .card img", timeout=20000)
@@ -92,6 +95,9 @@ def test_page_shows_item_customer_and_upload(page_server):
         assert page.locator("#history .card").count() >= 1
         assert page.locator("#recs .because").first.inner_text().startswith(("because you bought", "popular now"))
         assert "because you bought" in page.locator("#recs").inner_text()
+        if real:  # the slice holds catalog articles nobody bought: "new in for you" shows them
+            page.wait_for_selector("#new-in .card img", timeout=20000)
+            assert 1 <= page.locator("#new-in .card").count() <= 12
         # an item: its image and a grid of similar items
         first_id = page.locator("#history .card").first.get_attribute("data-id")
         page.fill("#item-q", first_id)

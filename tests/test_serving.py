@@ -71,6 +71,33 @@ def test_history_at_query_time(server):
     assert sum(it["category"] == "Shoes" for it in r.json()["items"]) >= 4
 
 
+def test_history_at_query_time_restricted_to_items(server):
+    """`items` in the body: only those are ranked (every one of them, by the model), unknown ids are a 422."""
+    url, ids, _ = server
+    only = [ids[1], ids[2], ids[22], ids[23], ids[24]]
+    r = httpx.post(f"{url}/recommendations", json={"history": [ids[20], ids[21]], "k": 10, "items": only})
+    assert r.status_code == 200, r.text
+    got = [it["id"] for it in r.json()["items"]]
+    assert set(got) == set(only)  # k above the list: all of them, nothing else
+    assert set(got[:3]) == {ids[22], ids[23], ids[24]}  # a shoe buyer: the shoes first
+    bad = httpx.post(f"{url}/recommendations", json={"history": [ids[20]], "items": [ids[1], "nope"]})
+    assert bad.status_code == 422 and "nope" in bad.text
+
+
+def test_new_in_for_a_customer(server):
+    """GET /users/{id}/new-in ranks only items nobody has bought, for that customer; unknown customers are a 404."""
+    url, ids, users = server
+    r = httpx.get(f"{url}/users/{users[0]}/new-in", params={"k": 12})
+    assert r.status_code == 200, r.text
+    bought = set()
+    for u in users:
+        bought |= {h["id"] for h in httpx.get(f"{url}/users/{u}", params={"limit": 500}).json()["history"]}
+    got = [it["id"] for it in r.json()["items"]]
+    assert set(got) <= set(ids) - bought
+    assert len(got) == min(12, len(set(ids) - bought))
+    assert httpx.get(f"{url}/users/nobody/new-in").status_code == 404
+
+
 def test_image_search_tags_and_similar(server):
     url, _, _ = server
     r = httpx.post(f"{url}/search/image", files={"file": ("top.jpg", _jpeg(), "image/jpeg")}, params={"k": 5})

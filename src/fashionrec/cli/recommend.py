@@ -8,7 +8,7 @@ import sys
 from fashionrec.cli import common
 from fashionrec.config import DEFAULT_MODEL
 
-ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,taste,hybrid"
+ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,vbpr,amr,taste,hybrid"
 
 
 def cmd_recommend(args) -> int:

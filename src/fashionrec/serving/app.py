@@ -121,6 +121,9 @@ class HistoryIn(BaseModel):
     k: int = Field(12, ge=1, le=100)
     model: Annotated[str, StringConstraints(max_length=64)] | None = None
     exclude_bought: bool = False
+    items: list[ItemId] | None = Field(
+        None, max_length=20000, description="rank only these item ids (a 'new in' list); default: the whole catalog"
+    )
 
 
 class Tag(BaseModel):
@@ -558,6 +561,41 @@ async def get_recs(
     return json_response({"user": user_id, "model": name, "items": items_json(state, snap, recs, k)})
 
 
+@router.get("/users/{user_id}/new-in", response_model=RecommendationsOut, responses=_responses(404, 422))
+async def get_new_in(
+    user_id: str, state: State, k: int = Query(12, ge=1, le=100), model: str | None = Query(None, max_length=64)
+):
+    """New in for this customer: the photos nobody has bought yet (new arrivals included), ranked by the model for
+    them (the default model reads their taste from photos: `recommend.taste`)."""
+    snap = state.snapshot
+    name = model_name(state, snap, model)
+    if user_id not in state.precomputed[name]:
+        raise NotFound(f"unknown customer '{user_id}'")
+
+    def rank():
+        m = snap.models[name]
+        sold = np.zeros(m.data.n_items, dtype=bool)
+        sold[: m.data.matrix.shape[1]] = m.data.matrix.getnnz(axis=0) > 0
+        photos = state.catalog.image_paths
+        pool = np.array(
+            [
+                j
+                for j in np.flatnonzero(~sold)
+                if (m.data.item_ids[j] in photos or m.data.item_ids[j] in snap.arrivals)
+                and m.data.item_ids[j] not in snap.removed
+            ],
+            dtype=np.int64,
+        )
+        if not len(pool):
+            return []
+        s = m.score_items([user_id], pool)[0]
+        order = np.lexsort((pool, -s))
+        return [(m.data.item_ids[pool[o]], float(s[o]), []) for o in order[:k] if np.isfinite(s[o])]
+
+    recs = await run_in_threadpool(rank)
+    return json_response({"user": user_id, "model": name, "items": items_json(state, snap, recs, k)})
+
+
 @router.post("/recommendations", response_model=RecommendationsOut, responses=_responses(400, 413, 422))
 def post_recs(body: HistoryIn, state: State):
     snap = state.snapshot
@@ -565,8 +603,14 @@ def post_recs(body: HistoryIn, state: State):
     unknown = [i for i in body.history if not state.known_item(i, snap)]
     if unknown:
         raise InvalidInput(f"unknown item id(s) in history: {unknown[:5]}")
+    only = None
+    if body.items is not None:
+        bad = [i for i in body.items if not state.known_item(i, snap) or i in snap.removed]
+        if bad:
+            raise InvalidInput(f"unknown item id(s) in items: {bad[:5]}")
+        only = body.items
     recs = snap.models[name].recommend_from_history(
-        body.history, body.k + len(snap.removed), exclude_bought=body.exclude_bought
+        body.history, body.k + len(snap.removed), exclude_bought=body.exclude_bought, only=only
     )
     return json_response(
         {

@@ -25,7 +25,7 @@ from fashionrec.recommend.base import ItemFeatures, RecData
 
 log = logging.getLogger(__name__)
 #: Recommenders that need image features (load_shop(..., with_images=True)).
-IMAGE_MODELS = frozenset({"visual", "hybrid", "taste"})
+IMAGE_MODELS = frozenset({"visual", "hybrid", "taste", "vbpr", "amr"})
 MODEL_CACHE_VERSION = 4  # bump when a recommender's fitted state changes shape or meaning
 
 

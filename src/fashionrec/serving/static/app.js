@@ -42,6 +42,9 @@ async function showUser() {
     const r = await api(`/users/${encodeURIComponent(u)}/recommendations?k=12&model=${encodeURIComponent(m)}`);
     $("recs").innerHTML = r.items.map((it) => card(it, it.because.length ? `<div class="because">because you bought ${esc(it.because.join(", "))}</div>` : `<div class="because">popular now</div>`)).join("");
     bindCards($("history")); bindCards($("recs"));
+    const n = await api(`/users/${encodeURIComponent(u)}/new-in?k=12&model=${encodeURIComponent(m)}`);
+    $("new-in").innerHTML = n.items.length ? n.items.map((it) => card(it, `<div class="because">not sold yet</div>`)).join("") : "<i>nothing new</i>";
+    bindCards($("new-in"));
   } catch (e) { $("user-msg").textContent = e.message; }
 }
 $("user-go").onclick = showUser;
@@ -65,5 +68,6 @@ $("upload-go").onclick = async () => {
     const cs = await api("/customers?limit=50");
     $("user-select").innerHTML = cs.map((c) => `<option value="${esc(c.id)}">${esc(c.id.slice(0, 12))}… (${c.purchases})</option>`).join("");
     document.body.dataset.ready = "1";
+    if (cs.length) await showUser();  // the page opens on a customer: purchases, recommendations, new in
   } catch (e) { $("health").textContent = "API error: " + e.message; }
 })();
