@@ -139,10 +139,30 @@ def test_evaluate_windows_known_answer_by_hand():
     assert ab["diff_vs_ab"] == 0 and ab["diff_ci"] == (0, 0)
     assert df.attrs["pairs"] == 4 and df.attrs["purchases"] == 5
     assert df.attrs["cold_share"] == pytest.approx(4 / 5) and df.attrs["newprod_share"] == pytest.approx(3 / 5)
+    # taste questions: w2's pool is what was first sold in it (E, B, A2, C); only x has a history and buys from it
+    # (B, a new product: no colour pick); in w1 nothing was first sold (A sold on Dec 20)
     assert det["windows"] == [
-        {"split": "2020-01-08", "customers": 3, "purchases": 4, "cold_share": 1.0},
-        {"split": "2020-01-01", "customers": 1, "purchases": 1, "cold_share": 0.0},
+        {
+            "split": "2020-01-08",
+            "customers": 3,
+            "purchases": 4,
+            "cold_share": 1.0,
+            "taste_pool": 4,
+            "taste_customers": 1,
+            "colour_picks": 0,
+        },
+        {
+            "split": "2020-01-01",
+            "customers": 1,
+            "purchases": 1,
+            "cold_share": 0.0,
+            "taste_pool": 0,
+            "taste_customers": 0,
+            "colour_picks": 0,
+        },
     ]
+    # 'ab' ranks B (x's purchase) first among the pool: AUC 1; 'ec' ranks E, C, A2 above B: AUC 0
+    assert ab["taste_auc"] == 1.0 and ec["taste_auc"] == 0.0 and ec["taste_auc_diff"] == -1.0
 
 
 class CheatOnMissingRow(Recommender):

@@ -132,6 +132,25 @@ def product_codes(item_ids: list[str], metadata: pd.DataFrame | None) -> np.ndar
 
 
 _CONTROLLER = None
+_TASTE_CACHE: dict = {}
+
+
+def _fit_taste(data: RecData, until, seed: int):
+    """The taste model of `data` (up to `until`), fitted once per data object: hybrids compared on the same windows
+    (evaluation, tuning) share it. A copy is returned, so that `add_items` on one model never reaches another."""
+    import copy
+
+    from fashionrec.recommend.taste import Taste
+
+    if _TASTE_CACHE.get("data") is not data:
+        _TASTE_CACHE.clear()
+        _TASTE_CACHE["data"] = data
+    key = (str(until), seed, data.n_items)
+    if key not in _TASTE_CACHE:
+        _TASTE_CACHE[key] = Taste(seed=seed).fit(data, until=until)
+    return copy.copy(_TASTE_CACHE[key])
+
+
 _NB_CACHE: dict = {}
 _WINDOW_CACHE: dict = {}
 
@@ -675,7 +694,8 @@ class Hybrid(Recommender):
         val_days: int | None = None,
         source_sizes: str = "fixed",
         taste: bool = True,
-        n_taste: int = 20,
+        n_taste: int = 0,
+        taste_feature: bool = False,
     ):
         super().__init__()
         if val_days is not None:  # the earlier name of label_days
@@ -740,7 +760,7 @@ class Hybrid(Recommender):
         # score of every item beyond the candidates (full rankings, `--items`, the taste metrics).
         if n_taste < 0:
             raise ValueError("n_taste must be >= 0")
-        self.use_taste, self.n_taste = bool(taste), n_taste
+        self.use_taste, self.n_taste, self.taste_feature = bool(taste), n_taste, bool(taste_feature)
         # The n_* above are each source's size; with source_sizes="auto" they are maxima: the training windows use
         # them, and `fit` cuts each source to the size its hit rates earn (`choose_source_sizes`), for the ranker and
         # for serving. Not the default: on the leak-free protocol it scored MAP@12 0.0090 against 0.0097 (README).
@@ -771,6 +791,9 @@ class Hybrid(Recommender):
         if tm is None:
             return None
         return tm.taste(np.asarray(h, dtype=np.int64), np.asarray(ts).astype("datetime64[ns]"), user=user)
+
+    def _taste_feature(self) -> bool:
+        return getattr(self, "taste_feature", False)
 
     @staticmethod
     def _taste_percentile(tv: np.ndarray, cand: np.ndarray) -> np.ndarray:
@@ -1011,7 +1034,7 @@ class Hybrid(Recommender):
             pair = np.asarray(st.pairs[h].sum(0)).ravel()[cand]
         cols += [n_own, own_w, own_days, n_code, code_days, vis_max, vis_prof, age_diff, price_ratio, als, pair]
         cols += [shares[c] for c in SHARE_COLUMNS]
-        cols += [self._taste_percentile(tv, cand) if tv is not None else np.full(m, np.nan)]
+        cols += [self._taste_percentile(tv, cand) if tv is not None and self._taste_feature() else np.full(m, np.nan)]
         X = np.column_stack(cols).astype(np.float32) if m else np.zeros((0, len(FEATURES)), np.float32)
         return cand, X, src
 
@@ -1162,7 +1185,9 @@ class Hybrid(Recommender):
                         vp = Vc @ (p / max(np.linalg.norm(p), 1e-12))
             vis_m.append(vm)
             vis_p.append(vp)
-            taste_parts.append(self._taste_percentile(tv, cand) if tv is not None else np.full(m, np.nan))
+            taste_parts.append(
+                self._taste_percentile(tv, cand) if tv is not None and self._taste_feature() else np.full(m, np.nan)
+            )
             if want("als") and st.als_items is not None and users[b] in st.als_user:
                 als_parts.append(st.als_items[cand] @ st.als_user[users[b]])
             else:
@@ -1449,6 +1474,7 @@ class Hybrid(Recommender):
             self.seed,
             getattr(self, "use_taste", False),
             getattr(self, "n_taste", 0),
+            getattr(self, "taste_feature", False),
         )
 
     def _window(self, data: RecData, t: pd.Timestamp, rng):
@@ -1513,12 +1539,10 @@ class Hybrid(Recommender):
         now = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1)
         self.taste_model = self._taste_cur = None
         if getattr(self, "use_taste", False) and self.V is not None and self.has_vec.any():
-            from fashionrec.recommend.taste import Taste
-
             # The training windows see a taste model that stands before the oldest of them (it never learned from
             # their labels); serving and the taste metrics get one fitted on the whole log.
             oldest = now - pd.Timedelta(days=self.label_days + (self.n_windows - 1) * self.window_step_days)
-            self._taste_cur = Taste(seed=self.seed).fit(data, until=oldest)
+            self._taste_cur = _fit_taste(data, oldest, self.seed)
         sets = []
         # The default ranker needs only each bucket's rows and purchases: counted window by window, so that the
         # training rows of all windows are never in memory at once (6 windows x 50k customers x ~200 candidates).
@@ -1656,9 +1680,7 @@ class Hybrid(Recommender):
             self.best_iteration = n_iter
             stats["trees"] = n_iter
         if self._taste_cur is not None:
-            from fashionrec.recommend.taste import Taste
-
-            self.taste_model = self._taste_cur = Taste(seed=self.seed).fit(data)
+            self.taste_model = self._taste_cur = _fit_taste(data, None, self.seed)
         self.state = self._state(data, now)
         bar.update(1)
         bar.close()
@@ -1871,5 +1893,8 @@ class Hybrid(Recommender):
         for c in SHARE_COLUMNS:  # the arrival's own attributes, coded like the fitted ones where known
             a = np.full(n_new, -1, dtype=np.int64)
             attrs[c] = a
+        tm = getattr(self, "taste_model", None)
+        if tm is not None:  # the arrival's taste vector, from its photo (state.taste is this same model)
+            tm.add_items(new_ids, vectors=extra if dim and vectors is not None else None)
         self.state.add_items(n_new, codes, attrs, self.V, self.has_vec)
         self._nb_cache = {}
