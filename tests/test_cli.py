@@ -591,7 +591,7 @@ def test_recommend_refuses_customer_ids_the_output_cannot_hold(tmp_path, capsys,
     users.write_text(text)
     out = tmp_path / "recs.csv"
     args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
-    rc = main([*args, "--model", "popularity", "--users", str(users)])
+    rc = main([*args, "--recommender", "popularity", "--users", str(users)])
     assert match in _one_line_error(capsys, rc)
     assert not out.exists()
 
@@ -602,7 +602,7 @@ def test_recommend_warns_about_unknown_customer_ids(tmp_path, caplog):
     users.write_text("cust001\nnobody\nghost\n")
     out = tmp_path / "recs.csv"
     args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
-    assert main([*args, "--model", "popularity", "--users", str(users)]) == 0
+    assert main([*args, "--recommender", "popularity", "--users", str(users)]) == 0
     assert "2 of the 3 customer ids given are not in the data ('nobody', 'ghost')" in caplog.text
     assert pd.read_csv(out)["customer_id"].tolist() == ["cust001", "nobody", "ghost"]
 
@@ -627,6 +627,6 @@ def test_recommend_skips_data_customer_ids_the_output_cannot_hold(tmp_path, capl
         f.write('"bad\nid"\n' + "y" * 5000 + "\n")
     out = tmp_path / "recs.csv"
     args = ["-q", "--workspace", str(tmp_path / "ws"), "recommend", "--data", str(root), "--out", str(out)]
-    assert main([*args, "--model", "popularity"]) == 0
+    assert main([*args, "--recommender", "popularity"]) == 0
     assert "2 customer id(s) of the data skipped" in caplog.text
     assert set(pd.read_csv(out, dtype=str)["customer_id"]) == set(users) | {"newcust"}

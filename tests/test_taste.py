@@ -269,7 +269,7 @@ def test_recommend_cli_items_file(tmp_path, capsys):
         "--items",
         str(tmp_path / "new.txt"),
     ]
-    assert main(argv + ["--model", "visual"]) == 0
+    assert main(argv + ["--recommender", "visual"]) == 0
     table = pd.read_csv(out, dtype=str)
     preds = table["prediction"].str.split()
     assert len(table) == len(users) + 1  # everyone in customers.csv

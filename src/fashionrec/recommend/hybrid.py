@@ -1403,7 +1403,8 @@ class Hybrid(Recommender):
         d.user_ids, d.user_index, d._hist = [], {}, {}
         d._coded = {k: v[:0] for k, v in self.data.coded().items()}
         d.matrix = sp.csr_matrix((0, self.data.n_items), dtype=np.float32)
-        d.image_features, d.metadata, d.predicted, d.users = None, pd.DataFrame(), None, None
+        d.image_features, d.metadata, d.predicted = None, pd.DataFrame(), None
+        d.users = self.data.users  # customers' ages: the taste model's age bands
         d.colour_features = None
         slim.data = d
         if getattr(self, "taste_model", None) is not None:  # the taste model reads only its own arrays and `now`
