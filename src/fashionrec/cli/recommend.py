@@ -159,7 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         help="leak-free evaluation on several time windows: compare recommenders",
         description="Refit each recommender before each test window and score its top-k on the window's purchases "
-        "(MAP@k, recall, hit rate, paired bootstrap against --baseline); prints a table.",
+        "(MAP@k, recall, hit rate, paired bootstrap against --baseline) and how well each reads a customer's taste "
+        "(new-item taste AUC, colour pick, paired against --taste-reference); prints the tables.",
         epilog=common.examples(
             "fashionrec evaluate --data shop --out runs/eval",
             "fashionrec evaluate --data shop --recommenders repurchase,hybrid --windows 2 --test-days 14",

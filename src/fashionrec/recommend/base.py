@@ -91,8 +91,8 @@ class ItemFeatures:
     ids: list[str]
     vectors: np.ndarray
 
-    def aligned(self, item_ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(matrix aligned to item_ids, has_vector mask)."""
+    def aligned(self, item_ids: Sequence[str], normalize: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix aligned to item_ids, has_vector mask); rows L2-normalised unless `normalize` is False."""
         pos = {i: r for r, i in enumerate(self.ids)}
         out = np.zeros((len(item_ids), self.vectors.shape[1]), dtype=np.float32)
         has = np.zeros(len(item_ids), dtype=bool)
@@ -100,7 +100,8 @@ class ItemFeatures:
             r = pos.get(i)
             if r is not None:
                 out[j], has[j] = self.vectors[r], True
-        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        if normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out, has
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fashionrec.errors import FashionrecError
-from fashionrec.recommend.base import DAY, ItemFeatures, RecData, Recommender, recency_weights, register_recommender
+from fashionrec.recommend.base import DAY, RecData, Recommender, recency_weights, register_recommender
 
 
 def item_inputs(
@@ -41,7 +41,7 @@ def item_inputs(
     parts = [V]
     cf = getattr(data, "colour_features", None)
     if colour and cf is not None and len(cf.ids):
-        C, has_c = _aligned_raw(cf, data.item_ids)
+        C, has_c = cf.aligned(data.item_ids, normalize=False)
         if has_c.sum() > colour_dims:
             mean = C[has_c].mean(0)
             # PCA by SVD of a sample (deterministic): the descriptor's main axes (lightness, hue, saturation)
@@ -83,17 +83,6 @@ def age_bands(data: RecData, users) -> np.ndarray:
     ok = ~np.isnan(ages)
     out[ok] = np.clip(np.searchsorted(AGE_BANDS, ages[ok], side="right") - 1, 0, len(AGE_BANDS) - 2)
     return out
-
-
-def _aligned_raw(f: ItemFeatures, item_ids) -> tuple[np.ndarray, np.ndarray]:
-    pos = {i: r for r, i in enumerate(f.ids)}
-    out = np.zeros((len(item_ids), f.vectors.shape[1]), dtype=np.float32)
-    has = np.zeros(len(item_ids), dtype=bool)
-    for j, i in enumerate(item_ids):
-        r = pos.get(i)
-        if r is not None:
-            out[j], has[j] = f.vectors[r], True
-    return out, has
 
 
 def training_examples(data: RecData, max_history: int, half_life: float):
