@@ -30,6 +30,7 @@ class ShopDemo:
     n_transactions: int
     tag_accuracy: dict = field(default_factory=dict)  # column -> accuracy on the row-less photos (known answers)
     n_tagged: int = 0
+    from_siblings: dict = field(default_factory=dict)  # column -> photos tagged from their product's labelled photos
     n_recommended: int = 0
     model: str = DEFAULT_MODEL
     comparison: pd.DataFrame | None = None
@@ -67,7 +68,7 @@ def _label(meta: pd.DataFrame, item: str, tags: pd.DataFrame | None = None) -> s
     if item in meta.index:
         return f"{meta.at[item, 'product_type_name']}\n{meta.at[item, 'colour_group_name']}"
     if tags is not None and item in tags.index:
-        return f"new: {tags.at[item, 'product_type_name']}\n{tags.at[item, 'colour_group_name']} (tagged)"
+        return f"new: {tags.at[item, 'product_type_name']}\n{tags.at[item, 'colour_group_name']} (tag)"
     return f"new\n{item}"
 
 
@@ -118,7 +119,7 @@ def run_shop_demo(
     tags = tag_with_probe(shop_dir, list(TAG_COLUMNS), cfg, cache=FeatureCache(workspace), progress=progress)
     write_csv(tags.table, out / "tags.csv")
     tagged = tags.table.set_index("article_id")
-    res.n_tagged = len(tagged)
+    res.n_tagged, res.from_siblings = len(tagged), dict(tags.from_siblings)
     for c in TAG_COLUMNS:
         common = tagged.index.intersection(truth.index)
         res.tag_accuracy[c] = float((tagged.loc[common, c] == truth.loc[common, c]).mean()) if len(common) else 0.0
@@ -159,11 +160,11 @@ def run_shop_demo(
     prefs = syn.customers.set_index("customer_id").loc[who]
     liked = set(prefs["classes"])
     imgs, caps, colors = [], [], []
-    for row, label in ((bought, "bought"), (rec_ids, "recommended")):
+    for row in (bought, rec_ids):
         for j in range(8):
             if j < len(row):
                 imgs.append(_photo(shop_dir / "images" / f"{row[j]}.jpg"))
-                caps.append(f"{label}: {_label(meta, row[j], tagged)}")
+                caps.append(_label(meta, row[j], tagged))
                 kind = meta.at[row[j], "product_type_name"] if row[j] in meta.index else None
                 colors.append("green" if kind in liked else "black")
             else:
@@ -176,8 +177,9 @@ def run_shop_demo(
         out / "customer.png",
         cols=8,
         colors=colors,
-        title=f"synthetic shop, customer {who[:8]} (prefers {' + '.join(prefs['classes'])} in "
-        f"{' + '.join(prefs['colours'])}): purchases, then recommendations; green: a preferred class\n",
+        title=f"synthetic shop: customer {who[:8]} prefers {' + '.join(prefs['classes'])} in "
+        f"{' + '.join(prefs['colours'])}\ntop row: their latest purchases; bottom row: their recommendations "
+        "(green: a preferred class)",
     )
 
     # ---- 4. leak-free evaluation
@@ -195,6 +197,12 @@ def run_shop_demo(
 def _report(res: ShopDemo, comparison_md: str, queries, who: str, prefs, windows: int) -> str:
     secs = "\n".join(f"| {k} | {v:.1f} |" for k, v in res.seconds.items())
     acc = "\n".join(f"| {c} | {a:.1%} |" for c, a in res.tag_accuracy.items())
+    sib = (
+        "\nColumns that describe a product rather than a photo take the tag of the product's labelled photos where "
+        "it has some: " + ", ".join(f"{c} for {n} photos" for c, n in res.from_siblings.items()) + ".\n"
+        if res.from_siblings
+        else ""
+    )
     return f"""# fashionrec demo: synthetic shop
 
 Everything below ran offline on a **synthetic shop** (`{res.shop.name}/`, see its README.txt): Fashion-MNIST
@@ -210,7 +218,7 @@ photos that have one, tagged them (`tags.csv`); the generator knows their true a
 | column | correct |
 |---|---|
 {acc}
-
+{sib}
 ## 2. More like this
 
 `similar.png`, `similar.csv`: the 6 nearest items by the `visual` model for {", ".join(f"`{q}`" for q in queries)}
