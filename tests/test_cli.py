@@ -198,7 +198,8 @@ def test_errors_are_clear(tmp_path, capsys):
 
 def test_demo_writes_report(tmp_path, fmnist_dir, capsys):
     out = tmp_path / "demo"
-    assert main(["-q", "demo", "--out", str(out), "--pool", "300", "--test-size", "200", "--input-size", "32"]) == 0
+    args = ["-q", "demo", "--fmnist", "--out", str(out), "--pool", "300", "--test-size", "200", "--input-size", "32"]
+    assert main(args) == 0
     for f in [
         "metrics.json",
         "confusion.png",

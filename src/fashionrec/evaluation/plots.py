@@ -90,7 +90,10 @@ def image_grid(
 ) -> Path:
     plt = _plt()
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.9))
+    lines = max([str(c).count("\n") + 1 for c in captions] or [1])  # multi-line captions need room above each row
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * (1.9 + 0.15 * (lines - 1))))
+    if lines > 1:
+        fig.subplots_adjust(hspace=0.25 + 0.12 * lines)
     axes = np.atleast_1d(axes).ravel()
     for ax in axes:
         ax.axis("off")
@@ -98,7 +101,8 @@ def image_grid(
         axes[i].imshow(img, cmap="gray" if np.asarray(img).ndim == 2 else None)
         axes[i].set_title(cap, fontsize=7, color=(colors[i] if colors else "black"))
     if title:
-        fig.suptitle(title)
+        top = max(ax.get_position().y1 for ax in axes)
+        fig.suptitle(title, y=top + 0.04 * lines / rows + 0.02, va="bottom")
     return _save(fig, path)
 
 
