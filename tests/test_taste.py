@@ -209,8 +209,15 @@ def test_hybrid_ranks_every_item_candidates_first(hybrid):
         )
         assert S[r, top].min() > S[r, rest].max()  # candidates above every other item
     full = hybrid.recommend_block(users[:3], n)
-    for lst in full:
-        assert len(lst) == len(set(lst)) == int(has.sum())  # a full ranking, no popularity padding, no repeats
+    photo_ids = {hybrid.data.item_ids[j] for j in np.flatnonzero(has)}
+    for r, lst in enumerate(full):
+        assert len(lst) == len(set(lst)) == n  # a full ranking of every item, no repeats
+        k_photo = int(has.sum())
+        assert set(lst[:k_photo]) == photo_ids  # every photo ranked by the model before the items without one
+        u = users[r]
+        n_cand = len(hybrid._features(hybrid.state, *hybrid._history(hybrid.state, u), u)[0])
+        beyond = [S[r, hybrid.data.item_index[i]] for i in lst[n_cand:k_photo]]
+        assert beyond == sorted(beyond, reverse=True)  # past the candidates: the taste order of score_items
     assert full[0][:12] == hybrid.recommend_block(users[:1], 12)[0]
 
 

@@ -1433,6 +1433,10 @@ class Hybrid(Recommender):
             if len(items) < k:
                 seen = set(items)
                 items += [i for i in fill if i not in seen and not seen.add(i)][: k - len(items)]
+            if len(items) < k and users is not None:  # a full ranking: the items without a photo last, by sales
+                seen = set(items)
+                rest = np.lexsort((np.arange(len(st.pop_all)), -st.pop_all))
+                items += [ids[j] for j in rest.tolist() if ids[j] not in seen][: k - len(items)]
             out.append(items)
         return out
 
