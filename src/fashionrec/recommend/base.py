@@ -339,15 +339,26 @@ class Recommender(ABC):
         s = self._only(self.scores(h, t, user), items)
         return self._top(s, k, h, t, set(h.tolist()) if exclude_bought else None, explain)
 
+    def item_indices(self, items: Sequence[str]) -> np.ndarray:
+        """Catalog positions of item ids (duplicates dropped, order kept); unknown ids are a FashionrecError naming
+        them."""
+        self._check_fitted()
+        index = self.data.item_index
+        items = list(dict.fromkeys(str(i) for i in items))
+        unknown = [i for i in items if i not in index]
+        if unknown:
+            raise FashionrecError(
+                f"{len(unknown)} of {len(items)} item ids are not in the catalog (no photo and no catalog row): "
+                f"{', '.join(unknown[:5])}"
+            )
+        return np.array([index[i] for i in items], dtype=np.int64)
+
     def _only(self, s: np.ndarray, items) -> np.ndarray:
         """Scores with every item outside `items` (ids) set to -inf; unknown ids are a FashionrecError."""
         if items is None:
             return s
-        unknown = [i for i in items if i not in self.data.item_index]
-        if unknown:
-            raise FashionrecError(f"unknown item id(s): {unknown[:5]}")
         keep = np.zeros(len(s), dtype=bool)
-        keep[[self.data.item_index[i] for i in items]] = True
+        keep[self.item_indices(items)] = True
         return np.where(keep, s, -np.inf)
 
     def recommend_from_history(

@@ -79,23 +79,6 @@ def recommend_lists(model, users: Sequence[str], k: int, timings: dict | None = 
     return out
 
 
-def item_indices(model, items: Sequence[str]):
-    """Indices of `items` in the fitted model's catalog (duplicates dropped, order kept); unknown ids are an error."""
-    from fashionrec.errors import FashionrecError
-
-    index = model.data.item_index
-    items = list(dict.fromkeys(str(i) for i in items))
-    unknown = [i for i in items if i not in index]
-    if unknown:
-        raise FashionrecError(
-            f"{len(unknown)} of {len(items)} item ids are not in the catalog (no photo and no catalog row): "
-            f"{', '.join(unknown[:5])}"
-        )
-    if not items:
-        raise FashionrecError("the item list is empty")
-    return np.array([index[i] for i in items], dtype=np.int64)
-
-
 def complete(items: list[str], fill: list[str], k: int) -> list[str]:
     items = list(items)[:k]
     if len(items) < k:  # every row gets k items
@@ -141,7 +124,11 @@ def recommend_all(
     workers = resolve_workers(workers, len(users))
     restrict = None
     if items is not None:
-        restrict = item_indices(model, items)
+        if not len(items):
+            from fashionrec.errors import FashionrecError
+
+            raise FashionrecError("the item list is empty")
+        restrict = model.item_indices(items)
         # every listed item is scored by the model; a customer it cannot score (no history for a content model)
         # gets the listed items by sales
         sales = np.asarray(model.data.matrix.sum(0)).ravel()

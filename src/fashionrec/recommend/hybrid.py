@@ -945,8 +945,11 @@ class Hybrid(Recommender):
         a = st.user_age.get(user, np.nan)
         return float(a) if a == a else np.nan
 
-    def _features(self, st: _State, h, ts, prices, user) -> tuple[np.ndarray, np.ndarray, dict]:
-        tv = self._taste_all(st, h, ts, user)
+    def _features(self, st: _State, h, ts, prices, user, tv=None) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Candidates and their feature rows for one customer. tv: the customer's taste of every item, when the caller
+        has it already (`_taste_all`)."""
+        if tv is None:
+            tv = self._taste_all(st, h, ts, user)
         src = self._candidates(st, h, ts, user, tv)
         cand = np.array(
             list(dict.fromkeys(np.concatenate([v for v in src.values()] or [np.zeros(0)]).astype(np.int64).tolist())),
@@ -1738,8 +1741,8 @@ class Hybrid(Recommender):
             h, ts, pr = st.hist[user]
         else:
             h, ts, pr = np.asarray(hist_idx, dtype=np.int64), np.asarray(hist_ts).astype("datetime64[ns]"), None
-        cand, X, _ = self._features(st, h, ts, pr, user)
         tv = self._taste_all(st, h, ts, user)
+        cand, X, _ = self._features(st, h, ts, pr, user, tv)
         if tv is not None:  # every other item by taste, below every candidate (full rankings, `--items`)
             out[: len(tv)] = BEYOND + tv
         if len(cand):

@@ -120,6 +120,21 @@ class _CornacVisual(Recommender):
         self.learning_rate, self.lambda_w, self.lambda_b, self.lambda_e = learning_rate, lambda_w, lambda_b, lambda_e
         self.seed, self.max_history, self.fold_in_negatives = seed, max_history, fold_in_negatives
 
+    def _shared_settings(self) -> dict:
+        """The constructor settings Cornac's VBPR and AMR share."""
+        return {
+            "k": self.k,
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "lambda_w": self.lambda_w,
+            "lambda_b": self.lambda_b,
+            "lambda_e": self.lambda_e,
+            "use_gpu": False,
+            "verbose": False,
+            "seed": self.seed,
+        }
+
     def _cornac_model(self):
         raise NotImplementedError
 
@@ -262,19 +277,7 @@ class VBPR(_CornacVisual):
 
     def _cornac_model(self):
         models, _, _ = _cornac()
-        return models.VBPR(
-            k=self.k,
-            k2=self.k2,
-            n_epochs=self.n_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            lambda_w=self.lambda_w,
-            lambda_b=self.lambda_b,
-            lambda_e=self.lambda_e,
-            use_gpu=False,
-            verbose=False,
-            seed=self.seed,
-        )
+        return models.VBPR(k2=self.k2, **self._shared_settings())
 
     def _adopt(self, model, F):
         self.emb_matrix = np.asarray(model.emb_matrix, dtype=np.float32)  # E: (feature dim, k2)
@@ -307,20 +310,7 @@ class AMR(_CornacVisual):
 
     def _cornac_model(self):
         models, _, _ = _cornac()
-        return models.AMR(
-            k=self.k,
-            k2=self.k,
-            n_epochs=self.n_epochs,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            lambda_w=self.lambda_w,
-            lambda_b=self.lambda_b,
-            lambda_e=self.lambda_e,
-            lambda_adv=self.lambda_adv,
-            use_gpu=False,
-            verbose=False,
-            seed=self.seed,
-        )
+        return models.AMR(k2=self.k, lambda_adv=self.lambda_adv, **self._shared_settings())
 
     def _adopt(self, model, F):
         self.emb_matrix = np.asarray(model.emb_matrix, dtype=np.float32)  # E: (feature dim, k)
