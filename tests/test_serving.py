@@ -183,6 +183,9 @@ def test_new_arrival_recommendable_at_once_and_after_restart(shop, workspace, se
     assert "0999999001" in sims
     recs = httpx.post(f"{url}/recommendations", json={"history": ids[:3], "k": 15, "model": "visual"}).json()
     assert "0999999001" in [i["id"] for i in recs["items"]]
+    # nobody has bought it: it is "new in" for a customer of red tops, first among what nobody bought
+    new_in = httpx.get(f"{url}/users/{users[0]}/new-in", params={"k": 3, "model": "visual"}).json()["items"]
+    assert new_in and new_in[0]["id"] == "0999999001"
     assert (
         httpx.post(
             f"{url}/items", files={"file": ("new.jpg", _jpeg(), "image/jpeg")}, data={"id": "0999999001"}, headers=AUTH

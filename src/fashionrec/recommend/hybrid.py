@@ -1767,10 +1767,11 @@ class Hybrid(Recommender):
                 sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
                 o += len(cand)
                 h, ts, _ = self._history(st, u)
-                tv = self._taste_all(st, h, ts, u)
-                if tv is not None:
-                    inside = items < len(tv)
-                    out[b0 + r, inside] = BEYOND + tv[items[inside]]
+                tm = getattr(st, "taste", None)
+                if tm is not None:  # the taste of the asked items only (a "new in" list is a fraction of the catalog)
+                    inside = items < len(tm.F)
+                    hh, tt = np.asarray(h, dtype=np.int64), np.asarray(ts).astype("datetime64[ns]")
+                    out[b0 + r, inside] = BEYOND + tm.taste(hh, tt, items[inside], user=u)
                 cols = np.array([pos.get(int(j), -1) for j in cand], dtype=np.int64)
                 ok = cols >= 0
                 out[b0 + r, cols[ok]] = sc[ok]
