@@ -85,6 +85,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor
 
 
 def _param_groups(model: ImageClassifier, what: str, cfg: FinetuneConfig) -> list[dict]:
+    """Head at `cfg.lr`, then one group per unfrozen entry of `backbone.blocks` (top first) at lr x decay^depth, and
+    with 'all' the rest (stem, final conv) below them; every group keeps `cfg.weight_decay`.
+
+    timm's `param_groups_layer_decay` / `create_optimizer_v2(layer_decay=)` give other groups for these models: it
+    splits by the model's `group_matcher` (EfficientNet: 17 scales, one per sub-block, not the 7 stages here; the
+    wrapper, tiny_cnn and the torchvision MobileNetV2 have none, so every tensor gets scale 1), moves 1-D tensors to
+    weight decay 0, and returns `lr_scale` for timm's schedulers while torch's OneCycleLR here reads `lr`."""
     blocks = model.backbone.blocks
     for p in model.backbone.parameters():
         p.requires_grad = False
