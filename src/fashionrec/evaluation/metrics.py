@@ -99,7 +99,7 @@ def catalog_coverage(recs: dict[str, Sequence], catalog_size: int, k: int) -> fl
     return len(items) / catalog_size if catalog_size else 0.0
 
 
-#: Values drawn per bootstrap batch (resampled indices and values: about 64 MB at this size), whatever n_boot and n.
+#: Values drawn per bootstrap batch, whatever n_boot and n: each array of a batch (indices, resampled values) is 32 MB.
 BOOT_BATCH_VALUES = 1 << 22
 
 
