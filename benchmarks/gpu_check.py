@@ -17,6 +17,7 @@ Without a CUDA device it prints the CPU figures and `no CUDA device: CPU figures
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -114,9 +115,10 @@ def main() -> None:
     bb = create_backbone(args.backbone, input_size=args.size).eval()
     pre = Preprocess.for_backbone(bb)
     images = load_images(args.data, args.n, pre)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"{args.backbone} at {args.size} px, {len(images)} photos, batch {args.batch}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads"
+        f"{torch.get_num_threads()} CPU threads, load average {load:.1f}"
     )
     cpu = torch.device("cpu")
     ref, cpu_speed = embed_speed(bb, images, pre, cpu, args.batch)
