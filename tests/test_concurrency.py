@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from fashionrec.serving.app import create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.build import build_state
 from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 N_DUPLICATES = 4
@@ -184,7 +184,7 @@ def _lengths(snap) -> dict:
 def test_readers_during_writes_see_whole_snapshots(shop, monkeypatch):
     """Writers swap copy-on-write snapshots: a reader's snapshot has equal lengths everywhere (every model knows
     the same items, the index the same arrivals), and a snapshot once taken never changes under its reader."""
-    import fashionrec.serving.state as st
+    import fashionrec.serving.writes as st
 
     root, ids, users, _ = shop
     state = build_state(root, workspace=shop[3].parent / "conc-inproc", progress=False)

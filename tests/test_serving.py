@@ -6,8 +6,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from fashionrec.serving.app import MAX_UPLOAD_BYTES, create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.app import create_app
+from fashionrec.serving.build import build_state
+from fashionrec.serving.middleware import MAX_UPLOAD_BYTES
 from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 
@@ -221,8 +222,10 @@ def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch
     """The module's server built the artifacts; a restart must only load them: every fitting step raises here."""
     from sklearn.linear_model import LogisticRegression
 
-    import fashionrec.pipeline as pipeline
-    import fashionrec.serving.state as st
+    import fashionrec.serving.build as st
+    import fashionrec.tagging as tagging
+    import fashionrec.workflows.shop as pipeline
+    from fashionrec.serving.tables import Precomputed
 
     def refit(*a, **k):
         raise AssertionError("a warm start refitted something")
@@ -230,12 +233,13 @@ def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch
     for obj, name in [
         (st, "_build_artifacts"),
         (st, "_train_taggers"),
+        (tagging, "fit_taggers"),
         (pipeline, "load_shop"),
         (pipeline, "fit_recommender"),
         (LogisticRegression, "fit"),
     ]:
         monkeypatch.setattr(obj, name, refit)
-    monkeypatch.setattr(st.Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
+    monkeypatch.setattr(Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
     url, ids, users = server
     state = build_state(shop[0], workspace=workspace, progress=False)
     with running_server(create_app(state)) as url2:
@@ -257,7 +261,7 @@ def test_tagger_coefficients_match_sklearn():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fashionrec.serving.state import Tagger
+    from fashionrec.tagging import Tagger
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6))
@@ -272,7 +276,7 @@ def test_tagger_coefficients_match_sklearn():
 def test_older_artifact_format_is_a_clear_error_then_rebuilt(tmp_path, monkeypatch):
     import json
 
-    import fashionrec.serving.state as st
+    import fashionrec.serving.build as st
     from fashionrec.artifacts import ArtifactFormatError
 
     root, ids, users = make_shop(tmp_path / "hm", n_users=6)

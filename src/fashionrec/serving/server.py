@@ -78,11 +78,11 @@ def run(
     max_uploads_per_client: int | None = None,
 ) -> None:
     """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes).
-    `body_timeout` (seconds, default 30) and `max_uploads_per_client` (default 4): see `serving.app`."""
+    `body_timeout` (seconds, default 30) and `max_uploads_per_client` (default 4): see `serving.middleware`."""
     import uvicorn
 
     from fashionrec.serving.app import create_app
-    from fashionrec.serving.state import build_state, ensure_artifacts
+    from fashionrec.serving.build import build_state, ensure_artifacts
 
     check_workers(workers, write_token)
     limits = _limits(body_timeout, max_uploads_per_client)
@@ -130,7 +130,7 @@ def run(
 def worker_app():
     """The app of one worker process (uvicorn's `factory=True`): artifacts built by `run`, tables memory-mapped."""
     from fashionrec.serving.app import create_app
-    from fashionrec.serving.state import build_state
+    from fashionrec.serving.build import build_state
 
     path = os.environ.get(CONFIG_ENV)
     if not path:
