@@ -416,3 +416,32 @@ def test_precomputed_neighbours_are_the_index_answers(shop, workspace, server):
         table = state.neighbours.get(item, 8)
         assert np.allclose([s for _, s in table], live[1][0], atol=1e-6), item
         assert all(i != item and abs(float(snap.index.vector(i) @ v) - s) < 1e-5 for i, s in table), item
+
+
+def test_serve_device_reaches_the_upload_embedding(shop, workspace, monkeypatch):
+    """`fashionrec serve --device cpu` hands the device to the server, which embeds uploads there; a device this
+    machine lacks or a misspelt one is refused before anything loads."""
+    import numpy as np
+    import torch
+
+    import fashionrec.features as features
+    import fashionrec.serving.server as server
+    from fashionrec.cli import main
+    from fashionrec.errors import FashionrecError
+    from fashionrec.serving.writes import embed_upload
+
+    seen = {}
+    monkeypatch.setattr(server, "run", lambda data, **k: seen.update(k))
+    assert main(["-q", "serve", "--data", str(shop[0]), "--device", "cpu"]) == 0
+    assert seen["device"] == "cpu"
+    with pytest.raises(FashionrecError, match="expected one of auto, cpu, cuda"):
+        server.check_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FashionrecError, match="no CUDA GPU"):
+            server.check_device("cuda")
+    state = build_state(shop[0], workspace=workspace, progress=False, device="cpu")
+    devices, real = [], features.embed_pil
+    monkeypatch.setattr(features, "embed_pil", lambda *a, **k: devices.append(k.get("device")) or real(*a, **k))
+    raw, vec = embed_upload(state, _jpeg(), source="test")
+    assert devices == [torch.device("cpu")] and state.torch_device == torch.device("cpu")
+    assert np.allclose(raw, real(state.backbone(), [Image.open(io.BytesIO(_jpeg())).convert("RGB")])[0], atol=1e-5)

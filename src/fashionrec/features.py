@@ -1141,13 +1141,18 @@ def embed_pil(
     images: list[Image.Image],
     preprocess: Preprocess | None = None,
     path: InferencePath = InferencePath(),
+    device=None,
 ) -> np.ndarray:
-    """Embed a few in-memory images (an upload, a new arrival)."""
+    """Embed a few in-memory images (an upload, a new arrival); `device` (a torch.device or name; None: where the
+    backbone is) runs the eager torch forward pass there (the backbone is moved to it)."""
     pre = preprocess or Preprocess.for_backbone(backbone)
     x = pre.arrays_to_tensor(np.stack([pre.pil_to_array(im) for im in images]))
     path = resolve_path(path, backbone, pre, len(x), sample=lambda: x)
     _int8_calibration(backbone, path, lambda n: x[:n])
-    return _forward(_prepare(backbone, path), x, path).numpy()
+    if device is not None and path.engine == "torch":
+        backbone.to(device)
+        x = x.to(device)
+    return _forward(_prepare(backbone, path), x, path).cpu().numpy()
 
 
 def embed_bytes(

@@ -340,10 +340,12 @@ def build_state(
     writes_allowed: bool = True,
     backbone: str | None = None,
     input_size: int | None = None,
+    device: str = "auto",
 ) -> ServingState:
     """Load the serving artifacts for `data_dir` from the workspace (seconds), building any that are missing or of
     an older format first (minutes, with progress). `build=False` (a worker of a multi-worker server) refuses to
-    build; `mmap=True` maps the tables read-only so that workers share them."""
+    build; `mmap=True` maps the tables read-only so that workers share them. `device`: where uploads are embedded
+    ('auto', 'cpu', 'cuda'; resolved when the backbone loads)."""
     data_dir, ws, catalog, fp, art, backbone, input_size = _locate(data_dir, workspace, backbone, input_size)
     names = _model_names(default_model)
     try:
@@ -369,6 +371,7 @@ def build_state(
         k_precomputed=k_precomputed,
         writes_allowed=writes_allowed,
         neighbours=nb,
+        device=device,
     )
     if max_arrivals is not None:
         state.max_arrivals = max_arrivals

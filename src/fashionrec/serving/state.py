@@ -191,6 +191,8 @@ class ServingState:
     store: ArrivalStore | None = None  # the arrivals folder (serving.arrivals)
     write_refusal: str | None = None  # why writes are refused (read-only workspace, several workers), else None
     leftover_bytes: int = 0  # uncommitted uploads of killed writers: counted by the storage cap
+    device: str = "auto"  # where uploads are embedded (fashionrec.device: auto, cpu, cuda); resolved with the backbone
+    torch_device: object = None  # the resolved torch.device, once the backbone is loaded
     _backbone: object = None
     _backbone_ready: threading.Event = field(default_factory=threading.Event)
     _backbone_error: BaseException | None = None
@@ -223,7 +225,9 @@ class ServingState:
         def load():
             try:
                 from fashionrec.backbones import create_backbone
+                from fashionrec.device import resolve_device
 
+                self.torch_device = resolve_device(self.device)
                 self._backbone = create_backbone(self.backbone_name, input_size=self.input_size)
             except BaseException as e:  # reported to every upload instead of killing a thread silently
                 self._backbone_error = e

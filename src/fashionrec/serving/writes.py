@@ -31,7 +31,8 @@ def embed_image(state: ServingState, img) -> tuple[np.ndarray, np.ndarray]:
     """(raw backbone vector, projected vector) for a decoded PIL image."""
     from fashionrec.features import embed_pil
 
-    raw = embed_pil(state.backbone(), [img])[0]
+    backbone = state.backbone()
+    raw = embed_pil(backbone, [img], device=state.torch_device)[0]
     return raw, state.projection(raw)[0]
 
 
