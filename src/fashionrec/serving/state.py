@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fashionrec.config import SERVED_TAG_COLUMNS
 from fashionrec.errors import FashionrecError
 from fashionrec.serving.arrivals import ArrivalStore
 from fashionrec.serving.tables import Neighbours, Precomputed, Projection
@@ -335,7 +336,7 @@ class ServingState:
             tags = self._predicted_tags(item, snap)
             if tags:
                 meta["predicted_from_photo"] = tags
-                for col in ("product_group_name", "colour_group_name", "product_type_name"):
+                for col in SERVED_TAG_COLUMNS:  # the card's category, type and colour
                     if not row.get(col) and col in tags:
                         row[col] = tags[col]["value"]
         return {
