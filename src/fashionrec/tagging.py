@@ -1,13 +1,12 @@
-"""Tags from a photo's image features: the one tagger of the project.
+"""Tags from a photo's image features: the tagger the server fits once and applies to every upload.
 
 A `Tagger` predicts one catalog attribute (product type, colour, ...) from a photo's raw backbone vector:
-standardise, then multinomial logistic regression (`training.probe.fit_linear_probe`), kept as arrays and applied in
-numpy (no sklearn or torch at prediction time, memory-mappable in the server's tables). Used by
-
-- the recommenders, for items without a catalog row (`cross_fit_tags`, through `recommend.attributes`);
-- the server, for uploads (`fit_taggers` at the cold build, `Tagger.predict` per request);
-
-with the regularisation `config.TAGGER_C`, measured on the H&M sample (docs/tagging.md).
+standardise, then multinomial logistic regression (`training.probe.fit_linear_probe`, the fitting routine of the
+`tag` command's probe too), kept as arrays and applied in numpy (no sklearn or torch at prediction time,
+memory-mappable in the server's tables). `fit_taggers` fits one per column at the server's cold build, with the
+regularisation `config.TAGGER_C`, measured on the H&M sample against the other settings and against the
+recommenders' neighbour vote (`recommend.attributes.predict_attributes`, which tags every catalog photo in seconds
+where cross-fitted logistic taggers take many minutes): docs/tagging.md.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import pandas as pd
 
 from fashionrec.config import TAGGER_C
 
-UNKNOWN = "?"
 #: a class with fewer labelled photos than this is not learnt (too few to fit, and to score)
 MIN_CLASS_COUNT = 5
 _FIELDS = ("classes", "mean", "scale", "coef", "intercept")
@@ -118,42 +116,6 @@ def fit_taggers(
         t = Tagger.fit(col, features, _labels(metadata, col, ids))
         if t is not None:
             out.append(t)
-    return out
-
-
-def cross_fit_tags(
-    item_ids: Sequence[str],
-    features: np.ndarray,
-    metadata: pd.DataFrame,
-    columns: Sequence[str],
-    *,
-    n_folds: int = 4,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Cross-fitted tags for every item: items are dealt into `n_folds` folds at random (with a row or without) and
-    every item is tagged by taggers fitted on the rows of the other folds, so an item's own row never tags it.
-    One column per attribute ('?' where no tagger could be fitted) plus `<col>_confidence` (the winning class's
-    probability)."""
-    ids = pd.Index(item_ids)
-    x = np.asarray(features)
-    fold = np.random.default_rng(seed).integers(0, n_folds, size=len(ids))
-    out = pd.DataFrame(index=pd.Index(list(item_ids), name="article_id"))
-    for col in [c for c in columns if c in metadata.columns]:
-        labels = _labels(metadata, col, ids)
-        pred = np.full(len(ids), UNKNOWN, dtype=object)
-        conf = np.zeros(len(ids), dtype=np.float32)
-        for f in range(n_folds):
-            qry = np.flatnonzero(fold == f)
-            train = fold != f
-            t = Tagger.fit(col, x[train], labels[train]) if len(qry) else None
-            if t is None:
-                continue
-            p = t.probabilities(x[qry])
-            best = p.argmax(1)
-            pred[qry] = t.classes[best].astype(object)
-            conf[qry] = p[np.arange(len(qry)), best]
-        out[col] = pred
-        out[f"{col}_confidence"] = conf
     return out
 
 

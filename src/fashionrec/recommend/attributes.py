@@ -24,9 +24,9 @@ import pandas as pd
 
 from fashionrec.config import TAG_COLUMNS
 from fashionrec.data.products import product_groups, product_level_columns
-from fashionrec.tagging import UNKNOWN
 
 log = logging.getLogger(__name__)
+UNKNOWN = "?"
 
 
 def predict_attributes(
