@@ -46,7 +46,8 @@ def serve_shop(
     """Load the serving artifacts (building what is missing, with progress), then serve until interrupted.
 
     `workers` > 1: that many uvicorn processes over the same memory-mapped artifacts, read-only (see
-    `fashionrec.serving.server`). `device`: where uploads are embedded (`fashionrec.device`). Prints the address and whether writes are enabled (a server's start-up lines)."""
+    `fashionrec.serving.server`). `device`: where uploads are embedded (`fashionrec.device`). Prints the address
+    and whether writes are enabled (a server's start-up lines)."""
     from fashionrec.extras import require
 
     require("serve", what="fashionrec serve needs the web server stack")
