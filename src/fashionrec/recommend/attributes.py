@@ -22,13 +22,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from fashionrec.config import CATALOG_TAG_COLUMNS
+from fashionrec.config import TAG_COLUMNS
 from fashionrec.data.products import product_groups, product_level_columns
 from fashionrec.index.knn import knn
 
 log = logging.getLogger(__name__)
-
-TAG_COLUMNS = list(CATALOG_TAG_COLUMNS)
 UNKNOWN = "?"
 
 

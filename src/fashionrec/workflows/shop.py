@@ -1,6 +1,6 @@
 """A shop: from a data folder to fitted recommenders, the way the CLI, the server and the Python API do it.
 
-from fashionrec.workflows.shop import load_shop, fit_recommender   # or fashionrec.pipeline (same names)
+from fashionrec.workflows.shop import load_shop, fit_recommender
 shop = load_shop("path/to/hm")                  # catalog, log, image features (cached)
 model = fit_recommender(shop, "hybrid")
 model.recommend(customer_id, k=12)
