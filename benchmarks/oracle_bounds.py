@@ -1,4 +1,4 @@
-"""What a recommender could reach on this log if it knew the future best sellers: oracle bounds for issue 12's targets.
+"""What a recommender could reach on this log if it knew the future best sellers: oracle bounds.
 
     python benchmarks/oracle_bounds.py --data ../shared/data/hm [--windows 4 --test-days 28] [--out docs/results]
 

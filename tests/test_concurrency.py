@@ -1,4 +1,4 @@
-"""Concurrent writes and reads against a real uvicorn server (issue 14, item 4), bounded in count and time.
+"""Concurrent writes and reads against a real uvicorn server, bounded in count and time.
 
 Contract: the first POST of a new id wins (201); every concurrent or later POST of that id gets 409 and changes
 nothing (no replace). Afterwards, and after a restart on the same workspace, the item's name, stored image, its

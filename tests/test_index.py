@@ -73,7 +73,7 @@ def test_auto_choice_by_size():
 
 @pytest.mark.parametrize("kind", ["hnsw", "ivf", "pq"])
 def test_category_filter_returns_k_when_k_exist(kind):
-    """Issue 14 item 6: HNSW with a selector ran out of candidates (a 9-item category gave 2-5 of 9, a 250-item
+    """HNSW with a selector ran out of candidates (a 9-item category gave 2-5 of 9, a 250-item
     one 88-97 of 100). An approximate search that comes back short is completed exactly within the category."""
     rng = np.random.default_rng(0)
     n, d = 5000, 32

@@ -1,4 +1,4 @@
-"""Issue 14 (hostile input): model files that must not run code, clear one-line errors instead of tracebacks."""
+"""Hostile input: model files that must not run code, clear one-line errors instead of tracebacks."""
 
 import subprocess
 import sys

@@ -1,4 +1,4 @@
-"""Issue 14 against a real uvicorn server: what a hostile-input audit broke, one test per finding.
+"""Hostile input against a real uvicorn server: one test per finding of a hostile-input audit.
 
 Files that must never be served, the write-token contract, field/storage limits, DELETE for arrivals, security
 headers, body caps enforced before the body is read, NaN/Infinity bodies, uploads off the event loop, and a new
