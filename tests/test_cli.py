@@ -62,9 +62,12 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
         == 0
     )
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45
-    assert m["test_accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45, 3 of each class (stratified)
+    assert m["test_accuracy"] >= 8 / 9  # stretched photos: chance (1/3)
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "config.json").exists()
+    chosen = json.loads((out / "photo_defaults.json").read_text())  # the settings chosen from the photos, and why
+    assert chosen["kind"] == "studio" and chosen["input_size"] == 64 and chosen["reasons"]["input_size"]
+    assert chosen["flip_tta"] is True and json.loads((out / "config.json").read_text())["flip_tta"] is True
     capsys.readouterr()
     for shape in SHAPES:
         shape_photo(tmp_path / "new" / f"{shape}.png", shape)
