@@ -50,9 +50,10 @@ def test_photo_statistics_known_answers():
 def test_rules_per_kind_of_photo():
     studio = choose_defaults(studio_photos(), "efficientnet_lite0")
     assert studio.input_size == 192  # the photos' own side: smaller than Lite0's native 224, no upsampling
-    assert studio.taps == (5, "final") and studio.flip_tta and studio.method == "linear-probe"
+    assert studio.taps == (5, "final") and not studio.flip_tta and studio.method == "linear-probe"
     clutter = choose_defaults(cluttered_photos(), "efficientnet_lite0")
     assert clutter.input_size == MAX_CLUTTERED_SIZE == 256  # above the native 224: the photos are that large
+    assert clutter.flip_tta and clutter.taps == (5, "final")
     fm = choose_defaults(fmnist_like(), "efficientnet_lite0")
     assert fm.input_size == DEFAULT_INPUT_SIZE and fm.taps == (4, 5) and not fm.flip_tta
     # the backbone matters: other backbones are pooled at their pre-logits; Lite2's native size is larger

@@ -8,7 +8,8 @@
   backbone's native size: the garment fills less of the frame, so detail matters more;
 - **taps** (which layers are pooled, EfficientNet-Lite only): light-on-dark greyscale -> blocks 4+5; photos ->
   block 5 + pre-logits;
-- **flip averaging** (test-time: a photo and its mirror image): on for colour photos;
+- **flip averaging** (a linear probe reads the mean of a photo's and its mirror image's features): on for photos
+  people took (measured there);
 - **method**: a linear probe on frozen features.
 
 The measurements behind each rule are in docs/classification.md ("Defaults chosen from the photos").
@@ -204,11 +205,12 @@ def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
     else:
         taps = (5, "final")
         reasons["taps"] = "photos: block 5 + pre-logits"
-    flip = kind != "small-greyscale"
+    flip = kind == "cluttered"
     reasons["flip_tta"] = (
-        "photos: a garment and its mirror image are the same garment; averaging both views is measured to help"
+        "photos people took: a garment and its mirror image are the same garment; averaging both views measured "
+        "to help on the clothing folder"
         if flip
-        else "small greyscale arrays: flip averaging not measured there"
+        else f"{kind.replace('-', ' ')} photos: one view (flip averaging not measured there)"
     )
     reasons["method"] = "a linear probe on frozen features: measured best at every label count tried on CPU"
     return PhotoDefaults(size, taps, flip, "linear-probe", backbone, stats, reasons)
