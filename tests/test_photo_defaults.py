@@ -85,16 +85,16 @@ def test_stats_from_files_and_saved_choice(tmp_path):
 
 
 def test_explicit_settings_win(tmp_path):
-    from fashionrec.workflows import classify
+    from fashionrec.training.photo_defaults import resolve_photo_defaults
 
     root = tmp_path / "shop"
     (root / "images").mkdir(parents=True)
     for i, x in enumerate(cluttered_photos(3)):
         Image.fromarray(x).save(root / "images" / f"p{i}.jpg")
     (root / "labels.csv").write_text("item_id,label\np0,a\np1,b\np2,a\n")
-    auto = classify.resolve_photo_defaults(root, "efficientnet_lite0")
+    auto = resolve_photo_defaults(root, "efficientnet_lite0")
     assert auto.input_size == 256 and auto.stats.kind == "cluttered"
-    d = classify.resolve_photo_defaults(root, "efficientnet_lite0", input_size=128, taps="4,final", flip="no")
+    d = resolve_photo_defaults(root, "efficientnet_lite0", input_size=128, taps="4,final", flip="no")
     assert d.input_size == 128 and d.taps == (4, "final") and not d.flip_tta
     assert d.reasons["input_size"] == "set by --input-size" and d.reasons["flip_tta"] == "set by --flip-tta"
 

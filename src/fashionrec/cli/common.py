@@ -214,7 +214,7 @@ def resolve_photo_defaults(args: argparse.Namespace, data_dir: str | Path | None
     """Resolve --input-size, --taps and --flip-tta 'auto' from a sample of the photos and the backbone
     (`training.photo_defaults`), record the result in args (saved in args.json), print the choice and its reasons
     (unless -q). -> the PhotoDefaults (for `photo_defaults.json` beside the outputs)."""
-    from fashionrec.workflows.classify import resolve_photo_defaults as resolve
+    from fashionrec.training.photo_defaults import resolve_photo_defaults as resolve
 
     d = resolve(
         data_dir,

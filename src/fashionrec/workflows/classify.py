@@ -42,46 +42,6 @@ def resolve_input_size(input_size: int | None, data_dir: str | Path | None, back
     return size
 
 
-def resolve_photo_defaults(
-    data_dir: str | Path | None,
-    backbone: str,
-    *,
-    input_size: int | None = None,
-    taps: str | None = "auto",
-    flip: str = "auto",
-    fashion_mnist_dir: str | Path | None = None,
-):
-    """The settings `training.photo_defaults.choose_defaults` picks from a sample of the photos (a folder's images,
-    or Fashion-MNIST's arrays when `data_dir` is None) and the backbone; a setting given explicitly (`input_size`,
-    `taps` other than 'auto', `flip` 'yes'/'no') wins, and its reason says so. -> PhotoDefaults."""
-    from dataclasses import replace
-
-    from fashionrec.training.photo_defaults import choose_defaults
-
-    if data_dir is None:
-        from fashionrec.data.fashion_mnist import load_fashion_mnist
-
-        sample = load_fashion_mnist(fashion_mnist_dir).x_train[:256]
-    else:
-        from fashionrec.training.adapt import catalog_for_training
-
-        sample = list(catalog_for_training(data_dir).image_paths.values())
-        if not sample:
-            raise FashionrecError(f"{data_dir}: no images to choose settings from")
-    d = choose_defaults(sample, backbone)
-    reasons = dict(d.reasons)
-    if input_size is not None:
-        d, reasons["input_size"] = replace(d, input_size=int(input_size)), "set by --input-size"
-    if taps not in (None, "auto"):
-        parsed = tuple(t if t == "final" else int(t) for t in str(taps).split(","))
-        d, reasons["taps"] = replace(d, taps=parsed), "set by --taps"
-    if flip in ("yes", "no"):
-        d, reasons["flip_tta"] = replace(d, flip_tta=flip == "yes"), "set by --flip-tta"
-    d = replace(d, reasons=reasons)
-    log.info("%s", d.describe())
-    return d
-
-
 def photo_decoder(input_size: int):
     """Photos -> uint8 (S, S, 3) arrays: pad to a white square, then resize (never stretch). The backbone's own
     mean/std are applied later, when the arrays become model input."""
