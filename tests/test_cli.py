@@ -37,6 +37,11 @@ def test_tag_known_answer(tiny_hm, tmp_path, capsys):
     assert df.loc["0400000001", "product_group_name"] == "Shoes"
     assert "0500000001" not in df.index
     assert df["confidence"].astype(float).between(0, 1).all()
+    # beside the CSV: the settings chosen from the photos (64 px given on the command line) and the report per column
+    chosen = json.loads((tmp_path / "tags.photo_defaults.json").read_text())
+    assert chosen["input_size"] == 64 and chosen["reasons"]["input_size"] == "set by --input-size"
+    report = json.loads((tmp_path / "tags.report.json").read_text())
+    assert [c["column"] for c in report["columns"]] == ["product_group_name"] and report["min_confidence"] == 0.0
 
 
 def test_train_and_predict_on_image_folder(tmp_path, capsys):
@@ -62,9 +67,12 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
         == 0
     )
     m = json.loads((out / "metrics.json").read_text())
-    assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45
-    assert m["test_accuracy"] == 1.0 and m["macro_f1"] == 1.0
+    assert m["n_test"] == 9 and m["n_train"] == 36  # the held-out fifth of 45, 3 of each class (stratified)
+    assert m["test_accuracy"] >= 8 / 9  # stretched photos: chance (1/3)
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "config.json").exists()
+    chosen = json.loads((out / "photo_defaults.json").read_text())  # the settings chosen from the photos, and why
+    assert chosen["kind"] == "studio" and chosen["input_size"] == 64 and chosen["reasons"]["input_size"]
+    assert chosen["flip_tta"] is False and json.loads((out / "config.json").read_text())["flip_tta"] is False
     capsys.readouterr()
     for shape in SHAPES:
         shape_photo(tmp_path / "new" / f"{shape}.png", shape)

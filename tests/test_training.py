@@ -243,3 +243,27 @@ def test_probe_head_predicts_like_the_sklearn_pipeline(n_classes):
     head = ProbeHead.from_sklearn(pipe)
     q = rng.normal(size=(20, 8))
     np.testing.assert_allclose(head.predict_proba(q, n_classes), pipe.predict_proba(q), rtol=1e-9, atol=1e-12)
+
+
+def test_flip_averaging_probe_is_mirror_invariant_and_saved(tmp_path):
+    """--flip-tta: the probe reads the mean of a photo's and its mirror image's features, so a photo and its mirror
+    image get the same probabilities; the checkpoint keeps the setting."""
+    x, y = _bars(60)
+    x = x.copy()
+    x[:, :, :10] = 0  # not symmetric: the mirror image differs
+    cfg = ClassifierConfig(backbone="tiny_cnn", input_size=28, taps=("final",), flip_tta=True)
+    tr = train_image_classifier(x[:40], y[:40], ["vertical", "horizontal"], cfg, progress=False)
+    assert tr.backbone.flip_tta and tr.backbone.feature_key().endswith("+flip")
+    p, p_mirror = tr.predict_proba(x[40:], progress=False), tr.predict_proba(x[40:, :, ::-1].copy(), progress=False)
+    assert np.allclose(p, p_mirror, atol=1e-5)
+    tr.save(tmp_path / "m.pt")
+    back = load_classifier(tmp_path / "m.pt")
+    assert back.backbone.flip_tta and np.allclose(back.predict_proba(x[40:]), p, atol=1e-4)
+    one_view = train_image_classifier(
+        x[:40],
+        y[:40],
+        ["vertical", "horizontal"],
+        ClassifierConfig(backbone="tiny_cnn", input_size=28, taps=("final",)),
+        progress=False,
+    )
+    assert not one_view.backbone.flip_tta

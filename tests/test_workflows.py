@@ -55,6 +55,18 @@ def test_held_out_split_is_a_seeded_partition():
     assert all(len(classify.held_out_split(n, 0)[1]) == n // 5 for n in range(200))
 
 
+def test_held_out_split_with_labels_holds_out_every_class_in_proportion():
+    y = np.array([0] * 50 + [1] * 30 + [2] * 20)
+    tr, te = classify.held_out_split(100, 0, y=y)
+    assert sorted(np.concatenate([tr, te]).tolist()) == list(range(100))
+    assert np.bincount(y[te]).tolist() == [10, 6, 4]  # a fifth of each class
+    assert classify.held_out_split(100, 0, y=y)[1].tolist() == te.tolist()  # seeded
+    assert classify.held_out_split(100, 1, y=y)[1].tolist() != te.tolist()
+    # a class with a single article cannot be split in proportion: the plain random split
+    y1 = np.array([0] * 99 + [1])
+    assert len(classify.held_out_split(100, 0, y=y1)[1]) == 20
+
+
 def test_train_and_experiment_hold_out_the_same_articles(tmp_path, monkeypatch):
     """One split, with the run's seed: the label-efficiency experiment tests on exactly train's test images."""
     from fashionrec.evaluation import label_efficiency
@@ -95,7 +107,7 @@ def test_shape_classifier_pads_never_stretches(tmp_path):
     ts = classify.training_set(str(data), cfg=cfg, label_column="product_group_name", progress=False)
     assert len(ts.y_test) == 9 and len(set(ts.y_test.tolist())) == 3
     m = classify.train_and_evaluate(ts, cfg, tmp_path / "run", cache=FeatureCache(tmp_path / "ws"), progress=False)
-    assert m["test_accuracy"] == 1.0 and m["n_test"] == 9
+    assert m["test_accuracy"] >= 8 / 9 and m["n_test"] == 9  # stretched: chance (1/3)
     for s in SHAPES:
         shape_photo(tmp_path / "new" / f"{s}.png", s)
     skipped = []

@@ -176,7 +176,18 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
         help="re-estimate BatchNorm statistics on unlabelled target images (AdaBN; measured to hurt the "
         "Fashion-MNIST probe, so off by default)",
     )
-    p.add_argument("--taps", default="auto", help="layers to pool: 'final', block indices like '4,5', or 'auto'")
+    p.add_argument(
+        "--taps",
+        default="auto",
+        help="layers to pool: 'final', block indices like '4,5', or 'auto' (chosen from the photos and the backbone)",
+    )
+    p.add_argument(
+        "--flip-tta",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="linear probe: read the mean of each photo's and its mirror image's features (auto: on for colour "
+        "photos, chosen from the photos)",
+    )
     p.add_argument("--probe-c", type=float, default=0.1, help="inverse L2 strength of the logistic-regression probe")
     p.add_argument("--stages", default="head=1,last:2=3,all=4", help="fine-tuning schedule: WHAT=EPOCHS,...")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning: the head's peak learning rate")
@@ -211,6 +222,28 @@ def resolve_input_size(args: argparse.Namespace, data_dir: str | Path | None) ->
     return args.input_size
 
 
+def resolve_photo_defaults(args: argparse.Namespace, data_dir: str | Path | None):
+    """Resolve --input-size, --taps and --flip-tta 'auto' from a sample of the photos and the backbone
+    (`training.photo_defaults`), record the result in args (saved in args.json), print the choice and its reasons
+    (unless -q). -> the PhotoDefaults (for `photo_defaults.json` beside the outputs)."""
+    from fashionrec.training.photo_defaults import resolve_photo_defaults as resolve
+
+    d = resolve(
+        data_dir,
+        args.backbone,
+        input_size=args.input_size,
+        taps=args.taps,
+        flip=args.flip_tta,
+        fashion_mnist_dir=getattr(args, "data_dir", None),
+    )
+    args.input_size = d.input_size
+    args.taps = ",".join(map(str, d.taps))
+    args.flip_tta = "yes" if d.flip_tta else "no"
+    if progress(args):
+        print(d.describe(), file=sys.stderr)
+    return d
+
+
 def classifier_config(args: argparse.Namespace):
     """The options of add_classifier_args -> ClassifierConfig (after resolve_input_size)."""
     from fashionrec.errors import FashionrecError
@@ -238,6 +271,7 @@ def classifier_config(args: argparse.Namespace):
         adapt_bn=args.adapt_bn,
         taps=None if args.taps == "auto" else tuple(args.taps.split(",")),
         probe_C=args.probe_c,
+        flip_tta=getattr(args, "flip_tta", "no") == "yes",
         seed=args.seed,
         finetune=ft,
     )

@@ -19,7 +19,7 @@ def cmd_train(args) -> int:
     from fashionrec.workflows.classify import FASHION_MNIST, train_and_evaluate, training_set
 
     device = common.device(args)
-    common.resolve_input_size(args, None if args.dataset == FASHION_MNIST else args.dataset)
+    defaults = common.resolve_photo_defaults(args, None if args.dataset == FASHION_MNIST else args.dataset)
     cfg = common.classifier_config(args)
     t0 = time.time()
     data = training_set(
@@ -43,6 +43,7 @@ def cmd_train(args) -> int:
         device=device,
     )
     write_json(out / "args.json", resolved_args(args))
+    defaults.save(out)
     print(
         f"test_accuracy {m['test_accuracy']:.4f}  macro_f1 {m['macro_f1']:.4f}  "
         f"({m['n_test']} test images, {m['n_train']} labelled, {m['wall_seconds']:.0f}s) -> {out}/metrics.json"
@@ -72,7 +73,7 @@ def cmd_predict(args) -> int:
 
 def cmd_tag(args) -> int:
     from fashionrec.io import write_csv
-    from fashionrec.workflows.classify import tag_columns, tag_with_model, tag_with_probe
+    from fashionrec.workflows.classify import format_coverage, tag_columns, tag_with_model, tag_with_probe
 
     cols = tag_columns(args.label_column, required=not args.model)
     device = common.device(args)
@@ -88,7 +89,8 @@ def cmd_tag(args) -> int:
             device=device,
         )
     else:
-        common.resolve_input_size(args, args.data)
+        defaults = common.resolve_photo_defaults(args, args.data)
+        defaults.save(Path(args.out).with_suffix(".photo_defaults.json"))
         tags = tag_with_probe(
             args.data,
             cols,
@@ -115,6 +117,9 @@ def cmd_tag(args) -> int:
                 f"from a refit: T={c.temperature:.2f}, mean confidence {b['mean_confidence']:.3f} -> "
                 f"{a['mean_confidence']:.3f} for accuracy {a['accuracy']:.3f}"
             )
+            if c.calibration.get("coverage"):
+                print(f"  {c.column}: tags kept at each --min-confidence, on those photos (calibrated):")
+                print(format_coverage(c.calibration["coverage"]))
     if tags.from_siblings:
         print(
             "product-level columns, consistent within each product: "
@@ -123,6 +128,15 @@ def cmd_tag(args) -> int:
             )
         )
     write_csv(tags.table, args.out)
+    if tags.per_column:  # what each column's tags are worth, for choosing --min-confidence
+        from dataclasses import asdict
+
+        from fashionrec.io import write_json
+
+        write_json(
+            Path(args.out).with_suffix(".report.json"),
+            {"columns": [asdict(c) for c in tags.per_column], "min_confidence": args.min_confidence},
+        )
     if args.model:
         print(
             f"tagged {len(tags.table)} images with {', '.join(tags.columns)} using {args.model} "

@@ -145,6 +145,7 @@ class Classifier:
             "classes": list(self.classes),
             "backbone": cfg_dict.get("backbone", self.backbone.name),
             "taps": taps,
+            "flip_tta": bool(getattr(self.backbone, "flip_tta", False)),
             "preprocess": asdict(self.preprocess),
             "temperature": float(self.temperature),
             "extra": {**self.extra, "config": cfg_dict},
@@ -173,6 +174,7 @@ class Classifier:
         meta, blob = _read_checkpoint(Path(path))
         pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["preprocess"].items()})
         backbone = create_backbone(meta["backbone"], input_size=pre.input_size, taps=meta.get("taps"))
+        backbone.flip_tta = bool(meta.get("flip_tta", False))  # older checkpoints: one view
         if "bn_state" in blob:
             backbone.load_state_dict(blob["bn_state"])
         extra = dict(meta.get("extra", {}))

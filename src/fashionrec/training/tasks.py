@@ -40,6 +40,9 @@ class ClassifierConfig:
     bn_images: int = 4000
     taps: tuple | None = None  # None: auto (see default_taps)
     probe_C: float = 0.1
+    # a linear probe reads the mean of a photo's and its mirror image's features (`Backbone.flip_tta`), in training
+    # and prediction; fine-tuning flips as augmentation instead, so it ignores this
+    flip_tta: bool = False
     seed: int = 0
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
@@ -96,6 +99,7 @@ def prepare_backbone(
     invert = cfg.invert if cfg.invert is not None else shifted
     taps = cfg.taps if cfg.taps is not None else default_taps(cfg.backbone, shifted)
     backbone = create_backbone(cfg.backbone, input_size=cfg.input_size, taps=taps)
+    backbone.flip_tta = bool(cfg.flip_tta) and cfg.method == "linear-probe"
     pre = Preprocess.for_backbone(backbone, invert=bool(invert))
     cfg = replace(cfg, invert=bool(invert), taps=tuple(taps))
     if cfg.adapt_bn:

@@ -80,15 +80,25 @@ def load_labelled_photos(
 
 
 def held_out_split(
-    n: int, rng: np.random.Generator | int, fraction: float = HELD_OUT_FRACTION
+    n: int, rng: np.random.Generator | int, fraction: float = HELD_OUT_FRACTION, y: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices: a random `fraction` of the n labelled articles is held out for testing.
 
-    `rng` is the run's seed or a Generator seeded with it (the caller may go on drawing from it, e.g. to sample
-    k labels per class from the training part)."""
+    `y`: the labels, to hold out the same share of every class (stratified; a class with one article stays in
+    training). `rng` is the run's seed or a Generator seeded with it (the caller may go on drawing from it, e.g. to
+    sample k labels per class from the training part)."""
+    n_test = math.floor(n * fraction + 1e-9)
+    if y is not None and n_test:
+        from sklearn.model_selection import train_test_split
+
+        y = np.asarray(y)
+        _, counts = np.unique(y, return_counts=True)
+        if counts.min() >= 2 and n_test >= len(counts):
+            seed = rng if isinstance(rng, int) else int(rng.integers(2**31 - 1))
+            tr, te = train_test_split(np.arange(n), test_size=fraction, stratify=y, random_state=seed)
+            return np.asarray(tr), np.asarray(te)
     rng = np.random.default_rng(rng) if not isinstance(rng, np.random.Generator) else rng
     perm = rng.permutation(n)
-    n_test = math.floor(n * fraction + 1e-9)
     return perm[n_test:], perm[:n_test]
 
 
@@ -150,8 +160,8 @@ def training_set(
         raise FashionrecError("--label-column is required when --data is a data folder")
     photos = load_labelled_photos(Path(dataset), label_column, cfg.input_size, progress)
     x, y = photos.images, photos.labels
+    tr, te = held_out_split(len(photos.ids), cfg.seed, y=y)  # every class held out in proportion (sklearn's split)
     rng = np.random.default_rng(cfg.seed)
-    tr, te = held_out_split(len(photos.ids), rng)
     if k is not None:
         tr = sample_per_class_of(tr, y, k, rng)
     return TrainingSet(x[tr], y[tr], x[te], y[te], photos.classes, x)
@@ -544,5 +554,40 @@ def probe_temperature(
             features=colour[held],
         )
     t = fit_temperature(p, y[held])
-    before, after = calibration_report(p, y[held]), calibration_report(apply_temperature(p, t), y[held])
-    return t, {"n": int(held.sum()), "before": before, "after": after}
+    calibrated = apply_temperature(p, t)
+    before, after = calibration_report(p, y[held]), calibration_report(calibrated, y[held])
+    return t, {"n": int(held.sum()), "before": before, "after": after, "coverage": coverage_table(calibrated, y[held])}
+
+
+#: The confidence thresholds of the coverage table `tag` reports (what `--min-confidence` would keep).
+COVERAGE_THRESHOLDS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def coverage_table(probs: np.ndarray, labels: np.ndarray, thresholds=COVERAGE_THRESHOLDS) -> list[dict]:
+    """For each threshold: the share of photos whose best class has at least that probability (`coverage`), how
+    many (`n`), and the accuracy of those tags (None when none is kept). Rows with label -1 are left out."""
+    labels = np.asarray(labels)
+    keep = labels >= 0
+    p, y = np.asarray(probs, np.float64)[keep], labels[keep]
+    conf, right = (p.max(1), p.argmax(1) == y) if len(y) else (np.zeros(0), np.zeros(0, bool))
+    rows = []
+    for t in thresholds:
+        sel = conf >= t
+        rows.append(
+            {
+                "min_confidence": float(t),
+                "n": int(sel.sum()),
+                "coverage": round(float(sel.mean()), 4) if len(y) else 0.0,
+                "accuracy": round(float(right[sel].mean()), 4) if sel.any() else None,
+            }
+        )
+    return rows
+
+
+def format_coverage(rows: list[dict]) -> str:
+    """The coverage table as text lines: threshold, share of photos tagged, their accuracy."""
+    out = ["  min confidence | share tagged | accuracy"]
+    for r in rows:
+        acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+        out.append(f"  {r['min_confidence']:>14.2f} | {r['coverage']:>12.1%} | {acc}")
+    return "\n".join(out)

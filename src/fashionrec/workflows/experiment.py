@@ -52,7 +52,7 @@ def label_efficiency(
     else:
         photos = load_labelled_photos(Path(dataset), label_column, cfg.input_size, progress)
         x, y, classes = photos.images, photos.labels, photos.classes
-        tr, te = held_out_split(len(photos.ids), rng)
+        tr, te = held_out_split(len(photos.ids), cfg.seed, y=y)  # `train`'s split: the same test photos
         counts = np.bincount(y[tr], minlength=len(classes))
         kmax = max(int(k) for k in ks if k != "all") if any(k != "all" for k in ks) else 1
         keep_cls = np.flatnonzero(counts >= kmax)

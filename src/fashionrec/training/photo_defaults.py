@@ -1,0 +1,264 @@
+"""Classifier defaults chosen from the photos themselves and the backbone, each with the reason it was chosen.
+
+`train` and `tag` (and `adapt`, through `choose_defaults`) read a sample of the photos and decide:
+
+- **input size**: 28 px greyscale arrays (Fashion-MNIST) -> `DEFAULT_INPUT_SIZE`; studio shots on a plain backdrop
+  -> the backbone's native size, or the photos' own padded side when smaller (no upsampling); photos people took
+  themselves (cluttered backgrounds) -> the photos' own padded side, up to `MAX_CLUTTERED_SIZE`, even above the
+  backbone's native size: the garment fills less of the frame, so detail matters more;
+- **taps** (which layers are pooled, EfficientNet-Lite only): light-on-dark greyscale -> blocks 4+5; photos ->
+  block 5 + pre-logits;
+- **flip averaging** (a linear probe reads the mean of a photo's and its mirror image's features): on for photos
+  people took (measured there);
+- **method**: a linear probe on frozen features.
+
+The measurements behind each rule are in docs/classification.md ("Defaults chosen from the photos";
+`benchmarks/photo_defaults.py`).
+A photo sample is what the rules read: its sides, whether it is greyscale, whether it is light on dark, and how
+plain its border is (the spread of the border pixels: a studio backdrop is one flat colour, a floor or a bed is not).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fashionrec.config import DEFAULT_INPUT_SIZE
+
+log = logging.getLogger(__name__)
+
+#: Below this mean border spread (0-255 per channel, std of the border pixels) a photo counts as a studio shot on a
+#: plain backdrop. H&M product photos: median 2-4; photos taken by people (the clothing folder): median 30-40.
+PLAIN_BORDER_STD = 12.0
+#: A folder is "studio" when at least this share of the sampled photos has a plain border.
+STUDIO_SHARE = 0.5
+#: At most this input side (px) for cluttered photos (CPU cost grows with its square).
+MAX_CLUTTERED_SIZE = 256
+#: At most this side (px) for images this small and greyscale: the Fashion-MNIST regime.
+SMALL_SIDE = 64
+
+
+@dataclass(frozen=True)
+class PhotoStats:
+    """What the rules read from a sample of photos."""
+
+    n: int
+    median_side: int  # the padded square's side (the longer side), px
+    greyscale_share: float  # share of photos whose three channels agree (or single-channel arrays)
+    light_on_dark: bool  # dark border, light object (Fashion-MNIST)
+    border_std: float  # median over photos of the spread of the border pixels (0-255)
+    plain_share: float  # share of photos whose border spread is under PLAIN_BORDER_STD
+
+    @property
+    def kind(self) -> str:
+        """'small-greyscale' | 'studio' | 'cluttered'."""
+        if self.median_side <= SMALL_SIDE and self.greyscale_share >= 0.5:
+            return "small-greyscale"
+        return "studio" if self.plain_share >= STUDIO_SHARE else "cluttered"
+
+
+@dataclass(frozen=True)
+class PhotoDefaults:
+    """The chosen settings, with `reasons[name]` saying why; `stats`: what was read from the photos."""
+
+    input_size: int
+    taps: tuple
+    flip_tta: bool
+    method: str
+    backbone: str
+    stats: PhotoStats
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["taps"] = list(self.taps)
+        d["kind"] = self.stats.kind
+        return d
+
+    def describe(self) -> str:
+        """One line per setting, for the terminal."""
+        s = self.stats
+        head = (
+            f"photo defaults ({s.kind}: {s.n} photos sampled, median side {s.median_side} px, "
+            f"{s.greyscale_share:.0%} greyscale, border spread {s.border_std:.1f}, {s.plain_share:.0%} plain)"
+        )
+        rows = [
+            f"  input size {self.input_size}: {self.reasons['input_size']}",
+            f"  taps {','.join(map(str, self.taps))}: {self.reasons['taps']}",
+            f"  flip averaging {'on' if self.flip_tta else 'off'}: {self.reasons['flip_tta']}",
+            f"  method {self.method}: {self.reasons['method']}",
+        ]
+        return "\n".join([head, *rows])
+
+    def save(self, out: str | Path) -> Path:
+        """The resolved choice and its reasons as JSON: `out` itself when it ends in .json, else
+        `out`/photo_defaults.json."""
+        from fashionrec.io import write_json
+
+        path = Path(out) if str(out).endswith(".json") else Path(out) / "photo_defaults.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, json.loads(json.dumps(self.to_dict(), default=str)))
+        return path
+
+
+def _border(x: np.ndarray) -> np.ndarray:
+    """(H, W[, C]) -> the border pixels (K, C)."""
+    if x.ndim == 2:
+        x = x[..., None]
+    return np.concatenate([x[0], x[-1], x[:, 0], x[:, -1]], 0).astype(np.float32)
+
+
+def photo_stats_of_arrays(images: Sequence[np.ndarray], sides: Sequence[int] | None = None) -> PhotoStats:
+    """Statistics of decoded photos (uint8 (H, W) or (H, W, 3), any sizes, unpadded). `sides`: the photos'
+    original longer sides when the arrays were decoded smaller."""
+    if not len(images):
+        raise ValueError("photo statistics need at least one photo")
+    grey, stds, dark = [], [], []
+    for x in images:
+        x = np.asarray(x)
+        b = _border(x)
+        grey.append(x.ndim == 2 or x.shape[-1] == 1 or bool(np.abs(x[..., 0:1].astype(np.int16) - x).max() <= 8))
+        stds.append(float(b.std(0).mean()))
+        dark.append(float(b.mean()))
+    sides = list(sides) if sides is not None else [max(np.asarray(x).shape[:2]) for x in images]
+    stds_a = np.array(stds)
+    return PhotoStats(
+        n=len(images),
+        median_side=int(np.median(sides)),
+        greyscale_share=float(np.mean(grey)),
+        light_on_dark=bool(np.mean(dark) < 64.0 and np.mean(grey) >= 0.5),
+        border_std=round(float(np.median(stds_a)), 2),
+        plain_share=round(float((stds_a < PLAIN_BORDER_STD).mean()), 3),
+    )
+
+
+def photo_stats_of_files(paths: Sequence[str | Path], sample: int = 64, seed: int = 0) -> PhotoStats:
+    """Statistics of up to `sample` photos drawn from `paths` (decoded at reduced size: a border's spread does not
+    need every pixel). Unreadable files are left out (they are reported where the photos are decoded)."""
+    from fashionrec.data.images import ImageDecodeError, load_image
+
+    paths = list(paths)
+    if not paths:
+        raise ValueError("photo statistics need at least one photo")
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(paths), min(sample, len(paths)), replace=False)
+    arrays, sides = [], []
+    for j in sorted(pick):
+        try:
+            img = load_image(paths[j], draft_size=128)
+        except ImageDecodeError:
+            continue
+        from PIL import Image
+
+        with Image.open(paths[j]) as raw:
+            sides.append(max(raw.size))
+        img.thumbnail((128, 128))
+        arrays.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+    if not arrays:
+        raise ValueError(f"none of the {len(pick)} sampled photos could be read")
+    return photo_stats_of_arrays(arrays, sides)
+
+
+def _round32(side: float) -> int:
+    return int(32 * round(side / 32))
+
+
+def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
+    """Settings for a classifier on these photos with this backbone. `photos_sample`: a `PhotoStats`, a uint8 array
+    of images (N, H, W[, 3]), or a list of image paths."""
+    from fashionrec.backbones import create_backbone
+
+    if isinstance(photos_sample, PhotoStats):
+        stats = photos_sample
+    elif isinstance(photos_sample, np.ndarray):
+        stats = photo_stats_of_arrays(list(photos_sample[:256]))
+    else:
+        stats = photo_stats_of_files(photos_sample)
+    native = int(create_backbone(backbone, pretrained=False).data_config.input_size)
+    lite = backbone.startswith("efficientnet_lite")
+    reasons = {}
+    kind = stats.kind
+    if kind == "small-greyscale":
+        size = DEFAULT_INPUT_SIZE
+        reasons["input_size"] = (
+            f"small greyscale images ({stats.median_side} px): {DEFAULT_INPUT_SIZE} px, measured on Fashion-MNIST"
+        )
+    elif kind == "studio":
+        size = max(64, min(native, _round32(stats.median_side)))
+        reasons["input_size"] = (
+            f"studio photos on a plain backdrop: {backbone}'s native {native} px, or the photos' own side when smaller"
+        )
+    else:
+        size = max(64, min(max(native, MAX_CLUTTERED_SIZE), _round32(stats.median_side), MAX_CLUTTERED_SIZE))
+        size = max(size, min(native, _round32(stats.median_side)))
+        reasons["input_size"] = (
+            f"photos with cluttered backgrounds: their own side ({stats.median_side} px), up to "
+            f"{MAX_CLUTTERED_SIZE} px, above {backbone}'s native {native} px where the photos are larger (clothing "
+            f"folder, Lite0: 256 px +1.7 points at 10 labels per class over 224 px)"
+        )
+    if not lite:
+        taps: tuple = ("final",)
+        reasons["taps"] = f"{backbone} is pooled at its pre-logits (mid-level taps measured on EfficientNet-Lite only)"
+    elif stats.light_on_dark:
+        taps = (4, 5)
+        reasons["taps"] = "light-on-dark greyscale: mid-level blocks 4+5 transfer better than the pre-logits"
+    else:
+        taps = (5, "final")
+        reasons["taps"] = "photos: block 5 + pre-logits"
+    flip = kind == "cluttered"
+    reasons["flip_tta"] = (
+        "photos people took: a garment and its mirror image are the same garment (clothing folder, Lite0 at "
+        "224 px: +0.4 points at 10 labels per class, +1.6 with every photo)"
+        if flip
+        else f"{kind.replace('-', ' ')} photos: one view (flip averaging not measured there)"
+    )
+    reasons["method"] = (
+        "a linear probe on frozen features: on Fashion-MNIST and H&M fine-tuning trails it below a few hundred "
+        "labels per class (docs/classification.md); `--method finetune` trains the network"
+    )
+    return PhotoDefaults(size, taps, flip, "linear-probe", backbone, stats, reasons)
+
+
+def resolve_photo_defaults(
+    data_dir: str | Path | None,
+    backbone: str,
+    *,
+    input_size: int | None = None,
+    taps: str | None = "auto",
+    flip: str = "auto",
+    fashion_mnist_dir: str | Path | None = None,
+):
+    """The settings `training.photo_defaults.choose_defaults` picks from a sample of the photos (a folder's images,
+    or Fashion-MNIST's arrays when `data_dir` is None) and the backbone; a setting given explicitly (`input_size`,
+    `taps` other than 'auto', `flip` 'yes'/'no') wins, and its reason says so. -> PhotoDefaults."""
+    from dataclasses import replace
+
+    from fashionrec.errors import FashionrecError
+
+    if data_dir is None:
+        from fashionrec.data.fashion_mnist import load_fashion_mnist
+
+        sample = load_fashion_mnist(fashion_mnist_dir).x_train[:256]
+    else:
+        from fashionrec.training.adapt import catalog_for_training
+
+        sample = list(catalog_for_training(data_dir).image_paths.values())
+        if not sample:
+            raise FashionrecError(f"{data_dir}: no images to choose settings from")
+    d = choose_defaults(sample, backbone)
+    reasons = dict(d.reasons)
+    if input_size is not None:
+        d, reasons["input_size"] = replace(d, input_size=int(input_size)), "set by --input-size"
+    if taps not in (None, "auto"):
+        parsed = tuple(t if t == "final" else int(t) for t in str(taps).split(","))
+        d, reasons["taps"] = replace(d, taps=parsed), "set by --taps"
+    if flip in ("yes", "no"):
+        d, reasons["flip_tta"] = replace(d, flip_tta=flip == "yes"), "set by --flip-tta"
+    d = replace(d, reasons=reasons)
+    log.info("%s", d.describe())
+    return d

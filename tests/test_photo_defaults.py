@@ -1,0 +1,112 @@
+"""Defaults chosen from the photos: known-answer photo statistics and the rules that read them."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionrec.config import DEFAULT_INPUT_SIZE
+from fashionrec.training.photo_defaults import (
+    MAX_CLUTTERED_SIZE,
+    PhotoStats,
+    choose_defaults,
+    photo_stats_of_arrays,
+    photo_stats_of_files,
+)
+
+
+def studio_photos(n=6, h=192, w=128):
+    """A coloured garment on a flat white backdrop."""
+    x = np.full((n, h, w, 3), 255, np.uint8)
+    x[:, 40:150, 30:100] = (150, 30, 40)
+    return x
+
+
+def cluttered_photos(n=6, h=256, w=192, seed=0):
+    """A garment on a textured floor: the border varies a lot."""
+    x = np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+    x[:, 60:200, 40:150] = (20, 60, 160)
+    return x
+
+
+def fmnist_like(n=6):
+    """28 px greyscale, light garment on black."""
+    x = np.zeros((n, 28, 28), np.uint8)
+    x[:, 5:23, 8:20] = 200
+    return x
+
+
+def test_photo_statistics_known_answers():
+    s = photo_stats_of_arrays(list(studio_photos()))
+    assert s.n == 6 and s.median_side == 192 and s.greyscale_share == 0.0 and not s.light_on_dark
+    assert s.border_std == 0.0 and s.plain_share == 1.0 and s.kind == "studio"
+    c = photo_stats_of_arrays(list(cluttered_photos()))
+    assert c.border_std > 50 and c.plain_share == 0.0 and c.kind == "cluttered"
+    f = photo_stats_of_arrays(list(fmnist_like()))
+    assert f.greyscale_share == 1.0 and f.light_on_dark and f.median_side == 28 and f.kind == "small-greyscale"
+
+
+def test_rules_per_kind_of_photo():
+    studio = choose_defaults(studio_photos(), "efficientnet_lite0")
+    assert studio.input_size == 192  # the photos' own side: smaller than Lite0's native 224, no upsampling
+    assert studio.taps == (5, "final") and not studio.flip_tta and studio.method == "linear-probe"
+    clutter = choose_defaults(cluttered_photos(), "efficientnet_lite0")
+    assert clutter.input_size == MAX_CLUTTERED_SIZE == 256  # above the native 224: the photos are that large
+    assert clutter.flip_tta and clutter.taps == (5, "final")
+    fm = choose_defaults(fmnist_like(), "efficientnet_lite0")
+    assert fm.input_size == DEFAULT_INPUT_SIZE and fm.taps == (4, 5) and not fm.flip_tta
+    # the backbone matters: other backbones are pooled at their pre-logits; Lite2's native size is larger
+    assert choose_defaults(cluttered_photos(), "mobilenetv2").taps == ("final",)
+    big = PhotoStats(10, 1200, 0.0, False, 30.0, 0.0)
+    assert choose_defaults(big, "efficientnet_lite2").input_size == 260  # native 260 > the 256 cap
+    assert choose_defaults(big, "efficientnet_lite0").input_size == 256
+    small = PhotoStats(10, 100, 0.0, False, 30.0, 0.0)
+    assert choose_defaults(small, "efficientnet_lite0").input_size == 96  # never upsampled
+    for d in (studio, clutter, fm):
+        assert set(d.reasons) == {"input_size", "taps", "flip_tta", "method"} and all(d.reasons.values())
+
+
+def test_stats_from_files_and_saved_choice(tmp_path):
+    paths = []
+    for i, x in enumerate(studio_photos(4)):
+        p = tmp_path / f"{i}.jpg"
+        Image.fromarray(x).save(p, quality=95)
+        paths.append(p)
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    s = photo_stats_of_files([*paths, tmp_path / "bad.jpg"])
+    assert s.n == 4 and s.median_side == 192 and s.kind == "studio"  # the unreadable one left out
+    d = choose_defaults(paths, "efficientnet_lite0")
+    saved = json.loads(d.save(tmp_path / "run").read_text())
+    assert saved["input_size"] == 192 and saved["taps"] == [5, "final"] and saved["kind"] == "studio"
+    assert "input size 192" in d.describe() and "studio" in d.describe()
+    with pytest.raises(ValueError, match="could be read"):
+        photo_stats_of_files([tmp_path / "bad.jpg"])
+
+
+def test_explicit_settings_win(tmp_path):
+    from fashionrec.training.photo_defaults import resolve_photo_defaults
+
+    root = tmp_path / "shop"
+    (root / "images").mkdir(parents=True)
+    for i, x in enumerate(cluttered_photos(3)):
+        Image.fromarray(x).save(root / "images" / f"p{i}.jpg")
+    (root / "labels.csv").write_text("item_id,label\np0,a\np1,b\np2,a\n")
+    auto = resolve_photo_defaults(root, "efficientnet_lite0")
+    assert auto.input_size == 256 and auto.stats.kind == "cluttered"
+    d = resolve_photo_defaults(root, "efficientnet_lite0", input_size=128, taps="4,final", flip="no")
+    assert d.input_size == 128 and d.taps == (4, "final") and not d.flip_tta
+    assert d.reasons["input_size"] == "set by --input-size" and d.reasons["flip_tta"] == "set by --flip-tta"
+
+
+def test_coverage_table_known_answer():
+    from fashionrec.workflows.classify import coverage_table, format_coverage
+
+    p = np.array([[0.95, 0.05], [0.8, 0.2], [0.6, 0.4], [0.3, 0.7]])
+    y = np.array([0, 1, 0, -1])  # the last one unlabelled: left out
+    rows = {r["min_confidence"]: r for r in coverage_table(p, y, thresholds=(0.0, 0.7, 0.9, 0.99))}
+    assert rows[0.0]["n"] == 3 and rows[0.0]["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+    assert rows[0.7]["coverage"] == pytest.approx(2 / 3, abs=1e-4) and rows[0.7]["accuracy"] == 0.5
+    assert rows[0.9]["n"] == 1 and rows[0.9]["accuracy"] == 1.0
+    assert rows[0.99]["n"] == 0 and rows[0.99]["accuracy"] is None
+    assert "share tagged" in format_coverage(list(rows.values()))
