@@ -231,16 +231,16 @@ def test_label_efficiency_gets_the_prepared_backbone_directly():
 
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_probe_head_predicts_like_the_sklearn_pipeline(n_classes):
-    """The one predict path (ProbeHead: standardise, logits, softmax) gives sklearn's own probabilities, binary
+    """The one predict path (Tagger: standardise, logits, softmax) gives sklearn's own probabilities, binary
     (sigmoid) and multinomial alike."""
-    from fashionrec.training.classifier import ProbeHead
+    from fashionrec.tagging import Tagger
     from fashionrec.training.probe import fit_linear_probe
 
     rng = np.random.default_rng(0)
     y = np.arange(90) % n_classes
     f = rng.normal(size=(90, 8)) + y[:, None] * 0.7
     pipe = fit_linear_probe(f, y, C=0.5)
-    head = ProbeHead.from_sklearn(pipe)
+    head = Tagger.from_pipeline("label", pipe)
     q = rng.normal(size=(20, 8))
     np.testing.assert_allclose(head.predict_proba(q, n_classes), pipe.predict_proba(q), rtol=1e-9, atol=1e-12)
 

@@ -1,4 +1,7 @@
-"""Tags from a photo's image features: the tagger the server fits once and applies to every upload.
+"""Tags from a photo's image features: the one tagger type of the package.
+
+The server fits one per catalog column and applies it to every upload; `fashionrec train`/`tag`'s linear probe is
+one (its classes are the class ids it saw in training: `predict_proba` puts them at their ids).
 
 A `Tagger` predicts one catalog attribute (product type, colour, ...) from a photo's raw backbone vector:
 standardise, then multinomial logistic regression (`training.probe.fit_linear_probe`, the fitting routine of the
@@ -61,10 +64,13 @@ class Tagger:
 
     @classmethod
     def from_pipeline(cls, column: str, pipe) -> Tagger:
+        """From a fitted sklearn Pipeline(StandardScaler, LogisticRegression); the classes as the pipeline has them
+        (strings for catalog attributes, class ids for a classifier's probe)."""
         scaler, lr = pipe[0], pipe[-1]
+        classes = np.asarray(lr.classes_)
         return cls(
             column,
-            np.asarray(lr.classes_).astype(str),
+            classes.astype(str) if classes.dtype == object else classes,  # stored as plain arrays, never pickled
             scaler.mean_.astype(np.float64),
             scaler.scale_.astype(np.float64),
             lr.coef_.astype(np.float64),
@@ -81,6 +87,14 @@ class Tagger:
         logits = logits - logits.max(axis=1, keepdims=True)
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
+
+    def predict_proba(self, raw: np.ndarray, n_classes: int) -> np.ndarray:
+        """(N, n_classes) probabilities when the classes are class ids 0..n_classes-1 (a classifier's probe): a
+        class it never saw in training gets 0."""
+        p = self.probabilities(raw)
+        out = np.zeros((len(p), n_classes), dtype=np.float64)
+        out[:, np.asarray(self.classes, dtype=int)] = p
+        return out
 
     def predict(self, raw: np.ndarray, top: int = 3) -> list[dict]:
         """The `top` classes of one photo: [{"label", "probability"}], most probable first."""

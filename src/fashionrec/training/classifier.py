@@ -32,6 +32,7 @@ from fashionrec.errors import FashionrecError
 from fashionrec.evaluation.calibration import apply_temperature
 from fashionrec.features import FeatureCache, Preprocess, embed_arrays
 from fashionrec.io import atomic_path
+from fashionrec.tagging import Tagger
 from fashionrec.training.finetune import ImageClassifier, predict_logits
 
 FORMAT = "fashionrec-classifier"
@@ -45,42 +46,6 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def expand_proba(p: np.ndarray, present: np.ndarray, n_classes: int) -> np.ndarray:
-    """A probe only knows the classes it saw in training: put its columns at their class ids (others get 0)."""
-    out = np.zeros((len(p), n_classes), dtype=np.float64)
-    out[:, np.asarray(present, dtype=int)] = p
-    return out
-
-
-@dataclass
-class ProbeHead:
-    """A fitted linear probe as arrays: standardise with (mean, scale), then logistic regression (coef, intercept)
-    over `classes` (the class ids seen in training)."""
-
-    mean: np.ndarray
-    scale: np.ndarray
-    coef: np.ndarray
-    intercept: np.ndarray
-    classes: np.ndarray
-
-    @classmethod
-    def from_sklearn(cls, pipeline) -> ProbeHead:
-        scaler, lr = pipeline.steps[0][1], pipeline.steps[-1][1]
-        return cls(
-            np.asarray(scaler.mean_, np.float64),
-            np.asarray(scaler.scale_, np.float64),
-            np.asarray(lr.coef_, np.float64),
-            np.asarray(lr.intercept_, np.float64),
-            np.asarray(lr.classes_),
-        )
-
-    def predict_proba(self, feats: np.ndarray, n_classes: int) -> np.ndarray:
-        z = ((feats - self.mean) / self.scale) @ self.coef.T + self.intercept
-        if z.shape[1] == 1:  # binary logistic regression: sklearn's p(class 1) = sigmoid(z) = softmax([0, z])
-            z = np.hstack([np.zeros_like(z), z])
-        return expand_proba(softmax(z), self.classes, n_classes)
-
-
 @dataclass
 class Classifier:
     """Images -> class probabilities. `kind` is 'linear-probe' (frozen `backbone` + `probe`) or 'finetune'
@@ -91,7 +56,7 @@ class Classifier:
     preprocess: Preprocess
     backbone: Backbone
     kind: str = "linear-probe"
-    probe: ProbeHead | None = None
+    probe: Tagger | None = None  # the linear probe over the class ids
     model: ImageClassifier | None = None
     config: Any = None
     metrics: dict = field(default_factory=dict)
@@ -194,7 +159,9 @@ class Classifier:
             out.model.eval()
         else:
             p = {k: v.numpy() for k, v in blob["probe"].items()}
-            out.probe = ProbeHead(p["mean"], p["scale"], p["coef"], p["intercept"], np.asarray(meta["probe_classes"]))
+            out.probe = Tagger(
+                "label", np.asarray(meta["probe_classes"]), p["mean"], p["scale"], p["coef"], p["intercept"]
+            )
         return out
 
 

@@ -20,8 +20,9 @@ from fashionrec.config import DEFAULT_INPUT_SIZE
 from fashionrec.evaluation.metrics import accuracy, confusion_matrix, macro_f1
 from fashionrec.features import FeatureCache, Preprocess, embed_arrays
 from fashionrec.io import write_json
+from fashionrec.tagging import Tagger
 from fashionrec.training import probe as probe_module
-from fashionrec.training.classifier import Classifier, ProbeHead, expand_proba, softmax  # noqa: F401  (public here)
+from fashionrec.training.classifier import Classifier, softmax  # noqa: F401  (public here)
 from fashionrec.training.domain import adapt_batchnorm
 from fashionrec.training.finetune import FinetuneConfig, finetune, predict_logits
 
@@ -149,7 +150,13 @@ def train_image_classifier(
     )
     probe = probe_module.fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
     trained = Classifier(
-        classes, pre, backbone, kind=cfg.method, probe=ProbeHead.from_sklearn(probe), config=cfg, progress=progress
+        classes,
+        pre,
+        backbone,
+        kind=cfg.method,
+        probe=Tagger.from_pipeline("label", probe),
+        config=cfg,
+        progress=progress,
     )
     if cfg.method == "finetune":
         lr = probe.steps[-1][1]

@@ -528,7 +528,7 @@ def probe_temperature(
     from fashionrec.data.products import split_products
     from fashionrec.evaluation.calibration import apply_temperature, calibration_report, fit_temperature
     from fashionrec.features import embed_arrays
-    from fashionrec.training.classifier import ProbeHead
+    from fashionrec.tagging import Tagger
     from fashionrec.training.probe import fit_linear_probe
 
     cfg = trained.config
@@ -536,7 +536,7 @@ def probe_temperature(
     if trained.probe is None or held.sum() < 10 or len(np.unique(y[~held])) < 2:
         return None, None
     feats = embed_arrays(trained.backbone, x, preprocess=trained.preprocess, cache=cache, progress=False, device=device)
-    probe = ProbeHead.from_sklearn(fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed))
+    probe = Tagger.from_pipeline("label", fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed))
     p = probe.predict_proba(feats[held], len(trained.classes))  # as the classifier itself predicts
     if colour is not None:
         import torch
