@@ -344,7 +344,7 @@ def test_inference_flag_reaches_the_embedder(tmp_path, monkeypatch, name):
 def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
     """`--workers 3` hands the batch job to the Ray path with 3 workers (Ray's output equals the single-process
     file byte for byte: tests/test_distributed.py); here a spy stands in for Ray and writes the local output."""
-    import fashionrec.distributed as D
+    import fashionrec.recommend.batch.ray as R
     from fashionrec.recommend import batch
 
     calls = []
@@ -354,7 +354,7 @@ def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
         kw.pop("address", None)
         return batch.recommend_all(model, users, k, out_path, **kw)
 
-    monkeypatch.setattr(D, "recommend_all_ray", spy)
+    monkeypatch.setattr(R, "recommend_all_ray", spy)
     root, _, users = make_shop(tmp_path / "shop")
     outs = []
     for workers in ("1", "3"):
