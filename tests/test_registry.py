@@ -183,3 +183,33 @@ def test_adapted_model_folder_is_a_registered_backbone_source(tmp_path):
 
     assert any(matches is base.is_adapted_model_dir for matches, _ in base._SOURCES)
     assert not base.is_adapted_model_dir(tmp_path)  # an empty folder is not a model
+
+
+def test_capabilities_are_class_attributes_read_through_the_registry():
+    from fashionrec.recommend import Recommender, names, recommender_class
+    from fashionrec.recommend.base import _REGISTRY, register_recommender
+    from fashionrec.serving.state import LIGHT_MODELS
+    from fashionrec.workflows.recommend import evaluation_needs_images
+
+    assert set(names(needs_images=True)) == {"visual", "hybrid", "taste", "vbpr", "amr"}
+    assert names(light=True) == ["popularity", "repurchase", "visual"] == list(LIGHT_MODELS)
+    assert not evaluation_needs_images("repurchase") and evaluation_needs_images("content")
+    assert names(lambda c: c.needs_images and c.light) == ["visual"]
+
+    @register_recommender("test-photo-only")
+    class PhotoOnly(Recommender):  # a plug-in declares what it needs; nothing else is edited
+        needs_images = True
+
+        def fit(self, data):
+            return self
+
+        def scores(self, hist_idx, hist_ts, user=None):
+            return np.zeros(0)
+
+    try:
+        assert "test-photo-only" in names(needs_images=True) and "test-photo-only" not in names(light=True)
+        assert recommender_class("test-photo-only") is PhotoOnly
+    finally:
+        del _REGISTRY["test-photo-only"]
+    with pytest.raises(FashionrecError, match="unknown recommender 'nope'"):
+        recommender_class("nope")

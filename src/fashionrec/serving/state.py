@@ -44,7 +44,7 @@ from fashionrec.serving.store import load_arrays, save_arrays
 
 log = logging.getLogger(__name__)
 TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
-LIGHT_MODELS = ("popularity", "repurchase", "visual")
+LIGHT_MODELS = tuple(__import__("fashionrec.recommend", fromlist=["names"]).names(light=True))  # fit at start
 TABLES_KIND = "serving-tables"
 TABLES_VERSION = 3  # bump when the layout of tables/ changes: older folders are rebuilt, never misread
 ARRIVALS_KIND = "serving-arrival-vectors"

@@ -16,13 +16,18 @@ import pandas as pd
 from fashionrec.artifacts.registry import AUTO
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.errors import FashionrecError
-from fashionrec.workflows.shop import IMAGE_MODELS, Shop, fit_recommender, load_shop, rec_data
+from fashionrec.recommend import recommender_class
+from fashionrec.workflows.shop import Shop, fit_recommender, load_shop, rec_data
 
 log = logging.getLogger(__name__)
 MAX_CUSTOMER_ID_CHARS = 256  # H&M's ids are 64 hex characters
 
-#: The evaluation also embeds images for `content`: its attributes for never-sold items are predicted from photos.
-EVALUATION_IMAGE_MODELS = IMAGE_MODELS | {"content"}
+
+def evaluation_needs_images(name: str) -> bool:
+    """The evaluation embeds the photos for the models that need them and for those reading the tags predicted
+    from photos (`content` describes never-sold items so)."""
+    cls = recommender_class(name)
+    return cls.needs_images or cls.uses_image_tags
 
 
 def _workspace(workspace) -> Path:
@@ -220,7 +225,7 @@ def recommend_all(
     name = model or DEFAULT_MODEL
     shop = load_shop(
         data_dir,
-        with_images=name in IMAGE_MODELS,
+        with_images=recommender_class(name).needs_images,
         workspace=workspace,
         progress=progress,
         backbone=backbone,
@@ -283,7 +288,7 @@ def similar_items(
     workspace = _workspace(workspace)
     shop = load_shop(
         data_dir,
-        with_images=model in IMAGE_MODELS,
+        with_images=recommender_class(model).needs_images,
         workspace=workspace,
         progress=progress,
         backbone=backbone,
@@ -330,7 +335,7 @@ def evaluate_recommenders(
 
     shop = load_shop(
         data_dir,
-        with_images=any(m in EVALUATION_IMAGE_MODELS for m in models),
+        with_images=any(evaluation_needs_images(m) for m in models),
         workspace=workspace,
         progress=progress,
         backbone=backbone,

@@ -21,11 +21,13 @@ from fashionrec.artifacts.registry import AUTO, adapted_weights_sha256, resolve_
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.data.catalog import Catalog, load_catalog
 from fashionrec.data.interactions import Interactions, load_customers, load_hm_transactions
+from fashionrec.recommend import names, recommender_class
 from fashionrec.recommend.base import ItemFeatures, RecData
 
 log = logging.getLogger(__name__)
-#: Recommenders that need image features (load_shop(..., with_images=True)).
-IMAGE_MODELS = frozenset({"visual", "hybrid", "taste", "vbpr", "amr"})
+#: The recommenders that need image features, for callers of this name; the capability is the class attribute
+#: `needs_images` (`fashionrec.recommend.names(needs_images=True)`).
+IMAGE_MODELS = frozenset(names(needs_images=True))
 MODEL_CACHE_VERSION = 4  # bump when a recommender's fitted state changes shape or meaning
 
 
@@ -296,7 +298,7 @@ def fit_recommender(
             except Exception as e:  # a damaged cache is refitted, never fatal
                 log.warning("%s: unreadable model cache (%s); refitting", cache, e)
 
-    if name in IMAGE_MODELS and shop.image_features is None:
+    if recommender_class(name).needs_images and shop.image_features is None:
         from fashionrec.errors import FashionrecError
 
         raise FashionrecError(f"recommender '{name}' needs image features: load_shop(..., with_images=True)")
