@@ -282,9 +282,23 @@ def test_command_modules_import_only_common_and_workflows():
 
 
 def test_every_command_module_is_registered():
+    """Every module of cli/ with a `register` function adds its commands to the parser (a new module that is not
+    listed in main.COMMAND_MODULES fails here), in `fashionrec --help` order."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    import fashionrec.cli as cli
     from fashionrec.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
+    modules = [importlib.import_module(f"fashionrec.cli.{m.name}") for m in pkgutil.iter_modules(cli.__path__)]
+    registering = [m for m in modules if callable(getattr(m, "register", None))]
+    assert len(registering) >= 6
+    for module in registering:
+        own = argparse.ArgumentParser().add_subparsers(dest="command")
+        module.register(own)
+        assert own.choices and set(own.choices) <= set(sub.choices), module.__name__
     assert list(sub.choices) == [
         "train",
         "predict",

@@ -17,7 +17,7 @@ from fashionrec.artifacts.registry import AUTO
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.errors import FashionrecError
 from fashionrec.recommend import recommender_class
-from fashionrec.workflows.shop import Shop, fit_recommender, load_shop, rec_data
+from fashionrec.workflows.shop import Shop, fit_recommender, rec_data
 
 log = logging.getLogger(__name__)
 MAX_CUSTOMER_ID_CHARS = 256  # H&M's ids are 64 hex characters
@@ -223,7 +223,7 @@ def recommend_all(
             _check_customer_id(u, f"customer id #{n}")
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
-    shop = load_shop(
+    shop = Shop.open(
         data_dir,
         with_images=recommender_class(name).needs_images,
         workspace=workspace,
@@ -286,7 +286,7 @@ def similar_items(
 ) -> list[Similar]:
     """The k items nearest to `item` by `model` (a content model by default: works for never-sold items)."""
     workspace = _workspace(workspace)
-    shop = load_shop(
+    shop = Shop.open(
         data_dir,
         with_images=recommender_class(model).needs_images,
         workspace=workspace,
@@ -333,7 +333,7 @@ def evaluate_recommenders(
     from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table
     from fashionrec.recommend import create_recommender
 
-    shop = load_shop(
+    shop = Shop.open(
         data_dir,
         with_images=any(evaluation_needs_images(m) for m in models),
         workspace=workspace,
