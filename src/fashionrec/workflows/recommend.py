@@ -224,17 +224,10 @@ def recommend_all(
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
     shop = Shop.open(
-        data_dir,
-        with_images=recommender_class(name).needs_images,
-        workspace=workspace,
-        progress=progress,
-        backbone=backbone,
-        input_size=input_size,
-        inference=inference,
+        data_dir, with_images=False, workspace=workspace, progress=progress, backbone=backbone, input_size=input_size
     )
-    t_load = time.time() - t0
-    fitted = fit_recommender(shop, name, cache_dir=workspace)
-    t_fit = time.time() - t0 - t_load
+    fitted, unreadable, t_fit = _fitted_model(shop, name, workspace, progress, inference)
+    t_load = time.time() - t0 - t_fit
     users = _checked_users(shop, users)
     workers = local_if_no_ray(workers, len(users))
     t1 = time.time()
@@ -259,10 +252,32 @@ def recommend_all(
         t_load,
         t_fit,
         shop.embed_seconds,
-        len(shop.failures),
+        unreadable,
         time.time() - t0,
         time.time() - t1,
     )
+
+
+def _fitted_model(shop: Shop, name: str, workspace: Path, progress: bool, inference: str):
+    """(the fitted model, unreadable photos, seconds loading or fitting the model). A model cached for these files and image features is loaded without
+    embedding the photos again (the features' key noted by `Shop.add_images`); else the photos are embedded (from
+    the feature cache where it has them) and the model is loaded or fitted by `fit_recommender`."""
+    from fashionrec.recommend import create_recommender
+    from fashionrec.workflows.shop import cached_model, model_cache_path
+
+    needs_images = recommender_class(name).needs_images
+    digest = shop.features_digest(workspace, inference=inference) if needs_images else None
+    if digest is not None or not needs_images:
+        t0 = time.time()
+        path = model_cache_path(shop, create_recommender(name), workspace, digest and digest["features"])
+        found = cached_model(path)
+        if found is not None:
+            return found, digest["unreadable"] if digest else 0, time.time() - t0
+    if needs_images:
+        shop.add_images(workspace=workspace, progress=progress, inference=inference)
+    t0 = time.time()
+    fitted = fit_recommender(shop, name, cache_dir=workspace)
+    return fitted, len(shop.failures), time.time() - t0
 
 
 @dataclass

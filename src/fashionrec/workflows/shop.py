@@ -102,22 +102,53 @@ class Shop:
             files=shop_files(data_dir, catalog),
         )
         shop._customers = customer_facts(table)
-        if with_images and catalog.image_paths:
-            raw, shop.failures, shop.embed_seconds = embed_catalog(
-                catalog,
-                backbone=backbone,
-                input_size=input_size,
-                workspace=workspace,
-                progress=progress,
-                inference=inference,
-            )
-            shop.raw_features = raw
-            shop.projection = fit_projection(raw.vectors, dim, workspace=workspace or default_workspace())
-            shop.image_features = ItemFeatures(raw.ids, shop.project(raw.vectors))
-            shop.colour_features = colour_catalog(
-                catalog, workspace=workspace, progress=progress, stats=shop.files["images"]
-            )
+        if with_images:
+            shop.add_images(workspace=workspace, progress=progress, dim=dim, inference=inference)
         return shop
+
+    def add_images(self, *, workspace=None, progress: bool = True, dim: int = 256, inference: str = "auto") -> Shop:
+        """Every photo's image features (backbone embeddings, cached per file, projected by PCA to `dim`) and colour
+        descriptors; what `open(..., with_images=True)` does. The digest of the projected features is noted in the
+        workspace (`features_digest`): a later run finds its cached fitted model without embedding again."""
+        from fashionrec.io import default_workspace
+
+        if not self.catalog.image_paths:
+            return self
+        ws = Path(workspace or default_workspace())
+        raw, self.failures, self.embed_seconds = embed_catalog(
+            self.catalog,
+            backbone=self.backbone_name,
+            input_size=self.input_size,
+            workspace=ws,
+            progress=progress,
+            inference=inference,
+        )
+        self.raw_features = raw
+        self.projection = fit_projection(raw.vectors, dim, workspace=ws)
+        self.image_features = ItemFeatures(raw.ids, self.project(raw.vectors))
+        self.colour_features = colour_catalog(self.catalog, workspace=ws, progress=progress, stats=self.files["images"])
+        from fashionrec.artifacts.keys import _canonical
+        from fashionrec.io import write_json
+
+        digest = {"features": _canonical(self.image_features.vectors), "unreadable": len(self.failures)}
+        write_json(self._digest_path(ws, inference, dim), digest)
+        return self
+
+    def _digest_path(self, workspace, inference: str, dim: int) -> Path:
+        from fashionrec.artifacts import artifact_key
+
+        key = artifact_key(shop=self.fingerprint(), inference=inference, dim=dim)
+        return Path(workspace) / "models" / f"{self.fingerprint()}-features-{key[:12]}.json"
+
+    def features_digest(self, workspace, *, inference: str = "auto", dim: int = 256) -> dict | None:
+        """What `add_images` noted for these files, backbone, inference path and dimension: the key of the
+        projected image features (as `artifact_key` writes an array) and the count of unreadable photos; None
+        when it never ran for them."""
+        p = self._digest_path(workspace, inference, dim)
+        try:
+            return json.loads(p.read_text()) if p.exists() else None
+        except (OSError, ValueError):
+            return None
 
     def project(self, raw: np.ndarray) -> np.ndarray:
         """Map raw backbone vectors (an upload, a new arrival) into the recommenders' image-feature space."""
@@ -351,6 +382,38 @@ def rec_data(shop: Shop, events: pd.DataFrame | None = None, now=None) -> RecDat
     )
 
 
+def model_cache_path(shop: Shop, model, cache_dir: str | Path, features) -> Path:
+    """Where the fitted `model` (built, not fitted) is cached. One key from everything the fitted model depends on:
+    the shop's files (log, catalog, customers, every image file: Shop.fingerprint), the image features themselves
+    (`features`: the vectors, or their key from `Shop.features_digest`; a new backbone or replaced weights give
+    other vectors), every resolved hyperparameter (defaults included), the cache format and the package version
+    (artifact_key adds it): a changed default, new weights or an upgrade refit instead of serving a stale model."""
+    from fashionrec.artifacts import artifact_key
+
+    resolved = {k: v for k, v in vars(model).items() if not k.startswith("_") and k != "data"}
+    key = artifact_key(
+        shop=shop.fingerprint(),
+        model=model.name,
+        settings=json.loads(json.dumps(resolved, default=str)),
+        features=features,
+        cache_version=MODEL_CACHE_VERSION,
+    )
+    return Path(cache_dir) / "models" / f"{shop.fingerprint()}-{model.name}-{key[:12]}.npz"
+
+
+def cached_model(path: Path):
+    """The fitted model cached at `path`, or None (absent; a damaged file is logged and refitted, never fatal)."""
+    from fashionrec.recommend import load_recommender
+
+    if not path.exists():
+        return None
+    try:
+        return load_recommender(path)
+    except Exception as e:
+        log.warning("%s: unreadable model cache (%s); refitting", path, e)
+        return None
+
+
 def fit_recommender(
     shop: Shop,
     name: str = DEFAULT_MODEL,
@@ -361,31 +424,15 @@ def fit_recommender(
 ):
     """Fit `name` on the shop's log (or `events`). With `cache_dir`, a model fitted on the whole log with the same
     data and parameters is loaded instead of refitted (written atomically after fitting)."""
-    from fashionrec.recommend import create_recommender, load_recommender
+    from fashionrec.recommend import create_recommender
 
     model, cache = create_recommender(name, **params), None
     if cache_dir is not None and events is None and now is None:
-        from fashionrec.artifacts import artifact_key
-
-        # One key from everything the fitted model depends on: the shop's files (log, catalog, customers, every
-        # image file: Shop.fingerprint), the image features themselves (a new backbone or replaced weights give other
-        # vectors), every resolved hyperparameter (defaults included), the cache format and the package version
-        # (artifact_key adds it): a changed default, new weights or an upgrade refit instead of serving a stale model.
-        resolved = {k: v for k, v in vars(model).items() if not k.startswith("_") and k != "data"}
         feats = shop.image_features
-        key = artifact_key(
-            shop=shop.fingerprint(),
-            model=name,
-            settings=json.loads(json.dumps(resolved, default=str)),
-            features=None if feats is None else feats.vectors,
-            cache_version=MODEL_CACHE_VERSION,
-        )
-        cache = Path(cache_dir) / "models" / f"{shop.fingerprint()}-{name}-{key[:12]}.npz"
-        if cache.exists():
-            try:
-                return load_recommender(cache)
-            except Exception as e:  # a damaged cache is refitted, never fatal
-                log.warning("%s: unreadable model cache (%s); refitting", cache, e)
+        cache = model_cache_path(shop, model, cache_dir, None if feats is None else feats.vectors)
+        found = cached_model(cache)
+        if found is not None:
+            return found
 
     if recommender_class(name).needs_images and shop.image_features is None:
         from fashionrec.errors import FashionrecError
