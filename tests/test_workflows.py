@@ -170,3 +170,56 @@ def test_recommend_all_fills_short_rows_from_popularity(tmp_path):
     assert c1[0] == "W" and sorted(c1[:6]) == sorted("XYZWAB")  # the model's 6: its history's own photo first
     assert c1[6:] == ["P", "Q"]  # then the best sellers not listed yet, in sales order
     assert nobody[:6] == ["P", "X", "Y", "Z", "Q", "W"] and sorted(nobody[6:]) == ["A", "B"]  # all from the fill
+
+
+def test_shop_open_reads_each_file_once(tmp_path, monkeypatch):
+    from fashionrec.workflows.shop import Shop
+    from serving_helpers import make_shop
+
+    root, ids, users = make_shop(tmp_path / "shop")
+    reads = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(
+        pd, "read_csv", lambda path, *a, **kw: reads.append(Path(path).name) or read_csv(path, *a, **kw)
+    )
+    shop = Shop.open(root, with_images=False, workspace=tmp_path / "ws", progress=False)
+    assert sorted(reads) == ["articles.csv", "customers.csv", "transactions.csv"]
+    assert shop.customers == users + ["newcust"] and shop.customer_table().index.tolist() == users + ["newcust"]
+    shop.fingerprint()
+    assert len(reads) == 3  # the fingerprint uses the file facts read at open
+
+
+def test_warm_recommend_loads_the_cached_model_without_embedding(tmp_path, monkeypatch):
+    """A second `recommend` with the same files finds the fitted model by the features' key noted by the first:
+    no photo is embedded again, no model is fitted, and the file is the same."""
+    import fashionrec.workflows.shop as shop_mod
+    from fashionrec.workflows.recommend import recommend_all
+    from serving_helpers import make_shop
+
+    root, _, _ = make_shop(tmp_path / "shop")
+    kw = dict(model="visual", k=5, backbone="tiny_cnn", input_size=32, workspace=tmp_path / "ws", progress=False)
+    first = recommend_all(root, tmp_path / "a.csv", **kw)
+
+    def refuse(*a, **k):
+        raise AssertionError("embedded or fitted again")
+
+    monkeypatch.setattr(shop_mod, "embed_catalog", refuse)
+    monkeypatch.setattr(shop_mod, "rec_data", refuse)
+    second = recommend_all(root, tmp_path / "b.csv", **kw)
+    assert second.path.read_bytes() == first.path.read_bytes() and second.n_unreadable == first.n_unreadable == 0
+    (root / "customers.csv").write_text((root / "customers.csv").read_text() + "another\n")  # other files
+    with pytest.raises(AssertionError, match="embedded or fitted again"):
+        recommend_all(root, tmp_path / "c.csv", **kw)
+
+
+def test_the_cached_projection_gives_the_same_bits(tmp_path):
+    from fashionrec.workflows.shop import fit_projection
+
+    x = np.random.default_rng(0).normal(size=(600, 96)).astype(np.float32)
+    fitted = fit_projection(x, 16, workspace=tmp_path)
+    assert len(list((tmp_path / "projection").glob("*.npz"))) == 1
+    again = fit_projection(x, 16, workspace=tmp_path)
+    assert np.array_equal(fitted.transform(x), again.transform(x))
+    assert np.array_equal(fitted.transform(x[:1]), again.transform(x[:1]))
+    other = fit_projection(x[:-1], 16, workspace=tmp_path)  # other vectors: another PCA, fitted
+    assert len(list((tmp_path / "projection").glob("*.npz"))) == 2 and other.n_samples_ == 599
