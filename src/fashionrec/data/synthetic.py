@@ -109,6 +109,46 @@ def _customer_id(seed: int, i: int) -> str:
     return hashlib.sha256(f"fashionrec-synthetic-{seed}-{i}".encode()).hexdigest()
 
 
+def _purchases(rng, ids: list[str], sold: pd.DataFrame, prefs_cls, prefs_col, colours: list[str]) -> list[tuple]:
+    """Each customer's purchases (t_dat, customer_id, article_id, price, channel): by taste, repurchases, and newer
+    items over time."""
+    cls_idx = sold["product_type_name"].map(CLASSES.index).to_numpy()
+    col_idx = sold["colour_group_name"].map(colours.index).to_numpy()
+    release = sold["release"].to_numpy()
+    base = sold["popularity"].to_numpy()
+    tx = []
+    for u, uid in enumerate(ids):
+        channel = int(rng.choice([1, 2], p=[0.3, 0.7]))
+        days = np.sort(rng.integers(0, DAYS, size=1 + int(rng.poisson(7))))
+        history: list[int] = []
+        for day in days:
+            if history and rng.random() < 0.15:  # buys an item again
+                j = history[int(rng.integers(len(history)))]
+            else:
+                ok = release <= day
+                like_cls = np.isin(cls_idx, prefs_cls[u]) if rng.random() < 0.85 else np.ones(len(sold), bool)
+                like_col = np.isin(col_idx, prefs_col[u]) if rng.random() < 0.75 else np.ones(len(sold), bool)
+                cand = ok & like_cls & like_col
+                if not cand.any():
+                    cand = ok & like_cls
+                if not cand.any():
+                    cand = ok
+                age = np.maximum(day - release, 0)
+                w = np.where(cand, base * (np.exp(-age / 30.0) + 0.05), 0.0)
+                j = int(rng.choice(len(sold), p=w / w.sum()))
+            history.append(j)
+            tx.append(
+                (
+                    (START + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d"),
+                    uid,
+                    sold.at[j, "article_id"],
+                    sold.at[j, "price"],
+                    channel,
+                )
+            )
+    return tx
+
+
 def make_shop(
     out_dir: str | Path,
     *,
@@ -194,40 +234,7 @@ def make_shop(
 
     # ---- purchases: taste, repurchases, and newer items over time
     sold = art[art["has_row"]].reset_index(drop=True)
-    cls_idx = sold["product_type_name"].map(CLASSES.index).to_numpy()
-    col_idx = sold["colour_group_name"].map(colours.index).to_numpy()
-    release = sold["release"].to_numpy()
-    base = sold["popularity"].to_numpy()
-    tx = []
-    for u, uid in enumerate(ids):
-        channel = int(rng.choice([1, 2], p=[0.3, 0.7]))
-        days = np.sort(rng.integers(0, DAYS, size=1 + int(rng.poisson(7))))
-        history: list[int] = []
-        for day in days:
-            if history and rng.random() < 0.15:  # buys an item again
-                j = history[int(rng.integers(len(history)))]
-            else:
-                ok = release <= day
-                like_cls = np.isin(cls_idx, prefs_cls[u]) if rng.random() < 0.85 else np.ones(len(sold), bool)
-                like_col = np.isin(col_idx, prefs_col[u]) if rng.random() < 0.75 else np.ones(len(sold), bool)
-                cand = ok & like_cls & like_col
-                if not cand.any():
-                    cand = ok & like_cls
-                if not cand.any():
-                    cand = ok
-                age = np.maximum(day - release, 0)
-                w = np.where(cand, base * (np.exp(-age / 30.0) + 0.05), 0.0)
-                j = int(rng.choice(len(sold), p=w / w.sum()))
-            history.append(j)
-            tx.append(
-                (
-                    (START + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d"),
-                    uid,
-                    sold.at[j, "article_id"],
-                    sold.at[j, "price"],
-                    channel,
-                )
-            )
+    tx = _purchases(rng, ids, sold, prefs_cls, prefs_col, colours)
     transactions = pd.DataFrame(tx, columns=["t_dat", "customer_id", "article_id", "price", "sales_channel_id"])
     transactions = transactions.sort_values(["t_dat", "customer_id"], kind="stable").reset_index(drop=True)
     transactions.to_csv(out / "transactions.csv", index=False)
