@@ -127,11 +127,14 @@ class Shop:
         self.projection = fit_projection(raw.vectors, dim, workspace=ws)
         self.image_features = ItemFeatures(raw.ids, self.project(raw.vectors))
         self.colour_features = colour_catalog(self.catalog, workspace=ws, progress=progress, stats=self.files["images"])
-        from fashionrec.artifacts.keys import _canonical
+        from fashionrec.artifacts.keys import _canonical  # the form `artifact_key` gives an array: the same key
         from fashionrec.io import write_json
 
         digest = {"features": _canonical(self.image_features.vectors), "unreadable": len(self.failures)}
-        write_json(self._digest_path(ws, inference, dim), digest)
+        try:
+            write_json(self._digest_path(ws, inference, dim), digest)
+        except OSError as e:  # a read-only workspace: the next run embeds again, nothing else changes
+            log.warning("%s: cannot note the image features' key (%s)", ws, e)
         return self
 
     def _digest_path(self, workspace, inference: str, dim: int) -> Path:
