@@ -72,10 +72,10 @@ def main(argv=None) -> int:
         FeatureCache,
         InferencePath,
         Preprocess,
-        _measure,
         auto_input_size,
         embed_image_files,
         fastest_path,
+        measure_path,
     )
     from fashionrec.io import default_workspace
     from fashionrec.training.adapt import catalog_for_training, split_products
@@ -104,9 +104,9 @@ def main(argv=None) -> int:
             bb = create_backbone(name, input_size=size)
             pre = Preprocess.for_backbone(bb)
             x = pre.arrays_to_tensor(np.stack([pre.pil_to_array(load_image(paths[i])) for i in ids[:64]]))
-            secs_cl, _ = _measure(bb, x, InferencePath.parse("fp32-cl"))
+            secs_cl, _ = measure_path(bb, x, InferencePath.parse("fp32-cl"))
             path = fastest_path(bb, pre, sample=lambda x=x: x, workspace=ws)
-            secs_auto, _ = _measure(bb, x, path)
+            secs_auto, _ = measure_path(bb, x, path)
             t0 = time.time()
             res = embed_image_files(bb, paths, path=path, cache=FeatureCache(ws), progress=True, desc=f"{name}@{size}")
             embed_s = time.time() - t0

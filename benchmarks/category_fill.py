@@ -25,7 +25,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from fashionrec.index import create_index
-    from fashionrec.pipeline import load_shop
+    from fashionrec.workflows.shop import load_shop
 
     t = time.time()
     shop = load_shop(args.data, workspace=args.workspace, progress=False)

@@ -231,8 +231,8 @@ def main() -> int:
     )
 
     def runner(b, path):
-        FT._prepare(b, path)
-        return lambda x: FT._forward(b, x, path).numpy()
+        FT.prepare_for_path(b, path)
+        return lambda x: FT.run_backbone(b, x, path).numpy()
 
     eager = runner(bb, InferencePath())
     ref = run_batches(eager, ev, args.batch)
@@ -242,7 +242,7 @@ def main() -> int:
         path = InferencePath.parse(name)
         b = create_backbone(args.backbone, input_size=args.size).eval()
         if path.precision == "int8":  # calibrated on the calibration photos only
-            FT._int8_calibration(b, path, lambda n: cal[:n])
+            FT.int8_calibration(b, path, lambda n: cal[:n])
         fn = runner(b, path)
         fn(ev[: args.batch])  # warm-up / export / quantise
         f = run_batches(fn, ev, args.batch)

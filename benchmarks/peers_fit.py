@@ -28,8 +28,8 @@ def main() -> int:
         return 0
     import torch
 
-    from fashionrec.pipeline import load_shop, rec_data
     from fashionrec.recommend import create_recommender
+    from fashionrec.workflows.shop import load_shop, rec_data
 
     t = time.time()
     shop = load_shop(args.data, with_images=True, progress=False)

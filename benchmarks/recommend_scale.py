@@ -285,10 +285,10 @@ def run_one(args) -> dict:
     import threadpoolctl  # noqa: F401  (imported before the timers)
 
     from fashionrec.data.interactions import load_transactions
-    from fashionrec.pipeline import load_customer_table
     from fashionrec.recommend.attributes import TAG_COLUMNS
     from fashionrec.recommend.base import ItemFeatures, RecData
     from fashionrec.recommend.hybrid import Hybrid
+    from fashionrec.workflows.shop import load_customer_table
 
     stats = sample_stats(Path(args.data), args.features_npz, seed=args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="recscale-", dir=args.tmp_dir))

@@ -560,7 +560,7 @@ def _metrics(imagenet_r10: float, adapted_r10: float) -> dict:
 def test_auto_backbone_follows_the_registry(tiny_hm, tmp_path, capsys):
     """`--backbone auto` (the recommenders' and the server's default) takes the data's adapted folder only when it
     retrieved better than ImageNet and still holds the weights that were measured; explicit names win."""
-    from fashionrec.pipeline import load_shop
+    from fashionrec.workflows.shop import load_shop
 
     ws = tmp_path / "ws"
     model = tmp_path / "model"
@@ -577,7 +577,7 @@ def test_auto_backbone_follows_the_registry(tiny_hm, tmp_path, capsys):
     shop = load_shop(tiny_hm, with_images=False, workspace=ws)
     assert shop.backbone_name == str(model.resolve())
     assert "fashionrec adapt" in capsys.readouterr().err
-    from fashionrec.serving.state import _locate
+    from fashionrec.serving.build import _locate
 
     assert _locate(tiny_hm, ws, None, None)[5] == str(model.resolve())  # the server's default too
     fp = shop.fingerprint()

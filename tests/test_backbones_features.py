@@ -74,11 +74,7 @@ def test_array_cache_hit_and_miss(tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path)
     x = np.random.default_rng(0).integers(0, 255, (10, 28, 28), dtype=np.uint8)
     f1 = embed_arrays(bb, x, cache=cache, progress=False)
-    calls = []
-    import fashionrec.features as F
-
-    real = F._forward
-    monkeypatch.setattr(F, "_forward", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = _embed_counter(monkeypatch)
     f2 = embed_arrays(bb, x, cache=cache, progress=False)
     assert not calls and np.array_equal(f1, f2)
     x[0, 0, 0] ^= 1  # one changed pixel: a different input, recomputed
@@ -94,11 +90,7 @@ def test_image_files_incremental_cache_and_corrupt_skip(tmp_path, monkeypatch):
     items["bad"] = tmp_path / "img" / "bad.jpg"
     r1 = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
     assert r1.ids == [f"i{i}" for i in range(5)] and "bad" in r1.failures and "empty" in r1.failures["bad"]
-    import fashionrec.features as F
-
-    seen = []
-    real = F._forward
-    monkeypatch.setattr(F, "_forward", lambda bb_, x, p: seen.append(len(x)) or real(bb_, x, p))
+    seen = _embed_counter(monkeypatch)
     r2 = embed_image_files(bb, items, cache=cache, progress=False, num_workers=0)
     assert seen == [] and np.allclose(r1.features, r2.features)
     import os
@@ -111,12 +103,14 @@ def test_image_files_incremental_cache_and_corrupt_skip(tmp_path, monkeypatch):
     assert not np.allclose(r3.features[2], r1.features[2]) and np.allclose(r3.features[0], r1.features[0])
 
 
-def _embed_counter(monkeypatch):
-    import fashionrec.features as F
+def _embed_counter(monkeypatch, seen=None, tag=None):
+    """Records each batch the embed functions run through the backbone (its size, or `tag`)."""
+    from fashionrec.features import extract, files
 
-    seen = []
-    real = F._forward
-    monkeypatch.setattr(F, "_forward", lambda bb_, x, p: seen.append(len(x)) or real(bb_, x, p))
+    seen = [] if seen is None else seen
+    real = FT.run_backbone
+    for mod in (extract, files):
+        monkeypatch.setattr(mod, "run_backbone", lambda *a, **k: seen.append(tag or len(a[1])) or real(*a, **k))
     return seen
 
 
@@ -327,7 +321,7 @@ def test_probe_cache_reused_and_invalidated(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "__version__", "99.0")
     assert _resolve(tmp_path, table, calls).name == "fp32-cl" and calls
     calls.clear()
-    monkeypatch.setattr(FT, "_machine_id", lambda: "another cpu|flags:0")
+    monkeypatch.setattr(FT.probe, "_machine_id", lambda: "another cpu|flags:0")
     _resolve(tmp_path, table, calls)
     assert calls
     assert len(json.loads((tmp_path / FT.PROBE_FILE).read_text())) == 4  # one record per key, none lost
@@ -368,7 +362,7 @@ def test_feature_cache_key_follows_numbers_not_speed():
     bb = create_backbone("tiny_cnn")
     pre = Preprocess.for_backbone(bb)
     k = {
-        n: FT._model_key(bb, pre, InferencePath.parse(n))
+        n: FT.model_key(bb, pre, InferencePath.parse(n))
         for n in ["fp32", "fp32-cl", "onnx-fp32", "bf16-cl", "onnx-int8"]
     }
     # the fp32 paths compute the same features: one cache entry, whichever the probe picks
@@ -376,9 +370,9 @@ def test_feature_cache_key_follows_numbers_not_speed():
     # bf16 and int8 change the numbers: their own entries
     assert len({k["fp32"], k["bf16-cl"], k["onnx-int8"]}) == 3
     with pytest.raises(ValueError, match="resolve"):
-        FT._model_key(bb, pre, InferencePath.auto())
+        FT.model_key(bb, pre, InferencePath.auto())
     with pytest.raises(ValueError, match="resolve"):
-        FT._forward(bb, torch.zeros(1, 3, 28, 28), InferencePath.auto())
+        FT.run_backbone(bb, torch.zeros(1, 3, 28, 28), InferencePath.auto())
 
 
 def test_int8_is_opt_in_and_its_cache_key_names_recipe_and_calibration(tmp_path, caplog):
@@ -387,14 +381,14 @@ def test_int8_is_opt_in_and_its_cache_key_names_recipe_and_calibration(tmp_path,
     assert "onnx-int8" not in FT.auto_candidates()
     bb = create_backbone("tiny_cnn")
     p = InferencePath.parse("onnx-int8")
-    a = FT._int8_calibration(bb, p, lambda n: torch.zeros(2, 3, 8, 8))
-    b = FT._int8_calibration(bb, p, lambda n: torch.ones(2, 3, 8, 8))
+    a = FT.int8_calibration(bb, p, lambda n: torch.zeros(2, 3, 8, 8))
+    b = FT.int8_calibration(bb, p, lambda n: torch.ones(2, 3, 8, 8))
     assert a.startswith("-cal") and b.startswith("-cal") and a != b  # other calibration photos, other features
-    assert FT._int8_calibration(bb, InferencePath(), lambda n: 1 / 0) == ""
+    assert FT.int8_calibration(bb, InferencePath(), lambda n: 1 / 0) == ""
     assert FT.Int8Recipe(calibrate_method="MinMax").key() != FT.INT8_RECIPE.key()
     # the explicit opt-in really runs (quantised with INT8_RECIPE) and warns that its features are not fp32's
     x = np.random.default_rng(0).integers(0, 255, (12, 28, 28), dtype=np.uint8)
-    FT._INT8_WARNED.clear()
+    FT.quantize._INT8_WARNED.clear()
     with caplog.at_level(logging.WARNING, logger="fashionrec.features"):
         f = embed_arrays(bb, x, progress=False, path=p, cache=FeatureCache(tmp_path))
     assert f.shape == (12, bb.embed_dim) and np.isfinite(f).all()
@@ -421,18 +415,19 @@ def test_auto_on_image_files_probes_once_and_keeps_fp32_cache_key(tmp_path, monk
     bb = create_backbone("tiny_cnn")
     items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 40, 20, 200 - i * 30)) for i in range(5)}
     cache = FeatureCache(tmp_path / "ws")
-    monkeypatch.setattr(FT, "auto_candidates", lambda: ["fp32", "fp32-cl"])  # both exact: the key cannot depend on it
+    monkeypatch.setattr(
+        FT.probe, "auto_candidates", lambda: ["fp32", "fp32-cl"]
+    )  # both exact: the key cannot depend on it
     r = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
     (rec,) = json.loads((tmp_path / "ws" / FT.PROBE_FILE).read_text()).values()
     assert rec["chosen"] in ("fp32", "fp32-cl") and rec["key"]["batch_size"] == 64
-    key = f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    key = f"files-{FT.model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
     assert cache.store().count(key) == len(items) == cache.store().count()  # stored under the fp32 key only
     ref = embed_image_files(bb, items, progress=False, num_workers=0)
     assert r.ids == list(items) and np.allclose(r.features, ref.features, atol=1e-4)
     seen = []
-    monkeypatch.setattr(FT, "probe_paths", lambda *a, **k: seen.append("probe"))
-    real = FT._forward
-    monkeypatch.setattr(FT, "_forward", lambda *a, **k: seen.append("embed") or real(*a, **k))
+    monkeypatch.setattr(FT.probe, "probe_paths", lambda *a, **k: seen.append("probe"))
+    _embed_counter(monkeypatch, seen, tag="embed")
     r2 = embed_image_files(bb, items, path=FT.fastest_path(), cache=cache, progress=False, num_workers=0)
     assert seen == [] and np.array_equal(r2.features, r.features)
 
@@ -466,7 +461,7 @@ def test_feature_cache_of_an_older_fashionrec_is_imported(tmp_path, monkeypatch)
     items = {f"i{i}": make_image(tmp_path / "img" / f"i{i}.jpg", (i * 30, 10, 10)) for i in range(4)}
     ref = embed_image_files(bb, items, progress=False, num_workers=0)
     cache = FeatureCache(tmp_path / "ws")
-    key = f"files-{FT._model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
+    key = f"files-{FT.model_key(bb, Preprocess.for_backbone(bb), InferencePath())}"
     fps = [FT.file_fingerprint(items[i]) for i in ref.ids[:3]]  # the fourth was not in the old cache
     np.savez(cache.root.mkdir(parents=True) or cache.path(key), fingerprints=np.array(fps), features=ref.features[:3])
     seen = _embed_counter(monkeypatch)

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ARTIFACTS, HM_DIR
 from fashionrec.serving.app import create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.build import build_state
 from serving_helpers import make_shop, running_server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

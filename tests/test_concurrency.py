@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from fashionrec.serving.app import create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.build import build_state
 from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 N_DUPLICATES = 4
@@ -184,7 +184,7 @@ def _lengths(snap) -> dict:
 def test_readers_during_writes_see_whole_snapshots(shop, monkeypatch):
     """Writers swap copy-on-write snapshots: a reader's snapshot has equal lengths everywhere (every model knows
     the same items, the index the same arrivals), and a snapshot once taken never changes under its reader."""
-    import fashionrec.serving.state as st
+    import fashionrec.serving.writes as st
 
     root, ids, users, _ = shop
     state = build_state(root, workspace=shop[3].parent / "conc-inproc", progress=False)
@@ -223,3 +223,74 @@ def test_readers_during_writes_see_whole_snapshots(shop, monkeypatch):
     assert _lengths(first) == first_lengths  # the old snapshot was never written into
     last = _lengths(state.snapshot)
     assert last.pop("arrivals") == n_writes and set(last.values()) == {n0 + n_writes}
+
+
+def _arrays(obj, path: str, out: dict, seen: set) -> dict:
+    """Every numpy array reachable from `obj` through fashionrec objects and containers, by path."""
+    import scipy.sparse as sp
+
+    if id(obj) in seen:
+        return out
+    seen.add(id(obj))
+    if isinstance(obj, np.ndarray):
+        out[path] = obj
+    elif sp.issparse(obj):
+        for part in ("data", "indices", "indptr"):
+            if isinstance(getattr(obj, part, None), np.ndarray):
+                out[f"{path}.{part}"] = getattr(obj, part)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            _arrays(v, f"{path}[{k!r}]", out, seen)
+    elif isinstance(obj, (list, tuple)):
+        for k, v in enumerate(obj):
+            _arrays(v, f"{path}[{k}]", out, seen)
+    elif hasattr(obj, "__dict__") and type(obj).__module__.startswith("fashionrec."):
+        for k, v in vars(obj).items():
+            _arrays(v, f"{path}.{k}", out, seen)
+    return out
+
+
+def test_snapshot_updates_never_write_into_an_older_snapshots_arrays(shop, monkeypatch):
+    """The copy-on-write rule (serving.state.Snapshot): adding and deleting arrivals leaves every array of an older
+    snapshot's models as it was; those arrays are read-only, so a writer that writes into one in place fails
+    loudly instead of changing what the readers of the older snapshot see."""
+    import fashionrec.serving.writes as st
+
+    root, ids, users, _ = shop
+    state = build_state(root, workspace=shop[3].parent / "conc-inproc", progress=False)
+    dim = state.snapshot.index.vector(ids[0]).shape[0]
+    rng = np.random.default_rng(1)
+    monkeypatch.setattr(st, "embed_image", lambda s, img: (None, rng.normal(size=dim).astype(np.float32)))
+    old = state.snapshot
+    arrays = _arrays(dict(old.models), "models", {}, set())
+    assert len(arrays) > 20 and {k.split("[")[1].split("]")[0] for k in arrays} >= {"'hybrid'", "'visual'"}
+    before = {k: np.array(a, copy=True) for k, a in arrays.items()}
+    for n in range(3):
+        st.add_arrival(state, f"0777000{n:03d}", b"", {"prod_name": f"b{n}"}, persist=False, image=object())
+    st.remove_arrival(state, "0777000001")
+    assert state.snapshot.version == old.version + 4
+    now = _arrays(dict(old.models), "models", {}, set())
+    assert now.keys() == arrays.keys()
+    changed = [
+        k
+        for k, a in now.items()
+        if a is not arrays[k] or not np.array_equal(a, before[k], equal_nan=a.dtype.kind in "fc")
+    ]
+    assert changed == []
+    # every array of both snapshots is read-only: an in-place write raises
+    writable = [k for k, a in now.items() if a.flags.writeable]
+    writable += [k for k, a in _arrays(dict(state.snapshot.models), "new", {}, set()).items() if a.flags.writeable]
+    assert writable == []
+    v = old.models["visual"].V if getattr(old.models["visual"], "V", None) is not None else arrays[next(iter(arrays))]
+    with pytest.raises(ValueError, match="read-only"):
+        v[0] = 0
+    # a writer breaking the rule (writing into a shared array instead of replacing it) is stopped
+    hybrid = type(state.snapshot.models["hybrid"])
+
+    def add_in_place(self, item_ids, vectors=None, metadata=None):
+        self.data.matrix.data[:] = 0
+
+    monkeypatch.setattr(hybrid, "add_items", add_in_place)
+    with pytest.raises(ValueError, match="read-only"):
+        st.add_arrival(state, "0777000009", b"", {"prod_name": "x"}, persist=False, image=object())
+    assert np.array_equal(old.models["hybrid"].data.matrix.data, before["models['hybrid'].data.matrix.data"])

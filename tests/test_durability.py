@@ -13,7 +13,7 @@ from fashionrec.index import create_index, load_index
 
 CHILD = textwrap.dedent("""
     import sys, time, numpy as np
-    import fashionrec.features as F
+    import fashionrec.features.store as F
     from fashionrec.index import create_index
     kind, root = sys.argv[1], sys.argv[2]
     def slow_write(target, *a, **k):

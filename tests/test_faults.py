@@ -22,7 +22,8 @@ from PIL import Image
 
 from fashionrec.serving.app import create_app
 from fashionrec.serving.arrivals import FAULT_ENV, REGISTRY, UNCOMMITTED, path_key
-from fashionrec.serving.state import arrivals_dir, build_state, create_arrival
+from fashionrec.serving.build import build_state
+from fashionrec.serving.writes import create_arrival
 from serving_helpers import AUTH, TOKEN, free_port, make_shop
 
 ARRIVALS = {"0999000001": (230, 10, 20), "0999000002": (20, 10, 230)}
@@ -297,7 +298,7 @@ def test_version_one_registry_keyed_by_path_is_migrated(env):
         )  # fmt: skip
     )
     state = check(root, ws, ids, users)
-    assert arrivals_dir(state) != old and (old / "0999000001.img").is_file()
+    assert state.arrivals_folder != old and (old / "0999000001.img").is_file()
     assert list(old.glob(f"{REGISTRY}.migrated-*"))
 
 

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402  (after the importors
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from fashionrec.serving.app import create_app  # noqa: E402
-from fashionrec.serving.state import build_state  # noqa: E402
+from fashionrec.serving.build import build_state  # noqa: E402
 from serving_helpers import AUTH, TOKEN, make_shop, running_server  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FASHIONREC_FUZZ_EXAMPLES", "120"))

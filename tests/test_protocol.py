@@ -9,8 +9,8 @@ import pytest
 from fashionrec.data.catalog import Catalog
 from fashionrec.data.interactions import Interactions
 from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table, temporal_split, window_splits
-from fashionrec.pipeline import Shop, rec_data
 from fashionrec.recommend.base import ItemFeatures, RecData, Recommender
+from fashionrec.workflows.shop import Shop, rec_data
 
 
 class FixedList(Recommender):
@@ -238,8 +238,8 @@ def test_items_without_a_row_are_tagged_from_their_photo(tmp_path):
     describe them, with confidences, and items with rows are predicted out-of-fold (cross-fitted)."""
     from PIL import Image, ImageDraw
 
-    from fashionrec.pipeline import load_shop
     from fashionrec.recommend.attributes import tag_accuracy
+    from fashionrec.workflows.shop import load_shop
     from serving_helpers import make_shop
 
     root = tmp_path / "shop"
@@ -263,8 +263,8 @@ def test_items_without_a_row_are_tagged_from_their_photo(tmp_path):
 
 def test_model_cache_key_follows_resolved_settings(tmp_path, monkeypatch):
     """A cached model is reused only when every resolved setting matches (a changed default refits)."""
-    from fashionrec.pipeline import fit_recommender
     from fashionrec.recommend.baselines import Popularity
+    from fashionrec.workflows.shop import fit_recommender
 
     shop = _trap_shop(tmp_path)
     shop.fingerprint = lambda: "fp"

@@ -18,8 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from fashionrec.serving.app import MAX_JSON_BYTES, MAX_UPLOAD_BYTES, create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.app import create_app
+from fashionrec.serving.build import build_state
+from fashionrec.serving.middleware import MAX_JSON_BYTES, MAX_UPLOAD_BYTES
 from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 HTML = b"<!doctype html><html><body><script>alert(document.cookie)</script></body></html>"
@@ -311,7 +312,7 @@ def test_delete_an_arrival(hostile):
 
 # ----------------------------------------------------------------------------- 5. uploads off the event loop
 def test_health_answers_while_an_upload_is_being_embedded(hostile, monkeypatch):
-    import fashionrec.serving.app as app_module
+    import fashionrec.serving.routes as app_module
 
     release, entered = threading.Event(), threading.Event()
     real = app_module.embed_image

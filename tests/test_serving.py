@@ -6,8 +6,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from fashionrec.serving.app import MAX_UPLOAD_BYTES, create_app
-from fashionrec.serving.state import build_state
+from fashionrec.serving.app import create_app
+from fashionrec.serving.build import build_state
+from fashionrec.serving.middleware import MAX_UPLOAD_BYTES
 from serving_helpers import AUTH, TOKEN, make_shop, running_server
 
 
@@ -221,8 +222,10 @@ def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch
     """The module's server built the artifacts; a restart must only load them: every fitting step raises here."""
     from sklearn.linear_model import LogisticRegression
 
-    import fashionrec.pipeline as pipeline
-    import fashionrec.serving.state as st
+    import fashionrec.serving.build as st
+    import fashionrec.tagging as tagging
+    import fashionrec.workflows.shop as pipeline
+    from fashionrec.serving.tables import Precomputed
 
     def refit(*a, **k):
         raise AssertionError("a warm start refitted something")
@@ -230,12 +233,13 @@ def test_warm_start_loads_without_refitting(shop, workspace, server, monkeypatch
     for obj, name in [
         (st, "_build_artifacts"),
         (st, "_train_taggers"),
+        (tagging, "fit_taggers"),
         (pipeline, "load_shop"),
         (pipeline, "fit_recommender"),
         (LogisticRegression, "fit"),
     ]:
         monkeypatch.setattr(obj, name, refit)
-    monkeypatch.setattr(st.Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
+    monkeypatch.setattr(Precomputed, "build", classmethod(lambda cls, *a, **k: refit()))
     url, ids, users = server
     state = build_state(shop[0], workspace=workspace, progress=False)
     with running_server(create_app(state)) as url2:
@@ -257,7 +261,7 @@ def test_tagger_coefficients_match_sklearn():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from fashionrec.serving.state import Tagger
+    from fashionrec.tagging import Tagger
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 6))
@@ -272,7 +276,7 @@ def test_tagger_coefficients_match_sklearn():
 def test_older_artifact_format_is_a_clear_error_then_rebuilt(tmp_path, monkeypatch):
     import json
 
-    import fashionrec.serving.state as st
+    import fashionrec.serving.build as st
     from fashionrec.artifacts import ArtifactFormatError
 
     root, ids, users = make_shop(tmp_path / "hm", n_users=6)
@@ -412,3 +416,32 @@ def test_precomputed_neighbours_are_the_index_answers(shop, workspace, server):
         table = state.neighbours.get(item, 8)
         assert np.allclose([s for _, s in table], live[1][0], atol=1e-6), item
         assert all(i != item and abs(float(snap.index.vector(i) @ v) - s) < 1e-5 for i, s in table), item
+
+
+def test_serve_device_reaches_the_upload_embedding(shop, workspace, monkeypatch):
+    """`fashionrec serve --device cpu` hands the device to the server, which embeds uploads there; a device this
+    machine lacks or a misspelt one is refused before anything loads."""
+    import numpy as np
+    import torch
+
+    import fashionrec.features as features
+    import fashionrec.serving.server as server
+    from fashionrec.cli import main
+    from fashionrec.errors import FashionrecError
+    from fashionrec.serving.writes import embed_upload
+
+    seen = {}
+    monkeypatch.setattr(server, "run", lambda data, **k: seen.update(k))
+    assert main(["-q", "serve", "--data", str(shop[0]), "--device", "cpu"]) == 0
+    assert seen["device"] == "cpu"
+    with pytest.raises(FashionrecError, match="expected one of auto, cpu, cuda"):
+        server.check_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FashionrecError, match="no CUDA GPU"):
+            server.check_device("cuda")
+    state = build_state(shop[0], workspace=workspace, progress=False, device="cpu")
+    devices, real = [], features.embed_pil
+    monkeypatch.setattr(features, "embed_pil", lambda *a, **k: devices.append(k.get("device")) or real(*a, **k))
+    raw, vec = embed_upload(state, _jpeg(), source="test")
+    assert devices == [torch.device("cpu")] and state.torch_device == torch.device("cpu")
+    assert np.allclose(raw, real(state.backbone(), [Image.open(io.BytesIO(_jpeg())).convert("RGB")])[0], atol=1e-5)

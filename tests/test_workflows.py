@@ -45,16 +45,6 @@ def shape_photo(path: Path, shape: str, colour=(90, 20, 120)) -> Path:
     return path
 
 
-def test_pipeline_shim_is_the_workflow():
-    import fashionrec.pipeline as pipeline
-    from fashionrec.config import DEFAULT_MODEL
-    from fashionrec.workflows import shop
-
-    for name in ("Shop", "load_shop", "rec_data", "fit_recommender", "embed_catalog", "load_customer_table"):
-        assert getattr(pipeline, name) is getattr(shop, name), name
-    assert pipeline.DEFAULT_MODEL == DEFAULT_MODEL == "hybrid"
-
-
 def test_held_out_split_is_a_seeded_partition():
     tr, te = classify.held_out_split(23, 7)
     assert len(te) == 23 // 5 and sorted(np.concatenate([tr, te]).tolist()) == list(range(23))

@@ -32,7 +32,7 @@ ADAPTED_MODEL_JSON = "fashionrec_model.json"
 
 #: The catalog's own attribute columns (H&M articles.csv): what `adapt` learns a head for by default and what the
 #: recommenders' photo taggers predict for items without a catalog row.
-CATALOG_TAG_COLUMNS = (
+TAG_COLUMNS = (
     "product_type_name",
     "product_group_name",
     "colour_group_name",
@@ -41,6 +41,15 @@ CATALOG_TAG_COLUMNS = (
     "index_group_name",
     "garment_group_name",
 )
+CATALOG_TAG_COLUMNS = TAG_COLUMNS  # the name `training.adapt` reads
+#: The columns the server tags an upload with (POST /search/image), of TAG_COLUMNS: the three an item's card
+#: shows (category = product group, type, colour). The server fits one tagger per column at its cold build, from
+#: the raw features of every labelled photo; the other four columns would add their fitting time and nothing the
+#: page or the API's item fields show.
+SERVED_TAG_COLUMNS = ("product_group_name", "product_type_name", "colour_group_name")
+#: Inverse regularisation of the photo taggers (`fashionrec.tagging.Tagger`: standardised raw backbone features,
+#: logistic regression), chosen on the H&M sample (docs/tagging.md#tags-for-the-recommenders-and-the-server).
+TAGGER_C = 0.05
 #: The recommender used by `recommend`, the server and `fit_recommender` when none is named.
 DEFAULT_MODEL = "hybrid"
 #: Share of the labelled articles held out for testing when a classifier is trained on a photo folder.

@@ -54,9 +54,7 @@ class _Embedder:
 
     def __call__(self, batch: dict) -> dict:
         from fashionrec.data.images import ImageDecodeError
-
-        # TODO(lead): `from fashionrec.features import forward` once the features package names it publicly
-        from fashionrec.features import InferencePath, _forward
+        from fashionrec.features import InferencePath, run_backbone
 
         arrays, ok = [], []
         for p in batch["path"]:
@@ -68,7 +66,7 @@ class _Embedder:
         dim = self.bb.embed_dim
         feats = np.zeros((len(ok), dim), dtype=np.float32)
         if arrays:
-            f = _forward(self.bb, self.pre.arrays_to_tensor(np.stack(arrays)), InferencePath()).numpy()
+            f = run_backbone(self.bb, self.pre.arrays_to_tensor(np.stack(arrays)), InferencePath()).numpy()
             feats[np.flatnonzero(ok)] = f
         return {"id": batch["id"], "ok": np.array(ok), "features": feats}
 

@@ -92,6 +92,18 @@ def progress(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False)
 
 
+def device(args: argparse.Namespace):
+    """--device resolved to a torch.device (`fashionrec.device.resolve_device`); CUDA asked for and absent is a
+    one-line error."""
+    from fashionrec.device import resolve_device
+    from fashionrec.errors import FashionrecError
+
+    try:
+        return resolve_device(getattr(args, "device", "auto"))
+    except ValueError as e:
+        raise FashionrecError(str(e)) from None
+
+
 def args_dict(args: argparse.Namespace) -> dict:
     """The parsed options, for the JSON written beside a run's outputs."""
     return {k: v for k, v in vars(args).items() if k != "func"}

@@ -6,6 +6,7 @@ import argparse
 
 from fashionrec.cli import common
 from fashionrec.config import DEFAULT_MODEL
+from fashionrec.device import add_device_option
 from fashionrec.workflows.serve import WRITE_TOKEN_ENV, resolve_write_token
 
 
@@ -30,6 +31,7 @@ def cmd_serve(args) -> int:
         workers=args.workers,
         body_timeout=args.body_timeout,
         max_uploads_per_client=args.max_uploads_per_client,
+        device=args.device,
     )
     return 0
 
@@ -83,4 +85,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="uploads (POST /items, /search/image) one client address may have in flight; more get 429 (default 4)",
     )
+    add_device_option(s)
     s.set_defaults(func=cmd_serve)

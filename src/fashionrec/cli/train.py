@@ -10,6 +10,7 @@ from pathlib import Path
 
 from fashionrec.cli import common
 from fashionrec.config import ADAPT_MAX_INPUT_SIZE, DEFAULT_BACKBONE
+from fashionrec.device import add_device_option
 
 
 def cmd_train(args) -> int:
@@ -17,6 +18,7 @@ def cmd_train(args) -> int:
     from fashionrec.io import write_json
     from fashionrec.workflows.classify import FASHION_MNIST, train_and_evaluate, training_set
 
+    device = common.device(args)
     common.resolve_input_size(args, None if args.dataset == FASHION_MNIST else args.dataset)
     cfg = common.classifier_config(args)
     t0 = time.time()
@@ -38,6 +40,7 @@ def cmd_train(args) -> int:
         progress=common.progress(args),
         started=t0,
         extra={"dataset": args.dataset, "labels_per_class": args.labels_per_class},
+        device=device,
     )
     write_json(out / "args.json", resolved_args(args))
     print(
@@ -72,6 +75,7 @@ def cmd_tag(args) -> int:
     from fashionrec.workflows.classify import tag_columns, tag_with_model, tag_with_probe
 
     cols = tag_columns(args.label_column, required=not args.model)
+    device = common.device(args)
     if args.model:
         tags = tag_with_model(
             args.data,
@@ -81,6 +85,7 @@ def cmd_tag(args) -> int:
             by_product=not args.per_photo,
             colour_booster=not args.no_colour_booster,
             progress=common.progress(args),
+            device=device,
         )
     else:
         common.resolve_input_size(args, args.data)
@@ -93,6 +98,7 @@ def cmd_tag(args) -> int:
             colour_booster=not args.no_colour_booster,
             cache=common.feature_cache(args),
             progress=common.progress(args),
+            device=device,
         )
     if not tags.n_unlabelled:
         print("every image already has a catalog row: nothing to tag", file=sys.stderr)
@@ -188,6 +194,11 @@ def cmd_backbones(args) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_train, _add_predict, _add_tag, _add_adapt, _add_backbones):
+        add(sub)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="train an image classifier and evaluate it",
@@ -220,8 +231,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the plots")
     common.add_classifier_args(t)
+    add_device_option(t)
     t.set_defaults(func=cmd_train)
 
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
     pr = sub.add_parser(
         "predict",
         help="top-k labels with probabilities for new images",
@@ -235,6 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--top-k", type=int, default=3, help="labels per image")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_tag(sub: argparse._SubParsersAction) -> None:
     tg = sub.add_parser(
         "tag",
         help="auto-tag catalog images that have no catalog row",
@@ -278,8 +294,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     tg.add_argument("--out", required=True, help="CSV file to write")
     common.add_classifier_args(tg)
+    add_device_option(tg)
     tg.set_defaults(func=cmd_tag)
 
+
+def _add_adapt(sub: argparse._SubParsersAction) -> None:
     a = sub.add_parser(
         "adapt",
         help="fine-tune a backbone on the catalog's labels + same-product pairs -> model folder",
@@ -383,5 +402,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--seed", type=int, default=0, help="random seed (held-out split, initialisation, sampling)")
     a.set_defaults(func=cmd_adapt)
 
+
+def _add_backbones(sub: argparse._SubParsersAction) -> None:
     b = sub.add_parser("backbones", help="list registered backbones", epilog=common.examples("fashionrec backbones"))
     b.set_defaults(func=cmd_backbones)

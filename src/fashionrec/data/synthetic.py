@@ -109,73 +109,8 @@ def _customer_id(seed: int, i: int) -> str:
     return hashlib.sha256(f"fashionrec-synthetic-{seed}-{i}".encode()).hexdigest()
 
 
-def _purchases(rng, ids: list[str], sold: pd.DataFrame, prefs_cls, prefs_col, colours: list[str]) -> list[tuple]:
-    """Each customer's purchases (t_dat, customer_id, article_id, price, channel): by taste, repurchases, and newer
-    items over time."""
-    cls_idx = sold["product_type_name"].map(CLASSES.index).to_numpy()
-    col_idx = sold["colour_group_name"].map(colours.index).to_numpy()
-    release = sold["release"].to_numpy()
-    base = sold["popularity"].to_numpy()
-    tx = []
-    for u, uid in enumerate(ids):
-        channel = int(rng.choice([1, 2], p=[0.3, 0.7]))
-        days = np.sort(rng.integers(0, DAYS, size=1 + int(rng.poisson(7))))
-        history: list[int] = []
-        for day in days:
-            if history and rng.random() < 0.15:  # buys an item again
-                j = history[int(rng.integers(len(history)))]
-            else:
-                ok = release <= day
-                like_cls = np.isin(cls_idx, prefs_cls[u]) if rng.random() < 0.85 else np.ones(len(sold), bool)
-                like_col = np.isin(col_idx, prefs_col[u]) if rng.random() < 0.75 else np.ones(len(sold), bool)
-                cand = ok & like_cls & like_col
-                if not cand.any():
-                    cand = ok & like_cls
-                if not cand.any():
-                    cand = ok
-                age = np.maximum(day - release, 0)
-                w = np.where(cand, base * (np.exp(-age / 30.0) + 0.05), 0.0)
-                j = int(rng.choice(len(sold), p=w / w.sum()))
-            history.append(j)
-            tx.append(
-                (
-                    (START + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d"),
-                    uid,
-                    sold.at[j, "article_id"],
-                    sold.at[j, "price"],
-                    channel,
-                )
-            )
-    return tx
-
-
-def make_shop(
-    out_dir: str | Path,
-    *,
-    n_items: int = 600,
-    n_customers: int = 300,
-    seed: int = 0,
-    fmnist_dir: str | Path | None = None,
-    new_fraction: float = 0.25,
-) -> SyntheticShop:
-    """Write a synthetic H&M-layout shop into `out_dir` (replacing the files it writes; other files are left).
-
-    About `n_items` articles (products of 2-4 colours each), `n_customers` customers, about 8 purchases each over
-    six months. The same seed writes the same files. Needs Fashion-MNIST (`fmnist_dir`, default Debian's
-    /usr/share/datasets/fashion-mnist)."""
-    if n_items < 20 or n_customers < 2:
-        raise ValueError("make_shop needs n_items >= 20 and n_customers >= 2")
-    rng = np.random.default_rng(seed)
-    fm = load_fashion_mnist(fmnist_dir)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise DataError("exists and is not a folder", path=out)
-    images = out / "images"
-    if images.is_dir():
-        shutil.rmtree(images)  # a previous shop's photos (another seed or size) must not stay behind
-    images.mkdir(parents=True)
-
-    # ---- products and their colour variants
+def _products(rng: np.random.Generator, fm, n_items: int, images: Path) -> pd.DataFrame:
+    """Products of 2-4 palette colours each until there are `n_items` articles; writes each article's photo."""
     colours = list(PALETTE)
     rows, n_products = [], 0
     while len(rows) < n_items:
@@ -210,14 +145,13 @@ def make_shop(
                     "popularity": popularity,
                 }
             )
-    art = pd.DataFrame(rows)
-    n_new = int(round(new_fraction * len(art)))
-    new = np.zeros(len(art), bool)
-    new[rng.choice(len(art), size=n_new, replace=False)] = True
-    art["has_row"] = ~new
-    art[art["has_row"]][ARTICLE_COLUMNS].to_csv(out / "articles.csv", index=False)
+    return pd.DataFrame(rows)
 
-    # ---- customers and their taste
+
+def _customers(rng: np.random.Generator, seed: int, n_customers: int) -> tuple[pd.DataFrame, list, list]:
+    """Customers with an age and their taste, 1-2 garment classes and 1-2 colours: (table with the names, class
+    indices, colour indices)."""
+    colours = list(PALETTE)
     ids = [_customer_id(seed, i) for i in range(n_customers)]
     ages = rng.integers(18, 71, size=n_customers)
     prefs_cls = [sorted(rng.choice(len(CLASSES), size=int(rng.integers(1, 3)), replace=False).tolist()) for _ in ids]
@@ -230,13 +164,87 @@ def make_shop(
             "colours": [[colours[c] for c in p] for p in prefs_col],
         }
     )
-    customers[["customer_id", "age"]].to_csv(out / "customers.csv", index=False)
+    return customers, prefs_cls, prefs_col
 
-    # ---- purchases: taste, repurchases, and newer items over time
-    sold = art[art["has_row"]].reset_index(drop=True)
-    tx = _purchases(rng, ids, sold, prefs_cls, prefs_col, colours)
+
+def _purchases(rng: np.random.Generator, sold: pd.DataFrame, ids: list[str], prefs_cls, prefs_col) -> pd.DataFrame:
+    """About 8 purchases per customer over `DAYS`: taste, repurchases, and newer items over time."""
+    colours = list(PALETTE)
+    cls_idx = sold["product_type_name"].map(CLASSES.index).to_numpy()
+    col_idx = sold["colour_group_name"].map(colours.index).to_numpy()
+    release = sold["release"].to_numpy()
+    base = sold["popularity"].to_numpy()
+    tx = []
+    for u, uid in enumerate(ids):
+        channel = int(rng.choice([1, 2], p=[0.3, 0.7]))
+        days = np.sort(rng.integers(0, DAYS, size=1 + int(rng.poisson(7))))
+        history: list[int] = []
+        for day in days:
+            if history and rng.random() < 0.15:  # buys an item again
+                j = history[int(rng.integers(len(history)))]
+            else:
+                ok = release <= day
+                like_cls = np.isin(cls_idx, prefs_cls[u]) if rng.random() < 0.85 else np.ones(len(sold), bool)
+                like_col = np.isin(col_idx, prefs_col[u]) if rng.random() < 0.75 else np.ones(len(sold), bool)
+                cand = ok & like_cls & like_col
+                if not cand.any():
+                    cand = ok & like_cls
+                if not cand.any():
+                    cand = ok
+                age = np.maximum(day - release, 0)
+                w = np.where(cand, base * (np.exp(-age / 30.0) + 0.05), 0.0)
+                j = int(rng.choice(len(sold), p=w / w.sum()))
+            history.append(j)
+            tx.append(
+                (
+                    (START + pd.Timedelta(days=int(day))).strftime("%Y-%m-%d"),
+                    uid,
+                    sold.at[j, "article_id"],
+                    sold.at[j, "price"],
+                    channel,
+                )
+            )
     transactions = pd.DataFrame(tx, columns=["t_dat", "customer_id", "article_id", "price", "sales_channel_id"])
-    transactions = transactions.sort_values(["t_dat", "customer_id"], kind="stable").reset_index(drop=True)
+    return transactions.sort_values(["t_dat", "customer_id"], kind="stable").reset_index(drop=True)
+
+
+def make_shop(
+    out_dir: str | Path,
+    *,
+    n_items: int = 600,
+    n_customers: int = 300,
+    seed: int = 0,
+    fmnist_dir: str | Path | None = None,
+    new_fraction: float = 0.25,
+) -> SyntheticShop:
+    """Write a synthetic H&M-layout shop into `out_dir` (replacing the files it writes; other files are left).
+
+    About `n_items` articles (products of 2-4 colours each), `n_customers` customers, about 8 purchases each over
+    six months. The same seed writes the same files. Needs Fashion-MNIST (`fmnist_dir`, default Debian's
+    /usr/share/datasets/fashion-mnist)."""
+    if n_items < 20 or n_customers < 2:
+        raise ValueError("make_shop needs n_items >= 20 and n_customers >= 2")
+    rng = np.random.default_rng(seed)
+    fm = load_fashion_mnist(fmnist_dir)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError("exists and is not a folder", path=out)
+    images = out / "images"
+    if images.is_dir():
+        shutil.rmtree(images)  # a previous shop's photos (another seed or size) must not stay behind
+    images.mkdir(parents=True)
+
+    art = _products(rng, fm, n_items, images)
+    n_new = int(round(new_fraction * len(art)))
+    new = np.zeros(len(art), bool)
+    new[rng.choice(len(art), size=n_new, replace=False)] = True
+    art["has_row"] = ~new
+    art[art["has_row"]][ARTICLE_COLUMNS].to_csv(out / "articles.csv", index=False)
+
+    customers, prefs_cls, prefs_col = _customers(rng, seed, n_customers)
+    customers[["customer_id", "age"]].to_csv(out / "customers.csv", index=False)
+    sold = art[art["has_row"]].reset_index(drop=True)
+    transactions = _purchases(rng, sold, customers["customer_id"].tolist(), prefs_cls, prefs_col)
     transactions.to_csv(out / "transactions.csv", index=False)
     (out / "README.txt").write_text(README.format(n_items=len(art), n_customers=n_customers, seed=seed, n_new=n_new))
     return SyntheticShop(out, art.drop(columns=["popularity"]), customers, transactions)

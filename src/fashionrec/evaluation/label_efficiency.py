@@ -130,6 +130,84 @@ def _previous_runs(path: Path, setup: dict) -> list[dict]:
     return list(prev.get("runs", []))
 
 
+def _probe_features(x_pool, x_test, classifier_cfg, unlabelled, cache, progress):
+    """One prepared backbone (domain handling, adapted BN) for the whole pool: features computed once, probes per
+    (k, seed)."""
+    from fashionrec.features import embed_arrays
+    from fashionrec.training import tasks
+
+    prep = tasks.prepare_backbone(
+        classifier_cfg, x_pool, progress=progress, unlabelled=unlabelled if unlabelled is not None else x_pool
+    )
+    f_pool = embed_arrays(
+        prep.backbone, x_pool, preprocess=prep.preprocess, cache=cache, desc="embed pool", progress=progress
+    )
+    f_test = embed_arrays(
+        prep.backbone, x_test, preprocess=prep.preprocess, cache=cache, desc="embed test", progress=progress
+    )
+    return f_pool, f_test
+
+
+def _predict(m, idx, x_pool, y_pool, x_test, classes, seed, classifier_cfg, feats, unlabelled, cache):
+    """Test-set predictions of method `m` trained on the labelled examples `idx` of the pool."""
+    if m == "pixels":
+        return _pixels(x_pool[idx], y_pool[idx], x_test, seed)
+    if m == "scratch":
+        return _scratch(x_pool[idx], y_pool[idx], x_test, len(classes), seed)
+    if m == "probe":
+        from fashionrec.training.probe import fit_linear_probe
+
+        clf = fit_linear_probe(feats[0][idx], y_pool[idx], C=classifier_cfg.probe_C, seed=seed)
+        return clf.predict(feats[1])
+    if m == "finetune":
+        from fashionrec.training import tasks
+
+        cfg = replace(classifier_cfg, method="finetune", seed=seed)
+        tr = tasks.train_image_classifier(
+            x_pool[idx],
+            y_pool[idx],
+            classes,
+            cfg,
+            unlabelled=unlabelled if unlabelled is not None else x_pool,
+            cache=cache,
+            progress=False,
+        )
+        return tr.predict_proba(x_test).argmax(1)
+    raise ValueError(f"unknown method '{m}'; choose from {ALL_METHODS}")
+
+
+def _summarise(runs: list[dict], ks: list, methods: list[str]) -> tuple[dict, list]:
+    """table[method][k] = (mean, std) of accuracy over seeds, for the ks and methods asked and those already run."""
+    table: dict[str, dict[str, tuple[float, float]]] = {}
+    ks = list(dict.fromkeys([*ks, *(_k(r["k"]) for r in runs)]))
+    ks.sort(key=lambda k: float("inf") if k == "all" else int(k))
+    methods = list(dict.fromkeys([*(m for m in ALL_METHODS if any(r["method"] == m for r in runs)), *methods]))
+    for m in methods:
+        for k in ks:
+            accs = [r["accuracy"] for r in runs if r["method"] == m and r["k"] == str(k)]
+            if accs:
+                table.setdefault(m, {})[str(k)] = (float(np.mean(accs)), float(np.std(accs)))
+    return table, ks
+
+
+def _table_markdown(table: dict, ks: list, title: str, n_test: int, n_pool: int, seeds: list[int]) -> str:
+    lines = [
+        f"# {title}",
+        "",
+        f"test images: {n_test}; train pool: {n_pool}; seeds: {seeds}",
+        "",
+        "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
+        "|---" * (len(ks) + 1) + "|",
+    ]
+    for m, row in table.items():
+        lines.append(
+            f"| {m} | "
+            + " | ".join(f"{row[str(k)][0]:.3f} ± {row[str(k)][1]:.3f}" if str(k) in row else "-" for k in ks)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run_label_efficiency(
     x_pool: np.ndarray,
     y_pool: np.ndarray,
@@ -156,12 +234,9 @@ def run_label_efficiency(
     only pays for what is new). The saved setup (data, backbone, preprocessing) must match, or it refuses.
     """
     from fashionrec.evaluation.plots import plot_label_efficiency
-    from fashionrec.training import tasks  # torch/timm: imported when an experiment runs, not with the CLI
-    from fashionrec.training.probe import fit_linear_probe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    n_classes = len(classes)
     setup = experiment_setup(x_pool, y_pool, x_test, y_test, classes, classifier_cfg)
     runs = _previous_runs(out / "results.json", setup) if resume else []
     done = {(r["method"], r["k"], r["seed"]) for r in runs}
@@ -173,20 +248,7 @@ def run_label_efficiency(
 
     feats = None
     if "probe" in methods and pending("probe"):
-        # One prepared backbone (domain handling, adapted BN) for the whole pool; features computed once, probes per
-        # (k, seed).
-        from fashionrec.features import embed_arrays
-
-        prep = tasks.prepare_backbone(
-            classifier_cfg, x_pool, progress=progress, unlabelled=unlabelled if unlabelled is not None else x_pool
-        )
-        f_pool = embed_arrays(
-            prep.backbone, x_pool, preprocess=prep.preprocess, cache=cache, desc="embed pool", progress=progress
-        )
-        f_test = embed_arrays(
-            prep.backbone, x_test, preprocess=prep.preprocess, cache=cache, desc="embed test", progress=progress
-        )
-        feats = (f_pool, f_test)
+        feats = _probe_features(x_pool, x_test, classifier_cfg, unlabelled, cache, progress)
     for k in ks:
         kk = None if k == "all" else int(k)
         for seed in seeds:
@@ -197,33 +259,13 @@ def run_label_efficiency(
                 if (m, str(k), seed) in done:
                     continue
                 t0 = time.time()
-                if m == "pixels":
-                    pred = _pixels(x_pool[idx], y_pool[idx], x_test, seed)
-                elif m == "scratch":
-                    pred = _scratch(x_pool[idx], y_pool[idx], x_test, n_classes, seed)
-                elif m == "probe":
-                    clf = fit_linear_probe(feats[0][idx], y_pool[idx], C=classifier_cfg.probe_C, seed=seed)
-                    pred = clf.predict(feats[1])
-                elif m == "finetune":
-                    cfg = replace(classifier_cfg, method="finetune", seed=seed)
-                    tr = tasks.train_image_classifier(
-                        x_pool[idx],
-                        y_pool[idx],
-                        classes,
-                        cfg,
-                        unlabelled=unlabelled if unlabelled is not None else x_pool,
-                        cache=cache,
-                        progress=False,
-                    )
-                    pred = tr.predict_proba(x_test).argmax(1)
-                else:
-                    raise ValueError(f"unknown method '{m}'; choose from {ALL_METHODS}")
+                pred = _predict(m, idx, x_pool, y_pool, x_test, classes, seed, classifier_cfg, feats, unlabelled, cache)
                 run = {
                     "method": m,
                     "k": str(k),
                     "seed": seed,
                     "accuracy": accuracy(y_test, pred),
-                    "macro_f1": macro_f1(y_test, pred, n_classes),
+                    "macro_f1": macro_f1(y_test, pred),
                     "seconds": round(time.time() - t0, 1),
                 }
                 runs.append(run)
@@ -233,30 +275,8 @@ def run_label_efficiency(
                         f"  {m:9s} k={str(k):>4s} seed={seed}: acc {run['accuracy']:.4f} f1 {run['macro_f1']:.4f} ({run['seconds']}s)",
                         flush=True,
                     )
-    table: dict[str, dict[str, tuple[float, float]]] = {}
-    ks = list(dict.fromkeys([*ks, *(_k(r["k"]) for r in runs)]))
-    ks.sort(key=lambda k: float("inf") if k == "all" else int(k))
-    methods = list(dict.fromkeys([*(m for m in ALL_METHODS if any(r["method"] == m for r in runs)), *methods]))
-    for m in methods:
-        for k in ks:
-            accs = [r["accuracy"] for r in runs if r["method"] == m and r["k"] == str(k)]
-            if accs:
-                table.setdefault(m, {})[str(k)] = (float(np.mean(accs)), float(np.std(accs)))
-    lines = [
-        f"# {title}",
-        "",
-        f"test images: {len(y_test)}; train pool: {len(y_pool)}; seeds: {seeds}",
-        "",
-        "| method | " + " | ".join(f"k={k}" for k in ks) + " |",
-        "|---" * (len(ks) + 1) + "|",
-    ]
-    for m, row in table.items():
-        lines.append(
-            f"| {m} | "
-            + " | ".join(f"{row[str(k)][0]:.3f} ± {row[str(k)][1]:.3f}" if str(k) in row else "-" for k in ks)
-            + " |"
-        )
-    md = "\n".join(lines) + "\n"
+    table, ks = _summarise(runs, ks, methods)
+    md = _table_markdown(table, ks, title, len(y_test), len(y_pool), seeds)
     write_text(out / "table.md", md)
     write_json(out / "results.json", {"runs": runs, "table": table, "setup": setup, "config": str(classifier_cfg)})
     plot_label_efficiency(table, out / "curve.png", title)

@@ -1,4 +1,5 @@
-"""Metrics in pure numpy: a leaf module (no torch, no timm), tested against hand-computed values and slow references.
+"""Metrics: a leaf module (numpy; scikit-learn and SciPy imported where used; no torch, no timm), tested against
+hand-computed values and slow references.
 
 Ranking metrics take, per user, a ranked list of recommended ids and the set of ids actually bought. They follow
 the H&M Kaggle competition's MAP@12: AP@K = sum_k P(k) rel(k) / min(|actual|, K).
@@ -12,28 +13,28 @@ import numpy as np
 
 
 def accuracy(y_true, y_pred) -> float:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float((y_true == y_pred).mean()) if len(y_true) else 0.0
+    """Share of exact matches (sklearn.metrics.accuracy_score); 0.0 for no rows."""
+    from sklearn.metrics import accuracy_score
+
+    return float(accuracy_score(y_true, y_pred)) if len(y_true) else 0.0
 
 
 def confusion_matrix(y_true, y_pred, n_classes: int) -> np.ndarray:
-    m = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(m, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return m
+    """(n_classes, n_classes) counts, rows = true class index, columns = predicted (sklearn.metrics)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    return sk_confusion_matrix(y_true, y_pred, labels=np.arange(n_classes)).astype(np.int64)
 
 
 def macro_f1(y_true, y_pred, n_classes: int | None = None) -> float:
-    """Unweighted mean of per-class F1 over classes present in y_true or y_pred (sklearn's convention)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.union1d(y_true, y_pred)
-    f1s = []
-    for c in labels:
-        tp = np.sum((y_pred == c) & (y_true == c))
-        fp = np.sum((y_pred == c) & (y_true != c))
-        fn = np.sum((y_pred != c) & (y_true == c))
-        denom = 2 * tp + fp + fn
-        f1s.append(2 * tp / denom if denom else 0.0)
-    return float(np.mean(f1s)) if f1s else 0.0
+    """Unweighted mean of per-class F1 over the classes present in y_true or y_pred (sklearn.metrics.f1_score,
+    average="macro"); 0.0 for no rows. `n_classes` is accepted for callers that pass it and does not change the
+    classes averaged over."""
+    from sklearn.metrics import f1_score
+
+    if not len(y_true):
+        return 0.0
+    return float(f1_score(y_true, y_pred, average="macro", zero_division=0.0))
 
 
 def _dedupe(ranked: Sequence) -> list:
@@ -98,30 +99,65 @@ def catalog_coverage(recs: dict[str, Sequence], catalog_size: int, k: int) -> fl
     return len(items) / catalog_size if catalog_size else 0.0
 
 
+#: Values drawn per bootstrap batch, whatever n_boot and n: each array of a batch (indices, resampled values) is 32 MB.
+BOOT_BATCH_VALUES = 1 << 22
+
+
+def _boot_batch(n: int) -> int:
+    return max(1, BOOT_BATCH_VALUES // max(n, 1))
+
+
 def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean, resampling users with replacement."""
+    """Percentile bootstrap CI of the mean, resampling users with replacement (scipy.stats.bootstrap, drawn in
+    batches of `BOOT_BATCH_VALUES` values, so memory stays bounded for any number of users)."""
+    from scipy.stats import bootstrap
+
     values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return (0.0, 0.0)
-    rng = np.random.default_rng(seed)
-    means = values[rng.integers(0, len(values), size=(n_boot, len(values)))].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    if len(values) < 2:  # nothing to resample (SciPy needs two observations): the interval is the value itself
+        v = float(values[0]) if len(values) else 0.0
+        return (v, v)
+    res = bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=n_boot,
+        batch=_boot_batch(len(values)),
+        vectorized=True,
+        confidence_level=1 - alpha,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def paired_bootstrap_by_group(
     correct_a: np.ndarray, correct_b: np.ndarray, groups: np.ndarray, *, n_boot: int = 2000, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """95% intervals of accuracy b and of b - a (0/1 hits per photo), resampling whole groups (photos of one product
-    are not independent, so the products are what is resampled). Returns (interval of b, interval of b - a)."""
+    are not independent, so the products are what is resampled). Returns (interval of b, interval of b - a).
+    scipy.stats.bootstrap (percentile, paired over the groups' hit and photo counts, drawn in bounded batches)."""
+    from scipy.stats import bootstrap
+
     uniq, inv = np.unique(groups, return_inverse=True)
     na = np.bincount(inv, weights=correct_a, minlength=len(uniq))
     nb = np.bincount(inv, weights=correct_b, minlength=len(uniq))
-    cnt = np.bincount(inv, minlength=len(uniq))
-    rng = np.random.default_rng(seed)
-    acc, diff = [], []
-    for _ in range(n_boot):
-        w = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
-        tot = (w * cnt).sum()
-        acc.append((w * nb).sum() / tot)
-        diff.append((w * (nb - na)).sum() / tot)
-    return np.percentile(acc, [2.5, 97.5]), np.percentile(diff, [2.5, 97.5])
+    cnt = np.bincount(inv, minlength=len(uniq)).astype(np.float64)
+    if len(uniq) < 2:  # one group: nothing to resample
+        tot = max(cnt.sum(), 1.0)
+        return np.full(2, nb.sum() / tot), np.full(2, (nb - na).sum() / tot)
+
+    def accuracy_and_gain(a, b, c, axis=-1):
+        tot = c.sum(axis)
+        return np.stack([b.sum(axis) / tot, (b - a).sum(axis) / tot])
+
+    res = bootstrap(
+        (na, nb, cnt),
+        accuracy_and_gain,
+        n_resamples=n_boot,
+        batch=_boot_batch(len(uniq)),
+        vectorized=True,
+        paired=True,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval.low, res.confidence_interval.high
+    return np.array([lo[0], hi[0]]), np.array([lo[1], hi[1]])

@@ -1,28 +1,26 @@
-"""Same-product retrieval and per-attribute tagging metrics (pure numpy)."""
+"""Same-product retrieval and per-attribute tagging metrics (numpy; neighbours from FAISS, scores from scikit-learn)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-
-def _normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+from fashionrec.evaluation.metrics import accuracy, macro_f1
+from fashionrec.index.knn import knn, l2_normalize
 
 
-def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int = 10, chunk: int = 1024) -> np.ndarray:
-    """Top-k cosine neighbours of each query row over all rows, the query itself excluded. (len(queries), k)."""
-    f = _normalise(features)
+def nearest_neighbours(features: np.ndarray, queries: np.ndarray, k: int = 10) -> np.ndarray:
+    """Top-k cosine neighbours of each query row over all rows, the query itself excluded. (len(queries), k), best
+    first, equal similarities by row (`fashionrec.index.knn.knn`)."""
+    f = l2_normalize(features)
+    queries = np.asarray(queries, dtype=np.int64)
     k = min(k, len(f) - 1)
-    out = np.empty((len(queries), k), dtype=np.int64)
-    for s in range(0, len(queries), chunk):
-        qs = queries[s : s + chunk]
-        sim = f[qs] @ f.T
-        sim[np.arange(len(qs)), qs] = -np.inf
-        part = np.argpartition(-sim, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(sim, part, 1), axis=1, kind="stable")
-        out[s : s + len(qs)] = np.take_along_axis(part, order, 1)
-    return out
+    if k <= 0:
+        return np.zeros((len(queries), 0), dtype=np.int64)
+    _, rows = knn(f[queries], f, k + 1)
+    # drop the query itself, or the (k+1)-th row where the query is not among the first k+1 (ties with copies of it)
+    keep = rows != queries[:, None]
+    keep[keep.all(1), -1] = False
+    return rows[keep].reshape(len(queries), k)
 
 
 def retrieval_metrics(
@@ -57,17 +55,15 @@ def retrieval_metrics(
 
 def classification_report(y_true, y_pred, classes) -> dict:
     """Accuracy and macro-F1 over the classes present in y_true or y_pred (string labels; unknown true labels
-    count as errors)."""
+    count as errors): `fashionrec.evaluation.metrics` (scikit-learn)."""
     y_true = np.asarray(y_true, dtype=object)
     y_pred = np.asarray(y_pred, dtype=object)
     n = len(y_true)
     if n == 0:
         return {"n": 0, "n_classes": len(classes), "accuracy": float("nan"), "macro_f1": float("nan")}
-    acc = float((y_true == y_pred).mean())
-    f1s = []
-    for c in sorted(set(y_true.tolist()) | set(y_pred.tolist())):
-        tp = float(((y_true == c) & (y_pred == c)).sum())
-        fp = float(((y_true != c) & (y_pred == c)).sum())
-        fn = float(((y_true == c) & (y_pred != c)).sum())
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return {"n": n, "n_classes": len(classes), "accuracy": acc, "macro_f1": float(np.mean(f1s))}
+    return {
+        "n": n,
+        "n_classes": len(classes),
+        "accuracy": accuracy(y_true, y_pred),
+        "macro_f1": macro_f1(y_true, y_pred),
+    }

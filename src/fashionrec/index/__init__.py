@@ -1,4 +1,4 @@
-"""Vector indexes behind one interface: exact numpy (the reference) and FAISS (flat, IVF, HNSW, IVF-PQ).
+"""Vector indexes behind one interface: exact brute force (the reference) and FAISS (flat, IVF, HNSW, IVF-PQ).
 
 No torch or timm here. `create_index("auto", n_items=N)` picks by catalog size:
 - N < 100,000: exact (flat inner product; brute force is both exact and fast at this size);

@@ -19,6 +19,7 @@ import numpy as np
 
 from fashionrec.artifacts import load_artifact, save_artifact
 from fashionrec.errors import FashionrecError
+from fashionrec.index.knn import knn, l2_normalize
 
 _REGISTRY: dict[str, Callable[..., VectorIndex]] = {}
 
@@ -35,13 +36,6 @@ def register_index(name: str):
         return cls
 
     return wrap
-
-
-def _normalize(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None]
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 class VectorIndex(ABC):
@@ -82,7 +76,7 @@ class VectorIndex(ABC):
                     self._deleted.add(row)
 
     def _add(self, ids, vectors, categories) -> None:
-        vectors = _normalize(vectors)
+        vectors = l2_normalize(vectors)
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(ids)}, {self.dim})")
         categories = list(categories) if categories is not None else [None] * len(ids)
@@ -105,7 +99,7 @@ class VectorIndex(ABC):
     ) -> tuple[np.ndarray, np.ndarray]:
         if k <= 0:
             raise ValueError("k must be a positive integer")
-        q = _normalize(queries)
+        q = l2_normalize(queries)
         with self._lock:
             return self._search(q, k, category, exclude)
 
@@ -148,9 +142,8 @@ class VectorIndex(ABC):
         if excl:
             mask[list(excl)] = False
         cand = np.flatnonzero(mask)
-        s = self._rows_matrix(cand) @ q
-        order = np.argsort(-s, kind="stable")[:k]
-        return cand[order], s[order]
+        scores, rows = knn(q, self._rows_matrix(cand), k)
+        return cand[rows[0]], scores[0]
 
     def _rows_matrix(self, rows: np.ndarray) -> np.ndarray:
         return np.stack([self._get_vector(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.dim), np.float32)

@@ -1,22 +1,29 @@
-"""The exact numpy index: the reference every other backend is measured against."""
+"""The exact index: brute-force inner product over every stored vector (FAISS `knn`), the reference every other
+backend is measured against."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from fashionrec.index.base import VectorIndex, register_index
+from fashionrec.index.knn import RowStore, knn
 
 
 @register_index("exact")
 class ExactIndex(VectorIndex):
-    """Brute-force numpy inner product: the reference every other backend is measured against."""
+    """Brute-force inner product (`fashionrec.index.knn.knn`): the reference every other backend is measured
+    against. Vectors live in a `RowStore`, so an add costs the added rows, not a copy of the whole matrix."""
 
     def __init__(self, dim: int):
         super().__init__(dim)
-        self._x = np.zeros((0, dim), dtype=np.float32)
+        self._store = RowStore(dim)
+
+    @property
+    def _x(self) -> np.ndarray:
+        return self._store.array
 
     def _add_vectors(self, vectors):
-        self._x = np.vstack([self._x, vectors])
+        self._store.append(vectors)
 
     def _get_vector(self, row):
         return self._x[row]
@@ -25,21 +32,15 @@ class ExactIndex(VectorIndex):
         return self._x[rows]
 
     def _search_rows(self, q, k, allowed):
-        s = q @ self._x.T
-        if allowed is not None:
-            s[:, ~allowed] = -np.inf
-        k = min(k, s.shape[1])
-        if k == 0:
-            return np.full((len(q), 0), -1), np.zeros((len(q), 0))
-        part = np.argpartition(-s, k - 1, axis=1)[:, :k]
-        order = np.take_along_axis(s, part, 1).argsort(1)[:, ::-1]
-        rows = np.take_along_axis(part, order, 1)
-        scores = np.take_along_axis(s, rows, 1)
-        rows = np.where(np.isfinite(scores), rows, -1)
-        return rows, scores
+        if allowed is None:
+            scores, rows = knn(q, self._x, k)
+            return rows, scores
+        cand = np.flatnonzero(allowed)
+        scores, rows = knn(q, self._x[cand], k)
+        return cand[rows], scores
 
     def _state(self):
         return {"x": self._x}
 
     def _restore(self, state):
-        self._x = np.ascontiguousarray(state["x"], dtype=np.float32)
+        self._store = RowStore(self.dim, state["x"])

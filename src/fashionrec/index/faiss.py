@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from fashionrec.index.base import VectorIndex, register_index
+from fashionrec.index.knn import RowStore, knn
 
 
 class _FaissIndex(VectorIndex):
@@ -17,8 +18,12 @@ class _FaissIndex(VectorIndex):
 
         self._faiss = faiss
         self.params = params
-        self._x = np.zeros((0, dim), dtype=np.float32)
+        self._store = RowStore(dim)
         self._index = None
+
+    @property
+    def _x(self) -> np.ndarray:
+        return self._store.array
 
     def config(self):
         return {"kind": self.kind, "dim": self.dim, **self.params}
@@ -33,7 +38,7 @@ class _FaissIndex(VectorIndex):
         raise NotImplementedError
 
     def _add_vectors(self, vectors):
-        self._x = np.vstack([self._x, vectors])
+        self._store.append(vectors)
         if self._index is None or not self._index.is_trained:
             self._index = self._build(self._x)
             if self._index.ntotal == 0:
@@ -64,7 +69,7 @@ class _FaissIndex(VectorIndex):
         return out
 
     def _restore(self, state):
-        self._x = np.ascontiguousarray(state["x"], dtype=np.float32)
+        self._store = RowStore(self.dim, state["x"])
         self._index = self._faiss.deserialize_index(state["faiss"]) if "faiss" in state else None
 
 
@@ -149,7 +154,6 @@ class IVFPQIndex(_FaissIndex):
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         for b in range(len(q)):
             cand = rows[b][rows[b] >= 0]
-            s = self._x[cand] @ q[b]
-            order = np.argsort(-s)[:k]
-            out_r[b, : len(order)], out_s[b, : len(order)] = cand[order], s[order]
+            s, r = knn(q[b], self._x[cand], k)
+            out_r[b, : r.shape[1]], out_s[b, : r.shape[1]] = cand[r[0]], s[0]
         return out_r, out_s

@@ -22,12 +22,11 @@ import logging
 import numpy as np
 import pandas as pd
 
-from fashionrec.config import CATALOG_TAG_COLUMNS
+from fashionrec.config import TAG_COLUMNS
 from fashionrec.data.products import product_groups, product_level_columns
+from fashionrec.index.knn import knn
 
 log = logging.getLogger(__name__)
-
-TAG_COLUMNS = list(CATALOG_TAG_COLUMNS)
 UNKNOWN = "?"
 
 
@@ -73,9 +72,8 @@ def predict_attributes(
         kk = min(k, len(gal))
         for s in range(0, len(qry), chunk):
             q = qry[s : s + chunk]
-            sim = x[q] @ x[gal].T
-            nb = np.argpartition(-sim, kk - 1, axis=1)[:, :kk]
-            w = np.exp((np.take_along_axis(sim, nb, 1) - 1.0) / temperature)
+            sim, nb = knn(x[q], x[gal], kk)
+            w = np.exp((sim - 1.0) / temperature)
             for c in columns:
                 y, cats = codes[c]
                 yn = y[gal][nb]

@@ -85,6 +85,8 @@ class _Implicit(Recommender):
             # implicit's own all_pairs_knn converts internally and warns about it; nothing for users to act on
             warnings.filterwarnings("ignore", message="Method expects CSR input")
             self.model.fit(self.user_items, show_progress=False)
+        if hasattr(self.model, "to_cpu"):  # fitted on the GPU: the factors come back as numpy arrays
+            self.model = self.model.to_cpu()
         self.bought = np.asarray(x.sum(0)).ravel() > 0
         return self
 
@@ -136,9 +138,31 @@ class ItemKNN(_Implicit):
         return [self.data.item_ids[h[np.argmax(sim[h])]]]
 
 
+def als_on_gpu(device: str | None = "auto") -> bool:
+    """Whether ALS fits on the GPU: `device` 'auto' when implicit has CUDA (`implicit.gpu.HAS_CUDA`: its CUDA build
+    and a GPU), 'cuda' (an error naming what is missing without it), 'cpu' never."""
+    import implicit.gpu
+
+    spec = (device or "auto").strip().lower()
+    if spec == "cpu":
+        return False
+    if spec == "auto":
+        return bool(implicit.gpu.HAS_CUDA)
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not implicit.gpu.HAS_CUDA:
+            raise ValueError(
+                f"device {spec}: implicit has no CUDA support here (implicit.gpu.HAS_CUDA is False: it needs "
+                "implicit's CUDA build and a GPU); use device cpu or auto"
+            )
+        return True
+    raise ValueError(f"device {spec!r}: expected one of auto, cpu, cuda")
+
+
 @register_recommender("als")
 class ALS(_Implicit):
-    """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) via implicit; new users are folded in."""
+    """Implicit-feedback matrix factorisation (Hu, Koren & Volinsky 2008) via implicit; new users are folded in.
+    `device`: where it fits (`als_on_gpu`: auto = implicit's GPU code where it has CUDA); the fitted factors are
+    numpy arrays either way, and recommending runs on the CPU."""
 
     def __init__(
         self,
@@ -147,10 +171,13 @@ class ALS(_Implicit):
         iterations: int = 20,
         alpha: float = 10.0,
         random_state: int = 0,
+        device: str = "auto",
     ):
         super().__init__()
         if factors < 1 or iterations < 1:
             raise ValueError("factors and iterations must be positive integers")
+        als_on_gpu(device)  # an unknown name, or CUDA asked for and absent: said now
+        self.device = device
         self.params = dict(
             factors=factors,
             regularization=regularization,
@@ -160,9 +187,9 @@ class ALS(_Implicit):
         )
 
     def _model(self):
-        from implicit.cpu.als import AlternatingLeastSquares
+        from implicit.als import AlternatingLeastSquares
 
-        return AlternatingLeastSquares(**self.params)  # the CPU class: no GPU on the target machines
+        return AlternatingLeastSquares(**self.params, use_gpu=als_on_gpu(getattr(self, "device", "cpu")))
 
     def _recommend(self, row, n, user):
         return self.model.recommend(0, row, N=n, filter_already_liked_items=False, recalculate_user=True)
@@ -189,6 +216,7 @@ class BPR(ALS):
         random_state: int = 0,
     ):
         Recommender.__init__(self)
+        self.device = "cpu"
         self.params = dict(
             factors=factors,
             learning_rate=learning_rate,

@@ -25,7 +25,7 @@ from fashionrec.errors import FashionrecError
 CONFIG_ENV = "FASHIONREC_SERVE_CONFIG"  # set by `run` for its workers: the path of a JSON file of build_state args
 
 
-def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb) -> dict:
+def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb, device) -> dict:
     from fashionrec.io import default_workspace
 
     return {
@@ -34,6 +34,7 @@ def _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb
         "default_model": default_model,
         "max_arrivals": max_arrivals,
         "max_arrival_bytes": int(max_arrival_mb * 1024 * 1024) if max_arrival_mb else None,
+        "device": device,
     }
 
 
@@ -62,6 +63,20 @@ def check_workers(workers: int, write_token: str | None) -> None:
         )
 
 
+def check_device(device: str) -> None:
+    """A device spec that `fashionrec.device.resolve_device` accepts, checked before anything loads (torch is
+    imported here only for a CUDA spec: 'auto' and 'cpu' leave it to the backbone's loading thread)."""
+    spec = (device or "auto").strip().lower()
+    if spec in ("auto", "cpu"):
+        return
+    from fashionrec.device import resolve_device
+
+    try:
+        resolve_device(spec)
+    except ValueError as e:
+        raise FashionrecError(str(e)) from None
+
+
 def run(
     data_dir: str | Path,
     *,
@@ -76,18 +91,21 @@ def run(
     max_arrival_mb: float | None = None,
     body_timeout: float | None = None,
     max_uploads_per_client: int | None = None,
+    device: str = "auto",
 ) -> None:
     """Serve `data_dir` until interrupted (see the module docstring for what `workers` changes).
-    `body_timeout` (seconds, default 30) and `max_uploads_per_client` (default 4): see `serving.app`."""
+    `body_timeout` (seconds, default 30) and `max_uploads_per_client` (default 4): see `serving.middleware`.
+    `device`: where uploads are embedded ('auto', 'cpu', 'cuda', 'cuda:N'; `fashionrec.device`)."""
     import uvicorn
 
     from fashionrec.serving.app import create_app
-    from fashionrec.serving.state import build_state, ensure_artifacts
+    from fashionrec.serving.build import build_state, ensure_artifacts
 
     check_workers(workers, write_token)
+    check_device(device)
     limits = _limits(body_timeout, max_uploads_per_client)
     t0 = time.time()
-    args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb)
+    args = _state_args(data_dir, workspace, default_model, max_arrivals, max_arrival_mb, device)
     data = args.pop("data_dir")
     url = f"http://{host}:{port}/"
     if workers == 1:
@@ -130,7 +148,7 @@ def run(
 def worker_app():
     """The app of one worker process (uvicorn's `factory=True`): artifacts built by `run`, tables memory-mapped."""
     from fashionrec.serving.app import create_app
-    from fashionrec.serving.state import build_state
+    from fashionrec.serving.build import build_state
 
     path = os.environ.get(CONFIG_ENV)
     if not path:

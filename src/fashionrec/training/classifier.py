@@ -113,15 +113,23 @@ class Classifier:
         return apply_temperature(self.probe.predict_proba(feats, len(self.classes)), self.temperature)
 
     def predict_proba(
-        self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool | None = None
+        self, images: np.ndarray, cache: FeatureCache | None = None, progress: bool | None = None, device=None
     ) -> np.ndarray:
         """uint8 images (N, H, W) or (N, H, W, 3), already padded/resized by `preprocess.pil_to_array` or raw
-        arrays of any size (resized by the preprocessing) -> (N, len(classes)) probabilities."""
+        arrays of any size (resized by the preprocessing) -> (N, len(classes)) probabilities. `device`: where the
+        network runs (None: a fine-tuned network where its weights are, the probe's backbone on the CPU)."""
         if self.model is not None:
-            return apply_temperature(softmax(predict_logits(self.model, images, self.preprocess)), self.temperature)
+            logits = predict_logits(self.model, images, self.preprocess, device=device)
+            return apply_temperature(softmax(logits), self.temperature)
         progress = self.progress if progress is None else progress
         feats = embed_arrays(
-            self.backbone, images, preprocess=self.preprocess, cache=cache, desc="embed", progress=progress
+            self.backbone,
+            images,
+            preprocess=self.preprocess,
+            cache=cache,
+            desc="embed",
+            progress=progress,
+            device=device,
         )
         return self.predict_proba_features(feats)
 

@@ -57,11 +57,11 @@ def adapt_batchnorm(
         m.momentum = None  # cumulative moving average: every batch counts equally
         m.train()
     fmt = memory_format_of(backbone)
+    dev = next(backbone.parameters()).device  # batches go where the weights are (the CPU, or a fine-tuning GPU)
     with torch.no_grad():
         for s in tqdm(range(0, len(idx), batch_size), desc="re-estimate BN", unit="batch", disable=not progress):
-            backbone(
-                preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])]).contiguous(memory_format=fmt)
-            )
+            x = preprocess.arrays_to_tensor(images[np.sort(idx[s : s + batch_size])])
+            backbone(x.to(dev).contiguous(memory_format=fmt))
     for m in bns:
         m.momentum = 0.1
         m.eval()

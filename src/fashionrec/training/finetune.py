@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fashionrec.backbones.base import Backbone
+from fashionrec.device import autocast
 from fashionrec.features import Preprocess
 from fashionrec.training.domain import adapt_batchnorm, memory_format_of
 
@@ -85,6 +86,13 @@ def _augment(x: torch.Tensor, gen: torch.Generator, hflip: bool) -> torch.Tensor
 
 
 def _param_groups(model: ImageClassifier, what: str, cfg: FinetuneConfig) -> list[dict]:
+    """Head at `cfg.lr`, then one group per unfrozen entry of `backbone.blocks` (top first) at lr x decay^depth, and
+    with 'all' the rest (stem, final conv) below them; every group keeps `cfg.weight_decay`.
+
+    timm's `param_groups_layer_decay` / `create_optimizer_v2(layer_decay=)` give other groups for these models: it
+    splits by the model's `group_matcher` (EfficientNet: 17 scales, one per sub-block, not the 7 stages here; the
+    wrapper, tiny_cnn and the torchvision MobileNetV2 have none, so every tensor gets scale 1), moves 1-D tensors to
+    weight decay 0, and returns `lr_scale` for timm's schedulers while torch's OneCycleLR here reads `lr`."""
     blocks = model.backbone.blocks
     for p in model.backbone.parameters():
         p.requires_grad = False
@@ -116,13 +124,21 @@ def _set_frozen_bn_eval(model: ImageClassifier, all_bn: bool = False) -> None:
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: np.ndarray, pre: Preprocess, batch_size: int = 256) -> np.ndarray:
+def predict_logits(
+    model: nn.Module, images: np.ndarray, pre: Preprocess, batch_size: int = 256, device=None
+) -> np.ndarray:
+    """Logits of uint8 images on `device` (None: where the model's weights are; mixed precision on CUDA)."""
     model.eval()
+    if device is not None:
+        model.to(device)
+    p = next(model.parameters(), None)
+    dev = p.device if p is not None else torch.device("cpu")
     fmt = memory_format_of(model)
     out = []
     for s in range(0, len(images), batch_size):
-        x = pre.arrays_to_tensor(images[s : s + batch_size]).contiguous(memory_format=fmt)
-        out.append(model(x).float().numpy())
+        x = pre.arrays_to_tensor(images[s : s + batch_size]).to(dev).contiguous(memory_format=fmt)
+        with autocast(dev):
+            out.append(model(x).float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -145,10 +161,13 @@ def finetune(
     cfg: FinetuneConfig = FinetuneConfig(),
     init_head: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
+    device=None,
 ) -> FinetuneResult:
-    """Train `backbone` + a new head on uint8 images with the staged schedule; keep the best-on-validation weights."""
+    """Train `backbone` + a new head on uint8 images with the staged schedule; keep the best-on-validation weights.
+    `device`: where it trains (None: the CPU); on CUDA under mixed precision (`fashionrec.device.autocast`)."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(device or "cpu")
     model = ImageClassifier(backbone, num_classes)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
@@ -156,6 +175,10 @@ def finetune(
         w, b = init_head
         model.head.weight.data.copy_(torch.as_tensor(w, dtype=torch.float32))
         model.head.bias.data.copy_(torch.as_tensor(b, dtype=torch.float32))
+    model.to(device)
+    # float16 (GPUs without bfloat16) needs its loss scaled; bfloat16 and the CPU's float32 do not
+    fp16 = device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
     best_acc, best_state = -1.0, copy.deepcopy(model.state_dict())
     history = []
     t0 = time.time()
@@ -191,12 +214,14 @@ def finetune(
                 x = pre.arrays_to_tensor(x_train[idx])
                 if cfg.augment:
                     x = _augment(x, gen, cfg.hflip)
-                x = x.contiguous(memory_format=fmt)
-                y = torch.as_tensor(y_train[idx], dtype=torch.long)
-                loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+                x = x.to(device).contiguous(memory_format=fmt)
+                y = torch.as_tensor(y_train[idx], dtype=torch.long).to(device)
+                with autocast(device):
+                    loss = F.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 sched.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

@@ -118,8 +118,10 @@ def train_image_classifier(
     unlabelled: np.ndarray | None = None,
     cache: FeatureCache | None = None,
     progress: bool = True,
+    device=None,
 ) -> Classifier:
-    """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels."""
+    """Train on uint8 images (greyscale (N,H,W) or RGB (N,H,W,3)) with integer labels. `device`: where the backbone
+    embeds and fine-tunes (None: the CPU)."""
     prepared = prepare_backbone(cfg, x_train, unlabelled=unlabelled, progress=progress)
     backbone, pre, cfg = prepared.backbone, prepared.preprocess, prepared.config
     # Fine-tuning holds out a validation split for early stopping. The probe that starts its head is fitted on the
@@ -138,7 +140,9 @@ def train_image_classifier(
         )
     else:  # no copy of the (possibly large) training set when nothing is held out
         x_val, y_val, x_tr, y_tr = x_train[:0], y_train[:0], x_train, y_train
-    feats = embed_arrays(backbone, x_tr, preprocess=pre, cache=cache, desc="embed train", progress=progress)
+    feats = embed_arrays(
+        backbone, x_tr, preprocess=pre, cache=cache, desc="embed train", progress=progress, device=device
+    )
     probe = probe_module.fit_linear_probe(feats, y_tr, C=cfg.probe_C, seed=cfg.seed)
     trained = Classifier(
         classes, pre, backbone, kind=cfg.method, probe=ProbeHead.from_sklearn(probe), config=cfg, progress=progress
@@ -152,7 +156,19 @@ def train_image_classifier(
         # A binary or class-incomplete probe has another shape: then the head starts from scratch.
         init = (w, b) if w.shape[0] == len(classes) else None
         ft_cfg = replace(cfg.finetune, seed=cfg.seed)
-        res = finetune(backbone, x_tr, y_tr, x_val, y_val, len(classes), pre, ft_cfg, init_head=init, progress=progress)
+        res = finetune(
+            backbone,
+            x_tr,
+            y_tr,
+            x_val,
+            y_val,
+            len(classes),
+            pre,
+            ft_cfg,
+            init_head=init,
+            progress=progress,
+            device=device,
+        )
         trained.model = res.model
         trained.probe = None
         trained.metrics["finetune_history"] = res.history
@@ -170,8 +186,10 @@ def train_image_classifier(
     return trained
 
 
-def evaluate_classifier(trained: Classifier, x_test: np.ndarray, y_test: np.ndarray, *, cache=None) -> dict:
-    proba = trained.predict_proba(x_test, cache=cache)
+def evaluate_classifier(
+    trained: Classifier, x_test: np.ndarray, y_test: np.ndarray, *, cache=None, device=None
+) -> dict:
+    proba = trained.predict_proba(x_test, cache=cache, device=device)
     pred = proba.argmax(1)
     n = len(trained.classes)
     return {

@@ -166,17 +166,27 @@ def train_and_evaluate(
     progress: bool = True,
     extra: dict | None = None,
     started: float | None = None,
+    device=None,
 ) -> dict:
     """Train, evaluate on the held-out images, write metrics.json, config.json, confusion.png and model.pt to `out`.
-    Returns the metrics (with n_train, and wall_seconds since `started`, e.g. before the data was loaded)."""
+    Returns the metrics (with n_train, and wall_seconds since `started`, e.g. before the data was loaded).
+    `device`: where the image model runs (None: the CPU)."""
     from fashionrec.training.tasks import evaluate_classifier, train_image_classifier, write_run
 
     t0 = time.time() if started is None else started
     trained = train_image_classifier(
-        data.x_train, data.y_train, data.classes, cfg, unlabelled=data.unlabelled, cache=cache, progress=progress
+        data.x_train,
+        data.y_train,
+        data.classes,
+        cfg,
+        unlabelled=data.unlabelled,
+        cache=cache,
+        progress=progress,
+        device=device,
     )
     if trained.probe is not None:  # a fine-tuned one was calibrated on its validation split
-        t, fit = probe_temperature(trained, data.x_train, data.y_train, np.arange(len(data.y_train)), cache=cache)
+        groups = np.arange(len(data.y_train))
+        t, fit = probe_temperature(trained, data.x_train, data.y_train, groups, cache=cache, device=device)
         if t is not None:
             trained.temperature = t
             trained.metrics["calibration_fit"] = {
@@ -185,7 +195,7 @@ def train_and_evaluate(
                 "temperature": round(t, 4),
             }
     t, trained.temperature = trained.temperature, 1.0
-    result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache)  # raw confidences
+    result = evaluate_classifier(trained, data.x_test, data.y_test, cache=cache, device=device)  # raw confidences
     trained.temperature = t
     if t != 1.0:  # the test images' confidences before and after (the best class, so accuracy, is unchanged)
         from fashionrec.evaluation.calibration import apply_temperature, calibration_report
@@ -326,9 +336,11 @@ def tag_with_model(
     by_product: bool = True,
     colour_booster: bool = True,
     progress: bool = True,
+    device=None,
 ) -> Tags:
     """Tag the images without a catalog row with an adapted model folder's heads (one forward pass per photo);
-    `colour_booster` False: its colour heads without their boosters.
+    `colour_booster` False: its colour heads without their boosters. An adapted folder runs on the CPU (`device`
+    CUDA: said in the log).
 
     `by_product`: the columns that describe a product, not a photo (type, group, department, ...: measured on the
     catalog's rows, `product_level_columns`) agree within a product: taken from the product's labelled photos where
@@ -337,6 +349,8 @@ def tag_with_model(
     from fashionrec.features import decode_images_to_array
     from fashionrec.training.adapt import catalog_for_training, load_adapted
 
+    if device is not None and str(device).startswith("cuda"):
+        log.warning("%s: an adapted model folder predicts on the CPU (its heads have no device option)", model)
     adapted = load_adapted(model)
     if not colour_booster and adapted.colour_boosters:
         adapted = adapted.without_colour_boosters()  # a shallow copy: the cached model keeps its boosters
@@ -383,6 +397,7 @@ def tag_with_probe(
     colour_booster: bool = True,
     cache=None,
     progress: bool = True,
+    device=None,
 ) -> Tags:
     """Per column, a classifier (cfg) trained on the labelled photos tags the images without a catalog row
     (`by_product` as in `tag_with_model`). `colour_booster`: a colour column's probabilities are also multiplied by
@@ -394,7 +409,9 @@ def tag_with_probe(
     merged, per_column, n_unl, n_bad, from_siblings = None, [], 0, 0, {}
     for c in columns:
         boost = colour_booster and is_colour_column(c)
-        df, info, n_unl, n_bad = _tag_one_column(data_dir, c, cfg, min_confidence, cache, progress, by_product, boost)
+        df, info, n_unl, n_bad = _tag_one_column(
+            data_dir, c, cfg, min_confidence, cache, progress, by_product, boost, device
+        )
         per_column.append(info)
         if info.n_from_siblings is not None:
             from_siblings[c] = info.n_from_siblings
@@ -405,7 +422,15 @@ def tag_with_probe(
 
 
 def _tag_one_column(
-    data_dir, label_column: str, cfg, min_confidence: float, cache, progress: bool, by_product: bool, boost: bool
+    data_dir,
+    label_column: str,
+    cfg,
+    min_confidence: float,
+    cache,
+    progress: bool,
+    by_product: bool,
+    boost: bool,
+    device=None,
 ):
     """A classifier on the labelled photos (frozen-backbone features + logistic head by default); `boost`: times the
     colour booster (a colour column)."""
@@ -427,8 +452,9 @@ def _tag_one_column(
         unlabelled=np.concatenate([x, u_x]) if len(u_x) else x,
         cache=cache,
         progress=progress,
+        device=device,
     )
-    proba = trained.predict_proba(u_x, cache=cache) if len(u_x) else np.zeros((0, len(classes)))
+    proba = trained.predict_proba(u_x, cache=cache, device=device) if len(u_x) else np.zeros((0, len(classes)))
     colour = None  # the labelled photos' colour descriptors: computed once, for the booster and its calibration
     if boost and x.ndim == 4:
         import torch
@@ -445,7 +471,9 @@ def _tag_one_column(
         from fashionrec.evaluation.calibration import apply_temperature
 
         groups = product_groups(photos.ids, cat.metadata)
-        temperature, calibration = probe_temperature(trained, x, photos.labels, groups, colour=colour, cache=cache)
+        temperature, calibration = probe_temperature(
+            trained, x, photos.labels, groups, colour=colour, cache=cache, device=device
+        )
         proba = apply_temperature(proba, temperature or 1.0)
     n_sib = None
     if by_product and len(u_ids):
@@ -478,6 +506,7 @@ def probe_temperature(
     colour: np.ndarray | None = None,
     cache=None,
     fraction: float = 0.2,
+    device=None,
 ) -> tuple[float | None, dict | None]:
     """The temperature that calibrates a linear-probe classifier's confidences (times the colour booster when
     `colour`, the photos' `colour_features`, is given), as `tag` without `--model` reports them: the probe (and
@@ -496,7 +525,7 @@ def probe_temperature(
     held = split_products(np.asarray(groups), fraction, cfg.seed)
     if trained.probe is None or held.sum() < 10 or len(np.unique(y[~held])) < 2:
         return None, None
-    feats = embed_arrays(trained.backbone, x, preprocess=trained.preprocess, cache=cache, progress=False)
+    feats = embed_arrays(trained.backbone, x, preprocess=trained.preprocess, cache=cache, progress=False, device=device)
     probe = ProbeHead.from_sklearn(fit_linear_probe(feats[~held], y[~held], C=cfg.probe_C, seed=cfg.seed))
     p = probe.predict_proba(feats[held], len(trained.classes))  # as the classifier itself predicts
     if colour is not None:

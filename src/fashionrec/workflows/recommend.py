@@ -420,8 +420,10 @@ def embed_catalog_images(
     ray_address: str | None = None,
     workspace=None,
     progress: bool = True,
+    device=None,
 ) -> Embeddings:
-    """Every catalog image's backbone embedding, locally (cached in the workspace) or on Ray actors."""
+    """Every catalog image's backbone embedding, locally (cached in the workspace) or on Ray actors. `device`: where
+    the local engine runs the backbone (None: the CPU; 'auto', 'cuda', a torch.device)."""
     from fashionrec.data.catalog import load_catalog
 
     cat = load_catalog(data_dir)
@@ -452,6 +454,7 @@ def embed_catalog_images(
         progress=progress,
         batch_size=batch_size,
         path=InferencePath.parse(inference),
+        device=device,
     )
     return Embeddings(res.ids, res.features, res.failures, time.time() - t0)
 

@@ -41,11 +41,13 @@ def serve_shop(
     workers: int = 1,
     body_timeout: float | None = None,
     max_uploads_per_client: int | None = None,
+    device: str = "auto",
 ) -> None:
     """Load the serving artifacts (building what is missing, with progress), then serve until interrupted.
 
     `workers` > 1: that many uvicorn processes over the same memory-mapped artifacts, read-only (see
-    `fashionrec.serving.server`). Prints the address and whether writes are enabled (a server's start-up lines)."""
+    `fashionrec.serving.server`). `device`: where uploads are embedded (`fashionrec.device`). Prints the address
+    and whether writes are enabled (a server's start-up lines)."""
     from fashionrec.extras import require
 
     require("serve", what="fashionrec serve needs the web server stack")
@@ -82,4 +84,5 @@ def serve_shop(
         max_arrival_mb=max_arrival_mb,
         body_timeout=body_timeout,
         max_uploads_per_client=max_uploads_per_client,
+        device=device,
     )

@@ -1,6 +1,6 @@
 """A shop: from a data folder to fitted recommenders, the way the CLI, the server and the Python API do it.
 
-from fashionrec.workflows.shop import Shop, fit_recommender   # or fashionrec.pipeline (same names)
+from fashionrec.workflows.shop import Shop, fit_recommender
 shop = Shop.open("path/to/hm")                  # catalog, log, customers, image features (cached)
 model = fit_recommender(shop, "hybrid")
 model.recommend(customer_id, k=12)
@@ -31,13 +31,10 @@ from fashionrec.data.interactions import (
     load_hm_transactions,
     read_customers,
 )
-from fashionrec.recommend import names, recommender_class
+from fashionrec.recommend import recommender_class
 from fashionrec.recommend.base import ItemFeatures, RecData
 
 log = logging.getLogger(__name__)
-#: The recommenders that need image features, for callers of this name; the capability is the class attribute
-#: `needs_images` (`fashionrec.recommend.names(needs_images=True)`).
-IMAGE_MODELS = frozenset(names(needs_images=True))
 MODEL_CACHE_VERSION = 4  # bump when a recommender's fitted state changes shape or meaning
 
 
