@@ -378,16 +378,17 @@ def test_co_purchases_read_from_the_newest_days_equal_the_whole_log():
     assert (_co_purchases(users, idx, ts, 80, 14, max_rows=10**9) != ref).nnz == 0
 
 
-def test_workers_auto_uses_every_core_only_for_big_shops():
+def test_workers_auto_uses_every_core_only_for_big_shops(monkeypatch):
     import argparse
     import os
 
     from fashionrec.cli.recommend import _workers
     from fashionrec.recommend.batch import AUTO_WORKERS_FROM, resolve_workers
 
-    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)  # 3 cores may be used
     assert resolve_workers("auto", AUTO_WORKERS_FROM - 1) == 1
-    assert resolve_workers("auto", AUTO_WORKERS_FROM) == cores
+    assert resolve_workers("auto", AUTO_WORKERS_FROM) == 3
+    assert resolve_workers("auto", 10 * AUTO_WORKERS_FROM) == 3
     assert resolve_workers(3, 10) == 3 and resolve_workers("2", 10) == 2
     for bad in (0, -1, "x", None):
         with pytest.raises(ValueError, match="positive integer or 'auto'"):

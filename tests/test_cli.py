@@ -290,9 +290,24 @@ def test_command_modules_import_only_common_and_workflows():
 
 
 def test_every_command_module_is_registered():
+    """Every module of cli/ with a `register` function adds its commands to the parser (a new module that is not
+    listed in main.COMMAND_MODULES fails here), in `fashionrec --help` order."""
+    import argparse
+    import importlib
+    import pkgutil
+
+    import fashionrec.cli as cli
     from fashionrec.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
+    names = [m.name for m in pkgutil.iter_modules(cli.__path__) if m.name != "__main__"]  # __main__ runs the CLI
+    modules = [importlib.import_module(f"fashionrec.cli.{n}") for n in names]
+    registering = [m for m in modules if callable(getattr(m, "register", None))]
+    assert len(registering) >= 6
+    for module in registering:
+        own = argparse.ArgumentParser().add_subparsers(dest="command")
+        module.register(own)
+        assert own.choices and set(own.choices) <= set(sub.choices), module.__name__
     assert list(sub.choices) == [
         "train",
         "predict",
@@ -352,7 +367,7 @@ def test_inference_flag_reaches_the_embedder(tmp_path, monkeypatch, name):
 def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
     """`--workers 3` hands the batch job to the Ray path with 3 workers (Ray's output equals the single-process
     file byte for byte: tests/test_distributed.py); here a spy stands in for Ray and writes the local output."""
-    import fashionrec.distributed as D
+    import fashionrec.recommend.batch.ray as R
     from fashionrec.recommend import batch
 
     calls = []
@@ -362,7 +377,7 @@ def test_recommend_workers_flag_reaches_the_ray_path(tmp_path, monkeypatch):
         kw.pop("address", None)
         return batch.recommend_all(model, users, k, out_path, **kw)
 
-    monkeypatch.setattr(D, "recommend_all_ray", spy)
+    monkeypatch.setattr(R, "recommend_all_ray", spy)
     root, _, users = make_shop(tmp_path / "shop")
     outs = []
     for workers in ("1", "3"):

@@ -72,21 +72,44 @@ def fuzz_server(tmp_path_factory):
 schema = schemathesis.openapi.from_dict(create_app(None).openapi())
 
 
-@schema.parametrize()
-@settings(
+FUZZ_SETTINGS = settings(
     max_examples=EXAMPLES, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck)
 )
-def test_api_conforms_to_its_schema_and_never_answers_5xx(case, fuzz_server):
+
+
+def _check(case, url: str) -> None:
     # Every built-in check but one: `positive_data_acceptance` wants 2xx/404 for any schema-valid request, but a
     # schema cannot say "an id that exists" or "the bytes of a decodable photo", and the API's contract answers
     # those with 422 (unknown ids in a history, an empty or truncated upload) or 415 (not an image).
-    case.call_and_validate(base_url=fuzz_server, headers=AUTH, timeout=60, excluded_checks=[positive_data_acceptance])
+    case.call_and_validate(base_url=url, headers=AUTH, timeout=60, excluded_checks=[positive_data_acceptance])
 
 
-def test_fuzz_totals():
-    """Runs after the fuzz items above (file order): the server-side figures for the whole run."""
+@schema.parametrize()
+@FUZZ_SETTINGS
+def test_api_conforms_to_its_schema_and_never_answers_5xx(case, fuzz_server):
+    _check(case, fuzz_server)
+
+
+def _fuzz_every_operation(url: str) -> None:
+    """The fuzz above, driven here: every operation of the schema, EXAMPLES generated cases each."""
+    from hypothesis import given
+
+    for result in schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @FUZZ_SETTINGS
+        def run(case):
+            _check(case, url)
+
+        run()
+
+
+def test_fuzz_totals(fuzz_server):
+    """The server-side figures of the whole fuzz run: after the fuzz items above (file order), or, run alone, after
+    fuzzing every operation itself."""
     if not COUNTS:
-        pytest.skip("the fuzz tests did not run")
+        _fuzz_every_operation(fuzz_server)
     print(
         f"\nfuzz: {COUNTS['requests']} requests at the server; status classes "
         f"{ {k: v for k, v in COUNTS.items() if k.endswith('xx')} }"

@@ -415,9 +415,13 @@ def test_hybrid_longer_lists_start_with_the_12_list():
 def test_hybrid_lightgbm_rankers(ranker, tmp_path):
     data, items, group = _shop_world()
     model = create_recommender("hybrid", ranker=ranker, n_windows=4, n_estimators=60, arrival_slots=0).fit(data)
-    assert model.booster is not None and model.train_stats["trees"] >= 10
     curve = model.train_stats.get("valid_map@12_by_trees")
-    assert curve and all(0.0 <= v <= 1.0 for v in curve.values())  # trees chosen by the newest window's MAP@12
+    # the grid of tree counts below n_estimators=60, then 60; the count is the one of best MAP@12 on the newest
+    # window, and the final booster has that many trees
+    assert curve and list(curve) == [10, 25, 50, 60] and all(0.0 <= v <= 1.0 for v in curve.values())
+    trees = model.train_stats["trees"]
+    assert curve[trees] == max(curve.values())
+    assert model.booster.num_trees() == trees
     model.save(tmp_path / "m.npz")  # the LightGBM booster is saved as its text model, not pickled
     back = load_recommender(tmp_path / "m.npz")
     assert back.booster is not None and back.booster is not model.booster

@@ -1,6 +1,5 @@
 """Registries: base modules hold contract + table + factory and import no plug-in; the packages import the plug-ins
-(timm's shape); a new plug-in registers without editing base; no import circles in backbones/, recommend/, index/,
-training/, artifacts/."""
+(timm's shape); a new plug-in registers without editing base; no import circle anywhere in src/fashionrec."""
 
 import ast
 import subprocess
@@ -14,32 +13,55 @@ import fashionrec
 from fashionrec.errors import FashionrecError
 
 SRC = Path(fashionrec.__file__).parent
-AREAS = ("backbones", "recommend", "index", "training", "artifacts")
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
-    parts = list(rel.parts)
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_imports(path: Path, name: str, modules: set[str]) -> set[str]:
+    """The modules of `modules` that the file imports anywhere (module level and inside functions), absolute or
+    relative; `from pkg import name` counts as `pkg.name` when that is a module, else as `pkg`."""
+    pkg = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def known(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {known(a.name) for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(up + ([base] if base else []))
+            out |= {known(f"{base}.{a.name}") if f"{base}.{a.name}" in modules else known(base) for a in node.names}
+    return out - {None, name}
+
+
+def import_graph(root: Path, package: str = "fashionrec") -> dict[str, set[str]]:
+    """module -> the package's modules it imports, for every .py file under root/package."""
+    files = {_module_name(p, root): p for p in (root / package).rglob("*.py")}
+    return {m: _module_imports(p, m, set(files)) for m, p in files.items()}
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that import each other, directly or through others (strongly connected components
+    of two or more modules, and modules that import themselves), each sorted."""
+    import networkx as nx
+
+    g = nx.DiGraph([(a, b) for a, targets in graph.items() for b in targets])
+    return sorted(sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1 or g.has_edge(*c, *c))
 
 
 def _imports(path: Path) -> set[str]:
     """Every fashionrec module imported anywhere in the file (module level and inside functions)."""
-    out = set()
-    pkg = _module_name(path) if path.name == "__init__.py" else _module_name(path).rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out |= {a.name for a in node.names if a.name.startswith("fashionrec")}
-        elif isinstance(node, ast.ImportFrom):
-            mod = node.module or ""
-            if node.level:
-                mod = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([mod] if mod else []))
-            if not mod.startswith("fashionrec"):
-                continue
-            for a in node.names:  # `from pkg import module` imports the module
-                sub = f"{mod}.{a.name}"
-                out.add(sub if (SRC.parent / Path(*sub.split("."))).with_suffix(".py").exists() else mod)
-    return out
+    modules = set(import_graph(SRC.parent))
+    return _module_imports(path, _module_name(path, SRC.parent), modules)
 
 
 @pytest.mark.parametrize(
@@ -57,22 +79,37 @@ def test_registry_base_imports_no_plug_in(base, allowed):
     assert _imports(SRC / base) <= allowed
 
 
-def test_no_import_circles_in_these_packages():
-    files = [p for a in AREAS for p in (SRC / a).rglob("*.py")]
-    graph = {_module_name(p): {m for m in _imports(p)} for p in files}
-    cycles = []
+def test_the_cycle_finder_on_known_graphs():
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"a"}, "x": {"y"}, "y": {"x"}}) == [["a", "b"], ["x", "y"]]
 
-    def visit(node, stack):
-        if node in stack:
-            cycles.append(stack[stack.index(node) :] + [node])
-            return
-        for nxt in graph.get(node, ()):
-            if nxt in graph and len(cycles) < 5:
-                visit(nxt, stack + [node])
 
-    for start in graph:
-        visit(start, [])
-    assert not cycles, cycles
+def test_the_import_graph_sees_function_level_relative_and_from_imports(tmp_path):
+    """A planted circle the old five-package scan missed: through a function-level import, a relative import and
+    `from pkg import module`, across packages."""
+    pkg = tmp_path / "fashionrec"
+    for sub in ("", "recommend", "recommend/batch"):
+        (pkg / sub).mkdir(exist_ok=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "distributed.py").write_text("def run():\n    from fashionrec.recommend.batch import job\n")
+    (pkg / "recommend/batch/job.py").write_text("from .rows import write\n")
+    (pkg / "recommend/batch/rows.py").write_text("import numpy\n\ndef write():\n    from ... import distributed\n")
+    graph = import_graph(tmp_path)
+    assert graph["fashionrec.distributed"] == {"fashionrec.recommend.batch.job"}
+    assert graph["fashionrec.recommend.batch.job"] == {"fashionrec.recommend.batch.rows"}
+    assert graph["fashionrec.recommend.batch.rows"] == {"fashionrec.distributed"}
+    assert import_cycles(graph) == [
+        ["fashionrec.distributed", "fashionrec.recommend.batch.job", "fashionrec.recommend.batch.rows"]
+    ]
+    (pkg / "recommend/batch/rows.py").write_text("import numpy\n")
+    assert import_cycles(import_graph(tmp_path)) == []
+
+
+def test_no_import_circle_anywhere_in_the_package():
+    graph = import_graph(SRC.parent)
+    assert len(graph) == len(list(SRC.rglob("*.py")))  # every module of src/fashionrec, not a few packages
+    assert import_cycles(graph) == []
 
 
 def test_index_and_artifacts_import_neither_torch_nor_timm():
@@ -149,3 +186,33 @@ def test_adapted_model_folder_is_a_registered_backbone_source(tmp_path):
 
     assert any(matches is base.is_adapted_model_dir for matches, _ in base._SOURCES)
     assert not base.is_adapted_model_dir(tmp_path)  # an empty folder is not a model
+
+
+def test_capabilities_are_class_attributes_read_through_the_registry():
+    from fashionrec.recommend import Recommender, names, recommender_class
+    from fashionrec.recommend.base import _REGISTRY, register_recommender
+    from fashionrec.serving.build import LIGHT_MODELS
+    from fashionrec.workflows.recommend import evaluation_needs_images
+
+    assert set(names(needs_images=True)) == {"visual", "hybrid", "taste", "vbpr", "amr"}
+    assert names(light=True) == ["popularity", "repurchase", "visual"] == list(LIGHT_MODELS)
+    assert not evaluation_needs_images("repurchase") and evaluation_needs_images("content")
+    assert names(lambda c: c.needs_images and c.light) == ["visual"]
+
+    @register_recommender("test-photo-only")
+    class PhotoOnly(Recommender):  # a plug-in declares what it needs; nothing else is edited
+        needs_images = True
+
+        def fit(self, data):
+            return self
+
+        def scores(self, hist_idx, hist_ts, user=None):
+            return np.zeros(0)
+
+    try:
+        assert "test-photo-only" in names(needs_images=True) and "test-photo-only" not in names(light=True)
+        assert recommender_class("test-photo-only") is PhotoOnly
+    finally:
+        del _REGISTRY["test-photo-only"]
+    with pytest.raises(FashionrecError, match="unknown recommender 'nope'"):
+        recommender_class("nope")

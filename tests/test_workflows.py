@@ -131,26 +131,97 @@ def test_small_argument_checks():
     assert classify.resolve_input_size(None, None, "tiny_cnn") == DEFAULT_INPUT_SIZE
 
 
-def test_recommend_all_fills_every_row_from_popularity(tmp_path):
-    from fashionrec.workflows.recommend import recommend_all
-    from serving_helpers import make_shop
+def _short_list_shop(root: Path) -> Path:
+    """6 items with a photo (X Y Z W A B) and 2 with only a catalog row (P Q). On the log's only day: P bought 6
+    times, X 5, Y 4, Z 3, Q 2, W 1 (by `c1`), so what sells now is P X Y Z Q W, then the unsold A and B. `visual`
+    lists the 6 photos for `c1` and nothing for a customer without history: every row it gives at k=8 is short."""
+    ids = {n: f"07000{j:02d}001" for j, n in enumerate("XYZWABPQ")}
+    for j, n in enumerate("XYZWAB"):
+        shape_photo(root / "images" / f"{ids[n]}.jpg", SHAPES[j % 3], (40 * j, 90, 60))
+    (root / "articles.csv").write_text("article_id,prod_name\n" + "".join(f"{i},{n}\n" for n, i in ids.items()))
+    rows, c = [], 0
+    for n, times in (("P", 6), ("X", 5), ("Y", 4), ("Z", 3), ("Q", 2)):
+        for _ in range(times):
+            rows.append(f"2020-09-20,b{c},{ids[n]},0.03,2")
+            c += 1
+    rows.append(f"2020-09-20,c1,{ids['W']},0.03,2")
+    (root / "transactions.csv").write_text("t_dat,customer_id,article_id,price,sales_channel_id\n" + "\n".join(rows))
+    (root / "customers.csv").write_text("customer_id\nc1\nnobody\n")
+    return root
 
-    root, ids, users = make_shop(tmp_path / "shop")
+
+def test_recommend_all_fills_short_rows_from_popularity(tmp_path):
+    """Rows the model leaves short are completed from what sells now, in that order, without repeating an item."""
+    from fashionrec.workflows.recommend import recommend_all
+
+    root = _short_list_shop(tmp_path / "shop")
     sub = recommend_all(
         root,
         tmp_path / "recs.csv",
-        model="popularity",
-        k=4,
-        users=["nobody", users[0]],
+        model="visual",
+        k=8,
+        users=["c1", "nobody"],
+        backbone="tiny_cnn",
+        input_size=32,
         workspace=tmp_path / "ws",
         progress=False,
     )
-    table = pd.read_csv(sub.path, dtype=str)
-    assert sub.n_rows == 2 and table["customer_id"].tolist() == ["nobody", users[0]]
-    preds = table["prediction"].str.split()
-    assert preds.str.len().eq(4).all()
-    # popularity gives the same list to everyone, known or not: the most-bought items, in order
-    ev = pd.read_csv(root / "transactions.csv", dtype=str)
-    top = ev["article_id"].value_counts()
-    assert preds.iloc[0] == preds.iloc[1]
-    assert set(preds.iloc[0][:1]) <= set(top.index[top == top.max()])
+    name = dict(pd.read_csv(root / "articles.csv", dtype=str)[["article_id", "prod_name"]].to_numpy())
+    rows = pd.read_csv(sub.path, dtype=str).set_index("customer_id")["prediction"].str.split()
+    c1, nobody = ([name[i] for i in rows[u]] for u in ("c1", "nobody"))
+    assert c1[0] == "W" and sorted(c1[:6]) == sorted("XYZWAB")  # the model's 6: its history's own photo first
+    assert c1[6:] == ["P", "Q"]  # then the best sellers not listed yet, in sales order
+    assert nobody[:6] == ["P", "X", "Y", "Z", "Q", "W"] and sorted(nobody[6:]) == ["A", "B"]  # all from the fill
+
+
+def test_shop_open_reads_each_file_once(tmp_path, monkeypatch):
+    from fashionrec.workflows.shop import Shop
+    from serving_helpers import make_shop
+
+    root, ids, users = make_shop(tmp_path / "shop")
+    reads = []
+    read_csv = pd.read_csv
+    monkeypatch.setattr(
+        pd, "read_csv", lambda path, *a, **kw: reads.append(Path(path).name) or read_csv(path, *a, **kw)
+    )
+    shop = Shop.open(root, with_images=False, workspace=tmp_path / "ws", progress=False)
+    assert sorted(reads) == ["articles.csv", "customers.csv", "transactions.csv"]
+    assert shop.customers == users + ["newcust"] and shop.customer_table().index.tolist() == users + ["newcust"]
+    shop.fingerprint()
+    assert len(reads) == 3  # the fingerprint uses the file facts read at open
+
+
+def test_warm_recommend_loads_the_cached_model_without_embedding(tmp_path, monkeypatch):
+    """A second `recommend` with the same files finds the fitted model by the features' key noted by the first:
+    no photo is embedded again, no model is fitted, and the file is the same."""
+    import fashionrec.workflows.shop as shop_mod
+    from fashionrec.workflows.recommend import recommend_all
+    from serving_helpers import make_shop
+
+    root, _, _ = make_shop(tmp_path / "shop")
+    kw = dict(model="visual", k=5, backbone="tiny_cnn", input_size=32, workspace=tmp_path / "ws", progress=False)
+    first = recommend_all(root, tmp_path / "a.csv", **kw)
+
+    def refuse(*a, **k):
+        raise AssertionError("embedded or fitted again")
+
+    monkeypatch.setattr(shop_mod, "embed_catalog", refuse)
+    monkeypatch.setattr(shop_mod, "rec_data", refuse)
+    second = recommend_all(root, tmp_path / "b.csv", **kw)
+    assert second.path.read_bytes() == first.path.read_bytes() and second.n_unreadable == first.n_unreadable == 0
+    (root / "customers.csv").write_text((root / "customers.csv").read_text() + "another\n")  # other files
+    with pytest.raises(AssertionError, match="embedded or fitted again"):
+        recommend_all(root, tmp_path / "c.csv", **kw)
+
+
+def test_the_cached_projection_gives_the_same_bits(tmp_path):
+    from fashionrec.workflows.shop import fit_projection
+
+    x = np.random.default_rng(0).normal(size=(600, 96)).astype(np.float32)
+    fitted = fit_projection(x, 16, workspace=tmp_path)
+    assert len(list((tmp_path / "projection").glob("*.npz"))) == 1
+    again = fit_projection(x, 16, workspace=tmp_path)
+    assert np.array_equal(fitted.transform(x), again.transform(x))
+    assert np.array_equal(fitted.transform(x[:1]), again.transform(x[:1]))
+    other = fit_projection(x[:-1], 16, workspace=tmp_path)  # other vectors: another PCA, fitted
+    assert len(list((tmp_path / "projection").glob("*.npz"))) == 2 and other.n_samples_ == 599

@@ -8,7 +8,7 @@ import sys
 from fashionrec.cli import common
 from fashionrec.config import DEFAULT_MODEL
 
-ALL_MODELS = "popularity,repurchase,itemknn,als,bpr,content,visual,vbpr,amr,taste,hybrid"
+MODEL_HELP = "a registered recommender (an unknown name lists them): popularity, repurchase, visual, hybrid, ..."
 
 
 def cmd_recommend(args) -> int:
@@ -59,8 +59,11 @@ def cmd_similar(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from fashionrec.recommend import names
     from fashionrec.workflows.recommend import evaluate_recommenders, write_comparison
 
+    if args.models is None:
+        args.models = ",".join(names())
     c = evaluate_recommenders(
         args.data,
         [m for m in args.models.split(",") if m],
@@ -106,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=common.RenamedOption,
         deprecated=("--model",),
         default=None,
-        help=f"which recommender: {ALL_MODELS.replace(',', ', ')} (default {DEFAULT_MODEL})",
+        help=f"which recommender: {MODEL_HELP} (default {DEFAULT_MODEL})",
     )
     r.add_argument(
         "--users", help="file of customer ids (CSV with customer_id, or one per line; default: every customer)"
@@ -150,7 +153,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action=common.RenamedOption,
         deprecated=("--model",),
         default="visual",
-        help=f"which recommender's notion of similar: {ALL_MODELS.replace(',', ', ')}",
+        help=f"which recommender's notion of similar: {MODEL_HELP}",
     )
     common.add_backbone_args(s, adapted_by_default=True)
     s.set_defaults(func=cmd_similar)
@@ -182,8 +185,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="models",
         action=common.RenamedOption,
         deprecated=("--models",),
-        default=ALL_MODELS,
-        help="comma-separated recommenders to compare",
+        default=None,
+        help="comma-separated recommenders to compare (default: every registered one, cheap ones first)",
     )
     e.add_argument(
         "--taste-reference",

@@ -210,7 +210,8 @@ def load_transactions(
 
 
 def load_hm_transactions(data_dir: str | Path, **kw) -> Interactions:
-    """All `transactions*.csv|parquet` files in an H&M-layout folder, concatenated."""
+    """All `transactions*.csv|parquet` files in an H&M-layout folder, concatenated. `catalog_ids`: the ids the
+    catalog knows (default: read from the folder's articles table and image names)."""
     data_dir = Path(data_dir)
     files = sorted(p for p in data_dir.glob("transactions*") if p.suffix.lower() in {".csv", ".parquet", ".gz"})
     if not files:
@@ -221,10 +222,30 @@ def load_hm_transactions(data_dir: str | Path, **kw) -> Interactions:
     return Interactions(pd.concat(parts, ignore_index=True))
 
 
-def load_customers(data_dir: str | Path) -> list[str]:
+def read_customers(data_dir: str | Path) -> pd.DataFrame | None:
+    """customers.csv (or .parquet) of an H&M-layout folder, read once (customer_id as strings); None without one.
+    A table without a customer_id column is a DataError naming the file."""
     data_dir = Path(data_dir)
     for name in ("customers.csv", "customers.parquet"):
         if (data_dir / name).exists():
-            df = read_table(data_dir / name, required=["customer_id"], dtype={"customer_id": str})
-            return df["customer_id"].dropna().astype(str).drop_duplicates().tolist()
-    return []
+            return read_table(data_dir / name, required=["customer_id"], dtype={"customer_id": str})
+    return None
+
+
+def customer_ids(table: pd.DataFrame | None) -> list[str]:
+    """Customer ids of a customers table, in file order, each once."""
+    return [] if table is None else table["customer_id"].dropna().astype(str).drop_duplicates().tolist()
+
+
+def customer_facts(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """The customers-table facts the recommenders use (index customer id; column age), or None."""
+    if table is None or "customer_id" not in table.columns:
+        return None
+    df = table.dropna(subset=["customer_id"]).drop_duplicates("customer_id").set_index("customer_id")
+    out = pd.DataFrame(index=df.index)
+    out["age"] = pd.to_numeric(df["age"], errors="coerce") if "age" in df.columns else np.nan
+    return out
+
+
+def load_customers(data_dir: str | Path) -> list[str]:
+    return customer_ids(read_customers(data_dir))

@@ -26,8 +26,9 @@ def product_groups(ids: list[str], metadata, group_column: str = "auto") -> np.n
     else a `product_code` column where present; else every photo is its own product (no positives)."""
     ids = [str(i) for i in ids]
     if group_column == "auto":
-        if ids and all(len(i) == 10 and i.isdigit() for i in ids):
-            return np.array([i[:7] for i in ids])
+        codes = [product_code_of(i) for i in ids]
+        if ids and all(c != i for c, i in zip(codes, ids)):  # every id follows H&M's scheme
+            return np.array(codes)
         group_column = "product_code" if "product_code" in getattr(metadata, "columns", []) else "none"
     if group_column == "none":
         return np.array(ids)

@@ -88,143 +88,39 @@ def evaluate_windows(
     colours of known products; colour pick top-1 with chance and popularity), each with a bootstrap interval and a
     paired interval against `taste_reference` (default: `visual` when evaluated, else the baseline).
     """
-    from fashionrec.evaluation.taste import pick_baselines, score_task, taste_task
-
     splits = window_splits(events, n_windows, test_days)
-    per = {
-        m: {
-            "ap": [],
-            "recall": [],
-            "hit": [],
-            "hits_warm": 0,
-            "hits_cold": 0,
-            "hits_newprod": 0,
-            "secs": 0.0,
-            "window_map": [],
-            "items": set(),
-            "auc": [],
-            "auc_new_product": [],
-            "auc_new_colour": [],
-            "pick": [],
-        }
-        for m in factories
-    }
-    pick_chance, pick_pop = [], []
+    per = {m: _new_tally() for m in factories}
+    picks = {"chance": [], "popularity": []}
     totals = {"warm": 0, "cold": 0, "newprod": 0, "pairs": 0, "purchases": 0}
     windows, sources = [], {}
     for w, split in enumerate(splits):
         data = make_data(split.train)
-        truth = split.truth
-        users = sorted(truth)
-        bought = set(split.train["item"].unique())
-        codes_before = {product_code_of(i) for i in bought}
-        cold = {u: {i for i in s if i not in bought} for u, s in truth.items()}
-        newprod = {u: {i for i in s if product_code_of(i) not in codes_before} for u, s in truth.items()}
-        n_p = sum(len(s) for s in truth.values())
-        totals["pairs"] += len(users)
-        totals["purchases"] += n_p
-        totals["cold"] += sum(len(s) for s in cold.values())
-        totals["newprod"] += sum(len(s) for s in newprod.values())
-        totals["warm"] += n_p - sum(len(s) for s in cold.values())
-        windows.append(
-            {
-                "split": str(split.split_date.date()),
-                "customers": len(users),
-                "purchases": n_p,
-                "cold_share": sum(len(s) for s in cold.values()) / max(1, n_p),
-            }
-        )
-        task = None
-        if taste:
-            has_photo = None
-            if data.image_features is not None:
-                has_photo = data.image_features.aligned(data.item_ids)[1]
-            task = taste_task(data, split.train, split.test, has_photo)
-            pop = np.asarray(data.matrix.sum(0)).ravel()
-            ch, pp = pick_baselines(task, pop)
-            pick_chance += ch
-            pick_pop += pp
-            windows[-1].update(taste_pool=len(task.pool), taste_customers=len(task.users), colour_picks=len(task.picks))
+        win = _window_facts(split, totals)
+        windows.append(win.pop("facts"))
+        task = _taste_task(data, split, picks, windows[-1]) if taste else None
         for name, make in factories.items():
             t0 = time.time()
             model = make().fit(data)
-            recs = model.recommend_many(users, k)
-            p = per[name]
-            if task is not None:
-                ts_ = score_task(model, task)
-                p["auc"] += ts_.auc
-                p["auc_new_product"] += ts_.auc_new_product
-                p["auc_new_colour"] += ts_.auc_new_colour
-                p["pick"] += ts_.pick
-            p["secs"] += time.time() - t0
-            ordered = {u: truth[u] for u in users}  # the same order for every model: differences are paired
-            aps = per_user_scores(recs, ordered, k, "map")
-            p["ap"] += aps.tolist()
-            p["window_map"].append(float(aps.mean()) if len(aps) else 0.0)
-            p["recall"] += per_user_scores(recs, ordered, k, "recall").tolist()
-            p["hit"] += per_user_scores(recs, ordered, k, "hitrate").tolist()
-            for u in users:
-                top = set(recs.get(u, [])[:k])
-                p["items"] |= top
-                hits = top & truth[u]
-                p["hits_cold"] += len(hits & cold[u])
-                p["hits_newprod"] += len(hits & newprod[u])
-                p["hits_warm"] += len(hits - cold[u])
+            _score_model(model, per[name], win, task, k, t0)
             if hasattr(model, "candidate_sources"):
-                src = model.candidate_sources(users)
-                tab = sources.setdefault(name, {})
-                for u in users:
-                    top = set(recs.get(u, [])[:k]) & truth[u]
-                    for s, items in src[u].items():
-                        r = tab.setdefault(s, {"size": 0, "hits": 0, "top_hits": 0, "cold_hits": 0})
-                        r["size"] += len(items)
-                        r["hits"] += len(items & truth[u])
-                        r["cold_hits"] += len(items & cold[u])
-                        r["top_hits"] += len(top & items)
-                tab.setdefault("_total_top_hits", 0)
-                tab["_total_top_hits"] += sum(len(set(recs.get(u, [])[:k]) & truth[u]) for u in users)
+                _count_sources(model, sources.setdefault(name, {}), win, k)
             if progress:
                 print(
-                    f"window {split.split_date.date()}: {name} MAP@{k} {p['window_map'][-1]:.4f} "
+                    f"window {split.split_date.date()}: {name} MAP@{k} {per[name]['window_map'][-1]:.4f} "
                     f"({time.time() - t0:.1f}s)",
                     flush=True,
                 )
             if on_window is not None:
                 on_window(w, name, model)
-    rows = []
-    base_ap = np.array(per[baseline]["ap"]) if baseline in per else None
     if taste_reference is None:
         taste_reference = "visual" if "visual" in per else baseline
-    ref = per.get(taste_reference)
-    for name, p in per.items():
-        ap = np.array(p["ap"])
-        lo, hi = bootstrap_ci(ap, n_boot=n_boot)
-        row = {
-            "model": name,
-            f"map@{k}": ap.mean(),
-            f"map@{k}_ci": (lo, hi),
-            f"recall@{k}": np.mean(p["recall"]),
-            f"hitrate@{k}": np.mean(p["hit"]),
-            "recall_warm": p["hits_warm"] / max(1, totals["warm"]),
-            "recall_cold": p["hits_cold"] / max(1, totals["cold"]),
-            "recall_new_product": p["hits_newprod"] / max(1, totals["newprod"]),
-            "window_map": p["window_map"],
-            "coverage_items": len(p["items"]),
-            "secs_per_window": p["secs"] / len(splits),
-        }
-        if base_ap is not None:
-            d = ap - base_ap
-            dlo, dhi = bootstrap_ci(d, n_boot=n_boot)  # paired: the same pairs are resampled for both
-            row.update(
-                {
-                    f"diff_vs_{baseline}": d.mean(),
-                    "diff_ci": (dlo, dhi),
-                    "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan"),
-                }
-            )
-        if taste:
-            row.update(_taste_row(p, ref, n_boot))
-        rows.append(row)
+    base_ap = np.array(per[baseline]["ap"]) if baseline in per else None
+    rows = [
+        _model_row(
+            name, p, k, totals, baseline, base_ap, n_boot, len(splits), per.get(taste_reference) if taste else False
+        )
+        for name, p in per.items()
+    ]
     df = pd.DataFrame(rows).set_index("model")
     df.attrs.update(
         k=k,
@@ -237,14 +133,146 @@ def evaluate_windows(
         test_days=test_days,
         taste=taste,
         taste_reference=taste_reference if taste else None,
-        pick_chance=float(np.mean(pick_chance)) if pick_chance else float("nan"),
-        pick_popularity=float(np.mean(pick_pop)) if pick_pop else float("nan"),
-        colour_picks=len(pick_chance),
+        pick_chance=float(np.mean(picks["chance"])) if picks["chance"] else float("nan"),
+        pick_popularity=float(np.mean(picks["popularity"])) if picks["popularity"] else float("nan"),
+        colour_picks=len(picks["chance"]),
     )
-    src_tables = {}
+    return df, {
+        "ap": {m: list(map(float, p["ap"])) for m, p in per.items()},
+        "taste_auc": {m: list(map(float, p["auc"])) for m, p in per.items()},
+        "colour_pick": {m: list(map(float, p["pick"])) for m, p in per.items()},
+        "sources": _source_tables(sources, totals),
+        "windows": windows,
+    }
+
+
+def _new_tally() -> dict:
+    """One model's figures, pooled over the windows."""
+    lists = ("ap", "recall", "hit", "window_map", "auc", "auc_new_product", "auc_new_colour", "pick")
+    return {n: [] for n in lists} | {"hits_warm": 0, "hits_cold": 0, "hits_newprod": 0, "secs": 0.0, "items": set()}
+
+
+def _window_facts(split: TemporalSplit, totals: dict) -> dict:
+    """The window's truth: customers (sorted), their purchases, those of items never bought before the window
+    (cold) and of products never sold before (newprod); the counts are added to `totals`."""
+    truth = split.truth
+    users = sorted(truth)
+    bought = set(split.train["item"].unique())
+    codes_before = {product_code_of(i) for i in bought}
+    cold = {u: {i for i in s if i not in bought} for u, s in truth.items()}
+    newprod = {u: {i for i in s if product_code_of(i) not in codes_before} for u, s in truth.items()}
+    n_p = sum(len(s) for s in truth.values())
+    n_cold = sum(len(s) for s in cold.values())
+    totals["pairs"] += len(users)
+    totals["purchases"] += n_p
+    totals["cold"] += n_cold
+    totals["newprod"] += sum(len(s) for s in newprod.values())
+    totals["warm"] += n_p - n_cold
+    facts = {
+        "split": str(split.split_date.date()),
+        "customers": len(users),
+        "purchases": n_p,
+        "cold_share": n_cold / max(1, n_p),
+    }
+    return {"truth": truth, "users": users, "cold": cold, "newprod": newprod, "facts": facts}
+
+
+def _taste_task(data, split: TemporalSplit, picks: dict, facts: dict):
+    """The window's taste task (`evaluation.taste`); the colour picks' chance and popularity go to `picks`."""
+    from fashionrec.evaluation.taste import pick_baselines, taste_task
+
+    has_photo = None
+    if data.image_features is not None:
+        has_photo = data.image_features.aligned(data.item_ids)[1]
+    task = taste_task(data, split.train, split.test, has_photo)
+    ch, pp = pick_baselines(task, np.asarray(data.matrix.sum(0)).ravel())
+    picks["chance"] += ch
+    picks["popularity"] += pp
+    facts.update(taste_pool=len(task.pool), taste_customers=len(task.users), colour_picks=len(task.picks))
+    return task
+
+
+def _score_model(model, p: dict, win: dict, task, k: int, t0: float) -> None:
+    """Score a fitted model's top-k on the window (and the taste task) into its tally `p`."""
+    from fashionrec.evaluation.taste import score_task
+
+    users, truth, cold, newprod = win["users"], win["truth"], win["cold"], win["newprod"]
+    recs = model.recommend_many(users, k)
+    if task is not None:
+        ts_ = score_task(model, task)
+        for key in ("auc", "auc_new_product", "auc_new_colour", "pick"):
+            p[key] += getattr(ts_, key)
+    p["secs"] += time.time() - t0
+    ordered = {u: truth[u] for u in users}  # the same order for every model: differences are paired
+    aps = per_user_scores(recs, ordered, k, "map")
+    p["ap"] += aps.tolist()
+    p["window_map"].append(float(aps.mean()) if len(aps) else 0.0)
+    p["recall"] += per_user_scores(recs, ordered, k, "recall").tolist()
+    p["hit"] += per_user_scores(recs, ordered, k, "hitrate").tolist()
+    for u in users:
+        top = set(recs.get(u, [])[:k])
+        p["items"] |= top
+        hits = top & truth[u]
+        p["hits_cold"] += len(hits & cold[u])
+        p["hits_newprod"] += len(hits & newprod[u])
+        p["hits_warm"] += len(hits - cold[u])
+    win["recs"] = recs
+
+
+def _count_sources(model, tab: dict, win: dict, k: int) -> None:
+    """Per candidate source of the model: its size, the purchases it holds, and its share of the top-k hits."""
+    users, truth, cold, recs = win["users"], win["truth"], win["cold"], win["recs"]
+    src = model.candidate_sources(users)
+    for u in users:
+        top = set(recs.get(u, [])[:k]) & truth[u]
+        for s, items in src[u].items():
+            r = tab.setdefault(s, {"size": 0, "hits": 0, "top_hits": 0, "cold_hits": 0})
+            r["size"] += len(items)
+            r["hits"] += len(items & truth[u])
+            r["cold_hits"] += len(items & cold[u])
+            r["top_hits"] += len(top & items)
+    tab.setdefault("_total_top_hits", 0)
+    tab["_total_top_hits"] += sum(len(set(recs.get(u, [])[:k]) & truth[u]) for u in users)
+
+
+def _model_row(name, p, k, totals, baseline, base_ap, n_boot, n_splits, taste_ref) -> dict:
+    """One model's row of the table; `taste_ref`: the reference model's tally, None (no reference) or False (the
+    taste metrics are off)."""
+    ap = np.array(p["ap"])
+    lo, hi = bootstrap_ci(ap, n_boot=n_boot)
+    row = {
+        "model": name,
+        f"map@{k}": ap.mean(),
+        f"map@{k}_ci": (lo, hi),
+        f"recall@{k}": np.mean(p["recall"]),
+        f"hitrate@{k}": np.mean(p["hit"]),
+        "recall_warm": p["hits_warm"] / max(1, totals["warm"]),
+        "recall_cold": p["hits_cold"] / max(1, totals["cold"]),
+        "recall_new_product": p["hits_newprod"] / max(1, totals["newprod"]),
+        "window_map": p["window_map"],
+        "coverage_items": len(p["items"]),
+        "secs_per_window": p["secs"] / n_splits,
+    }
+    if base_ap is not None:
+        d = ap - base_ap
+        dlo, dhi = bootstrap_ci(d, n_boot=n_boot)  # paired: the same pairs are resampled for both
+        row.update(
+            {
+                f"diff_vs_{baseline}": d.mean(),
+                "diff_ci": (dlo, dhi),
+                "ratio_vs_baseline": ap.mean() / base_ap.mean() if base_ap.mean() > 0 else float("nan"),
+            }
+        )
+    if taste_ref is not False:
+        row.update(_taste_row(p, taste_ref, n_boot))
+    return row
+
+
+def _source_tables(sources: dict, totals: dict) -> dict:
+    out = {}
     for name, tab in sources.items():
         tot = max(1, tab.pop("_total_top_hits", 0))
-        src_tables[name] = {
+        out[name] = {
             s: {
                 "mean_size": r["size"] / max(1, totals["pairs"]),
                 "recall": r["hits"] / max(1, totals["purchases"]),
@@ -253,13 +281,7 @@ def evaluate_windows(
             }
             for s, r in tab.items()
         }
-    return df, {
-        "ap": {m: list(map(float, p["ap"])) for m, p in per.items()},
-        "taste_auc": {m: list(map(float, p["auc"])) for m, p in per.items()},
-        "colour_pick": {m: list(map(float, p["pick"])) for m, p in per.items()},
-        "sources": src_tables,
-        "windows": windows,
-    }
+    return out
 
 
 def _taste_row(p: dict, ref: dict | None, n_boot: int) -> dict:

@@ -4,10 +4,12 @@ popularity (time-decayed), repurchase, itemknn, als, bpr (implicit), content (ca
 visual (image embeddings), hybrid (a ranker learned on purchases over all of the above).
 
 `base` holds the contract, the table and the factory and imports no plug-in; importing this package imports the
-built-in plug-ins, whose `@register_recommender` fills the table (timm's shape).
+built-in plug-ins, whose `@register_recommender` fills the table (timm's shape). Capabilities are class
+attributes (`needs_images`, `uses_image_tags`, `light`), read through `names(...)`, as timm keeps them on the model.
 """
 
-from fashionrec.recommend import baselines, content, hybrid, peers, taste  # noqa: F401,E402  (plug-ins register themselves)
+# The plug-ins register themselves when imported, in this order: `names()` lists them so (cheap models first).
+from fashionrec.recommend import baselines, content, peers, taste, hybrid  # noqa: F401,E402,I001
 from fashionrec.recommend.base import (
     Rec,
     RecData,
@@ -15,6 +17,8 @@ from fashionrec.recommend.base import (
     create_recommender,
     list_recommenders,
     load_recommender,
+    names,
+    recommender_class,
     register_recommender,
 )
 
@@ -25,5 +29,7 @@ __all__ = [
     "create_recommender",
     "list_recommenders",
     "load_recommender",
+    "names",
+    "recommender_class",
     "register_recommender",
 ]

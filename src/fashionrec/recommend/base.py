@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,10 +42,26 @@ def list_recommenders() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_recommender(name: str, **params) -> Recommender:
+def recommender_class(name: str) -> type:
+    """The registered class of `name` (its capabilities are class attributes: `needs_images`, ...)."""
     if name not in _REGISTRY:
         raise FashionrecError(f"unknown recommender '{name}'; choose from {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**params)
+    return _REGISTRY[name]
+
+
+def names(where: Callable[[type], bool] | None = None, **capabilities) -> list[str]:
+    """Registered recommenders, in registration order, whose class has every given capability value and passes
+    `where(cls)`: `names(needs_images=True)`, `names(light=True)`, `names(lambda c: c.needs_images or
+    c.uses_image_tags)`."""
+    return [
+        n
+        for n, c in _REGISTRY.items()
+        if all(getattr(c, k) == v for k, v in capabilities.items()) and (where is None or where(c))
+    ]
+
+
+def create_recommender(name: str, **params) -> Recommender:
+    return recommender_class(name)(**params)
 
 
 ARTIFACT_KIND = "recommender"
@@ -295,6 +311,11 @@ class Recommender(ABC):
     """
 
     name = "base"
+    #: Capabilities, read through the registry (`names(needs_images=True)`) by the CLI, the evaluation and the server.
+    needs_images = False  # cannot be fitted without image features (load_shop(..., with_images=True))
+    uses_image_tags = False  # reads the tags predicted from photos (items without a catalog row): the evaluation
+    # embeds the photos for it
+    light = False  # cheap enough to fit at server start
 
     def __init__(self):
         self.data: RecData | None = None

@@ -24,6 +24,8 @@ def decayed_popularity(data: RecData, half_life_days: float, window_days: float 
 class Popularity(Recommender):
     """What sells now: purchases weighted by 0.5 ** (age / half_life_days). Same list for everyone."""
 
+    light = True
+
     def __init__(self, half_life_days: float = 7.0, window_days: float | None = 28.0):
         super().__init__()
         if half_life_days <= 0:

@@ -189,6 +189,8 @@ class _VectorProfile(Recommender):
 class Visual(_VectorProfile):
     """Items that look like what the user bought recently (pretrained image embeddings)."""
 
+    needs_images = light = True
+
     def _vectors(self, data):
         if data.image_features is None:
             raise FashionrecError("recommender 'visual' needs image features (RecData(image_features=...))")
@@ -198,6 +200,8 @@ class Visual(_VectorProfile):
 @register_recommender("content")
 class MetadataContent(_VectorProfile):
     """Catalog metadata: one-hot categorical attributes + TF-IDF (or MiniLM) of product name and description."""
+
+    uses_image_tags = True  # never-sold items are described by the tags predicted from their photos
 
     def __init__(self, text_encoder: str = "tfidf", text_weight: float = 1.0, n_components: int = 128, **kw):
         super().__init__(**kw)

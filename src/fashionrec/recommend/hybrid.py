@@ -658,6 +658,8 @@ def _co_purchases(users, idx, ts, n, days, max_rows: int = 2_000_000):
 class Hybrid(Recommender):
     """Candidate sources + a LightGBM ranker learned on past windows of the purchase log (see the module doc)."""
 
+    needs_images = True
+
     def __init__(
         self,
         label_days: int = 28,

@@ -94,6 +94,7 @@ class _CornacVisual(Recommender):
     new arrivals from their image vectors."""
 
     tied = False  # AMR: one user vector for both the collaborative and the visual term
+    needs_images = True
 
     def __init__(
         self,

@@ -132,6 +132,8 @@ def training_examples(data: RecData, max_history: int, half_life: float):
 class Taste(Recommender):
     """Learned taste from photos (style and colour), several interests per customer; scores any item with a photo."""
 
+    needs_images = True
+
     def __init__(
         self,
         dim: int = 64,

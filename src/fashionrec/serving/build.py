@@ -33,7 +33,7 @@ from fashionrec.serving.writes import replay_arrivals
 from fashionrec.tagging import Tagger, fit_taggers
 
 log = logging.getLogger(__name__)
-LIGHT_MODELS = ("popularity", "repurchase", "visual")
+LIGHT_MODELS = tuple(__import__("fashionrec.recommend", fromlist=["names"]).names(light=True))  # fit at start
 TABLES_KIND = "serving-tables"
 TABLES_VERSION = 3  # bump when the layout of tables/ changes: older folders are rebuilt, never misread
 

@@ -16,13 +16,18 @@ import pandas as pd
 from fashionrec.artifacts.registry import AUTO
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE, DEFAULT_MODEL
 from fashionrec.errors import FashionrecError
-from fashionrec.workflows.shop import IMAGE_MODELS, Shop, fit_recommender, load_shop, rec_data
+from fashionrec.recommend import recommender_class
+from fashionrec.workflows.shop import Shop, fit_recommender, rec_data
 
 log = logging.getLogger(__name__)
 MAX_CUSTOMER_ID_CHARS = 256  # H&M's ids are 64 hex characters
 
-#: The evaluation also embeds images for `content`: its attributes for never-sold items are predicted from photos.
-EVALUATION_IMAGE_MODELS = IMAGE_MODELS | {"content"}
+
+def evaluation_needs_images(name: str) -> bool:
+    """The evaluation embeds the photos for the models that need them and for those reading the tags predicted
+    from photos (`content` describes never-sold items so)."""
+    cls = recommender_class(name)
+    return cls.needs_images or cls.uses_image_tags
 
 
 def _workspace(workspace) -> Path:
@@ -218,18 +223,11 @@ def recommend_all(
             _check_customer_id(u, f"customer id #{n}")
     workspace = _workspace(workspace)
     name = model or DEFAULT_MODEL
-    shop = load_shop(
-        data_dir,
-        with_images=name in IMAGE_MODELS,
-        workspace=workspace,
-        progress=progress,
-        backbone=backbone,
-        input_size=input_size,
-        inference=inference,
+    shop = Shop.open(
+        data_dir, with_images=False, workspace=workspace, progress=progress, backbone=backbone, input_size=input_size
     )
-    t_load = time.time() - t0
-    fitted = fit_recommender(shop, name, cache_dir=workspace)
-    t_fit = time.time() - t0 - t_load
+    fitted, unreadable, t_fit = _fitted_model(shop, name, workspace, progress, inference)
+    t_load = time.time() - t0 - t_fit
     users = _checked_users(shop, users)
     workers = local_if_no_ray(workers, len(users))
     t1 = time.time()
@@ -254,10 +252,32 @@ def recommend_all(
         t_load,
         t_fit,
         shop.embed_seconds,
-        len(shop.failures),
+        unreadable,
         time.time() - t0,
         time.time() - t1,
     )
+
+
+def _fitted_model(shop: Shop, name: str, workspace: Path, progress: bool, inference: str):
+    """(the fitted model, unreadable photos, seconds loading or fitting the model). A model cached for these files and image features is loaded without
+    embedding the photos again (the features' key noted by `Shop.add_images`); else the photos are embedded (from
+    the feature cache where it has them) and the model is loaded or fitted by `fit_recommender`."""
+    from fashionrec.recommend import create_recommender
+    from fashionrec.workflows.shop import cached_model, model_cache_path
+
+    needs_images = recommender_class(name).needs_images
+    digest = shop.features_digest(workspace, inference=inference) if needs_images else None
+    if digest is not None or not needs_images:
+        t0 = time.time()
+        path = model_cache_path(shop, create_recommender(name), workspace, digest and digest["features"])
+        found = cached_model(path)
+        if found is not None:
+            return found, digest["unreadable"] if digest else 0, time.time() - t0
+    if needs_images:
+        shop.add_images(workspace=workspace, progress=progress, inference=inference)
+    t0 = time.time()
+    fitted = fit_recommender(shop, name, cache_dir=workspace)
+    return fitted, len(shop.failures), time.time() - t0
 
 
 @dataclass
@@ -281,9 +301,9 @@ def similar_items(
 ) -> list[Similar]:
     """The k items nearest to `item` by `model` (a content model by default: works for never-sold items)."""
     workspace = _workspace(workspace)
-    shop = load_shop(
+    shop = Shop.open(
         data_dir,
-        with_images=model in IMAGE_MODELS,
+        with_images=recommender_class(model).needs_images,
         workspace=workspace,
         progress=progress,
         backbone=backbone,
@@ -328,9 +348,9 @@ def evaluate_recommenders(
     from fashionrec.evaluation.protocol import evaluate_windows, format_windows_table
     from fashionrec.recommend import create_recommender
 
-    shop = load_shop(
+    shop = Shop.open(
         data_dir,
-        with_images=any(m in EVALUATION_IMAGE_MODELS for m in models),
+        with_images=any(evaluation_needs_images(m) for m in models),
         workspace=workspace,
         progress=progress,
         backbone=backbone,
