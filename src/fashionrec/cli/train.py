@@ -133,7 +133,8 @@ def cmd_adapt(args) -> int:
     from fashionrec.config import resolved_args
     from fashionrec.errors import FashionrecError
     from fashionrec.io import write_json
-    from fashionrec.training.adapt import DEFAULT_LABEL_COLUMNS, adapt_catalog
+    from fashionrec.training.adapt.config import DEFAULT_LABEL_COLUMNS
+    from fashionrec.workflows.adapt import adapt_catalog
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -148,7 +149,7 @@ def cmd_adapt(args) -> int:
 
 
 def _adapt_config(args, cols):
-    from fashionrec.training.adapt import AdaptConfig
+    from fashionrec.training.adapt.config import AdaptConfig
 
     return AdaptConfig(
         backbone=args.backbone,
@@ -175,6 +176,8 @@ def _adapt_config(args, cols):
         init_from=args.init_from,
         head_fraction=args.head_fraction,
         onnx=not args.no_onnx,
+        max_epochs=args.max_epochs or None,
+        device=args.device,
     )
 
 
@@ -291,7 +294,12 @@ def register(sub: argparse._SubParsersAction) -> None:
             "fashionrec adapt --data shop --out models/quick --max-minutes 10 --input-size 128",
         ),
     )
-    a.add_argument("--data", required=True, help="H&M-layout folder (images + articles.csv) or images/ + labels.csv")
+    a.add_argument(
+        "--data",
+        required=True,
+        help="H&M-layout folder (images/ + articles.csv) or any labelled folder (images/ + labels.csv: an id column, "
+        "label columns, optionally a group column)",
+    )
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
     a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the ImageNet backbone to start from")
     a.add_argument(
@@ -302,14 +310,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "cost grows with its square)",
     )
     a.add_argument(
+        "--label-columns",
         "--label-column",
+        dest="label_column",
         default="auto",
-        help="comma-separated columns to learn (auto: the H&M attribute columns present)",
+        help="comma-separated columns to learn (auto: the H&M attribute columns present, else every column of "
+        "labels.csv but the id and the group column)",
     )
     a.add_argument(
         "--group-column",
         default="auto",
-        help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code",
+        help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code, else none "
+        "(two views of the same photo are the positives)",
     )
     a.add_argument("--holdout", type=float, default=0.15, help="share of products held out for evaluation")
     a.add_argument("--embed-dim", type=int, default=256, help="size of the similarity embedding")
@@ -321,6 +333,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=58.0,
         help="wall-clock budget of the whole run, in minutes",
+    )
+    a.add_argument(
+        "--max-epochs",
+        type=float,
+        default=40.0,
+        help="each training stage also ends after this many passes over the training photos (0: time only)",
     )
     a.add_argument("--lr", type=float, default=2e-3, help="heads and embedding learning rate")
     a.add_argument("--trunk-lr", type=float, default=6e-4, help="top block's learning rate (x0.7 per block below)")
@@ -381,6 +399,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a.add_argument("--seed", type=int, default=0, help="random seed (held-out split, initialisation, sampling)")
+    from fashionrec.device import add_device_option
+
+    add_device_option(a)
     a.set_defaults(func=cmd_adapt)
 
     b = sub.add_parser("backbones", help="list registered backbones", epilog=common.examples("fashionrec backbones"))
