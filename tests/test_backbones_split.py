@@ -52,7 +52,7 @@ def test_a_family_the_split_does_not_know_is_refused(tmp_path, monkeypatch):
     assert not bb.supports_split()  # stem + s1..s4 + final_conv: not one of the families; checked, not assumed
     import fashionrec.training.adapt.data as data_mod
 
-    monkeypatch.setattr(data_mod, "_trunk", lambda name, pretrained, kw=None: bb)
+    monkeypatch.setattr(data_mod, "_trunk", lambda name, pretrained, weights=None: bb)
     (tmp_path / "d" / "images").mkdir(parents=True)
     for i in range(4):
         Image.new("RGB", (20, 20), (40 * i, 0, 0)).save(tmp_path / "d" / "images" / f"{i}.png")
@@ -112,13 +112,11 @@ def test_layer_depths_of_other_families(name, kwargs, top, frozen):
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_convnext"])
-def test_adapt_trains_other_families(tmp_path, monkeypatch, name):
-    """`adapt` end to end on a random ResNet / ConvNeXt (no weights on disk: `_trunk` builds it with
-    pretrained=False); the folder loads as a backbone and embeds what the evaluation embedded."""
-    import fashionrec.training.adapt.data as data_mod
-
-    real = data_mod._trunk
-    monkeypatch.setattr(data_mod, "_trunk", lambda n, pretrained, kw=None: real(n, False, kw))
+def test_adapt_trains_other_families(tmp_path, name):
+    """`adapt` end to end on a ResNet / ConvNeXt from a local weights file (`weights=`, `--weights`: random ones
+    here, none of these are on disk offline); the folder loads as a backbone."""
+    weights = tmp_path / f"{name}.pth"
+    torch.save(create_backbone(name, pretrained=False).model.state_dict(), weights)
     d = tmp_path / "d"
     (d / "images").mkdir(parents=True)
     rows = ["item_id,colour"]
@@ -129,6 +127,7 @@ def test_adapt_trains_other_families(tmp_path, monkeypatch, name):
     (d / "labels.csv").write_text("\n".join(rows) + "\n")
     cfg = AdaptConfig(
         backbone=name,
+        weights=str(weights),
         input_size=32,
         holdout=0.34,
         train_blocks=2,

@@ -153,6 +153,7 @@ def _adapt_config(args, cols):
 
     return AdaptConfig(
         backbone=args.backbone,
+        weights=args.weights,
         input_size=args.input_size,
         label_columns=cols,
         group_column=args.group_column,
@@ -301,7 +302,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "label columns, optionally a group column)",
     )
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
-    a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the ImageNet backbone to start from")
+    a.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help="the ImageNet backbone to start from (packaged: efficientnet_lite0/1/2, mobilenetv2; any timm name of "
+        "the ResNet, ConvNeXt, ViT or EfficientNet families with --weights)",
+    )
+    a.add_argument("--weights", default=None, help="local weights file (state_dict) for --backbone")
     a.add_argument(
         "--input-size",
         type=int,

@@ -28,6 +28,9 @@ class AdaptCallbacks:
 @dataclass(frozen=True)
 class AdaptConfig:
     backbone: str = DEFAULT_BACKBONE
+    # a local weights file for `backbone` (any timm name: state_dict as .pth/.safetensors); None: its packaged or
+    # timm pretrained weights
+    weights: str | None = None
     input_size: int | None = None  # None: the photos' padded side (`auto_input_size`), at most ADAPT_MAX_INPUT_SIZE
     # DEFAULT_LABEL_COLUMNS means auto: the H&M attribute columns present, else every column of labels.csv but the
     # id and the group column

@@ -47,16 +47,16 @@ class AdaptData:
         return ~self.held
 
 
-def _trunk(base: str, pretrained: bool, trunk_kwargs: dict | None = None) -> Backbone:
+def _trunk(base: str, pretrained: bool, weights: str | None = None) -> Backbone:
     from fashionrec.backbones import create_backbone
 
-    return create_backbone(base, pretrained=pretrained, **(trunk_kwargs or {}))
+    return create_backbone(base, pretrained=pretrained, weights=weights)
 
 
 def split_trunk(cfg: AdaptConfig, paths: list[Path], device) -> tuple[AdaptConfig, Backbone, Preprocess, int]:
     """The ImageNet trunk on `device`, at the input size (auto: the photos' padded side, capped), and the split
     block k (blocks[k:] train). -> (cfg with the input size set, trunk, preprocessing, k)."""
-    trunk = _trunk(cfg.backbone, pretrained=True)
+    trunk = _trunk(cfg.backbone, True, cfg.weights)
     if not trunk.supports_split():
         raise FashionrecError(
             f"backbone {cfg.backbone}: its forward could not be split into a frozen lower part and a trained upper "
