@@ -21,7 +21,7 @@ from fashionrec.training.adapt.loop import _param_groups, trunk_layers
 FAMILIES = [("resnet18", {}, 48), ("convnext_atto", {}, 48), ("test_vit", {"img_size": 32}, 32)]
 
 
-@pytest.mark.parametrize("name, kwargs, size", FAMILIES)
+@pytest.mark.parametrize("name, kwargs, size", FAMILIES + [("mobilenetv3_small_050", {}, 48), ("mobilenetv2", {}, 48)])
 def test_lower_then_upper_is_the_whole_model(name, kwargs, size):
     bb = create_backbone(name, pretrained=False, **kwargs).eval()
     assert bb.supports_split() and len(bb.blocks) >= 4

@@ -1,6 +1,6 @@
 """A folder written by `fashionrec adapt` used as a backbone: `create_backbone("runs/adapted")`.
 
-The folder holds `weights.safetensors` and `fashionrec_model.json` (format: training/adapt.py, which writes it and
+The folder holds `weights.safetensors` and `fashionrec_model.json` (format: training/adapt/io.py, which writes it and
 adds the attribute heads). This plug-in owns the backbone part, `AdaptedBackbone` (a trunk plus a linear embedding
 layer), and reads only that part of the folder, so backbones never import training (training imports backbones).
 """
