@@ -84,8 +84,11 @@ def heldout_tagging(
 
 
 def format_adapt_metrics(m: dict) -> str:
+    no_groups = all(r.get("recall@10") is None for r in m["retrieval_heldout"].values())
     lines = [
-        "held-out products: same-product retrieval (queries: held-out photos of products with 2+ photos; "
+        "held-out photos (no product groups): same-label P@10 (queries: every held-out photo; gallery: every photo)"
+        if no_groups
+        else "held-out products: same-product retrieval (queries: held-out photos of products with 2+ photos; "
         "gallery: every photo)",
         "| features | Recall@1 | Recall@10 | same-type P@10 |",
         "|---|---|---|---|",
