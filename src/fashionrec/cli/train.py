@@ -308,7 +308,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="the ImageNet backbone to start from (packaged: efficientnet_lite0/1/2, mobilenetv2; any timm name of "
         "the ResNet, ConvNeXt, ViT or EfficientNet families with --weights)",
     )
-    a.add_argument("--weights", default=None, help="local weights file (state_dict) for --backbone")
+    a.add_argument(
+        "--weights", default=None, help="local weights file (state_dict) for --backbone (default: its packaged weights)"
+    )
     a.add_argument(
         "--input-size",
         type=int,
