@@ -1,6 +1,6 @@
 """A folder written by `fashionrec adapt` used as a backbone: `create_backbone("runs/adapted")`.
 
-The folder holds `weights.safetensors` and `fashionrec_model.json` (format: training/adapt.py, which writes it and
+The folder holds `weights.safetensors` and `fashionrec_model.json` (format: training/adapt/io.py, which writes it and
 adds the attribute heads). This plug-in owns the backbone part, `AdaptedBackbone` (a trunk plus a linear embedding
 layer), and reads only that part of the folder, so backbones never import training (training imports backbones).
 """
@@ -35,14 +35,19 @@ WEIGHTS_FILE = "weights.safetensors"
 
 
 def _pool(h: torch.Tensor) -> torch.Tensor:
-    return torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+    """Mean and max over the positions: a CNN map (B, C, H, W) over H x W, ViT tokens (B, N, C) over N."""
+    dims = (2, 3) if h.ndim == 4 else (1,)
+    return torch.cat([h.mean(dims), h.amax(dims)], 1)
 
 
 def _out_channels(block: nn.Module) -> int:
-    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise FashionrecError(f"{type(block).__name__}: no convolution, cannot tap its output")
-    return convs[-1].out_channels
+    """Width of a block's output: its last convolution's or linear layer's (EfficientNet conv_pwl, ResNet conv2/3,
+    ConvNeXt and ViT mlp.fc2)."""
+    layers = [m for m in block.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise FashionrecError(f"{type(block).__name__}: no convolution or linear layer, cannot tap its output")
+    last = layers[-1]
+    return last.out_channels if isinstance(last, nn.Conv2d) else last.out_features
 
 
 class AdaptedBackbone(Backbone):

@@ -70,6 +70,7 @@ class Backbone(nn.Module):
         self.weights_id = weights_id
         self._blocks = blocks
         self.taps: tuple = ("final",)
+        self._split_ok: bool | None = None
         self.flip_tta = False  # embed each image and its mirror image, and average (test-time augmentation)
         self.gray_tta = False  # also embed its greyscale version (and that one's mirror image), and average
 
@@ -103,6 +104,9 @@ class Backbone(nn.Module):
     def blocks(self) -> list[nn.Module]:
         if self._blocks is not None:
             return self._blocks
+        family = _family(self.model)
+        if family is not None:
+            return _FAMILIES[family][0](self.model)
         if hasattr(self.model, "blocks"):
             return list(self.model.blocks)
         return [m for m in self.model.children()]
@@ -163,24 +167,31 @@ class Backbone(nn.Module):
 
     # ---- split forward: a frozen lower part (computed once and cached) and a trainable upper part
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
-        """What runs before `blocks[0]` (timm EfficientNet: conv_stem + bn1; others: nothing)."""
-        m = self.model
-        if hasattr(m, "conv_stem") and hasattr(m, "bn1"):
-            return m.bn1(m.conv_stem(x))
-        return x
+        """What runs before `blocks[0]`, in the timm family's own `forward_features` order (`_FAMILIES`)."""
+        family = _family(self.model)
+        return _FAMILIES[family][1](self.model, x) if family is not None else x
 
     def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
-        """What runs after the last block, before pooling (timm EfficientNet: conv_head + bn2; others: nothing)."""
-        m = self.model
-        if hasattr(m, "conv_head") and hasattr(m, "bn2"):
-            return m.bn2(m.conv_head(x))
-        return x
+        """What runs after the last block, before `forward_head` (EfficientNet: conv_head + bn2; ConvNeXt: norm_pre;
+        ViT: norm; ResNet and the others: nothing)."""
+        family = _family(self.model)
+        return _FAMILIES[family][2](self.model, x) if family is not None else x
 
     def supports_split(self) -> bool:
-        """True when forward_upper(forward_lower(x, k), k) is the model's own pre-logits (checked in tests)."""
-        m = self.model
-        known = hasattr(m, "conv_stem") or type(m).__name__ in {"TinyCNN", "_TorchvisionMobileNetV2"}
-        return known and self.taps == ("final",)
+        """True when forward_upper(forward_lower(x, k), k) is the model's own pre-logits: checked once on a small
+        random batch (eval mode, k = half the blocks), so a family the split does not know is refused rather than
+        trained wrongly."""
+        if self.taps != ("final",) or len(self.blocks) < 2:
+            return False
+        if self._split_ok is None:
+            self._split_ok = _split_matches(self)
+        return self._split_ok
+
+    @property
+    def fixed_input_size(self) -> bool:
+        """A model whose input size is part of its weights (timm ViT: position embeddings per patch)."""
+        pe = getattr(self.model, "patch_embed", None)
+        return pe is not None and not getattr(pe, "dynamic_img_size", False)
 
     def forward_lower(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """Stem + blocks[:k]: the spatial map the upper part starts from."""
@@ -199,6 +210,62 @@ class Backbone(nn.Module):
         """Same model, smaller/larger inputs (CNNs are size-agnostic); 96 px is ~8x cheaper than 224."""
         self.data_config = DataConfig(size, self.data_config.mean, self.data_config.std, self.data_config.interpolation)
         return self
+
+
+# timm families the split knows: (blocks, stem, tail), each in the order of the family's `forward_features`
+_FAMILIES: dict[str, tuple[Callable, Callable, Callable]] = {
+    # EfficientNet, MobileNetV3, MixNet...: conv_stem + bn1, blocks, [conv_head + bn2]
+    "efficientnet": (
+        lambda m: list(m.blocks),
+        lambda m, x: m.bn1(m.conv_stem(x)),
+        lambda m, x: m.bn2(m.conv_head(x)) if hasattr(m, "conv_head") and hasattr(m, "bn2") else x,
+    ),
+    # ResNet, ResNeXt, SE-ResNet...: conv1 + bn1 + act1 + maxpool, layer1..4
+    "resnet": (
+        lambda m: [m.layer1, m.layer2, m.layer3, m.layer4],
+        lambda m, x: m.maxpool(m.act1(m.bn1(m.conv1(x)))),
+        lambda m, x: x,
+    ),
+    # ConvNeXt: stem, stages, norm_pre
+    "convnext": (lambda m: list(m.stages), lambda m, x: m.stem(x), lambda m, x: m.norm_pre(x)),
+    # ViT, DeiT: patch_embed + position embedding + norm_pre, blocks (tokens, not maps), norm
+    "vit": (
+        lambda m: list(m.blocks),
+        lambda m, x: m.norm_pre(m.patch_drop(m._pos_embed(m.patch_embed(x)))),
+        lambda m, x: m.norm(x),
+    ),
+}
+
+
+def _family(model: nn.Module) -> str | None:
+    """Which `_FAMILIES` entry runs `model` in parts, read from its structure (timm's attribute names)."""
+    has = lambda *names: all(hasattr(model, n) for n in names)  # noqa: E731
+    if has("conv_stem", "bn1", "blocks"):
+        return "efficientnet"
+    if has("conv1", "bn1", "act1", "maxpool", "layer4"):
+        return "resnet"
+    if has("stem", "stages", "norm_pre"):
+        return "convnext"
+    if has("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm"):
+        return "vit"
+    return None
+
+
+@torch.no_grad()
+def _split_matches(bb: Backbone) -> bool:
+    was_training = bb.training
+    bb.eval()
+    try:
+        size = bb.data_config.input_size if bb.fixed_input_size else min(bb.data_config.input_size, 64)
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        x = x.to(next(bb.parameters()).device)
+        k = len(bb.blocks) // 2
+        full = bb.forward_head(bb.forward_features(x))
+        return bool(torch.allclose(bb.forward_upper(bb.forward_lower(x, k), k), full, atol=1e-4, rtol=1e-3))
+    except (RuntimeError, ValueError, AttributeError, TypeError, AssertionError):
+        return False
+    finally:
+        bb.train(was_training)
 
 
 def weights_file_id(path: str | Path) -> str:

@@ -153,7 +153,8 @@ def cmd_adapt(args) -> int:
     from fashionrec.config import resolved_args
     from fashionrec.errors import FashionrecError
     from fashionrec.io import write_json
-    from fashionrec.training.adapt import DEFAULT_LABEL_COLUMNS, adapt_catalog
+    from fashionrec.training.adapt.config import DEFAULT_LABEL_COLUMNS
+    from fashionrec.workflows.adapt import adapt_catalog
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,10 +169,11 @@ def cmd_adapt(args) -> int:
 
 
 def _adapt_config(args, cols):
-    from fashionrec.training.adapt import AdaptConfig
+    from fashionrec.training.adapt.config import AdaptConfig
 
     return AdaptConfig(
         backbone=args.backbone,
+        weights=args.weights,
         input_size=args.input_size,
         label_columns=cols,
         group_column=args.group_column,
@@ -195,6 +197,8 @@ def _adapt_config(args, cols):
         init_from=args.init_from,
         head_fraction=args.head_fraction,
         onnx=not args.no_onnx,
+        max_epochs=args.max_epochs or None,
+        device=args.device,
     )
 
 
@@ -324,9 +328,22 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
             "fashionrec adapt --data shop --out models/quick --max-minutes 10 --input-size 128",
         ),
     )
-    a.add_argument("--data", required=True, help="H&M-layout folder (images + articles.csv) or images/ + labels.csv")
+    a.add_argument(
+        "--data",
+        required=True,
+        help="H&M-layout folder (images/ + articles.csv) or any labelled folder (images/ + labels.csv: an id column, "
+        "label columns, optionally a group column)",
+    )
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
-    a.add_argument("--backbone", default=DEFAULT_BACKBONE, help="the ImageNet backbone to start from")
+    a.add_argument(
+        "--backbone",
+        default=DEFAULT_BACKBONE,
+        help="the ImageNet backbone to start from (packaged: efficientnet_lite0/1/2, mobilenetv2; any timm name of "
+        "the ResNet, ConvNeXt, ViT or EfficientNet families with --weights)",
+    )
+    a.add_argument(
+        "--weights", default=None, help="local weights file (state_dict) for --backbone (default: its packaged weights)"
+    )
     a.add_argument(
         "--input-size",
         type=int,
@@ -335,14 +352,18 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
         "cost grows with its square)",
     )
     a.add_argument(
+        "--label-columns",
         "--label-column",
+        dest="label_column",
         default="auto",
-        help="comma-separated columns to learn (auto: the H&M attribute columns present)",
+        help="comma-separated columns to learn (auto: the H&M attribute columns present, else every column of "
+        "labels.csv but the id and the group column)",
     )
     a.add_argument(
         "--group-column",
         default="auto",
-        help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code",
+        help="same value = same product (positives): auto = first 7 digits of H&M ids, else product_code, else none "
+        "(two views of the same photo are the positives)",
     )
     a.add_argument("--holdout", type=float, default=0.15, help="share of products held out for evaluation")
     a.add_argument("--embed-dim", type=int, default=256, help="size of the similarity embedding")
@@ -354,6 +375,12 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=58.0,
         help="wall-clock budget of the whole run, in minutes",
+    )
+    a.add_argument(
+        "--max-epochs",
+        type=float,
+        default=40.0,
+        help="each training stage also ends after this many passes over the training photos (0: time only)",
     )
     a.add_argument("--lr", type=float, default=2e-3, help="heads and embedding learning rate")
     a.add_argument("--trunk-lr", type=float, default=6e-4, help="top block's learning rate (x0.7 per block below)")
@@ -414,6 +441,9 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a.add_argument("--seed", type=int, default=0, help="random seed (held-out split, initialisation, sampling)")
+    from fashionrec.device import add_device_option
+
+    add_device_option(a)
     a.set_defaults(func=cmd_adapt)
 
 
