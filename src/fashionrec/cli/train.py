@@ -382,6 +382,11 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
         default=40.0,
         help="each training stage also ends after this many passes over the training photos (0: time only)",
     )
+    _add_adapt_training(a)
+
+
+def _add_adapt_training(a: argparse.ArgumentParser) -> None:
+    """adapt's learning options: rates, losses, stages, augmentation, threads and seed."""
     a.add_argument("--lr", type=float, default=2e-3, help="heads and embedding learning rate")
     a.add_argument("--trunk-lr", type=float, default=6e-4, help="top block's learning rate (x0.7 per block below)")
     a.add_argument("--temperature", type=float, default=0.1, help="SupConLoss temperature")

@@ -14,8 +14,6 @@ automatic path), `store` (the feature store and cache), `extract` (in-memory ima
 from fashionrec.features.extract import embed_arrays, embed_bytes, embed_pil
 from fashionrec.features.files import (
     EmbeddedImages,
-    _collate,  # noqa: F401  (training.adapt imports these two until it moves to features.files)
-    _ImageFiles,  # noqa: F401
     auto_input_size,
     decode_images_to_array,
     embed_image_files,
@@ -39,11 +37,6 @@ from fashionrec.features.probe import (
 )
 from fashionrec.features.quantize import INT8_MEASURED_COSINE, INT8_RECIPE, Int8Recipe, int8_calibration, quantize_int8
 from fashionrec.features.store import FEATURE_DB, FeatureCache, FeatureStore, content_hash
-
-# The former private names, kept while callers outside this package still use them (distributed.py: `_forward`;
-# training.adapt: `_model_key`): each is the public function under its old name.
-_forward = run_backbone
-_model_key = model_key
 
 __all__ = [
     "DECODE_VERSION",

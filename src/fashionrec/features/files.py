@@ -26,7 +26,7 @@ from fashionrec.features.store import FeatureCache
 log = logging.getLogger(__name__)
 
 
-class _ImageFiles(torch.utils.data.Dataset):
+class ImageFileDataset(torch.utils.data.Dataset):
     def __init__(self, paths: Sequence[Path], pre: Preprocess):
         self.paths, self.pre = list(paths), pre
 
@@ -40,7 +40,7 @@ class _ImageFiles(torch.utils.data.Dataset):
             return i, None, str(e)
 
 
-def _collate(batch):
+def collate_images(batch):
     return batch
 
 
@@ -158,10 +158,10 @@ def _embed_batches(backbone, paths, pre, path, device, keep, batch_size, num_wor
     decoded (rows index `paths`); returns {row: reason} for those that did not."""
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
     loader = torch.utils.data.DataLoader(
-        _ImageFiles(paths, pre),
+        ImageFileDataset(paths, pre),
         batch_size=batch_size,
         num_workers=workers,
-        collate_fn=_collate,
+        collate_fn=collate_images,
         persistent_workers=False,
     )
     failures: dict[int, str] = {}
@@ -193,9 +193,9 @@ def decode_images_to_array(
     Returns (ids that decoded, array, failures id -> reason); bad files are reported and skipped.
     """
     ids = list(items)
-    ds = _ImageFiles([items[i] for i in ids], preprocess)
+    ds = ImageFileDataset([items[i] for i in ids], preprocess)
     workers = num_workers if num_workers is not None else min(4, os.cpu_count() or 1)
-    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=_collate)
+    loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=workers, collate_fn=collate_images)
     arrays: dict[int, np.ndarray] = {}
     failures: dict[str, str] = {}
     with tqdm(total=len(ids), desc=desc, unit="img", disable=not progress) as bar:

@@ -156,10 +156,10 @@ def _write_features_to_cache(bb, ids: list[str], paths_by_id: dict, emb: np.ndar
     """The held-out evaluation already embedded every photo: store it under the key `embed_image_files` uses for
     the backbone `bb` (the model folder's, or the ImageNet trunk's) in eager fp32, so `fashionrec embed --backbone
     MODEL_DIR` and the benchmark reuse it."""
-    from fashionrec.features import FeatureCache, InferencePath, _model_key, file_fingerprint
+    from fashionrec.features import FeatureCache, InferencePath, file_fingerprint, model_key
     from fashionrec.features import Preprocess as P
 
-    key = f"files-{_model_key(bb, P.for_backbone(bb), InferencePath())}"
+    key = f"files-{model_key(bb, P.for_backbone(bb), InferencePath())}"
     FeatureCache(ws).save(
         key, fingerprints=np.array([file_fingerprint(paths_by_id[i]) for i in ids]), features=emb.astype(np.float32)
     )
