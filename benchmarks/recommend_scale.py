@@ -24,8 +24,8 @@ customers on), the workers' own high-water marks are
 added to the driver's. Times are wall-clock seconds; the JSON also keeps this process's CPU seconds per stage
 (time.process_time), less inflated than wall time on a shared machine.
 
---path customer measures the per-customer loop `Hybrid.recommend_many` (blocks of 256 customers, candidates and
-features one customer at a time), --path block the batch job `fashionrec.recommend.batch.recommend_all`.
+--path customer measures the hybrid's feature path one customer at a time (each customer a block of one, one
+ranker call per 256 customers), --path block the batch job `fashionrec.recommend.batch.recommend_all`.
 The growth exponent of a stage is the slope of log(seconds) against log(customers) over the sizes run
 (items and purchases grow in proportion). The last line is the contract read by an outside harness:
 `N customers x M items: T.T min, peak P.P GiB, ms/customer C.CC` for the largest size (N, M as given).
@@ -344,9 +344,10 @@ def run_one(args) -> dict:
 
 
 def _per_customer(model, customers, k, out_csv, stage):
-    """Today's path, timed by part: `Hybrid.recommend_many`'s loop (candidates + features per customer, one ranker
-    call per 256 customers), the CLI's fill, then one CSV write."""
+    """One customer at a time, timed by part: candidates + features of each customer as a block of one, one ranker
+    call per 256 customers, the CLI's fill, then one CSV write."""
     from fashionrec.recommend.baselines import Popularity
+    from fashionrec.recommend.hybrid.policy import with_arrivals
 
     st = model.state
     fill = [model.data.item_ids[j] for j in st.list_month] + [model.data.item_ids[j] for j in st.list_week]
@@ -355,8 +356,7 @@ def _per_customer(model, customers, k, out_csv, stage):
 
     def cands():
         for u in customers:
-            h, ts, pr = model._history(st, u)
-            cand, X, _ = model._features(st, h, ts, pr, u)
+            (cand,), X, _ = model._features_block(st, [u], needed=model._needed_features())
             parts_all.append((u, cand, X))
 
     stage("candidates", cands)
@@ -370,7 +370,7 @@ def _per_customer(model, customers, k, out_csv, stage):
             for u, cand, _X in parts:
                 sc = s[o : o + len(cand)] + 1e-9 * st.pop_month[cand]
                 o += len(cand)
-                items = [model.data.item_ids[j] for j in model._with_arrivals(cand, sc, k)]
+                items = [model.data.item_ids[j] for j in with_arrivals(model, cand, sc, k)]
                 for src in (fill, fallback):
                     if len(items) < k:
                         seen = set(items)

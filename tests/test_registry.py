@@ -36,9 +36,10 @@ def _imports(path: Path) -> set[str]:
                 mod = ".".join(pkg.split(".")[: len(pkg.split(".")) - node.level + 1] + ([mod] if mod else []))
             if not mod.startswith("fashionrec"):
                 continue
-            for a in node.names:  # `from pkg import module` imports the module
+            for a in node.names:  # `from pkg import module` (or subpackage) imports the module
                 sub = f"{mod}.{a.name}"
-                out.add(sub if (SRC.parent / Path(*sub.split("."))).with_suffix(".py").exists() else mod)
+                path = SRC.parent / Path(*sub.split("."))
+                out.add(sub if path.with_suffix(".py").exists() or (path / "__init__.py").exists() else mod)
     return out
 
 

@@ -7,9 +7,9 @@ import pandas as pd
 
 from fashionrec.data.products import product_code_of
 from fashionrec.recommend.base import RecData, Recommender, register_recommender
-from fashionrec.recommend.hybrid import policy, visual
 from fashionrec.recommend.hybrid.arrivals import fit_taste, taste_all
 from fashionrec.recommend.hybrid.block import features_block, history, sources_of
+from fashionrec.recommend.hybrid.policy import rank_block, with_arrivals
 from fashionrec.recommend.hybrid.rankers import predict
 from fashionrec.recommend.hybrid.schema import (
     BEYOND,
@@ -22,6 +22,7 @@ from fashionrec.recommend.hybrid.schema import (
 )
 from fashionrec.recommend.hybrid.state import _State
 from fashionrec.recommend.hybrid.training import fit_ranker, window_times
+from fashionrec.recommend.hybrid.visual import all_neighbours, neighbours, visual_source
 
 # Each source's size (`n_<source>` of the constructor) and the size of the never-sold pool.
 SIZE_PARAMS = tuple(f"n_{s}" for s in SOURCES if s != "taste") + ("arrival_pool",)
@@ -35,9 +36,6 @@ def product_codes(item_ids) -> np.ndarray:
 @register_recommender("hybrid")
 class Hybrid(Recommender):
     """Candidate sources + a ranker learned on past windows of the purchase log (see the package doc)."""
-
-    # Helper classes a saved model holds, under the names artifacts have always used for them.
-    STATE_CLASSES = {"fashionrec.recommend.hybrid._State": _State}
 
     def __init__(
         self,
@@ -122,7 +120,7 @@ class Hybrid(Recommender):
         if data.image_features is not None:
             self.V, self.has_vec = data.image_features.aligned(data.item_ids)
         self._nb_cache = {}
-        visual.all_neighbours(self)
+        all_neighbours(self)
 
     def _state(self, data: RecData, t) -> _State:
         st = _State(data, t, self, self.V, self.has_vec, self.codes)
@@ -138,10 +136,10 @@ class Hybrid(Recommender):
 
     def _neighbours(self, j: int) -> tuple[np.ndarray, np.ndarray]:
         """Visual neighbours of item j (time-independent, cached)."""
-        return visual.neighbours(self, j)
+        return neighbours(self, j)
 
     def _visual_source(self, recent5: np.ndarray) -> np.ndarray:
-        return visual.visual_source(self, recent5)
+        return visual_source(self, recent5)
 
     @staticmethod
     def _history(st: _State, user):
@@ -260,7 +258,7 @@ class Hybrid(Recommender):
             cands, X, _ = features_block(self, self.state, users, needed=self._needed_features())
         t1 = time.perf_counter()
         s = self._predict(X) if len(X) else np.zeros(0)
-        out = policy.rank_block(self, cands, s, k, users)
+        out = rank_block(self, cands, s, k, users)
         if timings is not None:
             timings["candidates"] = timings.get("candidates", 0.0) + t1 - t0
             timings["ranking"] = timings.get("ranking", 0.0) + time.perf_counter() - t1
@@ -282,7 +280,7 @@ class Hybrid(Recommender):
         if exclude:
             s[list(exclude)] = -np.inf
         cand = np.flatnonzero(np.isfinite(s))
-        top = policy.with_arrivals(self, cand, s[cand], k) if len(cand) else np.zeros(0, dtype=np.int64)
+        top = with_arrivals(self, cand, s[cand], k) if len(cand) else np.zeros(0, dtype=np.int64)
         return [
             Rec(self.data.item_ids[j], float(s[j]), self.because(j, hist_idx, hist_ts) if explain else []) for j in top
         ]
@@ -387,3 +385,7 @@ class Hybrid(Recommender):
             tm.add_items(new_ids, vectors=extra if dim and vectors is not None else None)
         self.state.add_items(n_new, codes, attrs, self.V, self.has_vec)
         self._nb_cache = {}
+
+
+# The classes a saved model holds, under the names its artifacts have always used (`base.state_classes`).
+Hybrid.STATE_CLASSES = {"fashionrec.recommend.hybrid.Hybrid": Hybrid, "fashionrec.recommend.hybrid._State": _State}
