@@ -47,7 +47,7 @@ def _fit_buckets(X: np.ndarray, y: np.ndarray, prior: float = 200.0, combine: st
 
 
 def _blocks_of(Xs: list, ys: list):
-    """(rows, labels) of whole feature blocks from per-customer row views into them (`_features_block` output), so
+    """(rows, labels) of whole feature blocks from per-customer row views into them (`block.features_block` output), so
     that a window is read without stacking a copy of it; views of no common block are stacked."""
     i = 0
     while i < len(Xs):

@@ -88,7 +88,7 @@ def window_uncached(model, data: RecData, t: pd.Timestamp, rng):
     Xs, ys, groups, n_true, src_hits = [], [], [], 0, {s: 0 for s in SOURCES}
     model._last_window_truth = []
     n = data.n_items
-    for b0 in range(0, len(users), BLOCK):  # the same rows as `_features` per customer, built a block at a time
+    for b0 in range(0, len(users), BLOCK):  # the feature path of serving, a block of customers at a time
         part = users[b0 : b0 + BLOCK]
         with _one_thread():
             cands, Xb, (sb, ss, si) = features_block(
