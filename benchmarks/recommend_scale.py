@@ -24,8 +24,8 @@ customers on), the workers' own high-water marks are
 added to the driver's. Times are wall-clock seconds; the JSON also keeps this process's CPU seconds per stage
 (time.process_time), less inflated than wall time on a shared machine.
 
---path customer measures the per-customer loop `Hybrid.recommend_many` (blocks of 256 customers, candidates and
-features one customer at a time; its ranking is counted under candidates), --path block the batch job
+--path customer measures `Hybrid.recommend_many` on blocks of 256 customers (its ranking is counted under
+candidates), --path block the batch job
 `fashionrec.recommend.batch.recommend_all`. Both go through the public API only.
 The growth exponent of a stage is the slope of log(seconds) against log(customers) over the sizes run
 (items and purchases grow in proportion). The last line is the contract read by an outside harness:
@@ -345,8 +345,7 @@ def run_one(args) -> dict:
 
 
 def _per_customer(model, customers, k, out_csv, stage):
-    """The per-customer path, through the public API: `recommend_many` (for the hybrid: candidates and features one
-    customer at a time, one ranker call per 256 customers) on blocks of 256, timed as "candidates" (its ranking is
+    """The per-customer path, through the public API: `recommend_many` on blocks of 256, timed as "candidates" (its ranking is
     inside; "ranking" stays 0), then the batch job's rows (`fashionrec.recommend.batch.write_rows`: short lists
     filled from what sells now) written to the CSV."""
     from fashionrec.io import atomic_path

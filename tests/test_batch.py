@@ -1,5 +1,6 @@
-"""The batch job (fashionrec.recommend.batch) and the hybrid's block path: the same lists as the per-customer path,
-row for row, on a synthetic log built to produce ties (duplicate photos, equal pair counts, equal sales)."""
+"""The batch job (fashionrec.recommend.batch) and the hybrid's one feature path (a block of customers; one customer
+is a block of one): known answers and independence of the block size, on a synthetic log built to produce ties
+(duplicate photos, equal pair counts, equal sales)."""
 
 import numpy as np
 import pandas as pd
@@ -84,39 +85,108 @@ def _users(model):
     return list(model.data.user_ids) + ["never-seen", "c0011"]
 
 
-def test_block_features_equal_per_customer_features(hybrid):
+def _rows_of(hybrid, st, users, **kw):
+    cands, X, src = hybrid._features_block(st, users, **kw)
+    o, out = 0, []
+    for c in cands:
+        out.append((c, X[o : o + len(c)]))
+        o += len(c)
+    assert o == len(X)
+    return out, src
+
+
+def _same(a, b):
+    return a.shape == b.shape and ((a == b) | (np.isnan(a) & np.isnan(b))).all()
+
+
+def test_a_customer_is_a_block_of_one(hybrid):
+    """The rows of a customer do not depend on the block it is built in (one customer, a few, all of them)."""
     st = hybrid.state
     users = _users(hybrid)
-    cands, X, _ = hybrid._features_block(st, users)
-    o = 0
-    for u, cb in zip(users, cands):
-        h, ts, pr = hybrid._history(st, u)
-        c, Xu, _ = hybrid._features(st, h, ts, pr, u)
-        assert np.array_equal(c, cb), u
-        Xb = X[o : o + len(c)]
-        o += len(c)
-        assert ((Xu == Xb) | (np.isnan(Xu) & np.isnan(Xb))).all(), u
-    assert o == len(X)
+    whole, _ = _rows_of(hybrid, st, users)
+    for bs in (1, 7):
+        for b in range(0, len(users), bs):
+            part, _ = _rows_of(hybrid, st, users[b : b + bs])
+            for (c, X), (cw, Xw) in zip(part, whole[b : b + bs]):
+                assert np.array_equal(c, cw) and _same(X, Xw)
 
 
-def test_block_lists_equal_per_customer_lists(hybrid):
+def test_block_rows_known_answers(hybrid):
+    """Own-purchase, product and share columns against values computed here from the raw log: repurchase ranks are
+    the newest-first distinct purchases, n_own / own_days the count of and days since the customer's purchases of
+    the item, n_code / code_days the same over the item's product (first 7 digits of the id), share_* the share of
+    the customer's purchases with the item's department."""
+    from fashionrec.recommend.hybrid import FEATURES
+
+    st, data = hybrid.state, hybrid.data
+    col = {f: j for j, f in enumerate(FEATURES)}
+    t = np.datetime64(st.t, "ns")
+    desc = data.describe(st.t, ["department_name"])["department_name"].to_numpy()
     users = _users(hybrid)
-    ref = hybrid._recommend_many_per_customer(users, 12)
+    rows, _ = _rows_of(hybrid, st, users)
+    checked = 0
+    for u, (cand, X) in zip(users, rows):
+        ev = data.events[(data.events["user"] == u) & (data.events["timestamp"] < st.t)]
+        items = [data.item_index[i] for i in ev["item"]]
+        days = [(t - np.datetime64(x, "ns")) / np.timedelta64(1, "D") for x in ev["timestamp"]]
+        newest = []
+        for i, _ in sorted(zip(items, range(len(items))), key=lambda p: (days[p[1]], -p[1])):
+            if i not in newest:
+                newest.append(i)
+        got = {
+            int(c): X[r, col["rank_repurchase"]]
+            for r, c in enumerate(cand)
+            if not np.isnan(X[r, col["rank_repurchase"]])
+        }
+        assert got == {i: float(r) for r, i in enumerate(newest[: hybrid.n_repurchase])}, u
+        for r, c in enumerate(cand.tolist()):
+            own = [d for i, d in zip(items, days) if i == c]
+            assert X[r, col["n_own"]] == len(own)
+            assert (np.isnan(X[r, col["own_days"]]) and not own) or np.isclose(X[r, col["own_days"]], min(own))
+            prod = [d for i, d in zip(items, days) if data.item_ids[i][:7] == data.item_ids[c][:7]]
+            assert X[r, col["n_code"]] == len(prod)
+            assert (np.isnan(X[r, col["code_days"]]) and not prod) or np.isclose(X[r, col["code_days"]], min(prod))
+            checked += bool(own) + bool(prod)
+    assert checked > 100
+    full, _ = _rows_of(hybrid, st, users[:40], needed=None)
+    for u, (cand, X) in zip(users[:40], full):
+        ev = data.events[(data.events["user"] == u) & (data.events["timestamp"] < st.t)]
+        deps = [desc[data.item_index[i]] for i in ev["item"]]
+        want = [np.mean([d == desc[c] for d in deps]) if deps and desc[c] != "unknown" else 0.0 for c in cand]
+        assert np.allclose(X[:, col["share_department_name"]], want, atol=1e-6), u
+
+
+def test_block_lists_known_order(hybrid):
+    """Lists do not depend on the block size, the single query gives the same list, and the customer's purchases of
+    the last 90 days come first (own_first)."""
+    users = _users(hybrid)
+    ref = hybrid.recommend_many(users, 12)
+    st, data = hybrid.state, hybrid.data
     for bs in (1, 7, 500):
         got = [lst for b in range(0, len(users), bs) for lst in hybrid.recommend_block(users[b : b + bs], 12)]
         assert got == [ref[u] for u in users]
+    n_own_first = 0
     for u in users:  # and the single query the server answers
         one = [r.item for r in hybrid.recommend(u, 12, explain=False)]
         assert ref[u][: len(one)] == one
+        ev = data.events[(data.events["user"] == u) & (data.events["timestamp"] < st.t)]
+        recent = set(ev.loc[ev["timestamp"] >= st.t - pd.Timedelta(days=90), "item"])
+        if 0 < len(recent) <= 12 - hybrid.arrival_slots:  # the places before those kept for never-sold items
+            assert set(ref[u][: len(recent)]) == recent, u
+            n_own_first += 1
+    assert n_own_first > 50
 
 
-def test_training_windows_are_the_same_with_blocks(hybrid):
-    """The ranker learns from block-built rows: they equal the per-customer rows, and so do the source hits."""
+def test_training_windows_are_block_rows_with_their_labels(hybrid):
+    """The ranker learns from the rows the feature path gives the window's buyers at the window's start (the
+    columns the bucket ranker does not read are NaN), labelled by their purchases in the window; the source hits
+    are the purchases each source holds."""
     from fashionrec.recommend import hybrid as H
+    from fashionrec.recommend.hybrid.block import sources_of
 
     data = hybrid.data
     t = pd.Timestamp(data.now).normalize() + pd.Timedelta(days=1) - pd.Timedelta(days=hybrid.label_days)
-    Xs, ys, groups, n_true, hits = hybrid._window_uncached(data, t, np.random.default_rng(0))
+    Xs, ys, groups, n_true, hits = H.training.window_uncached(hybrid, data, t, np.random.default_rng(0))
     st = hybrid._state(data, t)
     lab = data.events[
         (data.events["timestamp"] >= t) & (data.events["timestamp"] < t + pd.Timedelta(days=hybrid.label_days))
@@ -124,23 +194,22 @@ def test_training_windows_are_the_same_with_blocks(hybrid):
     truth = {}
     for u, j in zip(lab["user"], lab["item"].map(data.item_index)):
         truth.setdefault(u, set()).add(int(j))
-    ref_X, ref_hits = [], {s: 0 for s in H.SOURCES}
-    for u in sorted(truth):
-        c, X, src = hybrid._features(st, *hybrid._history(st, u), u)
+    buyers = sorted(truth)
+    needed = hybrid._needed_features(training=True)
+    rows, triple = _rows_of(hybrid, st, buyers, want_sources=True, needed=needed)
+    ref_hits = {s: 0 for s in H.SOURCES}
+    for u, src in zip(buyers, sources_of(triple, len(buyers))):
         for s, v in src.items():
             ref_hits[s] += len(truth[u] & set(v.tolist()))
-        if len(c):
-            ref_X.append(X)
-    A, B = np.vstack(Xs), np.vstack(ref_X)
-    # the rows hold the columns the ranker reads (all of them for LightGBM; for the bucket ranker its own), equal to
-    # the per-customer rows; the columns it does not read are not computed (NaN)
-    needed = hybrid._needed_features(training=True)
-    cols = [j for j, f in enumerate(H.FEATURES) if needed is None or f in needed]
+    kept = [(u, c, X) for u, (c, X) in zip(buyers, rows) if len(c)]
+    assert len(Xs) == len(kept) == len(groups) and n_true == sum(len(v) for v in truth.values())
+    for (u, c, X), Xw, yw in zip(kept, Xs, ys):
+        assert _same(X, Xw) and yw.tolist() == [int(j in truth[u]) for j in c.tolist()]
+    cols = [j for j, f in enumerate(H.FEATURES) if f in needed]
     rest = [j for j in range(len(H.FEATURES)) if j not in cols]
-    A_, B_ = A[:, cols], B[:, cols]
-    assert A.shape == B.shape and ((A_ == B_) | (np.isnan(A_) & np.isnan(B_))).all()
-    assert np.isnan(A[:, rest]).all() and (~np.isnan(B[:, rest])).any()
+    assert np.isnan(np.vstack(Xs)[:, rest]).all() and not np.isnan(np.vstack(Xs)[:, cols]).all()
     assert hits == ref_hits and sum(hits.values()) > 0
+    assert sum(int(y.sum()) for y in ys) == sum(len(truth[u] & set(c.tolist())) for u, c, _ in kept)
 
 
 def test_visual_source_keeps_pandas_tie_order(hybrid):
@@ -167,7 +236,7 @@ def test_recommend_all_writes_every_customer_in_order(hybrid, tmp_path):
     recommend_all(hybrid, users, 12, out, block_size=13, progress=False, timings=timings)
     df = _read(out)
     assert df["customer_id"].tolist() == users
-    ref = hybrid._recommend_many_per_customer(users, 12)
+    ref = {u: hybrid.recommend_block([u], 12)[0] for u in users}  # each customer a block of one
     fill = popular_fill(hybrid, 12)
     for u, pred in zip(df["customer_id"], df["prediction"]):
         items = pred.split()
@@ -239,6 +308,7 @@ def test_vector_models_block_path(name, hybrid, tmp_path):
 def test_streamed_bucket_counts_give_the_same_ranker(hybrid):
     """The default ranker learned window by window from counts equals the one learned from all rows at once."""
     from fashionrec.recommend import hybrid as H
+    from fashionrec.recommend.hybrid.rankers import _buckets_from_counts, _count_buckets, _fit_buckets
 
     rng = np.random.default_rng(1)
     X = np.full((400, len(H.FEATURES)), np.nan, dtype=np.float32)
@@ -248,9 +318,9 @@ def test_streamed_bucket_counts_give_the_same_ranker(hybrid):
     X[:, H.FEATURES.index("vis_max")] = rng.random(400)
     y = (rng.random(400) < 0.1).astype(np.int8)
     counts = {}
-    H._count_buckets(X[:150], y[:150], counts)
-    H._count_buckets(X[150:], y[150:], counts)
-    assert H._buckets_from_counts(counts, 400, int(y.sum())) == H._fit_buckets(X, y, combine="noisy_or")
+    _count_buckets(X[:150], y[:150], counts)
+    _count_buckets(X[150:], y[150:], counts)
+    assert _buckets_from_counts(counts, 400, int(y.sum())) == _fit_buckets(X, y, combine="noisy_or")
     assert hybrid.buckets is not None and "_lr" not in hybrid.buckets
 
 

@@ -204,9 +204,7 @@ def test_hybrid_ranks_every_item_candidates_first(hybrid):
     for r, u in enumerate(users):
         lst = hybrid.recommend_block([u], 12)[0]
         top = [hybrid.data.item_index[i] for i in lst]
-        rest = np.setdiff1d(
-            np.flatnonzero(has), hybrid._features(hybrid.state, *hybrid._history(hybrid.state, u), u)[0]
-        )
+        rest = np.setdiff1d(np.flatnonzero(has), hybrid._features_block(hybrid.state, [u])[0][0])
         assert S[r, top].min() > S[r, rest].max()  # candidates above every other item
     full = hybrid.recommend_block(users[:3], n)
     photo_ids = {hybrid.data.item_ids[j] for j in np.flatnonzero(has)}
@@ -215,7 +213,7 @@ def test_hybrid_ranks_every_item_candidates_first(hybrid):
         k_photo = int(has.sum())
         assert set(lst[:k_photo]) == photo_ids  # every photo ranked by the model before the items without one
         u = users[r]
-        n_cand = len(hybrid._features(hybrid.state, *hybrid._history(hybrid.state, u), u)[0])
+        n_cand = len(hybrid._features_block(hybrid.state, [u])[0][0])
         beyond = [S[r, hybrid.data.item_index[i]] for i in lst[n_cand:k_photo]]
         assert beyond == sorted(beyond, reverse=True)  # past the candidates: the taste order of score_items
     assert full[0][:12] == hybrid.recommend_block(users[:1], 12)[0]
@@ -236,13 +234,13 @@ def test_hybrid_items_restriction_ranks_only_those(hybrid):
 
 def test_hybrid_never_sold_pool_is_personalised(hybrid):
     """Customers of the two taste groups get different never-sold candidates, each mostly from their own group."""
+    from fashionrec.recommend.hybrid.block import sources_of
+
     st = hybrid.state
     own = []
-    for u in hybrid.data.user_ids[:60]:
-        h, ts, _ = hybrid._history(st, u)
-        if len(h) < 3:
-            continue
-        src = hybrid._candidates(st, h, ts, u)
+    users = [u for u in hybrid.data.user_ids[:60] if len(hybrid._history(st, u)[0]) >= 3]
+    _, _, triple = hybrid._features_block(st, users, want_sources=True)
+    for u, src in zip(users, sources_of(triple, len(users))):
         new = src.get("new_arrival", np.zeros(0, dtype=int))[:5]
         g = int(u[1:]) % 2
         own += [int(hybrid.data.item_ids[j][1:7]) % 2 == g for j in new]

@@ -69,7 +69,8 @@ ARTIFACT_KIND = "recommender"
 
 def state_classes() -> dict[str, type]:
     """The classes a saved recommender may contain, by table name: every registered recommender, the data classes
-    of this module, and the classes defined in the modules of registered recommenders (their helper state)."""
+    of this module, the classes defined in the modules of registered recommenders (their helper state) and those a
+    recommender lists in its `STATE_CLASSES` (name -> class)."""
     table: dict[str, type] = {f"recommender:{n}": c for n, c in _REGISTRY.items()}
     for cls in (RecData, ItemFeatures, Rec, Histories):
         table[f"{cls.__module__}.{cls.__qualname__}"] = cls
@@ -77,6 +78,8 @@ def state_classes() -> dict[str, type]:
         for obj in vars(sys.modules[mod]).values():
             if isinstance(obj, type) and obj.__module__ == mod:
                 table.setdefault(f"{mod}.{obj.__qualname__}", obj)
+    for cls in _REGISTRY.values():  # helper classes a recommender names itself (kept stable when modules move)
+        table.update(getattr(cls, "STATE_CLASSES", {}))
     return table
 
 
