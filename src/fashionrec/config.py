@@ -41,7 +41,6 @@ TAG_COLUMNS = (
     "index_group_name",
     "garment_group_name",
 )
-CATALOG_TAG_COLUMNS = TAG_COLUMNS  # the name `training.adapt` reads
 #: The columns the server tags an upload with (POST /search/image), of TAG_COLUMNS: the three an item's card
 #: shows (category = product group, type, colour). The server fits one tagger per column at its cold build, from
 #: the raw features of every labelled photo; the other four columns would add their fitting time and nothing the

@@ -18,7 +18,7 @@ from fashionrec.errors import FashionrecError
 SHOP_DIR = "shop"  # the synthetic shop's folder inside the report folder
 DEMO_MODELS = ("popularity", "repurchase", "visual", "taste", "hybrid")
 DEMO_INPUT_SIZE = 64
-TAG_COLUMNS = ("product_type_name", "colour_group_name")
+DEMO_TAG_COLUMNS = ("product_type_name", "colour_group_name")
 
 
 @dataclass
@@ -116,11 +116,11 @@ def run_shop_demo(
     # ---- 1. tags for the photos without a catalog row
     t = time.time()
     cfg = ClassifierConfig(method="linear-probe", backbone=backbone, input_size=input_size, seed=seed)
-    tags = tag_with_probe(shop_dir, list(TAG_COLUMNS), cfg, cache=FeatureCache(workspace), progress=progress)
+    tags = tag_with_probe(shop_dir, list(DEMO_TAG_COLUMNS), cfg, cache=FeatureCache(workspace), progress=progress)
     write_csv(tags.table, out / "tags.csv")
     tagged = tags.table.set_index("article_id")
     res.n_tagged, res.from_siblings = len(tagged), dict(tags.from_siblings)
-    for c in TAG_COLUMNS:
+    for c in DEMO_TAG_COLUMNS:
         common = tagged.index.intersection(truth.index)
         res.tag_accuracy[c] = float((tagged.loc[common, c] == truth.loc[common, c]).mean()) if len(common) else 0.0
     seconds["tag new arrivals"] = time.time() - t

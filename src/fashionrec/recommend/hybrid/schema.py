@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fashionrec.recommend.attributes import TAG_COLUMNS
+from fashionrec.config import TAG_COLUMNS
 
 SOURCES = [
     "repurchase",

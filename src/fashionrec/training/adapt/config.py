@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fashionrec.config import ADAPTED_MODEL_JSON, CATALOG_TAG_COLUMNS, DEFAULT_BACKBONE
+from fashionrec.config import ADAPTED_MODEL_JSON, DEFAULT_BACKBONE, TAG_COLUMNS
 
 FORMAT = "fashionrec-adapted-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = ADAPTED_MODEL_JSON
 WEIGHTS_FILE = "weights.safetensors"
-DEFAULT_LABEL_COLUMNS = CATALOG_TAG_COLUMNS  # "auto": the H&M columns present, else every column of labels.csv
+DEFAULT_LABEL_COLUMNS = TAG_COLUMNS  # "auto": the H&M columns present, else every column of labels.csv
 
 
 @dataclass
