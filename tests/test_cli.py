@@ -654,3 +654,11 @@ def test_recommend_skips_data_customer_ids_the_output_cannot_hold(tmp_path, capl
     assert main([*args, "--recommender", "popularity"]) == 0
     assert "2 customer id(s) of the data skipped" in caplog.text
     assert set(pd.read_csv(out, dtype=str)["customer_id"]) == set(users) | {"newcust"}
+
+
+def test_python_dash_m_fashionrec_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "fashionrec", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "recommend" in out.stdout
