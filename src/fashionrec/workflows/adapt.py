@@ -70,6 +70,7 @@ def adapt_catalog(
         format_adapt_metrics,
         heldout_figures,
         heldout_retrieval,
+        retrieval_by_views,
         type_column_values,
     )
     from fashionrec.io import default_workspace, write_json
@@ -77,6 +78,7 @@ def adapt_catalog(
     from fashionrec.training.adapt.heads import finish_heads
     from fashionrec.training.adapt.io import init_model, save_adapted
     from fashionrec.training.adapt.loop import train, training_seconds
+    from fashionrec.training.adapt.lower_cache import view_names
 
     t_start = time.time()
     cb = callbacks or (console_callbacks() if progress else AdaptCallbacks())
@@ -101,6 +103,10 @@ def adapt_catalog(
     wall = time.time() - t_start
     metrics = {
         "retrieval_heldout": ret,
+        # the same queries with fewer views averaged (one view embeds 4x faster than "flip+gray")
+        "retrieval_heldout_views": retrieval_by_views(
+            embs, view_names(cfg.flips, cfg.gray), data.groups, data.held, types
+        ),
         **figures,
         "calibration_heldout": calibration,
         "positives": data.pairs,
