@@ -801,3 +801,26 @@ def test_cached_lower_maps_and_upper_pass_agree_across_engines(shapes_shop, tmp_
     for (e1, x1), (e2, x2) in zip(f1, f2):
         assert e1.shape == (10, 8) and x1.shape[0] == 10
         assert np.allclose(e1, e2, atol=1e-4) and np.allclose(x1, x2, atol=1e-3 * np.abs(x2).max())
+
+
+def test_embedding_views_option_sets_the_folder_embedding(shapes_shop, tmp_path, capsys):
+    out = tmp_path / "one"
+    cfg = AdaptConfig(**{**TINY, "embedding_tta": "none"})
+    res = adapt_catalog(shapes_shop, out, cfg, workspace=tmp_path / "ws", progress=False)
+    conf = json.loads((out / "fashionrec_model.json").read_text())
+    assert conf["embedding_tta"] == "none"  # trained on all four cached views, embeds the photo alone
+    bb = create_backbone(str(out))
+    assert not bb.flip_tta and not bb.gray_tta
+    m = res.metrics
+    assert m["retrieval_heldout"]["adapted"] == m["retrieval_heldout_views"]["none"]
+    assert "imagenet+none" not in m["retrieval_heldout"]  # the ImageNet baseline with the same (one) view
+    # the cached features are the folder's one-view embedding
+    paths = dict(zip([p.stem for p in cat_paths(shapes_shop)], cat_paths(shapes_shop)))
+    cached = embed_image_files(bb, paths, cache=FeatureCache(tmp_path / "ws"), progress=False)
+    fresh = embed_image_files(bb, paths, progress=False)
+    assert np.allclose(cached.features, fresh.features, atol=1e-3)
+    with pytest.raises(ValueError, match="drop --no-flips"):
+        AdaptConfig(flips=False, embedding_tta="flip+gray")
+    with pytest.raises(SystemExit):
+        main(["adapt", "--data", str(shapes_shop), "--out", str(tmp_path / "m"), "--embedding-views", "x"])
+    assert "invalid choice: 'x'" in capsys.readouterr().err
