@@ -17,6 +17,7 @@ from fashionrec.cli import main
 from fashionrec.config import DEFAULT_BACKBONE
 from fashionrec.data.products import pool_by_product, product_level_columns, tag_by_product
 from fashionrec.errors import FashionrecError
+from fashionrec.evaluation.adapt import retrieval_by_views
 from fashionrec.evaluation.calibration import apply_temperature
 from fashionrec.evaluation.retrieval import classification_report, nearest_neighbours, retrieval_metrics
 from fashionrec.features import FeatureCache, Preprocess, auto_input_size, embed_image_files
@@ -189,6 +190,23 @@ def test_retrieval_metrics_known_answer():
     assert r["accuracy"] == pytest.approx(2 / 3) and r["macro_f1"] == pytest.approx(2 / 3)
 
 
+def test_retrieval_by_views_known_answer():
+    # photo view: products a, b apart; grey view (3x larger) groups photo 0 with 2 and 1 with 3: across products
+    e = np.eye(4, dtype=np.float32)
+    photo = np.stack([e[0], e[0], e[1], e[1]])
+    gray = 3 * np.stack([e[2], e[3], e[2], e[3]])
+    groups, held = np.array(["a", "a", "b", "b"]), np.ones(4, dtype=bool)
+    names = ("photo", "gray", "photo_flip", "gray_flip")
+    r = retrieval_by_views([photo, gray, photo, gray], names, groups, held, None)
+    assert list(r) == ["none", "gray", "flip", "flip+gray"]
+    assert r["none"]["recall@1"] == 1.0 and r["flip"]["recall@1"] == 1.0
+    assert r["gray"]["recall@1"] == 0.0 and r["flip+gray"]["recall@1"] == 0.0
+    two = retrieval_by_views([photo, photo], ("photo", "photo_flip"), groups, held, None)
+    assert list(two) == ["none", "flip"]
+    m = {"retrieval_heldout": {"adapted": r["flip+gray"]}, "tagging_heldout": {}, "retrieval_heldout_views": r}
+    assert "| none | 1.000 | 1.000 |" in format_adapt_metrics(m)
+
+
 def test_split_forward_matches_full_model():
     x = torch.randn(2, 3, 48, 48)
     for name, k in [("tiny_cnn", 1), ("efficientnet_lite0", 4)]:
@@ -315,6 +333,9 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert len(held) == 6
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_heldout_photos"] == 18 and m["retrieval_heldout"]["adapted"]["n_queries"] == 18
+    # the same queries with each setting of the views; all four is the folder's embedding
+    assert list(m["retrieval_heldout_views"]) == ["none", "gray", "flip", "flip+gray"]
+    assert m["retrieval_heldout_views"]["flip+gray"] == m["retrieval_heldout"]["adapted"]
     # colour is a solid fill: the colour head gets it right on products it never saw
     assert m["tagging_heldout"]["colour_group_name"]["accuracy"] >= 0.9
     cal = m["calibration_heldout"]["colour_group_name"]
@@ -780,3 +801,26 @@ def test_cached_lower_maps_and_upper_pass_agree_across_engines(shapes_shop, tmp_
     for (e1, x1), (e2, x2) in zip(f1, f2):
         assert e1.shape == (10, 8) and x1.shape[0] == 10
         assert np.allclose(e1, e2, atol=1e-4) and np.allclose(x1, x2, atol=1e-3 * np.abs(x2).max())
+
+
+def test_embedding_views_option_sets_the_folder_embedding(shapes_shop, tmp_path, capsys):
+    out = tmp_path / "one"
+    cfg = AdaptConfig(**{**TINY, "embedding_tta": "none"})
+    res = adapt_catalog(shapes_shop, out, cfg, workspace=tmp_path / "ws", progress=False)
+    conf = json.loads((out / "fashionrec_model.json").read_text())
+    assert conf["embedding_tta"] == "none"  # trained on all four cached views, embeds the photo alone
+    bb = create_backbone(str(out))
+    assert not bb.flip_tta and not bb.gray_tta
+    m = res.metrics
+    assert m["retrieval_heldout"]["adapted"] == m["retrieval_heldout_views"]["none"]
+    assert "imagenet+none" not in m["retrieval_heldout"]  # the ImageNet baseline with the same (one) view
+    # the cached features are the folder's one-view embedding
+    paths = dict(zip([p.stem for p in cat_paths(shapes_shop)], cat_paths(shapes_shop)))
+    cached = embed_image_files(bb, paths, cache=FeatureCache(tmp_path / "ws"), progress=False)
+    fresh = embed_image_files(bb, paths, progress=False)
+    assert np.allclose(cached.features, fresh.features, atol=1e-3)
+    with pytest.raises(ValueError, match="drop --no-flips"):
+        AdaptConfig(flips=False, embedding_tta="flip+gray")
+    with pytest.raises(SystemExit):
+        main(["adapt", "--data", str(shapes_shop), "--out", str(tmp_path / "m"), "--embedding-views", "x"])
+    assert "invalid choice: 'x'" in capsys.readouterr().err

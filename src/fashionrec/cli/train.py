@@ -190,6 +190,7 @@ def _adapt_config(args, cols):
         max_steps=args.max_steps,
         flips=not args.no_flips,
         gray=not args.no_gray,
+        embedding_tta=None if args.embedding_views == "auto" else args.embedding_views,
         refit_heads=not args.no_refit_heads,
         colour_features=not args.no_colour_features,
         colour_booster=not args.no_colour_booster,
@@ -420,6 +421,14 @@ def _add_adapt_training(a: argparse.ArgumentParser) -> None:
         action="store_true",
         help="no greyscale views (default: cached, trained on by the metric loss and averaged into the embedding, "
         "so that another colour of the same product ranks higher)",
+    )
+    a.add_argument(
+        "--embedding-views",
+        choices=["auto", "none", "flip", "gray", "flip+gray"],
+        default="auto",
+        help="views of each photo the folder's embedding averages (its embedding_tta): none = the photo alone, "
+        "flip = + its mirror image, gray = + its greyscale version, flip+gray = all four (4x the embedding cost of "
+        "none); auto = every cached view",
     )
     a.add_argument(
         "--no-refit-heads",

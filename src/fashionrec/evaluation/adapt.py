@@ -35,6 +35,29 @@ def heldout_retrieval(
     return out
 
 
+def retrieval_by_views(
+    embs: list[np.ndarray], names: tuple[str, ...], groups: np.ndarray, held: np.ndarray, types
+) -> dict:
+    """{embedding_tta: retrieval_metrics} of the adapted embedding with each setting of the test-time views the run
+    cached (`embs[i]`: view `names[i]`, `view_names` order): "none" the photo alone, "flip" with its mirror image,
+    "gray" with its greyscale version, "flip+gray" all four; the same queries and gallery as `heldout_retrieval`."""
+    from fashionrec.evaluation.retrieval import retrieval_metrics
+
+    uniq, counts = np.unique(groups, return_counts=True)
+    q = np.flatnonzero(held & np.isin(groups, uniq[counts >= 2]))
+    if not len(q):
+        return {}
+    out = {}
+    for flip in (False, True):
+        for gray in (False, True):
+            want = ["photo"] + (["gray"] if gray else [])
+            want += [f"{v}_flip" for v in want] if flip else []
+            if all(v in names for v in want):
+                name = "+".join(v for v, on in (("flip", flip), ("gray", gray)) if on) or "none"
+                out[name] = retrieval_metrics(sum(embs[names.index(v)] for v in want), groups, q, types)
+    return out
+
+
 def type_column_values(ids: list[str], meta, heads: dict, labels: dict) -> np.ndarray | None:
     """The labels same-type P@10 compares: product_type_name where present, else the first head's column."""
     type_col = "product_type_name" if "product_type_name" in meta.columns else next(iter(heads), None)
@@ -96,6 +119,15 @@ def format_adapt_metrics(m: dict) -> str:
     for name, r in m["retrieval_heldout"].items():
         cells = [r.get("recall@1"), r.get("recall@10"), r.get("type_precision@10")]
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    views = m.get("retrieval_heldout_views") or {}
+    if len(views) > 1:
+        lines += [
+            "",
+            "adapted embedding by test-time views averaged (`embedding_tta`)",
+            "| views | Recall@1 | Recall@10 |",
+        ]
+        lines.append("|---|---|---|")
+        lines += [f"| {n} | {r['recall@1']:.3f} | {r['recall@10']:.3f} |" for n, r in views.items()]
     lines += [
         "",
         "held-out tagging (photos of held-out products that have the label; as `tag` does it: the product-level "

@@ -64,6 +64,9 @@ class AdaptConfig:
     min_class_count: int = 2
     flips: bool = True
     gray: bool = True  # greyscale views: cached, trained on (metric loss; colour heads skip them) and averaged in
+    # the views the folder's embedding averages (its `embedding_tta`): none, flip, gray or flip+gray; None: every view
+    # the run caches (flips, gray). Fewer views embed faster (one view: 4x fewer passes than flip+gray)
+    embedding_tta: str | None = None
     refit_heads: bool = True  # after training: heads refit on pooled taps + pre-logits (`refit_heads`)
     # the refit colour heads also read a colour histogram of the garment (`training/colour.py`): +3.4 points
     colour_features: bool = True
@@ -85,6 +88,13 @@ class AdaptConfig:
             raise ValueError("max_minutes must be positive")
         if self.max_epochs is not None and self.max_epochs <= 0:
             raise ValueError("max_epochs must be positive (or None: no limit but the time)")
+        if self.embedding_tta is not None:
+            if self.embedding_tta not in ("none", "flip", "gray", "flip+gray"):
+                raise ValueError(f"embedding views must be none, flip, gray or flip+gray; got {self.embedding_tta!r}")
+            if ("flip" in self.embedding_tta and not self.flips) or ("gray" in self.embedding_tta and not self.gray):
+                raise ValueError(
+                    f"embedding views {self.embedding_tta} need those views cached: drop --no-flips/--no-gray"
+                )
         batch = 2 * self.products_per_batch + self.labelled_per_batch
         if self.memory_size and not batch <= self.memory_size:
             raise ValueError(
