@@ -455,8 +455,6 @@ def _add_adapt_training(a: argparse.ArgumentParser) -> None:
     )
     a.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     a.add_argument("--seed", type=int, default=0, help="random seed (held-out split, initialisation, sampling)")
-    from fashionrec.device import add_device_option
-
     add_device_option(a)
     a.set_defaults(func=cmd_adapt)
 

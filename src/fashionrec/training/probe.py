@@ -14,7 +14,3 @@ def fit_linear_probe(features: np.ndarray, labels: np.ndarray, *, C: float = 1.0
         raise ValueError("a linear probe needs at least two classes among the labelled examples")
     clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter, random_state=seed))
     return clf.fit(features, labels)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
