@@ -72,6 +72,8 @@ def test_train_and_predict_on_image_folder(tmp_path, capsys):
     assert (out / "confusion.png").stat().st_size > 1000 and (out / "config.json").exists()
     chosen = json.loads((out / "photo_defaults.json").read_text())  # the settings chosen from the photos, and why
     assert chosen["kind"] == "studio" and chosen["input_size"] == 64 and chosen["reasons"]["input_size"]
+    assert chosen["backbone"] == "efficientnet_lite0"  # --backbone auto: studio shots keep the default backbone
+    assert json.loads((out / "args.json").read_text())["backbone"] == "efficientnet_lite0"
     assert chosen["flip_tta"] is False and json.loads((out / "config.json").read_text())["flip_tta"] is False
     capsys.readouterr()
     for shape in SHAPES:

