@@ -332,8 +332,29 @@ def main(argv=None) -> int:
         ("PEEKS: sales in the window", peek),
     ):
         print(f"  {name}: {top1(s):.3f}")
+    never_bought_recall(windows, V, has, index, items)
     print(f"({time.time() - t0:.0f}s)")
     return 0
+
+
+def never_bought_recall(windows: list[Window], V: np.ndarray, has: np.ndarray, index, items, ks=(4, 8, 12, 20)):
+    """Recall of the purchases of items never sold before the window (by every customer of the window; those
+    without a history count as misses) in the k never-sold photos most like each customer's purchases."""
+    hits, total = dict.fromkeys(ks, 0), 0
+    for w in windows:
+        tr, te = w.split.train, w.split.test
+        sold = set(tr["item"].unique())
+        pool = np.array([j for j in np.flatnonzero(has) if items[j] not in sold], dtype=np.int64)
+        for u, bought in te.groupby("user")["item"].agg(set).items():
+            new = {index[i] for i in bought if i not in sold and i in index}
+            total += len([i for i in bought if i not in sold])
+            if not new or u not in w.hist:
+                continue
+            order = pool[np.argsort(-(V[pool] @ V[w.hist[u]].mean(0)))]
+            for k in ks:
+                hits[k] += len(new & set(order[:k].tolist()))
+    print(f"\nnever-bought recall of the k never-sold photos most like each customer's purchases ({total} purchases):")
+    print("  " + ", ".join(f"k={k}: {hits[k] / max(total, 1):.4f}" for k in ks))
 
 
 if __name__ == "__main__":
