@@ -156,21 +156,28 @@ def price_scorer(events: pd.DataFrame):
     return score
 
 
+class _Scored:
+    """One window's scores of a scorer, asked for like a model's (`Recommender.score_items`), so that
+    `evaluation.taste.score_task` scores them exactly as `fashionrec evaluate` scores a model."""
+
+    def __init__(self, scores: dict):
+        self.scores = scores
+
+    def score_items(self, users, items) -> np.ndarray:
+        return np.vstack([self.scores[u][items] for u in users]) if len(users) else np.zeros((0, len(items)))
+
+
 def taste_figures(windows: list[Window], scorer, index, items) -> dict:
     from fashionrec.evaluation.metrics import bootstrap_ci
-    from fashionrec.evaluation.taste import _auc_subset, auc_of, nanmean, top1_share
+    from fashionrec.evaluation.taste import nanmean, score_task
 
     auc, newp, newc, pick = [], [], [], []
     for w in windows:
-        S = scorer(w, index, items)
-        t = w.task
-        for u, pos, np_ in zip(t.users, t.positives, t.new_product):
-            s = S[u][t.pool]
-            auc.append(auc_of(s, pos))
-            newp.append(_auc_subset(s, pos, np_))
-            newc.append(_auc_subset(s, pos, ~np_))
-        for u, item, cand in t.picks:
-            pick.append(top1_share(S[u][cand], int(np.flatnonzero(cand == item)[0])))
+        r = score_task(_Scored(scorer(w, index, items)), w.task)
+        auc += r.auc
+        newp += r.auc_new_product
+        newc += r.auc_new_colour
+        pick += r.pick
     a = np.array(auc)
     lo, hi = bootstrap_ci(a[~np.isnan(a)])
     return {
