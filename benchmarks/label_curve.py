@@ -48,9 +48,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import torch
 
-    from fashionrec.data.products import pool_by_product, product_groups, product_level_columns
+    from fashionrec.data.products import pool_by_product, product_level_columns
     from fashionrec.features import FeatureCache, decode_images_to_array, embed_arrays
-    from fashionrec.training.adapt import catalog_for_training, heldout_tagging, is_colour_column, load_adapted
+    from fashionrec.training.adapt import heldout_tagging, is_colour_column, load_heldout
     from fashionrec.training.colour import colour_features, combine_with_booster, fit_colour_booster
     from fashionrec.training.photo_defaults import resolve_photo_defaults
     from fashionrec.training.probe import fit_linear_probe
@@ -61,14 +61,9 @@ def main(argv=None) -> int:
     progress = not args.quiet
     columns = [c for c in args.columns.split(",") if c]
     goals = {k: float(v) for k, v in (g.split("=") for g in args.goals.split(",") if g)}
-    m = load_adapted(args.model)
-    cat = catalog_for_training(args.data)
+    h = load_heldout(args.model, args.data)
+    m, cat, ids_all, groups_all, held = h.model, h.catalog, h.ids, h.groups, h.held
     meta = cat.metadata
-    ids_all = list(cat.image_paths)
-    groups_all = product_groups(ids_all, meta, m.config.get("group_column", "auto"))
-    held = set(m.config.get("heldout_products") or [])
-    if not held:
-        raise SystemExit(f"{args.model}: the folder lists no held-out products")
     gid = dict(zip(ids_all, groups_all))
 
     # the adapted folder on its held-out photos, as `tag --model` tags them

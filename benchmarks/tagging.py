@@ -21,26 +21,20 @@ import numpy as np
 def measure(data: str, model: str, progress: bool = True) -> tuple[list[str], float]:
     import torch
 
-    from fashionrec.data.products import pool_by_product, product_groups, product_level_columns
+    from fashionrec.data.products import pool_by_product, product_level_columns
     from fashionrec.evaluation.metrics import paired_bootstrap_by_group
     from fashionrec.features import decode_images_to_array
-    from fashionrec.training.adapt import catalog_for_training, heldout_tagging, load_adapted
+    from fashionrec.training.adapt import heldout_tagging, load_heldout
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
-    m = load_adapted(model)
-    cat = catalog_for_training(data)
+    h = load_heldout(model, data)
+    m, cat, all_ids, groups_all, held, is_held = h.model, h.catalog, h.ids, h.groups, h.held, h.is_held
     meta = cat.metadata
-    all_ids = list(cat.image_paths)
-    groups_all = product_groups(all_ids, meta, m.config.get("group_column", "auto"))
-    held = set(m.config.get("heldout_products") or [])
-    if not held:
-        raise SystemExit(f"{model}: the folder lists no held-out products")
-    is_held = np.array([g in held for g in groups_all])
-    train_ids = [i for i, h in zip(all_ids, is_held) if not h]
+    train_ids = [i for i, out in zip(all_ids, is_held) if not out]
     plevel = product_level_columns(train_ids, meta, groups_all[~is_held], m.head_names)
     ids, x, failures = decode_images_to_array(
-        {i: cat.image_paths[i] for i, h in zip(all_ids, is_held) if h}, m.preprocess, progress=progress
+        {i: cat.image_paths[i] for i, out in zip(all_ids, is_held) if out}, m.preprocess, progress=progress
     )
     _, probs = m.predict_arrays(x, embed=False)
     gid = dict(zip(all_ids, groups_all))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ from fashionrec.training.adapt import (
     format_adapt_metrics,
     head_probs,
     load_adapted,
+    load_heldout,
     product_groups,
     refit_heads,
     split_products,
@@ -331,6 +333,14 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     assert load_adapted(out).temperatures == pytest.approx(conf["temperatures"])
     held = set(conf["heldout_products"])
     assert len(held) == 6
+    # the folder beside its catalog, split as it was (what the benchmarks score it on)
+    split = load_heldout(out, shapes_shop)
+    assert split.held == held and set(split.groups[split.is_held]) == held and int(split.is_held.sum()) == 18
+    every = tmp_path / "trained_on_every_product"
+    shutil.copytree(out, every)
+    (every / "fashionrec_model.json").write_text(json.dumps({**conf, "heldout_products": []}))
+    with pytest.raises(FashionrecError, match="trained_on_every_product: the folder lists no held-out products"):
+        load_heldout(every, shapes_shop)
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_heldout_photos"] == 18 and m["retrieval_heldout"]["adapted"]["n_queries"] == 18
     # the same queries with each setting of the views; all four is the folder's embedding

@@ -48,7 +48,7 @@ from fashionrec.training.adapt.config import (
     AdaptConfig,
 )
 from fashionrec.training.adapt.heads import head_features, head_probs, head_taps_for, refit_heads, upper_pass
-from fashionrec.training.adapt.io import load_adapted, save_adapted
+from fashionrec.training.adapt.io import HeldOut, load_adapted, load_heldout, save_adapted
 from fashionrec.training.adapt.labels import catalog_for_training, encode_labels
 from fashionrec.training.adapt.loop import _set_train_mode  # noqa: F401  (tests)
 from fashionrec.training.adapt.lower_cache import lower_maps, trunk_prelogits, view_names
@@ -64,6 +64,7 @@ __all__ = [
     "AdaptConfig",
     "AdaptResult",
     "AdaptedModel",
+    "HeldOut",
     "adapt_catalog",
     "calibrate_on_heldout",
     "catalog_for_training",
@@ -76,6 +77,7 @@ __all__ = [
     "heldout_tagging",
     "is_colour_column",
     "load_adapted",
+    "load_heldout",
     "lower_maps",
     "product_groups",
     "refit_heads",

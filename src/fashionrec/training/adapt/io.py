@@ -1,9 +1,13 @@
 """The model folder: `save_adapted` (weights.safetensors + fashionrec_model.json + the colour boosters as text) and
-`load_adapted`; nothing is pickled, so loading runs no code."""
+`load_adapted`; nothing is pickled, so loading runs no code. `load_heldout`: a folder with the catalog it was trained
+on, split as it was."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from fashionrec.artifacts.keys import file_sha256
 from fashionrec.errors import FashionrecError
@@ -77,6 +81,37 @@ def load_adapted(path: str | Path) -> AdaptedModel:
     model.eval()
     _LOADED[key] = model
     return model
+
+
+@dataclass
+class HeldOut:
+    """An adapted folder beside the catalog it was trained on: every photo's product and the products it held out."""
+
+    model: AdaptedModel
+    catalog: object
+    ids: list[str]  # every photo of the catalog, in the catalog's order
+    groups: np.ndarray  # the product of each photo
+    held: set  # the products the folder held out
+
+    @property
+    def is_held(self) -> np.ndarray:
+        return np.isin(self.groups, list(self.held))
+
+
+def load_heldout(model_dir: str | Path, data_dir: str | Path) -> HeldOut:
+    """The folder (`load_adapted`) and the catalog at `data_dir`, its photos grouped by product as the folder grouped
+    them; what a benchmark scores the folder, or anything compared with it, on. A folder that lists no held-out
+    products (trained on every product) is refused by name."""
+    from fashionrec.data.products import product_groups
+    from fashionrec.training.adapt.labels import catalog_for_training
+
+    model = load_adapted(model_dir)
+    held = set(model.config.get("heldout_products") or [])
+    if not held:
+        raise FashionrecError(f"{model_dir}: the folder lists no held-out products")
+    cat = catalog_for_training(data_dir)
+    ids = list(cat.image_paths)
+    return HeldOut(model, cat, ids, product_groups(ids, cat.metadata, model.config.get("group_column", "auto")), held)
 
 
 def _load_boosters(folder: Path, entries: dict, classes: dict[str, list[str]]) -> dict:
