@@ -50,6 +50,7 @@ def main(argv=None) -> int:
 
     from fashionrec.data.products import pool_by_product, product_level_columns
     from fashionrec.features import FeatureCache, decode_images_to_array, embed_arrays
+    from fashionrec.tagging import Tagger
     from fashionrec.training.adapt import heldout_tagging, is_colour_column, load_heldout
     from fashionrec.training.colour import colour_features, combine_with_booster, fit_colour_booster
     from fashionrec.training.photo_defaults import resolve_photo_defaults
@@ -67,20 +68,13 @@ def main(argv=None) -> int:
     gid = dict(zip(ids_all, groups_all))
 
     # the adapted folder on its held-out photos, as `tag --model` tags them
-    h_ids, h_x, _ = decode_images_to_array(
-        {i: p for i, p in cat.image_paths.items() if gid[i] in held}, m.preprocess, progress=progress
-    )
-    _, m_probs = m.predict_arrays(h_x, embed=False)
-    h_groups = np.array([gid[i] for i in h_ids])
+    h_ids, h_groups, m_probs, _ = h.predict_heldout(progress=progress)
     truth = {
         c: np.array([v if isinstance(v, str) else "" for v in meta[c].reindex(h_ids).to_numpy()], object)
         for c in columns
     }
-    train_ids = [i for i in ids_all if gid[i] not in held and i in meta.index]
-    train_groups = np.array([gid[i] for i in train_ids])
-    plevel_all = product_level_columns(train_ids, meta, train_groups, columns)
-    folder, _ = heldout_tagging(truth, {c: m_probs[c] for c in columns}, m.classes, h_groups, plevel_all)
-    del h_x
+    folder, _ = heldout_tagging(truth, {c: m_probs[c] for c in columns}, m.classes, h_groups, h.product_level(columns))
+    train_ids = [i for i, g in zip(ids_all, groups_all) if g not in held and i in meta.index]
 
     # the probe `tag` trains: settings chosen from the photos, features of every labelled photo + held-out photo
     d = resolve_photo_defaults(args.data, "auto")
@@ -117,7 +111,7 @@ def main(argv=None) -> int:
                 y = np.array([classes.index(v) for v in raw[tr]])
                 probe = fit_linear_probe(F[tr], y, C=cfg.probe_C, seed=seed)
                 p = np.zeros((len(ids), len(classes)))
-                p[is_held] = _expand(probe, F[is_held], len(classes))
+                p[is_held] = Tagger.from_pipeline(c, probe).predict_proba(F[is_held], len(classes))
                 if colour is not None:
                     booster = fit_colour_booster(
                         colour[col_pos[tr]], y, len(classes), seed=seed, threads=torch.get_num_threads()
@@ -237,13 +231,6 @@ def main(argv=None) -> int:
         (out / f"label_curve_{name}.json").write_text(json.dumps({"rows": rows, "summary": summary}, indent=1))
         _plot(rows, summary, columns, out / f"label_curve_{name}.png")
     return 0
-
-
-def _expand(probe, F, n_classes):
-    """Class probabilities over all n_classes (a class absent from a subset keeps 0)."""
-    p = np.zeros((len(F), n_classes))
-    p[:, probe.classes_] = probe.predict_proba(F)
-    return p
 
 
 def _plot(rows, summary, columns, path):

@@ -21,24 +21,16 @@ import numpy as np
 def measure(data: str, model: str, progress: bool = True) -> tuple[list[str], float]:
     import torch
 
-    from fashionrec.data.products import pool_by_product, product_level_columns
+    from fashionrec.data.products import pool_by_product
     from fashionrec.evaluation.metrics import paired_bootstrap_by_group
-    from fashionrec.features import decode_images_to_array
     from fashionrec.training.adapt import heldout_tagging, load_heldout
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()
     h = load_heldout(model, data)
-    m, cat, all_ids, groups_all, held, is_held = h.model, h.catalog, h.ids, h.groups, h.held, h.is_held
-    meta = cat.metadata
-    train_ids = [i for i, out in zip(all_ids, is_held) if not out]
-    plevel = product_level_columns(train_ids, meta, groups_all[~is_held], m.head_names)
-    ids, x, failures = decode_images_to_array(
-        {i: cat.image_paths[i] for i, out in zip(all_ids, is_held) if out}, m.preprocess, progress=progress
-    )
-    _, probs = m.predict_arrays(x, embed=False)
-    gid = dict(zip(all_ids, groups_all))
-    groups = np.array([gid[i] for i in ids])
+    m, meta, held = h.model, h.catalog.metadata, h.held
+    plevel = h.product_level(m.head_names)
+    ids, groups, probs, failures = h.predict_heldout(progress=progress)
     truth = {
         c: np.array([v if isinstance(v, str) else "" for v in meta[c].reindex(ids).to_numpy()], dtype=object)
         for c in m.head_names

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     from fashionrec.data.products import pool_by_product
     from fashionrec.evaluation.metrics import paired_bootstrap_by_group
     from fashionrec.features import FeatureCache, Preprocess, decode_images_to_array, embed_arrays
+    from fashionrec.tagging import Tagger
     from fashionrec.training.adapt import load_heldout
     from fashionrec.training.colour import colour_features, fit_colour_booster
     from fashionrec.training.photo_defaults import resolve_photo_defaults
@@ -90,10 +91,8 @@ def main(argv=None) -> int:
     )
 
     def probe_probs(mask, y, classes, rows):
-        p = fit_linear_probe(F[mask], y, C=cfg.probe_C, seed=0)
-        out = np.zeros((int(rows.sum()), len(classes)))
-        out[:, p.classes_] = p.predict_proba(F[rows])
-        return out
+        probe = Tagger.from_pipeline("probe", fit_linear_probe(F[mask], y, C=cfg.probe_C, seed=0))
+        return probe.predict_proba(F[rows], len(classes))
 
     def report(name, base, new):
         _, (lo, hi) = paired_bootstrap_by_group(base, new, groups[te])
@@ -178,9 +177,7 @@ def main(argv=None) -> int:
     F2 = embed_arrays(bb, h_x, preprocess=Preprocess.for_backbone(bb), cache=cache, progress=progress)
     del h_x
     h_pos = {i: k for k, i in enumerate(h_ids)}
-    m_ids, m_x, _ = decode_images_to_array({i: cat.image_paths[i] for i in ids[is_held]}, m.preprocess, progress=False)
-    _, m_probs = m.predict_arrays(m_x, embed=False)
-    del m_x
+    m_ids, _, m_probs, _ = h.predict_heldout(progress=False)
     m_pos = {i: k for k, i in enumerate(m_ids)}
     held_ids = [i for i in ids[is_held] if i in h_pos and i in m_pos]  # the readable held-out photos
     is_te = np.isin(held_ids, ids[te])
@@ -192,8 +189,7 @@ def main(argv=None) -> int:
         probe = fit_linear_probe(
             F2[[h_pos[i] for i in ids[keep]]], np.array([cls.index(v) for v in lab[col][keep]]), C=cfg.probe_C, seed=0
         )
-        p2 = np.zeros((len(held_ids), len(cls)))
-        p2[:, probe.classes_] = probe.predict_proba(F2[[h_pos[i] for i in held_ids]])
+        p2 = Tagger.from_pipeline(col, probe).predict_proba(F2[[h_pos[i] for i in held_ids]], len(cls))
         pa = m_probs[col][[m_pos[i] for i in held_ids]]
         truth = lab[col][np.searchsorted(ids, held_ids)][is_te]
 

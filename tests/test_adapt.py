@@ -336,6 +336,10 @@ def test_adapt_model_folder_end_to_end(shapes_shop, tmp_path, capsys):
     # the folder beside its catalog, split as it was (what the benchmarks score it on)
     split = load_heldout(out, shapes_shop)
     assert split.held == held and set(split.groups[split.is_held]) == held and int(split.is_held.sum()) == 18
+    h_ids, h_groups, h_probs, unreadable = split.predict_heldout(progress=False)
+    assert len(h_ids) == 18 and set(h_groups) == held and not unreadable
+    assert all(h_probs[c].shape == (18, len(conf["heads"][c])) for c in conf["heads"])
+    assert split.product_level(conf["heads"]) == conf["product_level_columns"]  # as adapt measured it
     every = tmp_path / "trained_on_every_product"
     shutil.copytree(out, every)
     (every / "fashionrec_model.json").write_text(json.dumps({**conf, "heldout_products": []}))

@@ -97,6 +97,27 @@ class HeldOut:
     def is_held(self) -> np.ndarray:
         return np.isin(self.groups, list(self.held))
 
+    def product_level(self, columns) -> dict[str, float]:
+        """`product_level_columns` of the training products' photos (as `tag` measures it on the catalog it tags)."""
+        from fashionrec.data.products import product_level_columns
+
+        train = ~self.is_held
+        ids = [i for i, t in zip(self.ids, train) if t]
+        return product_level_columns(ids, self.catalog.metadata, self.groups[train], list(columns))
+
+    def predict_heldout(self, progress: bool = True):
+        """Every photo of the held-out products, decoded as the folder preprocesses them, through its heads (no
+        embedding). -> (ids, their products, {head: probabilities}, unreadable photos)."""
+        from fashionrec.features import decode_images_to_array
+
+        paths = self.catalog.image_paths
+        ids, x, failures = decode_images_to_array(
+            {i: paths[i] for i, h in zip(self.ids, self.is_held) if h}, self.model.preprocess, progress=progress
+        )
+        _, probs = self.model.predict_arrays(x, embed=False)
+        product = dict(zip(self.ids, self.groups))
+        return ids, np.array([product[i] for i in ids]), probs, failures
+
 
 def load_heldout(model_dir: str | Path, data_dir: str | Path) -> HeldOut:
     """The folder (`load_adapted`) and the catalog at `data_dir`, its photos grouped by product as the folder grouped
